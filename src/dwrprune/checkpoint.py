@@ -1,0 +1,161 @@
+"""Checkpoints as data: a JSON-serialisable spec plus tensors, never a pickled module.
+
+Every file dwrprune writes is a plain dict of tensors, numbers, strings, lists and dicts, so it
+loads with ``torch.load(weights_only=True)``.  Writes are atomic (temporary file in the same
+folder, fsync, ``os.replace``): a run killed mid-write leaves the previous file intact.
+
+A model spec looks like::
+
+    {"model": {"name": "resnet20", "num_classes": 10, "in_channels": 1},
+     "input": {"resolution": 28, "dataset": "fashion-mnist", "mean": [...], "std": [...]},
+     "arch": null}          # pruning edits, filled in by dwrprune.shrink
+
+and a model checkpoint is ``{"format": "dwrprune", "format_version": 1, "spec": spec,
+"state_dict": ..., "meta": {...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import DwrpruneError
+
+FORMAT = "dwrprune"
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: str | os.PathLike, writer) -> None:
+    """Call ``writer(fileobj)`` on a temporary file, then move it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_torch(path: str | os.PathLike, payload: dict) -> None:
+    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def load_torch(path: str | os.PathLike) -> dict:
+    """``torch.load(weights_only=True)`` with clear errors for missing or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise DwrpruneError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure here means "not a usable checkpoint"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DwrpruneError(
+            f"{path} is not a readable checkpoint (corrupt, truncated, or it holds pickled "
+            f"objects that weights_only loading refuses): {first[:200]}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise DwrpruneError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def make_spec(name: str, num_classes: int, in_channels: int, resolution: int,
+              dataset: str | None = None, mean=None, std=None, arch: dict | None = None) -> dict:
+    return {
+        "model": {"name": name, "num_classes": int(num_classes), "in_channels": int(in_channels)},
+        "input": {"resolution": int(resolution), "dataset": dataset,
+                  "mean": list(mean) if mean is not None else None,
+                  "std": list(std) if std is not None else None},
+        "arch": arch,
+    }
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as plain JSON data (str subclasses such as torch's version become str)."""
+    try:
+        return json.loads(json.dumps(obj, default=str))
+    except (TypeError, ValueError) as e:
+        raise DwrpruneError(f"cannot store {type(obj).__name__} in a checkpoint: {e}") from None
+
+
+def model_payload(model: nn.Module, spec: dict, meta: dict | None = None) -> dict:
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "spec": plain(spec),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "meta": plain(meta or {})}
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, spec: dict,
+               meta: dict | None = None) -> None:
+    """Write a portable model checkpoint (spec + state_dict), atomically."""
+    save_torch(path, model_payload(model, spec, meta))
+
+
+def read_model_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and validate the outer structure of a model checkpoint."""
+    obj = load_torch(path)
+    if obj.get("format") != FORMAT or "spec" not in obj or "state_dict" not in obj:
+        raise DwrpruneError(
+            f"{path} is not a dwrprune model checkpoint (expected keys format='dwrprune', spec, "
+            f"state_dict; found {sorted(obj)[:8]})"
+        )
+    if obj.get("format_version", 0) > FORMAT_VERSION:
+        raise DwrpruneError(f"{path} was written by a newer dwrprune (format version "
+                            f"{obj['format_version']} > {FORMAT_VERSION})")
+    return obj
+
+
+def build_from_spec(spec: dict) -> nn.Module:
+    """Rebuild the architecture a spec describes, from the registered constructor."""
+    from .models import create_model
+
+    m = spec["model"]
+    model = create_model(m["name"], num_classes=m["num_classes"], in_channels=m["in_channels"])
+    if spec.get("arch"):
+        from .surgery import apply_arch
+
+        apply_arch(model, spec["arch"])
+    return model
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shape = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}")
+        if shape:
+            parts.append(f"shape mismatch {shape[:3]}")
+        raise DwrpruneError(f"checkpoint {source} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(state_dict)
+
+
+def load(path: str | os.PathLike) -> nn.Module:
+    """Rebuild a model from a portable checkpoint; the spec is kept as ``model.dwrprune_spec``."""
+    obj = read_model_checkpoint(path)
+    model = build_from_spec(obj["spec"])
+    load_state_dict_checked(model, obj["state_dict"], str(path))
+    model.dwrprune_spec = obj["spec"]
+    model.eval()
+    return model

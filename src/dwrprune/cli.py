@@ -1,0 +1,304 @@
+"""The ``dwrprune`` command line.
+
+Each subcommand is a small function registered with :func:`command`.  Every option can also
+come from a YAML file (``--config FILE``; keys are option names with dashes or underscores);
+options given on the command line win.  User mistakes end with a one-line message and exit
+code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from . import __version__
+from .errors import DwrpruneError
+
+_COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
+
+
+def command(name: str, help: str):
+    """Register ``fn(args)`` as subcommand ``name``; ``fn.add_args(parser)`` adds options."""
+
+    def wrap(fn):
+        _COMMANDS[name] = (fn, getattr(fn, "add_args", lambda p: None), help)
+        return fn
+
+    return wrap
+
+
+def with_args(add: Callable[[argparse.ArgumentParser], None]):
+    def wrap(fn):
+        fn.add_args = add
+        return fn
+
+    return wrap
+
+
+# ---------------------------------------------------------------------------- shared options
+def args_dict(args: argparse.Namespace) -> dict:
+    """The resolved options as plain data (for the config JSON a run folder keeps)."""
+    return {k: v for k, v in vars(args).items() if k != "func"}
+
+
+def add_data_args(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
+    p.add_argument("--data", default=default, help="dataset name (fashion-mnist, cifar10, "
+                   "cifar100, imagefolder, synthetic)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: Debian's "
+                   "/usr/share/datasets/fashion-mnist for fashion-mnist)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the training set held out for validation")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+
+
+def add_checkpoint_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
+    from .pretrained import DEFAULT
+
+    p.add_argument("--checkpoint", default=None if required else DEFAULT, required=required,
+                   help=f"model checkpoint path, or a bundled name (default: {DEFAULT})")
+
+
+def load_checkpoint_model(checkpoint):
+    from .checkpoint import load
+    from .pretrained import resolve
+
+    return load(resolve(checkpoint))
+
+
+def build_loader(args, split: str, resolution: int | None, shuffle: bool = False,
+                 subset: int | None = None, seed: int = 0):
+    from .data import create_dataset, make_loader
+
+    ds = create_dataset(args.data, split, data_dir=args.data_dir, resolution=resolution,
+                        val_fraction=args.val_fraction, subset=subset)
+    return make_loader(ds, args.batch_size, shuffle=shuffle, seed=seed,
+                       num_workers=args.workers)
+
+
+def check_data_matches(spec: dict, info) -> None:
+    m = spec["model"]
+    if info.num_classes and info.num_classes != m["num_classes"]:
+        raise DwrpruneError(f"dataset {info.name!r} has {info.num_classes} classes but the "
+                            f"model outputs {m['num_classes']}")
+    if info.in_channels != m["in_channels"]:
+        raise DwrpruneError(f"dataset {info.name!r} has {info.in_channels} input channels but "
+                            f"the model expects {m['in_channels']}")
+
+
+# ---------------------------------------------------------------------------- models / info
+def _models_args(p):
+    p.add_argument("--torchvision", action="store_true", help="also list tv/NAME models")
+
+
+@command("models", "list the registered models")
+@with_args(_models_args)
+def cmd_models(args) -> int:
+    from .models import get_entry, list_models
+
+    for name in list_models(include_torchvision=args.torchvision):
+        e = get_entry(name)
+        print(f"{name:28s} min {e.min_resolution:3d}px  {e.description}")
+    return 0
+
+
+def _info_args(p):
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", help="registered model name (fresh weights)")
+    g.add_argument("--checkpoint", help="model checkpoint (path or bundled name)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="input side in px (default: the checkpoint's, or 32)")
+    p.add_argument("--in-channels", type=int, default=None,
+                   help="input channels for --model (default 3)")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1, help="threads for latency")
+    p.add_argument("--batch-sizes", default="1,64", help="latency batch sizes, comma-separated")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@command("info", "MACs, parameters and CPU latency of a model at a resolution")
+@with_args(_info_args)
+def cmd_info(args) -> int:
+    from .cost import cost_report, format_count, machine_stamp
+    from .models import check_resolution, create_model
+
+    if args.model:
+        in_ch = args.in_channels or 3
+        model = create_model(args.model, num_classes=args.num_classes, in_channels=in_ch)
+        name, res = args.model, args.resolution or 32
+    else:
+        from .pretrained import DEFAULT
+
+        model = load_checkpoint_model(args.checkpoint or DEFAULT)
+        spec = model.dwrprune_spec
+        name, in_ch = spec["model"]["name"], spec["model"]["in_channels"]
+        res = args.resolution or spec["input"]["resolution"]
+    check_resolution(name, res)
+    batches = tuple(int(b) for b in args.batch_sizes.split(",")) if not args.no_latency else ()
+    rep = cost_report(model, res, in_ch, batches, args.threads, args.repeats)
+    if args.json:
+        print(json.dumps({"model": name, **rep.as_dict(), "machine": machine_stamp()}))
+        return 0
+    print(f"model       {name}  ({in_ch}x{res}x{res} input)")
+    print(f"MACs        {format_count(rep.macs)}  ({rep.macs:,})")
+    print(f"params      {format_count(rep.params)}  ({rep.params:,})")
+    for lat in rep.latency:
+        print(f"latency     batch {lat.batch_size:3d}: {lat.median_ms:8.2f} ms median "
+              f"({lat.threads} thread{'s' if lat.threads > 1 else ''}, {lat.repeats} repeats)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- train / eval
+def _train_args(p):
+    p.add_argument("--model", required=True, help="registered model name")
+    add_data_args(p)
+    p.add_argument("--resolution", type=int, default=None, help="input side (default native)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--steps", type=int, default=None, help="train this many batches instead")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--subset", type=int, default=None, help="train on this many samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (resumes if it has last.pt)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command("train", "train a registered model from scratch (resumable)")
+@with_args(_train_args)
+def cmd_train(args) -> int:
+    import torch
+
+    from .checkpoint import make_spec, save_json, save_model
+    from .engine import TrainConfig, evaluate, train
+    from .models import check_resolution, create_model
+
+    torch.manual_seed(args.seed)
+    train_loader = build_loader(args, "train", args.resolution, shuffle=True,
+                                subset=args.subset, seed=args.seed)
+    info = train_loader.dataset.info
+    res = args.resolution or info.resolution
+    check_resolution(args.model, res)
+    model = create_model(args.model, num_classes=info.num_classes, in_channels=info.in_channels)
+    spec = make_spec(args.model, info.num_classes, info.in_channels, res, info.name,
+                     info.mean, info.std)
+    cfg = TrainConfig(epochs=args.epochs, steps=args.steps, lr=args.lr,
+                      weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                      seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command_line = "dwrprune " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    save_json(out / "config.json", {"command": command_line, **args_dict(args)})
+    val_loader = build_loader(args, "val", res)
+    result = train(model, train_loader, cfg, val_loader=val_loader, checkpoint_dir=out,
+                   spec=spec, progress=not args.no_progress)
+    test = evaluate(model, build_loader(args, "test", res), progress=not args.no_progress)
+    meta = {"command": command_line, "seed": args.seed, "test_acc": test.accuracy,
+            "test_loss": test.loss, "val_acc": result.history[-1].get("val_acc"),
+            "epochs": len(result.history), "train_seconds": result.seconds,
+            "dwrprune_version": __version__, "torch": torch.__version__}
+    save_model(out / "model.pt", model, spec, meta)
+    save_json(out / "history.json", result.history)
+    save_json(out / "card.json", meta)
+    print(f"test accuracy {test.accuracy * 100:.2f}%  -> {out / 'model.pt'}")
+    return 0
+
+
+def _eval_args(p):
+    add_checkpoint_arg(p)
+    add_data_args(p)
+    p.add_argument("--split", default="test", choices=["train", "val", "trainval", "test"])
+    p.add_argument("--json", action="store_true")
+
+
+@command("eval", "evaluate a checkpoint on a dataset split")
+@with_args(_eval_args)
+def cmd_eval(args) -> int:
+    from .engine import evaluate
+
+    model = load_checkpoint_model(args.checkpoint)
+    spec = model.dwrprune_spec
+    loader = build_loader(args, args.split, spec["input"]["resolution"])
+    check_data_matches(spec, loader.dataset.info)
+    ev = evaluate(model, loader, progress=True)
+    if args.json:
+        print(json.dumps({"split": args.split, "accuracy": ev.accuracy, "loss": ev.loss,
+                          "count": ev.count}))
+    else:
+        print(f"{args.split} accuracy {ev.accuracy * 100:.2f}%  loss {ev.loss:.4f}  "
+              f"({ev.count} images)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dwrprune", description="Prune a CNN along depth, width and resolution.")
+    parser.add_argument("--version", action="version", version=f"dwrprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (fn, add, help_) in _COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--config", default=None, help="YAML file of option values")
+        add(sp)
+        sp.set_defaults(func=fn)
+    return parser
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _apply_yaml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; values from ``--config FILE`` become defaults the command line overrides."""
+    path = _config_path(argv)
+    name = next((a for a in argv if not a.startswith("-")), None)
+    sub = parser._subparsers._group_actions[0].choices.get(name) if name else None  # noqa: SLF001
+    if path is None or sub is None:
+        return parser.parse_args(argv)
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise DwrpruneError(f"cannot read config {path}: {e}") from None
+    if not isinstance(values, dict):
+        raise DwrpruneError(f"config {path} must be a mapping of option: value")
+    known = {a.dest for a in sub._actions}  # noqa: SLF001
+    clean = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(clean) - known)
+    if unknown:
+        raise DwrpruneError(f"config {path}: unknown options {unknown} for 'dwrprune {name}'")
+    sub.set_defaults(**clean)
+    for a in sub._actions:  # noqa: SLF001 - a YAML value satisfies a required option
+        if a.dest in clean:
+            a.required = False
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = _apply_yaml(parser, argv)
+        return int(args.func(args) or 0)
+    except DwrpruneError as e:
+        print(f"dwrprune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dwrprune: interrupted; finished work is saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

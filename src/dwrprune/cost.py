@@ -1,0 +1,132 @@
+"""What a model costs: MACs and parameters (counted), CPU latency (measured).
+
+MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass of a
+single image and reported as FLOPs / 2, as the pruning literature does (convolutions and
+linear layers; BatchNorm, activations, pooling and additions are not counted there either).
+Latency is the median over repeats of a timed forward pass, after warm-up, with a fixed
+number of threads, under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import DwrpruneError
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, resolution: int, in_channels: int | None = None) -> int:
+    """Multiply-accumulates of one forward pass on a 1 x C x R x R input."""
+    if in_channels is None:
+        in_channels = first_conv_in_channels(model)
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, in_channels, resolution, resolution,
+                    device=next(model.parameters()).device)
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            model(x)
+    except RuntimeError as e:
+        raise DwrpruneError(
+            f"model does not run on a {in_channels}x{resolution}x{resolution} input: "
+            f"{str(e).splitlines()[0][:200]}") from None
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def first_conv_in_channels(model: nn.Module) -> int:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    raise DwrpruneError(f"{type(model).__name__} has no Conv2d; cannot infer input channels")
+
+
+@dataclass
+class Latency:
+    batch_size: int
+    threads: int
+    median_ms: float
+    min_ms: float
+    repeats: int
+
+
+@torch.inference_mode()
+def measure_latency(model: nn.Module, resolution: int, batch_size: int = 1,
+                    in_channels: int | None = None, threads: int = 1, warmup: int = 5,
+                    repeats: int = 20) -> Latency:
+    """Median wall-clock of one forward pass on the CPU with ``threads`` threads."""
+    if in_channels is None:
+        in_channels = first_conv_in_channels(model)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    was_training = model.training
+    model.eval()
+    x = torch.randn(batch_size, in_channels, resolution, resolution)
+    try:
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(old_threads)
+        model.train(was_training)
+    return Latency(batch_size, threads, statistics.median(times), min(times), repeats)
+
+
+@dataclass
+class CostReport:
+    macs: int
+    params: int
+    resolution: int
+    latency: list[Latency]
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["latency"] = [asdict(x) for x in self.latency]
+        return d
+
+
+def cost_report(model: nn.Module, resolution: int, in_channels: int | None = None,
+                latency_batches: tuple[int, ...] = (1, 64), threads: int = 1,
+                repeats: int = 20) -> CostReport:
+    lat = [measure_latency(model, resolution, b, in_channels, threads, repeats=repeats)
+           for b in latency_batches]
+    return CostReport(count_macs(model, resolution, in_channels), count_params(model),
+                      resolution, lat)
+
+
+def machine_stamp() -> dict:
+    """Where a measurement was taken: torch version, CPU model, thread count."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "cpu": cpu, "threads": torch.get_num_threads()}
+
+
+def format_count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:.0f}"

@@ -1,0 +1,265 @@
+"""The one training / fine-tuning / evaluation loop.
+
+Pretraining, every fine-tune of sample collection, the final fine-tune and the benchmarks all
+call :func:`train` and :func:`evaluate` from here.  Defaults: SGD with Nesterov momentum,
+cosine learning-rate schedule stepped per batch, optional label smoothing, and an optional
+teacher for knowledge distillation (Hinton et al. 2015: KL between temperature-softened
+distributions, scaled by T^2).
+
+Determinism and resumption: at the start of epoch ``e`` the global torch RNG (augmentation)
+and the loader's shuffling generator are both seeded from ``seed`` and ``e``, so a run resumed
+from the checkpoint of epoch ``e-1`` sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpoint import load_torch, model_payload, save_torch
+from .errors import DwrpruneError
+
+
+@dataclass
+class TrainConfig:
+    """How to train.  ``steps`` (if set) overrides ``epochs``: fine-tunes are often counted
+    in batches rather than passes over the data."""
+
+    epochs: int = 15
+    steps: int | None = None
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    label_smoothing: float = 0.0
+    kd_alpha: float = 0.0  # weight of the distillation term (needs a teacher)
+    kd_temperature: float = 4.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.steps is None and self.epochs < 1:
+            raise DwrpruneError(f"epochs must be >= 1, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise DwrpruneError(f"steps must be >= 1, got {self.steps}")
+        if self.lr <= 0:
+            raise DwrpruneError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.kd_alpha <= 1.0:
+            raise DwrpruneError(f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise DwrpruneError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float  # fraction in [0, 1]
+    count: int
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, progress: bool = False,
+             desc: str = "eval", max_batches: int | None = None) -> EvalResult:
+    """Mean cross-entropy and top-1 accuracy over ``loader`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    loss_sum, correct, n = 0.0, 0, 0
+    it = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    for i, (x, y) in enumerate(it):
+        if max_batches is not None and i >= max_batches:
+            break
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+        n += len(y)
+    model.train(was_training)
+    if n == 0:
+        raise DwrpruneError("evaluation loader yielded no samples")
+    return EvalResult(loss_sum / n, correct / n, n)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, num_batches: int = 50,
+                          progress: bool = False) -> nn.Module:
+    """EagleEye's adaptive BatchNorm: re-estimate running statistics on training batches.
+
+    Statistics are reset and accumulated as a cumulative average (momentum=None) over
+    ``num_batches`` batches in train mode with gradients off; weights are unchanged.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    device = _device_of(model)
+    seen = 0
+    for x, _ in tqdm(loader, desc="bn-recal", leave=False, disable=not progress,
+                     total=min(num_batches, len(loader))):
+        if seen >= num_batches:
+            break
+        model(x.to(device))
+        seen += 1
+    for m, mom in saved:
+        m.momentum = mom
+    model.train(was_training)
+    return model
+
+
+def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def _lr_lambda(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        p = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+    return f
+
+
+def train(
+    model: nn.Module,
+    train_loader: DataLoader,
+    config: TrainConfig | None = None,
+    *,
+    val_loader: DataLoader | None = None,
+    teacher: nn.Module | None = None,
+    checkpoint_dir: str | Path | None = None,
+    spec: dict | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place; returns per-epoch history.
+
+    With ``checkpoint_dir``, writes ``last.pt`` (model + optimizer + schedule + history,
+    atomically) after every epoch, and resumes from it if it is already there.  ``spec`` is
+    stored in the checkpoint so that ``last.pt`` is also a loadable model checkpoint.
+    """
+    config = config or TrainConfig()
+    config.validate()
+    if config.kd_alpha > 0 and teacher is None:
+        raise DwrpruneError("kd_alpha > 0 needs a teacher model for distillation")
+    n_batches = len(train_loader)
+    if n_batches == 0:
+        raise DwrpruneError("training loader yields no batches (dataset smaller than batch?)")
+    total = config.steps if config.steps is not None else config.epochs * n_batches
+    n_epochs = math.ceil(total / n_batches)
+    device = _device_of(model)
+
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": config.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(total, config.warmup_steps, config.min_lr_ratio))
+    result = TrainResult()
+    start_epoch, step = 0, 0
+    ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if ckpt_path is not None and ckpt_path.exists():
+        state = load_torch(ckpt_path)
+        saved_cfg = state.get("train_config", {})
+        if saved_cfg != asdict(config):
+            raise DwrpruneError(
+                f"{ckpt_path} was written with a different training config; use a new "
+                f"--out folder or the same settings (saved: {saved_cfg})")
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+        result.history = list(state["history"])
+        result.seconds = float(state.get("seconds", 0.0))
+        if progress:
+            tqdm.write(f"resumed from {ckpt_path} after epoch {start_epoch}")
+
+    if teacher is not None:
+        teacher.eval()
+    for epoch in range(start_epoch, n_epochs):
+        t0 = time.perf_counter()
+        torch.manual_seed(config.seed * 100003 + epoch)
+        if train_loader.generator is not None:
+            train_loader.generator.manual_seed(config.seed * 100003 + epoch)
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(train_loader, desc=f"{desc} {epoch + 1}/{n_epochs}", leave=False,
+                   disable=not progress, total=min(n_batches, total - step))
+        for x, y in bar:
+            if step >= total:
+                break
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
+            if teacher is not None and config.kd_alpha > 0:
+                with torch.no_grad():
+                    t_out = teacher(x)
+                loss = ((1 - config.kd_alpha) * loss
+                        + config.kd_alpha * distillation_loss(out, t_out, config.kd_temperature))
+            if not torch.isfinite(loss):
+                raise DwrpruneError(f"training diverged (loss {loss.item()}) at step {step}; "
+                                    "lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            loss_sum += loss.item() * len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                            lr=f"{sched.get_last_lr()[0]:.3g}")
+        row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
+               "train_acc": correct / max(seen, 1), "lr": sched.get_last_lr()[0]}
+        if val_loader is not None:
+            ev = evaluate(model, val_loader, progress=progress, desc="val")
+            row.update(val_loss=ev.loss, val_acc=ev.accuracy)
+        result.seconds += time.perf_counter() - t0
+        row["seconds"] = result.seconds
+        result.history.append(row)
+        if progress:
+            msg = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in row.items())
+            tqdm.write(f"[{desc}] {msg}")
+        if ckpt_path is not None:
+            payload = model_payload(model, spec or {}, {"history": result.history})
+            payload.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                           epoch=epoch, step=step, history=result.history,
+                           seconds=result.seconds, train_config=asdict(config))
+            save_torch(ckpt_path, payload)
+    result.steps = step
+    return result

@@ -1,0 +1,87 @@
+"""A registry of small model constructors and one ``create_model(name, ...)``.
+
+Every constructor takes ``num_classes`` and ``in_channels`` as keywords and returns an
+``nn.Module``.  Each entry also records the smallest input side the network accepts, so that
+the resolution axis can refuse a point the network cannot run at, with a clear error.
+Names of the form ``tv/NAME`` are resolved lazily to torchvision's classification models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..errors import DwrpruneError
+
+ModelFn = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    fn: ModelFn
+    min_resolution: int
+    description: str = ""
+    tiny: bool = False
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, *, min_resolution: int, description: str = "", tiny: bool = False):
+    """Decorator: add a constructor to the registry under ``name``."""
+
+    def wrap(fn: ModelFn) -> ModelFn:
+        if name in _REGISTRY:
+            raise RuntimeError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelEntry(name, fn, min_resolution, description, tiny)
+        return fn
+
+    return wrap
+
+
+def list_models(include_torchvision: bool = False, include_tiny: bool = True) -> list[str]:
+    """Registered model names; with ``include_torchvision`` also every ``tv/NAME``."""
+    names = sorted(n for n, e in _REGISTRY.items() if include_tiny or not e.tiny)
+    if include_torchvision:
+        from .torchvision_models import torchvision_names
+
+        names += [f"tv/{n}" for n in torchvision_names()]
+    return names
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name`` (torchvision names included), or a clear error."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith("tv/"):
+        from .torchvision_models import torchvision_entry
+
+        return torchvision_entry(name[3:])
+    raise DwrpruneError(
+        f"unknown model {name!r}; available: {', '.join(list_models())}, "
+        "or any torchvision classification model as 'tv/NAME' (e.g. tv/resnet50; "
+        "`dwrprune models --torchvision` lists them)"
+    )
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
+    """Build a freshly initialised model by registry name."""
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise DwrpruneError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise DwrpruneError(f"in_channels must be a positive integer, got {in_channels!r}")
+    entry = get_entry(name)
+    return entry.fn(num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def check_resolution(name: str, resolution: int) -> None:
+    """Raise a clear error if ``resolution`` is below what model ``name`` accepts."""
+    entry = get_entry(name)
+    if not isinstance(resolution, int) or resolution < entry.min_resolution:
+        raise DwrpruneError(
+            f"input resolution {resolution!r} is below the minimum {entry.min_resolution} px "
+            f"that model {name!r} accepts"
+        )
