@@ -41,6 +41,7 @@ def atomic_write_bytes(path: str | os.PathLike, writer) -> None:
             writer(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,80 @@
+"""Shared fixtures: synthetic stand-ins written in the real on-disk formats."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path: Path) -> Path:
+    """A folder holding Fashion-MNIST-format IDX files with 200 train / 50 test images."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    for prefix, n in (("train", 200), ("t10k", 50)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    return root
+
+
+def _write_cifar_batch(path: Path, n: int, label_key: bytes, k: int, rng) -> None:
+    d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+         label_key: rng.integers(0, k, (n,)).tolist()}
+    with open(path, "wb") as f:
+        pickle.dump(d, f)
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for i in range(1, 6):
+        _write_cifar_batch(root / f"data_batch_{i}", 20, b"labels", 10, rng)
+    _write_cifar_batch(root / "test_batch", 30, b"labels", 10, rng)
+    return tmp_path  # the parent, as users usually pass it
+
+
+@pytest.fixture
+def cifar100_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(2)
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    _write_cifar_batch(root / "train", 100, b"fine_labels", 100, rng)
+    _write_cifar_batch(root / "test", 40, b"fine_labels", 100, rng)
+    return root
+
+
+@pytest.fixture
+def imagefolder_dir(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "imgs"
+    for split, n in (("train", 6), ("val", 2)):
+        for cls in ("cat", "dog", "eel"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+    return root

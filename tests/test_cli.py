@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from dwrprune.cli import main
+
+
+def test_info_model_json(capsys):
+    assert main(["info", "--model", "resnet20", "--resolution", "28", "--in-channels", "1",
+                 "--no-latency", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 30.5e6 < out["macs"] < 31.5e6
+
+
+def test_info_latency_table(capsys):
+    assert main(["info", "--model", "resnet_tiny", "--resolution", "16", "--batch-sizes", "1,4",
+                 "--repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "batch   1" in out and "batch   4" in out and "MACs" in out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["info", "--model", "nope"], "unknown model"),
+    (["info", "--model", "vgg16_bn", "--resolution", "8", "--no-latency"], "below the minimum"),
+    (["eval", "--checkpoint", "/nonexistent.pt"], "does not exist"),
+])
+def test_errors_exit_2_with_one_line(argv, match, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dwrprune: error:") and match in err and "\n" not in err
+
+
+def test_train_eval_and_yaml_config(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: resnet_tiny\ndata: synthetic\nsteps: 3\nbatch-size: 16\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["steps"] == 3 and saved["model"] == "resnet_tiny"
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--data", "synthetic",
+                 "--split", "val", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["split"] == "val" and 0 <= res["accuracy"] <= 1
+
+
+def test_yaml_unknown_option(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("modle: resnet_tiny\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path)]) == 2
+
+
+def test_eval_dataset_mismatch(tmp_path, capsys, fmnist_dir):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet_tiny", "--data", "synthetic", "--steps", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--data", "fashion-mnist",
+                 "--data-dir", str(fmnist_dir)]) == 2
+    assert "input channels" in capsys.readouterr().err
