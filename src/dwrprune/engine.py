@@ -159,6 +159,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     spec: dict | None = None,
     progress: bool = True,
+    log: bool = True,
     desc: str = "train",
 ) -> TrainResult:
     """Train ``model`` in place; returns per-epoch history.
@@ -166,6 +167,7 @@ def train(
     With ``checkpoint_dir``, writes ``last.pt`` (model + optimizer + schedule + history,
     atomically) after every epoch, and resumes from it if it is already there.  ``spec`` is
     stored in the checkpoint so that ``last.pt`` is also a loadable model checkpoint.
+    ``progress`` shows tqdm bars; ``log`` prints one summary line per epoch.
     """
     config = config or TrainConfig()
     config.validate()
@@ -205,7 +207,7 @@ def train(
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
         result.history = list(state["history"])
         result.seconds = float(state.get("seconds", 0.0))
-        if progress:
+        if log:
             tqdm.write(f"resumed from {ckpt_path} after epoch {start_epoch}")
 
     if teacher is not None:
@@ -251,7 +253,7 @@ def train(
         result.seconds += time.perf_counter() - t0
         row["seconds"] = result.seconds
         result.history.append(row)
-        if progress:
+        if log:
             msg = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in row.items())
             tqdm.write(f"[{desc}] {msg}")

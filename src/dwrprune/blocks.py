@@ -1,0 +1,206 @@
+"""Removable blocks, found from the traced autograd graph rather than from class names.
+
+A *residual* block is any sub-module whose output is ``input + branch(input)``, possibly
+followed by an activation.  We find them by running one forward pass with hooks that note
+each module's input and output autograd nodes, then checking whether the output node is an
+addition (behind at most a ReLU-like op) with the input node as one operand.  This catches
+our CIFAR ResNets, torchvision's BasicBlock / Bottleneck / InvertedResidual / MBConv / RegNet
+blocks, and any user module of that shape.
+
+A *transition* block has the same form with a projection module on the shortcut
+(``proj(input) + branch(input)``); removing it leaves ``act(proj(input))``.  A *plain* unit is
+a conv-BN-activation run inside an ``nn.Sequential`` whose output has its input's shape
+(VGG); removing it deletes the three layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import DwrpruneError
+
+_ACTIVATIONS = {"ReluBackward0": "relu", "Relu6Backward0": "relu6",
+                "HardtanhBackward0": "relu6"}
+
+
+@dataclass(frozen=True)
+class Block:
+    """One removable unit.  ``name`` is the module path (for plain units, the conv's path)."""
+
+    name: str
+    kind: str  # "residual" | "transition" | "plain"
+    members: tuple[str, ...] = field(default_factory=tuple)  # plain: layers to delete
+    shortcut: str | None = None  # transition: projection module path
+    post: tuple[str, ...] = field(default_factory=tuple)  # activations after the add
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["members"], d["post"] = list(self.members), list(self.post)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Block:
+        return cls(d["name"], d["kind"], tuple(d.get("members", ())), d.get("shortcut"),
+                   tuple(d.get("post", ())))
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    return model.get_submodule(path) if path else model
+
+
+def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    setattr(get_module(model, parent_path), attr, new)
+
+
+def _strip_post(node):
+    post = []
+    while node is not None and type(node).__name__ in _ACTIVATIONS:
+        post.append(_ACTIVATIONS[type(node).__name__])
+        node = node.next_functions[0][0]
+    return node, tuple(reversed(post))
+
+
+def _input_node(x: torch.Tensor):
+    return x.grad_fn if x.grad_fn is not None else ("leaf", id(x))
+
+
+def _same_node(graph_node, recorded) -> bool:
+    if isinstance(recorded, tuple):  # leaf input: the graph holds its AccumulateGrad node
+        return type(graph_node).__name__ == "AccumulateGrad" and id(graph_node.variable) == recorded[1]
+    return graph_node is recorded
+
+
+def find_removable_blocks(model: nn.Module, example_input: torch.Tensor,
+                          transitions: bool = False) -> list[Block]:
+    """Removable blocks of ``model`` in execution order (innermost when nested)."""
+    records: dict[str, dict] = {}
+    order: list[str] = []
+    handles = []
+
+    def pre_hook(name):
+        def f(mod, args):
+            if len(args) == 1 and isinstance(args[0], torch.Tensor):
+                records[name] = {"in": _input_node(args[0]), "in_shape": tuple(args[0].shape),
+                                 "in_id": id(args[0])}
+        return f
+
+    def post_hook(name):
+        def f(mod, args, out):
+            if name in records and isinstance(out, torch.Tensor):
+                records[name].update(out=out.grad_fn, out_shape=tuple(out.shape))
+                order.append(name)
+        return f
+
+    for name, mod in model.named_modules():
+        if name:
+            handles.append(mod.register_forward_pre_hook(pre_hook(name)))
+            handles.append(mod.register_forward_hook(post_hook(name)))
+    was_training = model.training
+    model.eval()
+    x = example_input.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+    out_nodes: dict = {}
+    for n, rec in records.items():  # one node may end several nested modules
+        if rec.get("out") is not None:
+            out_nodes.setdefault(rec["out"], []).append(n)
+    found: list[Block] = []
+    for name in order:
+        rec = records[name]
+        node, post = _strip_post(rec.get("out"))
+        if node is None or type(node).__name__ != "AddBackward0":
+            continue
+        operands = [nf[0] for nf in node.next_functions if nf[0] is not None]
+        if len(operands) != 2:
+            continue
+        if any(_same_node(op, rec["in"]) for op in operands):
+            if rec["in_shape"] == rec["out_shape"]:
+                found.append(Block(name, "residual", post=post))
+            continue
+        if not transitions or post not in ((), ("relu",)):
+            continue
+        shortcut = next(
+            (sc for op in operands for sc in out_nodes.get(op, ())
+             if sc.startswith(name + ".") and records[sc]["in_id"] == rec["in_id"]
+             and records[sc]["out_shape"] == rec["out_shape"]), None)
+        if shortcut is not None:  # a child module on the shortcut, fed by the block input
+            found.append(Block(name, "transition", shortcut=shortcut, post=post))
+    found = _innermost(found)
+    if not found:  # plain networks only: inside residual nets such units are branch parts
+        found = _plain_units(model, records)
+    rank = {n: i for i, n in enumerate(order)}
+    return sorted(found, key=lambda b: rank.get(b.name, 0))
+
+
+def _innermost(blocks: list[Block]) -> list[Block]:
+    names = {b.name for b in blocks}
+    return [b for b in blocks
+            if not any(o != b.name and o.startswith(b.name + ".") for o in names)]
+
+
+def _plain_units(model: nn.Module, records: dict) -> list[Block]:
+    """conv-BN-act triples inside Sequentials whose output shape equals their input shape."""
+    units = []
+    for seq_name, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        kids = list(seq.named_children())
+        for i in range(len(kids) - 2):
+            (cn, conv), (bn_n, bn), (an, act) = kids[i], kids[i + 1], kids[i + 2]
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+                    and isinstance(act, (nn.ReLU, nn.ReLU6))):
+                continue
+            path = f"{seq_name}.{cn}" if seq_name else cn
+            rec = records.get(path)
+            if (rec and conv.groups == 1 and rec["in_shape"] == rec.get("out_shape")):
+                members = tuple(f"{seq_name}.{n}" if seq_name else n for n in (cn, bn_n, an))
+                units.append(Block(path, "plain", members=members))
+    return units
+
+
+def resolve_blocks(model: nn.Module, example_input: torch.Tensor,
+                   names: list[str] | None = None, transitions: bool = False) -> list[Block]:
+    """Auto-detected blocks, or the subset a user named explicitly (validated)."""
+    found = find_removable_blocks(model, example_input, transitions=transitions)
+    if names is None:
+        return found
+    by_name = {b.name: b for b in found}
+    all_found = {b.name: b for b in find_removable_blocks(model, example_input, True)}
+    out = []
+    for n in names:
+        if n in by_name:
+            out.append(by_name[n])
+        elif n in all_found:
+            out.append(all_found[n])
+        else:
+            raise DwrpruneError(
+                f"{n!r} is not a removable block of {type(model).__name__}: it must be a module "
+                "whose output is input + branch(input) (or a projection shortcut), or a "
+                f"shape-preserving conv-BN-ReLU unit; detected: {sorted(all_found)[:12]}")
+    return out
+
+
+def remove_blocks(model: nn.Module, blocks: list[Block]) -> None:
+    """Physically remove ``blocks`` from ``model`` (in place)."""
+    acts = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+    for b in blocks:
+        if b.kind == "residual":
+            set_module(model, b.name, nn.Identity())
+        elif b.kind == "transition":
+            shortcut = get_module(model, b.shortcut)
+            set_module(model, b.name, nn.Sequential(shortcut, *(acts[p]() for p in b.post)))
+        elif b.kind == "plain":
+            for m in b.members:
+                set_module(model, m, nn.Identity())
+        else:
+            raise DwrpruneError(f"unknown block kind {b.kind!r}")

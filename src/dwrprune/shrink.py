@@ -1,0 +1,320 @@
+"""Shrink a model to a (depth, width, resolution) point, and say exactly what that costs.
+
+``Shrinker(model)`` analyses a model once (removable blocks, block ranking, channel groups,
+per-layer geometry per resolution) and then answers two questions:
+
+* ``macs(d, w, r)`` -- the exact MACs of the model ``shrink`` would build, as arithmetic over
+  cached per-layer records (no model is built), for the solver to call many times;
+* ``shrink(d, w, r)`` -- a physically smaller copy plus a JSON spec of what was kept.
+
+The input model is never modified.  Resolution is not a network change: the pruned model
+records its input side in the spec, and the data pipeline resizes images to it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from .blocks import Block, remove_blocks, resolve_blocks
+from .costmath import (check_fraction, conv_macs, kept_blocks, kept_resolution,
+                       linear_macs)
+from .criteria import make_channel_criterion, make_depth_criterion
+from .errors import DwrpruneError
+from .surgery import (PRUNABLE, GroupInfo, build_graph, describe_groups, output_layer,
+                      prune_width, record_layer_changes)
+
+
+@dataclass(frozen=True)
+class LayerGeom:
+    """One conv/linear layer at one resolution: what its MACs depend on."""
+
+    name: str
+    kind: str  # conv | linear
+    in_ch: int
+    out_ch: int
+    groups: int
+    kernel: int
+    positions: int  # output H*W for convs, rows for linear layers
+
+
+@dataclass
+class Plan:
+    """The discrete point a continuous (d, w, r) maps to."""
+
+    d: float
+    w: float
+    r: float
+    resolution: int
+    kept_blocks: int
+    removed: list[Block] = field(default_factory=list)
+
+
+@dataclass
+class ShrinkResult:
+    model: nn.Module
+    spec: dict
+    macs: int
+    params: int
+
+
+def _model_spec(model: nn.Module, resolution: int | None, in_channels: int | None) -> dict:
+    spec = getattr(model, "dwrprune_spec", None)
+    if spec is not None:
+        spec = copy.deepcopy(spec)
+        if spec.get("arch"):
+            raise DwrpruneError(
+                "this model is already pruned; shrink the original model instead (pruning a "
+                "pruned model is what sample collection does internally via Shrinker)")
+        return spec
+    from .checkpoint import make_spec
+    from .cost import first_conv_in_channels
+
+    if resolution is None:
+        raise DwrpruneError("a model without a dwrprune spec needs resolution=<input side>")
+    return make_spec(None, 0, in_channels or first_conv_in_channels(model), resolution)
+
+
+class Shrinker:
+    """Analyse ``model`` once; shrink it to any (d, w, r) and answer exact cost queries.
+
+    ``blocks``: removable block names (default: detected from the traced graph).
+    ``transitions``: also let depth pruning replace stage-transition blocks by their
+    projection shortcut.  ``depth_criterion`` / ``channel_criterion``: objects or names.
+    ``min_resolution``: the smallest input side allowed (default: the registry's minimum).
+    """
+
+    def __init__(self, model: nn.Module, *, resolution: int | None = None,
+                 in_channels: int | None = None, blocks: list[str] | None = None,
+                 transitions: bool = False, depth_criterion="weight_norm",
+                 channel_criterion="l1", round_to: int | None = None,
+                 min_resolution: int | None = None, criterion_data: dict | None = None):
+        self.model = model
+        self.spec = _model_spec(model, resolution, in_channels)
+        self.base_resolution = resolution or self.spec["input"]["resolution"]
+        self.in_channels = self.spec["model"]["in_channels"]
+        name = self.spec["model"]["name"]
+        if min_resolution is None:
+            from .models import get_entry
+
+            min_resolution = get_entry(name).min_resolution if name else 8
+        self.min_resolution = min_resolution
+        self.round_to = round_to
+        data = criterion_data or {}
+        self.depth_criterion = make_depth_criterion(depth_criterion, **data)
+        self.channel_criterion = make_channel_criterion(
+            channel_criterion, **({"loader": data.get("train_loader")}
+                                  if channel_criterion == "taylor" else {}))
+        x = self.example_input()
+        self.blocks = resolve_blocks(model, x, blocks, transitions)
+        self.classifier = output_layer(model, x)
+        self._order: list[Block] | None = None
+        self._groups: list[GroupInfo] | None = None
+        self._geom: dict[int, tuple[list[LayerGeom], int]] = {}
+
+    # ------------------------------------------------------------------------ analysis
+    def example_input(self, resolution: int | None = None) -> torch.Tensor:
+        res = resolution or self.base_resolution
+        device = next(self.model.parameters()).device
+        return torch.zeros(1, self.in_channels, res, res, device=device)
+
+    def block_order(self) -> list[Block]:
+        """Removable blocks, least important first (cached; computed by the criterion)."""
+        if self._order is None:
+            scores = self.depth_criterion.block_scores(self.model, self.blocks)
+            ranked = sorted(range(len(self.blocks)), key=lambda i: (scores[i], i))
+            self._order = [self.blocks[i] for i in ranked]
+            self.block_scores = {self.blocks[i].name: float(scores[i]) for i in ranked}
+        return self._order
+
+    def groups(self) -> list[GroupInfo]:
+        if self._groups is None:
+            probe = copy.deepcopy(self.model)
+            dg, groups = build_graph(probe, self.example_input(), [self.classifier])
+            self._groups = describe_groups(probe, dg, groups)
+        return self._groups
+
+    def geometry(self, resolution: int) -> tuple[list[LayerGeom], int]:
+        """Per-layer geometry at ``resolution`` and the MACs the formula does not model."""
+        if resolution not in self._geom:
+            layers: list[LayerGeom] = []
+
+            def hook(name):
+                def f(mod, args, out):
+                    if isinstance(mod, nn.Conv2d):
+                        layers.append(LayerGeom(name, "conv", mod.in_channels, mod.out_channels,
+                                                mod.groups, math.prod(mod.kernel_size),
+                                                out.shape[-1] * out.shape[-2]))
+                    else:
+                        layers.append(LayerGeom(name, "linear", mod.in_features,
+                                                mod.out_features, 1, 1,
+                                                out.numel() // out.shape[-1]))
+                return f
+
+            hooks = [m.register_forward_hook(hook(n)) for n, m in self.model.named_modules()
+                     if isinstance(m, PRUNABLE)]
+            counter = FlopCounterMode(display=False)
+            was = self.model.training
+            try:
+                with torch.no_grad(), counter:
+                    self.model.eval()(self.example_input(resolution))
+            finally:
+                for h in hooks:
+                    h.remove()
+                self.model.train(was)
+            modelled = sum(self._layer_macs(g, g.in_ch, g.out_ch, g.groups) for g in layers)
+            self._geom[resolution] = (layers, counter.get_total_flops() // 2 - modelled)
+        return self._geom[resolution]
+
+    @staticmethod
+    def _layer_macs(g: LayerGeom, in_ch: int, out_ch: int, groups: int) -> int:
+        if g.kind == "conv":
+            return conv_macs(g.positions, g.kernel, in_ch, out_ch, groups)
+        return linear_macs(g.positions, in_ch, out_ch)
+
+    # ------------------------------------------------------------------------ planning
+    def plan(self, d: float, w: float, r: float) -> Plan:
+        d, w, r = (check_fraction(n, v) for n, v in (("d", d), ("w", w), ("r", r)))
+        res = kept_resolution(self.base_resolution, r)
+        if res < self.min_resolution:
+            raise DwrpruneError(
+                f"r={r:g} gives a {res}px input, below this model's minimum "
+                f"{self.min_resolution}px (base {self.base_resolution}px): use "
+                f"r >= {self.min_resolution / self.base_resolution:.3f}")
+        n = len(self.blocks)
+        keep = kept_blocks(n, d)
+        if keep < n and n == 0:
+            raise DwrpruneError("no removable blocks")
+        if n == 0 and d < 1:
+            raise DwrpruneError(
+                f"{type(self.model).__name__} has no removable blocks (residual "
+                "input + branch(input) modules, or shape-preserving conv-BN-ReLU units in a "
+                "plain network), so d must be 1; pass blocks=[...] to name some explicitly")
+        removed = self.block_order()[: n - keep] if keep < n else []
+        return Plan(d, w, r, res, keep, list(removed))
+
+    def macs(self, d: float, w: float, r: float) -> int:
+        """Exact MACs of ``shrink(d, w, r)``'s model, without building it."""
+        plan = self.plan(d, w, r)
+        layers, unmodelled = self.geometry(plan.resolution)
+        if unmodelled:  # ops outside conv/linear (e.g. attention matmuls): build and count
+            return self.shrink(d, w, r, recalibrate=None).macs
+        kept = self._channel_counts(w)
+        dropped = self._dropped_layers(plan.removed)
+        total = 0
+        for g in layers:
+            if g.name in dropped:
+                continue
+            in_ch, out_ch = kept.get((g.name, "in"), g.in_ch), kept.get((g.name, "out"), g.out_ch)
+            groups = g.groups
+            if g.groups > 1 and g.groups == g.in_ch == g.out_ch:  # depthwise: in = out = groups
+                in_ch = out_ch = groups = min(in_ch, out_ch)
+            total += self._layer_macs(g, in_ch, out_ch, groups)
+        return total
+
+    @lru_cache(maxsize=256)  # noqa: B019 - one Shrinker per model; the cache is the point
+    def _channel_counts(self, w: float) -> dict[tuple[str, str], int]:
+        if w >= 1.0:
+            return {}
+        layers = {g.name: g for g in self.geometry(self.base_resolution)[0]}
+        pruned: dict[tuple[str, str], int] = {}
+        for grp in self.groups():
+            p = grp.pruned(w, self.round_to)
+            for name, side, factor in grp.members:
+                if name in layers:
+                    pruned[(name, side)] = pruned.get((name, side), 0) + p * factor
+        out = {}
+        for (name, side), p in pruned.items():
+            g = layers[name]
+            out[(name, side)] = (g.in_ch if side == "in" else g.out_ch) - p
+        return out
+
+    def _dropped_layers(self, removed: list[Block]) -> set[str]:
+        names = [g.name for g in self.geometry(self.base_resolution)[0]]
+        dropped = set()
+        for b in removed:
+            if b.kind == "plain":
+                dropped.update(b.members)
+                continue
+            keep_prefix = b.shortcut + "." if b.shortcut else None
+            for n in names:
+                if n.startswith(b.name + ".") and not (
+                        keep_prefix and (n.startswith(keep_prefix) or n == b.shortcut)):
+                    dropped.add(n)
+        return dropped
+
+    # ------------------------------------------------------------------------ surgery
+    def shrink(self, d: float = 1.0, w: float = 1.0, r: float = 1.0, *,
+               recalibrate: DataLoader | Callable[[int], DataLoader] | None = None,
+               recal_batches: int = 50) -> ShrinkResult:
+        """A physically smaller copy of the model at (d, w, r), with its spec.
+
+        ``recalibrate``: a loader (or ``resolution -> loader``) of training images at the new
+        resolution; BatchNorm statistics are re-estimated on ``recal_batches`` of them.
+        """
+        from .cost import count_macs, count_params
+        from .engine import recalibrate_batchnorm
+
+        plan = self.plan(d, w, r)
+        model = copy.deepcopy(self.model)
+        remove_blocks(model, plan.removed)
+        depth_only = copy.deepcopy(model) if w < 1.0 else model
+        try:
+            prune_width(model, self.example_input(), plan.w, self.channel_criterion,
+                        [self._classifier_after(plan.removed)], self.round_to)
+        except DwrpruneError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise DwrpruneError(f"width pruning failed for {type(model).__name__} at "
+                                f"w={w:g}: {type(e).__name__}: {e}") from None
+        arch = {
+            "point": {"d": plan.d, "w": plan.w, "r": plan.r},
+            "base_resolution": self.base_resolution,
+            "removable_blocks": [b.name for b in self.blocks],
+            "removed_blocks": [b.to_dict() for b in plan.removed],
+            "width": {"w": plan.w, "criterion": getattr(self.channel_criterion, "name", "?"),
+                      "round_to": self.round_to},
+            "depth_criterion": getattr(self.depth_criterion, "name", "?"),
+            "layers": record_layer_changes(depth_only, model),
+        }
+        spec = copy.deepcopy(self.spec)
+        spec["arch"] = arch
+        spec["input"]["resolution"] = plan.resolution
+        if recalibrate is not None:
+            loader = recalibrate(plan.resolution) if callable(recalibrate) else recalibrate
+            recalibrate_batchnorm(model, loader, recal_batches)
+        model.eval()
+        model.dwrprune_spec = spec
+        return ShrinkResult(model, spec, count_macs(model, plan.resolution, self.in_channels),
+                            sum(p.numel() for p in model.parameters()))
+
+    def _classifier_after(self, removed: list[Block]) -> str:
+        for b in removed:  # a transition's shortcut moves under "<block>.0"
+            if b.shortcut and self.classifier.startswith(b.shortcut):
+                return b.name + ".0" + self.classifier[len(b.shortcut):]
+        return self.classifier
+
+
+def shrink(model: nn.Module, d: float = 1.0, w: float = 1.0, r: float = 1.0,
+           **kwargs) -> ShrinkResult:
+    """Return a physically smaller copy of ``model`` at (d, w, r) plus its JSON spec.
+
+    Keywords go to :class:`Shrinker` (blocks, transitions, depth_criterion,
+    channel_criterion, round_to, resolution, in_channels, min_resolution, criterion_data) or
+    to :meth:`Shrinker.shrink` (recalibrate, recal_batches).
+    """
+    shrink_kw = {k: kwargs.pop(k) for k in ("recalibrate", "recal_batches") if k in kwargs}
+    return Shrinker(model, **kwargs).shrink(d, w, r, **shrink_kw)
+
+
+def shrink_cost(model: nn.Module, d: float, w: float, r: float, **kwargs) -> int:
+    """Exact MACs of ``shrink(model, d, w, r)`` without building it (one-off convenience)."""
+    return Shrinker(model, **kwargs).macs(d, w, r)
