@@ -238,6 +238,108 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- shrink / export
+def _shrink_args(p):
+    add_checkpoint_arg(p)
+    p.add_argument("--depth", type=float, default=1.0, help="fraction of removable blocks kept")
+    p.add_argument("--width", type=float, default=1.0, help="fraction of channels kept")
+    p.add_argument("--resolution", type=float, default=1.0, help="fraction of input side kept")
+    p.add_argument("--out", required=True, help="output checkpoint path (.pt)")
+    p.add_argument("--transitions", action="store_true",
+                   help="allow replacing stage-transition blocks by their projection shortcut")
+    p.add_argument("--blocks", default=None, help="comma-separated removable block names")
+    p.add_argument("--depth-criterion", default="weight_norm", choices=["weight_norm", "loss"])
+    p.add_argument("--channel-criterion", default="l1",
+                   choices=["l1", "l2", "bn_scale", "taylor", "random"])
+    p.add_argument("--round-to", type=int, default=None, help="round channel counts to this")
+    add_data_args(p, default=None)
+    p.add_argument("--recal-batches", type=int, default=50,
+                   help="training batches for BatchNorm re-calibration (0: none)")
+    p.add_argument("--threads", type=int, default=1, help="threads for latency")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def print_cost_table(rows: list[tuple[str, object]]) -> None:
+    from .cost import format_count
+
+    print(f"{'':10s} {'MACs':>12s} {'params':>12s} {'res':>5s} {'lat b1 ms':>10s} "
+          f"{'lat b64 ms':>11s}")
+    for label, rep in rows:
+        lat = {x.batch_size: x.median_ms for x in rep.latency}
+        print(f"{label:10s} {format_count(rep.macs):>12s} {format_count(rep.params):>12s} "
+              f"{rep.resolution:5d} {lat.get(1, float('nan')):10.2f} {lat.get(64, float('nan')):11.2f}")
+
+
+@command("shrink", "prune a checkpoint to a (depth, width, resolution) point")
+@with_args(_shrink_args)
+def cmd_shrink(args) -> int:
+    from .checkpoint import save_model
+    from .cost import cost_report
+    from .shrink import Shrinker
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise DwrpruneError(f"{out} exists; pass --force to overwrite it")
+    model = load_checkpoint_model(args.checkpoint)
+    spec = model.dwrprune_spec
+    args.data = args.data or spec["input"].get("dataset")
+    need_data = args.recal_batches > 0 or args.depth_criterion == "loss" or \
+        args.channel_criterion == "taylor"
+    data = {}
+    recal = None
+    if need_data:
+        if not args.data:
+            raise DwrpruneError("pass --data (the checkpoint names no dataset) or "
+                                "--recal-batches 0 with data-free criteria")
+        res0 = spec["input"]["resolution"]
+        data = {"train_loader": build_loader(args, "train", res0, shuffle=True),
+                "val_loader": build_loader(args, "val", res0)}
+        check_data_matches(spec, data["train_loader"].dataset.info)
+        if args.recal_batches > 0:
+            def recal(res):
+                return build_loader(args, "train", res, shuffle=True)
+    blocks = args.blocks.split(",") if args.blocks else None
+    shr = Shrinker(model, blocks=blocks, transitions=args.transitions,
+                   depth_criterion=args.depth_criterion,
+                   channel_criterion=args.channel_criterion, round_to=args.round_to,
+                   criterion_data={k: v for k, v in data.items()
+                                   if args.depth_criterion == "loss"
+                                   or args.channel_criterion == "taylor"})
+    res = shr.shrink(args.depth, args.width, args.resolution, recalibrate=recal,
+                     recal_batches=args.recal_batches)
+    before = cost_report(model, spec["input"]["resolution"], threads=args.threads)
+    after = cost_report(res.model, res.spec["input"]["resolution"], threads=args.threads)
+    print_cost_table([("original", before), ("pruned", after)])
+    removed = [b["name"] for b in res.spec["arch"]["removed_blocks"]]
+    print(f"removed {len(removed)}/{len(shr.blocks)} blocks: {', '.join(removed) or '-'}")
+    print(f"MACs x{before.macs / after.macs:.2f} smaller; latency b1 x"
+          f"{before.latency[0].median_ms / after.latency[0].median_ms:.2f} faster")
+    save_model(out, res.model, res.spec, {"source": str(args.checkpoint),
+                                          "macs": res.macs, "params": res.params})
+    print(f"wrote {out}")
+    return 0
+
+
+def _export_args(p):
+    add_checkpoint_arg(p)
+    p.add_argument("--onnx", required=True, help="output .onnx path")
+    p.add_argument("--opset", type=int, default=None)
+
+
+@command("export", "export a checkpoint to ONNX")
+@with_args(_export_args)
+def cmd_export(args) -> int:
+    from .export import export_onnx
+
+    model = load_checkpoint_model(args.checkpoint)
+    spec = model.dwrprune_spec
+    export_onnx(model, args.onnx, spec["input"]["resolution"], spec["model"]["in_channels"],
+                args.opset)
+    print(f"wrote {args.onnx} (input 'input' N x {spec['model']['in_channels']} x "
+          f"{spec['input']['resolution']} x {spec['input']['resolution']})")
+    return 0
+
+
 # ---------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -1,0 +1,289 @@
+import copy
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from dwrprune import DwrpruneError, count_macs, create_model, load, save_model
+from dwrprune.blocks import get_module
+from dwrprune.checkpoint import make_spec
+from dwrprune.shrink import Shrinker, shrink
+from dwrprune.surgery import build_graph
+
+# (name, in_channels, base resolution); torchvision models need >= 32 px after shrinking.
+MODELS = [
+    ("resnet20", 1, 28), ("resnet56", 3, 32), ("vgg16_bn", 3, 32), ("mobilenetv2", 3, 32),
+    ("tv/resnet18", 3, 64), ("tv/resnet50", 3, 64), ("tv/mobilenet_v2", 3, 64),
+    ("tv/mobilenet_v3_small", 3, 64), ("tv/efficientnet_b0", 3, 64),
+    ("tv/regnet_x_400mf", 3, 64), ("tv/densenet121", 1, 64), ("tv/resnext50_32x4d", 3, 64),
+]
+TINY = [("resnet_tiny2", 3, 16), ("vgg_tiny", 3, 16), ("mobilenetv2_tiny", 3, 16)]
+
+
+def make(name, in_ch, res, seed=0):
+    torch.manual_seed(seed)
+    m = create_model(name, num_classes=10, in_channels=in_ch).eval()
+    # Give BatchNorm non-trivial statistics so that pruning errors would show in outputs.
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.1, 0.1)
+            mod.running_var.uniform_(0.5, 1.5)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.1, 0.1)
+    m.dwrprune_spec = make_spec(name, 10, in_ch, res)
+    return m
+
+
+def state_equal(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name,in_ch,res", MODELS + TINY)
+def test_identity_point_keeps_outputs(name, in_ch, res):
+    m = make(name, in_ch, res)
+    out = shrink(m, 1, 1, 1)
+    x = torch.randn(2, in_ch, res, res)
+    with torch.no_grad():
+        assert torch.allclose(m(x), out.model(x), atol=1e-5)
+    assert out.macs == count_macs(m, res)
+
+
+@pytest.mark.parametrize("name,in_ch,res", MODELS)
+def test_points_including_extremes_match_cost_query(name, in_ch, res):
+    m = make(name, in_ch, res)
+    before = copy.deepcopy(m.state_dict())
+    s = Shrinker(m, transitions=True)
+    has_blocks = bool(s.blocks)
+    r_min = s.min_resolution / res
+    for d, w, r in [(0.5, 0.5, 0.75), (0.05, 0.05, r_min), (1.0, 0.9, 1.0)]:
+        d = d if has_blocks else 1.0
+        out = s.shrink(d, w, max(r, r_min))
+        x = torch.randn(1, in_ch, out.spec["input"]["resolution"],
+                        out.spec["input"]["resolution"])
+        with torch.no_grad():
+            assert torch.isfinite(out.model(x)).all()
+        assert out.macs == s.macs(d, w, max(r, r_min))
+        assert out.macs == count_macs(out.model, out.spec["input"]["resolution"], in_ch)
+    assert state_equal_dict(m.state_dict(), before), "the input model was modified"
+
+
+def state_equal_dict(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name,block_bn", [
+    ("resnet_tiny2", "bn2"), ("tv/resnet18", "bn2"), ("mobilenetv2_tiny", None)])
+def test_removing_zeroed_residual_branch_keeps_outputs(name, block_bn):
+    res = 32 if name.startswith("tv/") else 16
+    m = make(name, 3, res)
+    s = Shrinker(m)
+    victim = s.blocks[0]
+    block = get_module(m, victim.name)
+    bns = [mod for mod in block.modules() if isinstance(mod, nn.BatchNorm2d)]
+    last_bn = getattr(block, block_bn) if block_bn else bns[-1]
+    last_bn.weight.data.zero_()
+    last_bn.bias.data.zero_()
+    s = Shrinker(m, depth_criterion="weight_norm")  # zeroed branch ranks lowest
+    n = len(s.blocks)
+    out = s.shrink((n - 1) / n, 1, 1)
+    assert [b["name"] for b in out.spec["arch"]["removed_blocks"]] == [victim.name]
+    x = torch.randn(2, 3, res, res)
+    with torch.no_grad():
+        assert torch.allclose(m(x), out.model(x), atol=1e-5)
+
+
+def _zero_channels(model, res, in_ch, w, classifier):
+    """Zero, in every prunable group, the channels width pruning at ``w`` would drop, on the
+    producer side (BN scale and shift) and the consumer side (input weights)."""
+    from dwrprune.costmath import kept_channels
+
+    dg, groups = build_graph(model, torch.zeros(1, in_ch, res, res), [classifier])
+    with torch.no_grad():
+        for g in groups:
+            n = len(g[0][1])
+            k = n - kept_channels(n, w)
+            idx = torch.arange(k)
+            for dep, _ in g:
+                mod = dep.target.module
+                if isinstance(mod, nn.BatchNorm2d):
+                    mod.weight[idx] = 0
+                    mod.bias[idx] = 0
+                elif isinstance(mod, (nn.Conv2d, nn.Linear)) and not dg.is_out_channel_pruning_fn(
+                        dep.handler):
+                    mod.weight[:, idx] = 0
+                elif isinstance(mod, (nn.Conv2d, nn.Linear)):
+                    mod.weight[idx] = 0
+
+
+@pytest.mark.parametrize("name", ["vgg_tiny", "resnet_tiny2"])
+def test_removing_zeroed_channels_keeps_outputs(name):
+    m = make(name, 3, 16)
+    s = Shrinker(m)
+    _zero_channels(m, 16, 3, 0.75, s.classifier)
+    out = shrink(m, 1, 0.75, 1, channel_criterion="l1")
+    assert out.macs < count_macs(m, 16)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(m(x), out.model(x), atol=1e-5)
+
+
+_SHRINKERS = {}
+
+
+def _shrinker(name):
+    if name not in _SHRINKERS:
+        _SHRINKERS[name] = Shrinker(make(name, 3, 16), transitions=True)
+    return _SHRINKERS[name]
+
+
+frac = st.floats(min_value=0.05, max_value=1.0)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from([t[0] for t in TINY]), d=frac, w=frac,
+       r=st.floats(min_value=0.5, max_value=1.0))
+def test_random_points_run_and_cost_query_is_exact(name, d, w, r):
+    s = _shrinker(name)
+    out = s.shrink(d, w, r)
+    res = out.spec["input"]["resolution"]
+    with torch.no_grad():
+        assert out.model(torch.randn(1, 3, res, res)).shape == (1, 10)
+    assert count_macs(out.model, res, 3) == s.macs(d, w, r) == out.macs
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from([t[0] for t in TINY]), d=frac, w=frac,
+       r=st.floats(min_value=0.5, max_value=1.0), shrink_by=st.floats(0.1, 1.0),
+       axis=st.integers(0, 2))
+def test_macs_never_increase_when_an_axis_decreases(name, d, w, r, shrink_by, axis):
+    s = _shrinker(name)
+    point = [d, w, r]
+    lower = list(point)
+    lower[axis] = max(0.5 if axis == 2 else 0.05, point[axis] * shrink_by)
+    assert s.macs(*lower) <= s.macs(*point)
+
+
+@pytest.mark.parametrize("d,w,r,match", [
+    (0, 1, 1, "d must be in"), (1, 1.2, 1, "w must be in"), (1, 1, -0.5, "r must be in"),
+    (1, 1, 0.1, "below this model's minimum"), ("x", 1, 1, "d must be a number"),
+])
+def test_bad_points(d, w, r, match):
+    m = make("resnet_tiny2", 3, 16)
+    with pytest.raises(DwrpruneError, match=match):
+        shrink(m, d, w, r)
+
+
+def test_no_removable_blocks_is_clear():
+    m = make("tv/densenet121", 3, 32)
+    with pytest.raises(DwrpruneError, match="no removable blocks"):
+        shrink(m, 0.5, 1, 1)
+    assert shrink(m, 1, 0.5, 1).macs < count_macs(m, 32)
+
+
+def test_explicit_block_list_and_unknown_block():
+    m = make("resnet_tiny2", 3, 16)
+    s = Shrinker(m, blocks=["layer2.1"])
+    assert [b.name for b in s.blocks] == ["layer2.1"]
+    out = s.shrink(0.01, 1, 1)
+    assert out.spec["arch"]["removed_blocks"][0]["name"] == "layer2.1"
+    with pytest.raises(DwrpruneError, match="not a removable block"):
+        Shrinker(m, blocks=["layer2.0.conv1"])
+
+
+def test_transition_replaced_by_projection():
+    m = make("resnet_tiny2", 3, 16)
+    s = Shrinker(m, transitions=True)
+    kinds = {b.name: b.kind for b in s.blocks}
+    assert kinds["layer2.0"] == "transition" and kinds["layer1.0"] == "residual"
+    out = s.shrink(0.05, 1, 1)
+    assert isinstance(get_module(out.model, "layer2.0"), nn.Sequential)
+    assert out.macs == s.macs(0.05, 1, 1)
+
+
+def test_failed_shrink_leaves_model_intact():
+    m = make("resnet_tiny2", 3, 16)
+    before = copy.deepcopy(m.state_dict())
+
+    class Broken:
+        name = "broken"
+
+        def group_scores(self, group, dg):
+            raise RuntimeError("boom")
+
+    with pytest.raises(DwrpruneError, match="boom"):
+        shrink(m, 0.5, 0.5, 1, channel_criterion=Broken())
+    assert state_equal_dict(before, m.state_dict())
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn_scale", "random", "taylor"])
+def test_channel_criteria(criterion):
+    from dwrprune import create_dataset, make_loader
+
+    m = make("resnet_tiny2", 3, 16)
+    data = {"train_loader": make_loader(create_dataset("synthetic", "train", subset=32), 8)}
+    s = Shrinker(m, channel_criterion=criterion, criterion_data=data)
+    out = s.shrink(1, 0.5, 1)
+    assert out.spec["arch"]["width"]["criterion"] == criterion
+    assert out.macs == s.macs(1, 0.5, 1)
+
+
+def test_loss_depth_criterion_and_recalibration():
+    from dwrprune import create_dataset, make_loader
+
+    m = make("resnet_tiny2", 3, 16)
+    tr = make_loader(create_dataset("synthetic", "train", subset=64), 16, shuffle=True)
+    va = make_loader(create_dataset("synthetic", "val"), 16)
+    s = Shrinker(m, depth_criterion="loss",
+                 criterion_data={"train_loader": tr, "val_loader": va})
+    order = s.block_order()
+    assert len(order) == len(s.blocks) and set(s.block_scores) == {b.name for b in s.blocks}
+
+    def loader_at(res):
+        return make_loader(create_dataset("synthetic", "train", resolution=res, subset=64), 16)
+
+    out = s.shrink(0.5, 0.75, 0.75, recalibrate=loader_at, recal_batches=2)
+    assert out.spec["input"]["resolution"] == 12
+    bn = next(x for x in out.model.modules() if isinstance(x, nn.BatchNorm2d))
+    assert int(bn.num_batches_tracked) == 2
+
+
+def test_round_to():
+    m = make("resnet_tiny2", 3, 16)
+    out = shrink(m, 1, 0.6, 1, round_to=4)
+    convs = [x for x in out.model.modules() if isinstance(x, nn.Conv2d)][1:]
+    assert all(c.out_channels % 4 == 0 for c in convs)
+
+
+@pytest.mark.parametrize("name,in_ch,res", TINY + [("resnet20", 1, 28), ("tv/resnet18", 3, 64)])
+def test_portable_checkpoint_round_trip(tmp_path, name, in_ch, res):
+    m = make(name, in_ch, res)
+    out = shrink(m, 0.5, 0.6, 0.75, transitions=True)
+    path = tmp_path / "pruned.pt"
+    save_model(path, out.model, out.spec)
+    raw = torch.load(path, weights_only=True)
+    assert raw["spec"]["arch"]["point"] == {"d": 0.5, "w": 0.6, "r": 0.75}
+    again = load(path)
+    r2 = out.spec["input"]["resolution"]
+    x = torch.randn(2, in_ch, r2, r2)
+    with torch.no_grad():
+        assert torch.equal(out.model(x), again(x))
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from dwrprune.export import export_onnx
+
+    m = make("resnet_tiny2", 3, 16)
+    out = shrink(m, 0.5, 0.5, 0.75)
+    path = tmp_path / "m.onnx"
+    export_onnx(out.model, path, 12, 3)
+    sess = ort.InferenceSession(str(path))
+    x = torch.randn(5, 3, 12, 12)
+    got = sess.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = out.model(x).numpy()
+    assert got.shape == (5, 10)
+    assert abs(got - want).max() < 1e-4
