@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # leave a core for background work; tests are tiny
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:

@@ -13,11 +13,15 @@ from dwrprune.shrink import Shrinker, shrink
 from dwrprune.surgery import build_graph
 
 # (name, in_channels, base resolution); torchvision models need >= 32 px after shrinking.
+_slow = pytest.mark.slow
 MODELS = [
     ("resnet20", 1, 28), ("resnet56", 3, 32), ("vgg16_bn", 3, 32), ("mobilenetv2", 3, 32),
-    ("tv/resnet18", 3, 64), ("tv/resnet50", 3, 64), ("tv/mobilenet_v2", 3, 64),
-    ("tv/mobilenet_v3_small", 3, 64), ("tv/efficientnet_b0", 3, 64),
-    ("tv/regnet_x_400mf", 3, 64), ("tv/densenet121", 1, 64), ("tv/resnext50_32x4d", 3, 64),
+    ("tv/resnet18", 3, 64), pytest.param("tv/resnet50", 3, 64, marks=_slow),
+    ("tv/mobilenet_v2", 3, 64), ("tv/mobilenet_v3_small", 3, 64),
+    pytest.param("tv/efficientnet_b0", 3, 64, marks=_slow),
+    pytest.param("tv/regnet_x_400mf", 3, 64, marks=_slow),
+    pytest.param("tv/densenet121", 1, 64, marks=_slow),
+    pytest.param("tv/resnext50_32x4d", 3, 64, marks=_slow),
 ]
 TINY = [("resnet_tiny2", 3, 16), ("vgg_tiny", 3, 16), ("mobilenetv2_tiny", 3, 16)]
 
