@@ -18,6 +18,7 @@ from typing import Callable
 import yaml
 
 from . import __version__
+from .checkpoint import save_json
 from .errors import DwrpruneError
 
 _COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
@@ -337,6 +338,223 @@ def cmd_export(args) -> int:
                 args.opset)
     print(f"wrote {args.onnx} (input 'input' N x {spec['model']['in_channels']} x "
           f"{spec['input']['resolution']} x {spec['input']['resolution']})")
+    return 0
+
+
+# ---------------------------------------------------------------------------- pipeline
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _points(text: str) -> list[list[float]]:
+    pts = [_floats(p) for p in str(text).split(";") if p.strip()]
+    if any(len(p) != 3 for p in pts):
+        raise argparse.ArgumentTypeError(f"expected 'd,w,r;d,w,r;...', got {text!r}")
+    return pts
+
+
+def _opt(kind):
+    def parse(text: str):
+        return None if str(text).lower() in ("none", "") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_FIELD_TYPES = {"list[float]": _floats, "list[list[float]]": _points,
+                "list[float] | None": _opt(_floats),
+                "list[str]": lambda t: [x for x in str(t).split(",") if x],
+                "int": int, "float": float, "str": str, "int | None": _opt(int),
+                "float | None": _opt(float), "str | None": _opt(str)}
+
+
+def add_pipeline_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One option per PipelineConfig field (default None: 'not given, use config/preset')."""
+    from dataclasses import MISSING, fields
+
+    from .pipeline import PipelineConfig
+
+    for f in fields(PipelineConfig):
+        if only is not None and f.name not in only:
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(default {default})")
+        else:
+            p.add_argument(flag, type=_FIELD_TYPES[f.type], default=None,
+                           help=f"(default {default})")
+
+
+def _pipeline_overrides(args) -> dict:
+    from dataclasses import fields
+
+    from .pipeline import PipelineConfig
+
+    return {f.name: getattr(args, f.name) for f in fields(PipelineConfig)
+            if getattr(args, f.name, None) is not None}
+
+
+def _start_run(args):
+    """Resolve config (defaults < preset < YAML < CLI), load the model, check the data."""
+    from .pipeline import DatasetSource, Run, resolve_config
+
+    cfg = resolve_config(args.preset, **_pipeline_overrides(args))
+    model = load_checkpoint_model(args.checkpoint)
+    data = DatasetSource(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.batch_size, cfg.workers)
+    check_data_matches(model.dwrprune_spec, data.info)
+    run = Run(args.out)
+    run.save_config(cfg, str(args.checkpoint))
+    return cfg, model, data, run
+
+
+def _open_run(args, **overrides):
+    from .pipeline import DatasetSource, Run
+
+    run = Run(args.run)
+    cfg, checkpoint = run.load_config(**overrides)
+    model = load_checkpoint_model(checkpoint)
+    data = DatasetSource(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.batch_size, cfg.workers)
+    return cfg, model, data, run
+
+
+def _run_args(p, stage_fields: tuple[str, ...] | None = None):
+    p.add_argument("--run", required=True, help="run folder (made by prune or collect)")
+    if stage_fields:
+        add_pipeline_args(p, only=stage_fields)
+
+
+def _prune_args(p):
+    add_checkpoint_arg(p)
+    p.add_argument("--out", required=True, help="run folder (resumes if it exists)")
+    p.add_argument("--preset", default=None, choices=["quick", "full"])
+    p.add_argument("--no-progress", action="store_true")
+    add_pipeline_args(p)
+
+
+def _print_final(res: dict, run_path) -> None:
+    print(f"chosen point: d={res['point']['d']:.3f} w={res['point']['w']:.3f} "
+          f"r={res['point']['r']:.3f} ({res['point']['resolution']}px), removed blocks: "
+          f"{', '.join(res['removed_blocks']) or 'none'}")
+    print(f"MACs {res['original_macs'] / 1e6:.2f}M -> {res['macs'] / 1e6:.2f}M "
+          f"({100 * res['macs_ratio']:.1f}%), params {res['original_params'] / 1e3:.1f}K -> "
+          f"{res['params'] / 1e3:.1f}K, latency b1 {res['original_latency_ms']['1']:.2f} -> "
+          f"{res['latency_ms']['1']:.2f} ms")
+    print(f"test accuracy {100 * res['original_test_acc']:.2f}% -> {100 * res['test_acc']:.2f}% "
+          f"(val: predicted {100 * res['predicted_val_acc']:.2f}%, measured "
+          f"{100 * res['val_acc']:.2f}%)")
+    print(f"report: {run_path}/report/report.md; model: {run_path}/final/model.pt")
+
+
+@command("prune", "the whole pipeline: collect, fit, plan, fine-tune, report")
+@with_args(_prune_args)
+def cmd_prune(args) -> int:
+    from .pipeline import prune
+
+    cfg, model, data, run = _start_run(args)
+    res = prune(model, data, cfg, run.path, checkpoint=str(args.checkpoint),
+                progress=not args.no_progress)
+    _print_final(res, run.path)
+    return 0
+
+
+@command("collect", "stage 1: collect (d, w, r, accuracy) samples (resumable)")
+@with_args(_prune_args)
+def cmd_collect(args) -> int:
+    from .pipeline import collect
+
+    cfg, model, data, run = _start_run(args)
+    store = collect(model, data, cfg, run.path, progress=not args.no_progress)
+    print(f"{len(store.samples())} samples in {store.path}")
+    return 0
+
+
+_FIT_FIELDS = ("families", "max_degree", "max_rank", "monotone", "fit_bn_samples")
+
+
+@command("fit", "stage 2: fit the accuracy predictor on a run's samples")
+@with_args(lambda p: _run_args(p, _FIT_FIELDS))
+def cmd_fit(args) -> int:
+    from .pipeline import fit_samples
+
+    cfg, _, _, run = _open_run(args, **_pipeline_overrides(args))
+    pred, holdout = fit_samples(run.store(), cfg)
+    run.save_predictor(pred, holdout)
+    print(f"predictor {pred.poly.name()}: LOO RMSE {100 * pred.loo_rmse:.2f} points, "
+          f"MAE {100 * pred.loo_mae:.2f}; monotone: {pred.monotone_report['monotone']}")
+    if holdout.get("count"):
+        print(f"held-out mixed points ({holdout['count']}): MAE {100 * holdout['mae']:.2f} "
+              "points")
+    return 0
+
+
+def _plan_args(p):
+    _run_args(p, ("lower_bounds",))
+    p.add_argument("--budgets", type=_floats, default=None,
+                   help="comma-separated budgets (default: the run's budget)")
+
+
+@command("plan", "stage 3: choose (d, w, r) for one or more budgets")
+@with_args(_plan_args)
+def cmd_plan(args) -> int:
+    from .cost import format_count
+    from .pipeline import solve_budget
+
+    cfg, model, _, run = _open_run(args, **_pipeline_overrides(args))
+    pred, _ = run.predictor()
+    shr = run.shrinker(model, cfg)
+    budgets = args.budgets or [cfg.budget]
+    rows = []
+    print(f"{'budget':>7s} {'d*':>6s} {'w*':>6s} {'r*':>6s} {'px':>4s} {'MACs':>10s} "
+          f"{'ratio':>6s} {'params':>9s} {'pred acc':>9s}")
+    for b in budgets:
+        sol = solve_budget(pred, shr, b, cfg.lower_bounds)
+        x = sol.best
+        params = shr.shrink(x.d, x.w, x.r).params
+        rows.append({"budget": b, "solution": sol.to_dict(), "params": params})
+        print(f"{b:7.3f} {x.d:6.3f} {x.w:6.3f} {x.r:6.3f} {x.resolution:4d} "
+              f"{format_count(x.macs):>10s} {x.macs_ratio:6.3f} {format_count(params):>9s} "
+              f"{100 * x.predicted:8.2f}%")
+    save_json(run.path / "plans.json", rows)
+    chosen = next((r for r in rows if abs(r["budget"] - cfg.budget) < 1e-12), None)
+    if chosen is None and len(rows) == 1:
+        chosen = rows[0]
+    if chosen is not None:
+        save_json(run.path / "plan.json", {"budget": chosen["budget"],
+                                           "solution": chosen["solution"]})
+    return 0
+
+
+_FINAL_FIELDS = ("final_epochs", "final_lr", "final_subset", "distill", "label_smoothing")
+
+
+@command("finetune", "stage 4: prune to the planned point, fine-tune, test once")
+@with_args(lambda p: (_run_args(p, _FINAL_FIELDS), p.add_argument("--no-progress",
+                                                                  action="store_true")))
+def cmd_finetune(args) -> int:
+    from .pipeline import finetune_final
+    from .solver import Candidate, ContinuousOptimum, Solution
+
+    cfg, model, data, run = _open_run(args, **_pipeline_overrides(args))
+    body = run.plan()["solution"]
+    sol = Solution(body["budget"], body["base_macs"], ContinuousOptimum(**body["continuous"]),
+                   Candidate(**body["best"]), [Candidate(**c) for c in body["runners_up"]])
+    res = finetune_final(model, data, cfg, run.shrinker(model, cfg), sol, run.path,
+                         progress=not args.no_progress)
+    _print_final(res, run.path)
+    return 0
+
+
+@command("report", "stage 5: write the run's report (JSON, Markdown, plots)")
+@with_args(lambda p: _run_args(p))
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    write_report(args.run)
+    print(f"wrote {args.run}/report/report.md")
     return 0
 
 

@@ -69,18 +69,35 @@ class ShrinkResult:
 def _model_spec(model: nn.Module, resolution: int | None, in_channels: int | None) -> dict:
     spec = getattr(model, "dwrprune_spec", None)
     if spec is not None:
-        spec = copy.deepcopy(spec)
-        if spec.get("arch"):
-            raise DwrpruneError(
-                "this model is already pruned; shrink the original model instead (pruning a "
-                "pruned model is what sample collection does internally via Shrinker)")
-        return spec
+        return copy.deepcopy(spec)
     from .checkpoint import make_spec
     from .cost import first_conv_in_channels
 
     if resolution is None:
         raise DwrpruneError("a model without a dwrprune spec needs resolution=<input side>")
     return make_spec(None, 0, in_channels or first_conv_in_channels(model), resolution)
+
+
+def _compose_arch(spec: dict, depth_only: nn.Module, pruned: nn.Module,
+                  removed: list[Block]) -> dict:
+    """The arch of ``pruned`` relative to the *original* constructor's model.
+
+    For a model that was already pruned (iterative sample collection shrinks its fine-tuned
+    models further), the removed blocks accumulate and the layer changes are recorded against
+    a fresh model with all of them removed, so one spec still rebuilds the result.
+    """
+    old = spec.get("arch") or {}
+    all_removed = [Block.from_dict(b) for b in old.get("removed_blocks", [])] + removed
+    reference = depth_only
+    name = spec["model"]["name"]
+    if old and name:
+        from .models import create_model
+
+        reference = create_model(name, num_classes=spec["model"]["num_classes"],
+                                 in_channels=spec["model"]["in_channels"])
+        remove_blocks(reference, all_removed)
+    return {"removed_blocks": [b.to_dict() for b in all_removed],
+            "layers": record_layer_changes(reference, pruned)}
 
 
 class Shrinker:
@@ -90,13 +107,15 @@ class Shrinker:
     ``transitions``: also let depth pruning replace stage-transition blocks by their
     projection shortcut.  ``depth_criterion`` / ``channel_criterion``: objects or names.
     ``min_resolution``: the smallest input side allowed (default: the registry's minimum).
+    ``block_order``: a precomputed ranking of the removable blocks (least important first).
     """
 
     def __init__(self, model: nn.Module, *, resolution: int | None = None,
                  in_channels: int | None = None, blocks: list[str] | None = None,
                  transitions: bool = False, depth_criterion="weight_norm",
                  channel_criterion="l1", round_to: int | None = None,
-                 min_resolution: int | None = None, criterion_data: dict | None = None):
+                 min_resolution: int | None = None, criterion_data: dict | None = None,
+                 block_order: list[str] | None = None):
         self.model = model
         self.spec = _model_spec(model, resolution, in_channels)
         self.base_resolution = resolution or self.spec["input"]["resolution"]
@@ -117,6 +136,12 @@ class Shrinker:
         self.blocks = resolve_blocks(model, x, blocks, transitions)
         self.classifier = output_layer(model, x)
         self._order: list[Block] | None = None
+        if block_order is not None:  # a ranking computed earlier (saved with a run)
+            by_name = {b.name: b for b in self.blocks}
+            if sorted(block_order) != sorted(by_name):
+                raise DwrpruneError(f"block_order names {sorted(block_order)} but the model's "
+                                    f"removable blocks are {sorted(by_name)}")
+            self._order = [by_name[n] for n in block_order]
         self._groups: list[GroupInfo] | None = None
         self._geom: dict[int, tuple[list[LayerGeom], int]] = {}
 
@@ -275,16 +300,26 @@ class Shrinker:
         except Exception as e:  # noqa: BLE001
             raise DwrpruneError(f"width pruning failed for {type(model).__name__} at "
                                 f"w={w:g}: {type(e).__name__}: {e}") from None
+        old = self.spec.get("arch") or {}
+        old_point = old.get("point", {"d": 1.0, "w": 1.0, "r": 1.0})
+        base_res = old.get("base_resolution", self.base_resolution)
+        removable = old.get("removable_blocks", [b.name for b in self.blocks])
+        n_removed = len(old.get("removed_blocks", [])) + len(plan.removed)
         arch = {
-            "point": {"d": plan.d, "w": plan.w, "r": plan.r},
-            "base_resolution": self.base_resolution,
-            "removable_blocks": [b.name for b in self.blocks],
-            "removed_blocks": [b.to_dict() for b in plan.removed],
-            "width": {"w": plan.w, "criterion": getattr(self.channel_criterion, "name", "?"),
+            # (d, w, r) relative to the original model; w composes multiplicatively when a
+            # pruned model is pruned again, d and r are exact counts.
+            "point": {"d": (len(removable) - n_removed) / len(removable) if removable else 1.0,
+                      "w": old_point["w"] * plan.w, "r": plan.resolution / base_res},
+            "base_resolution": base_res,
+            "removable_blocks": removable,
+            "width": {"w": old_point["w"] * plan.w,
+                      "criterion": getattr(self.channel_criterion, "name", "?"),
                       "round_to": self.round_to},
             "depth_criterion": getattr(self.depth_criterion, "name", "?"),
-            "layers": record_layer_changes(depth_only, model),
+            **_compose_arch(self.spec, depth_only, model, plan.removed),
         }
+        if not old:
+            arch["point"] = {"d": plan.d, "w": plan.w, "r": plan.r}
         spec = copy.deepcopy(self.spec)
         spec["arch"] = arch
         spec["input"]["resolution"] = plan.resolution

@@ -1,0 +1,141 @@
+"""The sample store: one SQLite file per run, written as each sample finishes.
+
+Each sample is one row, keyed by the job that produced it (``d/3`` is the third step of the
+depth chain, ``mix/1`` the second mixed point).  A row is inserted only after the job's model
+checkpoint is on disk, in one transaction, so a run killed at any moment loses at most the
+job in progress, and a restarted run skips every job whose key is already stored.  The run's
+collection config and a fingerprint of the model are stored too; opening the store with a
+different config is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from .errors import DwrpruneError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,          -- original | chain | mixed | holdout | bn_recal
+    chain TEXT,                  -- d | w | r for chain samples
+    step INTEGER,
+    d REAL NOT NULL, w REAL NOT NULL, r REAL NOT NULL,
+    resolution INTEGER NOT NULL,
+    macs INTEGER NOT NULL, params INTEGER NOT NULL,
+    val_acc REAL NOT NULL, val_loss REAL NOT NULL,
+    parent TEXT,                 -- key of the sample whose model this one was pruned from
+    finetune_steps INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    seconds REAL NOT NULL,       -- wall-clock cost of producing this sample
+    checkpoint TEXT,             -- model file, relative to the run folder
+    created REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class Sample:
+    key: str
+    kind: str
+    d: float
+    w: float
+    r: float
+    resolution: int
+    macs: int
+    params: int
+    val_acc: float
+    val_loss: float
+    finetune_steps: int
+    seed: int
+    seconds: float
+    chain: str | None = None
+    step: int | None = None
+    parent: str | None = None
+    checkpoint: str | None = None
+    created: float = 0.0
+
+
+class SampleStore:
+    """SQLite-backed samples of one run."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None)  # autocommit + BEGIN
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise DwrpruneError(f"{self.path} is not a usable sample store: {e}") from None
+
+    # ------------------------------------------------------------------ config and identity
+    def get_meta(self, key: str):
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta(self, key: str, value) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                        (key, json.dumps(value, sort_keys=True)))
+
+    def bind(self, config: dict, fingerprint: str) -> None:
+        """Record the collection config and model fingerprint, or check they match."""
+        old_cfg, old_fp = self.get_meta("collect_config"), self.get_meta("model_fingerprint")
+        if old_fp is not None and old_fp != fingerprint:
+            raise DwrpruneError(
+                f"run store {self.path} was collected from a different model (fingerprint "
+                f"{old_fp[:12]} vs {fingerprint[:12]}); use a new --out folder")
+        if old_cfg is not None and old_cfg != config:
+            diff = sorted(k for k in set(old_cfg) | set(config) if old_cfg.get(k) != config.get(k))
+            raise DwrpruneError(
+                f"run store {self.path} was collected with a different config (differs in: "
+                f"{', '.join(diff)}); resume with the same settings or use a new --out folder")
+        self.set_meta("collect_config", config)
+        self.set_meta("model_fingerprint", fingerprint)
+
+    # ------------------------------------------------------------------ samples
+    def add(self, sample: Sample) -> None:
+        sample.created = sample.created or time.time()
+        cols = [f.name for f in fields(Sample)]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute(
+                f"INSERT INTO samples ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                [getattr(sample, c) for c in cols])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def has(self, key: str) -> bool:
+        return self.db.execute("SELECT 1 FROM samples WHERE key = ?", (key,)).fetchone() is not None
+
+    def get(self, key: str) -> Sample | None:
+        rows = self.samples(where="key = ?", params=(key,))
+        return rows[0] if rows else None
+
+    def samples(self, kinds: tuple[str, ...] | None = None, where: str | None = None,
+                params: tuple = ()) -> list[Sample]:
+        cols = [f.name for f in fields(Sample)]
+        q = f"SELECT {', '.join(cols)} FROM samples"
+        conds, args = [], list(params)
+        if where:
+            conds.append(where)
+        if kinds:
+            conds.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            args += list(kinds)
+        if conds:
+            q += " WHERE " + " AND ".join(conds)
+        q += " ORDER BY created"
+        return [Sample(**dict(zip(cols, row))) for row in self.db.execute(q, args)]
+
+    def as_dicts(self) -> list[dict]:
+        return [asdict(s) for s in self.samples()]
+
+    def close(self) -> None:
+        self.db.close()

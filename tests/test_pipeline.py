@@ -1,0 +1,149 @@
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from dwrprune import DwrpruneError
+from dwrprune.cli import main
+from dwrprune.pipeline import PipelineConfig, resolve_config
+from dwrprune.store import SampleStore
+
+TINY = {
+    "data": "synthetic", "depth_criterion": "loss", "depth_steps": [0.75, 0.5],
+    "width_steps": [0.75, 0.5], "resolution_steps": [0.75, 0.5],
+    "mixed_points": [[0.75, 0.75, 0.75], [0.5, 0.75, 1.0]],
+    "holdout_points": [[0.75, 0.5, 0.75], [0.5, 1.0, 0.75]], "finetune_steps": 3,
+    "batch_size": 32, "recal_batches": 2, "max_degree": 2, "final_epochs": 1,
+    "final_subset": 64, "budget": 0.5,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    assert main(["train", "--model", "resnet_tiny2", "--data", "synthetic", "--steps", "40",
+                 "--lr", "0.05", "--out", str(out), "--no-progress"]) == 0
+    return out / "model.pt"
+
+
+def _config(tmp_path, **extra):
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump({**TINY, **extra}))
+    return str(p)
+
+
+def test_prune_end_to_end_and_stage_commands(tmp_path, tiny_checkpoint, capsys):
+    run = tmp_path / "run"
+    assert main(["prune", "--checkpoint", str(tiny_checkpoint), "--config", _config(tmp_path),
+                 "--out", str(run), "--no-progress"]) == 0
+    final = json.loads((run / "final.json").read_text())
+    assert final["macs"] <= 0.5 * final["original_macs"]
+    assert 0 <= final["test_acc"] <= 1
+    for f in ("report/report.md", "report/axes.png", "report/slice.png",
+              "report/acc_vs_macs.png", "final/model.pt", "predictor.json", "plan.json"):
+        assert (run / f).exists(), f
+    md = (run / "report/report.md").read_text()
+    assert "## Predictor" in md and "held-out" in md and "## Final model" in md
+    store = SampleStore(run / "samples.sqlite")
+    kinds = {s.kind for s in store.samples()}
+    assert kinds == {"original", "chain", "mixed", "holdout"}
+    capsys.readouterr()
+    # the plan stage answers many budgets from the stored collection
+    assert main(["plan", "--run", str(run), "--budgets", "0.3,0.5,0.8"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 4 and out[1].split()[0] == "0.300"
+    assert main(["fit", "--run", str(run), "--families", "separable"]) == 0
+    assert main(["report", "--run", str(run)]) == 0
+
+
+def test_resuming_with_other_config_is_refused(tmp_path, tiny_checkpoint, capsys):
+    run = tmp_path / "run"
+    assert main(["collect", "--checkpoint", str(tiny_checkpoint), "--config",
+                 _config(tmp_path), "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["collect", "--checkpoint", str(tiny_checkpoint), "--config",
+                 _config(tmp_path), "--out", str(run), "--finetune-steps", "4",
+                 "--no-progress"]) == 2
+    assert "different config (differs in: finetune_steps)" in capsys.readouterr().err
+    other = tmp_path / "other"
+    assert main(["train", "--model", "resnet_tiny2", "--data", "synthetic", "--steps", "2",
+                 "--out", str(other), "--no-progress"]) == 0
+    assert main(["collect", "--checkpoint", str(other / "model.pt"), "--config",
+                 _config(tmp_path), "--out", str(run), "--no-progress"]) == 2
+    assert "different model" in capsys.readouterr().err
+
+
+def test_sigkill_mid_collection_resumes_without_loss(tmp_path, tiny_checkpoint):
+    run = tmp_path / "run"
+    cfg = _config(tmp_path, finetune_steps=40)
+    cmd = [sys.executable, "-m", "dwrprune", "collect", "--checkpoint", str(tiny_checkpoint),
+           "--config", cfg, "--out", str(run), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = run / "samples.sqlite"
+    deadline = time.time() + 120
+    finished = []
+    while time.time() < deadline:
+        if db.exists():
+            try:
+                finished = sqlite3.connect(db).execute(
+                    "SELECT key, created FROM samples").fetchall()
+            except sqlite3.OperationalError:
+                finished = []
+            if len(finished) >= 3:
+                break
+        time.sleep(0.05)
+    assert len(finished) >= 3, proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = dict(sqlite3.connect(db).execute("SELECT key, created FROM samples").fetchall())
+    total = len(PipelineConfig.from_dict(TINY).collect_config()["depth_steps"])  # noqa: F841
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    after = dict(sqlite3.connect(db).execute("SELECT key, created FROM samples").fetchall())
+    assert len(after) == 11  # orig + 2 d + 2 w + 2 r + 2 mixed + 2 holdout
+    for k, created in before.items():  # finished samples were not recomputed
+        assert after[k] == created
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"budget": 1.5}, "budget must be in"),
+    ({"depth_steps": [0.5, 0.7]}, "must decrease"),
+    ({"mixed_points": [[0.5, 0.5]]}, r"\[d, w, r\]"),
+    ({"colour": 1}, "unknown pipeline options"),
+])
+def test_bad_configs(values, match):
+    with pytest.raises(DwrpruneError, match=match):
+        PipelineConfig.from_dict(values)
+
+
+def test_presets_and_unknown_preset():
+    assert resolve_config("quick").finetune_steps == 30
+    assert resolve_config("quick", finetune_steps=5).finetune_steps == 5
+    with pytest.raises(DwrpruneError, match="unknown preset"):
+        resolve_config("slow")
+
+
+def test_data_source_without_validation_split(tiny_checkpoint, tmp_path):
+    from dwrprune import load
+    from dwrprune.pipeline import DatasetSource, collect
+
+    class NoVal(DatasetSource):
+        def loader(self, split, resolution, **kw):
+            if split == "val":
+                raise KeyError("val")
+            return super().loader(split, resolution, **kw)
+
+    with pytest.raises(DwrpruneError, match="no validation split"):
+        collect(load(tiny_checkpoint), NoVal("synthetic"), PipelineConfig.from_dict(TINY),
+                tmp_path / "r", progress=False)
+
+
+def test_stage_before_collect_is_clear(tmp_path, capsys):
+    assert main(["plan", "--run", str(tmp_path)]) == 2
+    assert "not a dwrprune run folder" in capsys.readouterr().err
