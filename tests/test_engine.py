@@ -3,8 +3,16 @@ import copy
 import pytest
 import torch
 
-from dwrprune import (DwrpruneError, TrainConfig, create_dataset, create_model, evaluate,
-                      make_loader, recalibrate_batchnorm, train)
+from dwrprune import (
+    DwrpruneError,
+    TrainConfig,
+    create_dataset,
+    create_model,
+    evaluate,
+    make_loader,
+    recalibrate_batchnorm,
+    train,
+)
 from dwrprune.checkpoint import load
 
 

@@ -70,7 +70,8 @@ def _input_node(x: torch.Tensor):
 
 def _same_node(graph_node, recorded) -> bool:
     if isinstance(recorded, tuple):  # leaf input: the graph holds its AccumulateGrad node
-        return type(graph_node).__name__ == "AccumulateGrad" and id(graph_node.variable) == recorded[1]
+        return (type(graph_node).__name__ == "AccumulateGrad"
+                and id(graph_node.variable) == recorded[1])
     return graph_node is recorded
 
 

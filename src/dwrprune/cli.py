@@ -12,8 +12,8 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -268,7 +268,8 @@ def print_cost_table(rows: list[tuple[str, object]]) -> None:
     for label, rep in rows:
         lat = {x.batch_size: x.median_ms for x in rep.latency}
         print(f"{label:10s} {format_count(rep.macs):>12s} {format_count(rep.params):>12s} "
-              f"{rep.resolution:5d} {lat.get(1, float('nan')):10.2f} {lat.get(64, float('nan')):11.2f}")
+              f"{rep.resolution:5d} {lat.get(1, float('nan')):10.2f} "
+              f"{lat.get(64, float('nan')):11.2f}")
 
 
 @command("shrink", "prune a checkpoint to a (depth, width, resolution) point")
@@ -346,7 +347,8 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _points(text: str) -> list[list[float]]:
@@ -404,7 +406,7 @@ def _start_run(args):
 
     cfg = resolve_config(args.preset, **_pipeline_overrides(args))
     model = load_checkpoint_model(args.checkpoint)
-    data = DatasetSource(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.batch_size, cfg.workers)
+    data = DatasetSource.from_config(cfg)
     check_data_matches(model.dwrprune_spec, data.info)
     run = Run(args.out)
     run.save_config(cfg, str(args.checkpoint))
@@ -417,7 +419,7 @@ def _open_run(args, **overrides):
     run = Run(args.run)
     cfg, checkpoint = run.load_config(**overrides)
     model = load_checkpoint_model(checkpoint)
-    data = DatasetSource(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.batch_size, cfg.workers)
+    data = DatasetSource.from_config(cfg)
     return cfg, model, data, run
 
 

@@ -16,10 +16,10 @@ import gzip
 import os
 import pickle
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -83,7 +83,8 @@ def read_idx(path: Path) -> Tensor:
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     expected = 4 + 4 * ndim + int(torch.tensor(dims).prod())
     if len(data) != expected:
-        raise DwrpruneError(f"{path} is truncated or corrupt: {len(data)} bytes, expected {expected}")
+        raise DwrpruneError(
+            f"{path} is truncated or corrupt: {len(data)} bytes, expected {expected}")
     return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).reshape(dims)
 
 

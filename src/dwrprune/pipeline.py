@@ -25,12 +25,12 @@ import hashlib
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
-import torch
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader
@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load, save_json, save_model
 from .costmath import kept_blocks, kept_resolution
-from .engine import TrainConfig, evaluate, recalibrate_batchnorm, train
+from .engine import TrainConfig, evaluate, train
 from .errors import DwrpruneError
 from .predictor import Predictor, fit_predictor
 from .shrink import Shrinker
@@ -187,6 +187,10 @@ class DatasetSource:
                             val_fraction=self.val_fraction, subset=subset, subset_seed=seed)
         return make_loader(ds, self.batch_size, shuffle=shuffle, seed=seed,
                            num_workers=self.workers)
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig) -> DatasetSource:
+        return cls(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.batch_size, cfg.workers)
 
     @property
     def info(self):

@@ -108,7 +108,7 @@ class CPPolynomial(Polynomial):
         rng = np.random.default_rng(0)
         best, best_cost = None, np.inf
         scale = max(abs(float(np.mean(y))), 1e-3) ** (1 / 3)
-        for s in range(starts):
+        for _ in range(starts):
             theta0 = rng.normal(0, 0.3, self.n_params)
             theta0.reshape(3, self.rank, -1)[:, :, 0] += scale / self.rank ** (1 / 3)
             res = least_squares(

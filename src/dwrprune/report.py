@@ -17,7 +17,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .checkpoint import save_json  # noqa: E402
-from .costmath import approx_cost_ratio  # noqa: E402
 
 _COLORS = {"original": "k", "chain": "tab:blue", "mixed": "tab:green", "holdout": "tab:red",
            "bn_recal": "tab:gray"}
@@ -173,7 +172,8 @@ def _markdown(rep: dict) -> str:
         lines += ["", "## Final model", "",
                   "| | MACs (M) | params (K) | latency b1 (ms) | latency b64 (ms) | test acc (%) |",
                   "|---|---|---|---|---|---|",
-                  f"| original | {f['original_macs'] / 1e6:.2f} | {f['original_params'] / 1e3:.1f} | "
+                  f"| original | {f['original_macs'] / 1e6:.2f} | "
+                  f"{f['original_params'] / 1e3:.1f} | "
                   f"{f['original_latency_ms']['1']:.2f} | {f['original_latency_ms']['64']:.2f} | "
                   f"{100 * f['original_test_acc']:.2f} |",
                   f"| pruned | {f['macs'] / 1e6:.2f} | {f['params'] / 1e3:.1f} | "

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable
 
 import torch
 from torch import nn
@@ -25,12 +25,18 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from .blocks import Block, remove_blocks, resolve_blocks
-from .costmath import (check_fraction, conv_macs, kept_blocks, kept_resolution,
-                       linear_macs)
+from .costmath import check_fraction, conv_macs, kept_blocks, kept_resolution, linear_macs
 from .criteria import make_channel_criterion, make_depth_criterion
 from .errors import DwrpruneError
-from .surgery import (PRUNABLE, GroupInfo, build_graph, describe_groups, output_layer,
-                      prune_width, record_layer_changes)
+from .surgery import (
+    PRUNABLE,
+    GroupInfo,
+    build_graph,
+    describe_groups,
+    output_layer,
+    prune_width,
+    record_layer_changes,
+)
 
 
 @dataclass(frozen=True)
@@ -285,7 +291,7 @@ class Shrinker:
         ``recalibrate``: a loader (or ``resolution -> loader``) of training images at the new
         resolution; BatchNorm statistics are re-estimated on ``recal_batches`` of them.
         """
-        from .cost import count_macs, count_params
+        from .cost import count_macs
         from .engine import recalibrate_batchnorm
 
         plan = self.plan(d, w, r)

@@ -15,8 +15,8 @@ accuracy wins; runners-up are returned too.  No returned point exceeds the budge
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 from scipy.optimize import minimize

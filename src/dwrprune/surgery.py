@@ -189,7 +189,8 @@ def apply_layer_changes(model: nn.Module, changes: dict[str, dict]) -> None:
         try:
             m = get_module(model, name)
         except AttributeError:
-            raise DwrpruneError(f"spec names layer {name!r}, which the model does not have") from None
+            raise DwrpruneError(
+                f"spec names layer {name!r}, which the model does not have") from None
         for a, v in ch.get("attrs", {}).items():
             setattr(m, a, tuple(v) if a == "normalized_shape" else v)
         for t, shape in ch.get("shapes", {}).items():

@@ -8,8 +8,8 @@ Names of the form ``tv/NAME`` are resolved lazily to torchvision's classificatio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
