@@ -147,3 +147,20 @@ def test_data_source_without_validation_split(tiny_checkpoint, tmp_path):
 def test_stage_before_collect_is_clear(tmp_path, capsys):
     assert main(["plan", "--run", str(tmp_path)]) == 2
     assert "not a dwrprune run folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("dwrprune").data.FASHION_MNIST_DIR.exists(),
+                    reason="needs dataset-fashion-mnist")
+def test_quick_preset_on_bundled_model(tmp_path):
+    """The README's main job, trimmed: real model, real data, the whole pipeline."""
+    run = tmp_path / "quick"
+    assert main(["prune", "--preset", "quick", "--out", str(run), "--no-progress",
+                 "--finetune-steps", "8", "--mixed-finetune-steps", "8",
+                 "--holdout-points", "0.57,0.75,0.86", "--final-subset", "1000",
+                 "--train-subset", "1000", "--val-subset", "500"]) == 0
+    final = json.loads((run / "final.json").read_text())
+    assert final["macs"] <= 0.5 * final["original_macs"]
+    assert final["original_test_acc"] >= 0.93
+    assert final["test_acc"] > 0.5  # pruned and briefly fine-tuned, far above chance
+    assert (run / "report" / "slice.png").exists()

@@ -1,16 +1,41 @@
-"""dwrprune: prune a trained CNN along depth, width and input resolution to a MACs budget."""
+"""dwrprune: prune a trained CNN along depth, width and input resolution to a MACs budget.
+
+The Python API mirrors the command line::
+
+    model = dwrprune.load(dwrprune.pretrained.path())         # or your own model + spec
+    data = dwrprune.DatasetSource("fashion-mnist")            # or any DataSource
+    cfg = dwrprune.resolve_config("quick", budget=0.5)
+    store = dwrprune.collect(model, data, cfg, "runs/x")      # stage 1 (resumable)
+    predictor, holdout = dwrprune.fit_samples(store, cfg)     # stage 2
+    solution = dwrprune.solve(predictor, dwrprune.Shrinker(model), 0.5)   # stage 3
+    result = dwrprune.prune(model, data, cfg, "runs/x")       # or all stages at once
+"""
 
 __version__ = "0.1.0"
 
+from . import pretrained  # noqa: E402
 from .checkpoint import load, save_model  # noqa: E402
 from .cost import count_macs, count_params, measure_latency  # noqa: E402
 from .data import create_dataset, make_loader  # noqa: E402
 from .engine import TrainConfig, evaluate, recalibrate_batchnorm, train  # noqa: E402
 from .errors import DwrpruneError  # noqa: E402
 from .models import create_model, list_models  # noqa: E402
+from .pipeline import (  # noqa: E402
+    DatasetSource,
+    PipelineConfig,
+    collect,
+    fit_samples,
+    prune,
+    resolve_config,
+)
+from .pipeline import solve_budget as solve  # noqa: E402
+from .predictor import fit_predictor  # noqa: E402
+from .shrink import Shrinker, shrink, shrink_cost  # noqa: E402
 
 __all__ = [
-    "DwrpruneError", "TrainConfig", "__version__", "count_macs", "count_params",
-    "create_dataset", "create_model", "evaluate", "list_models", "load", "make_loader",
-    "measure_latency", "recalibrate_batchnorm", "save_model", "train",
+    "DatasetSource", "DwrpruneError", "PipelineConfig", "Shrinker", "TrainConfig",
+    "__version__", "collect", "count_macs", "count_params", "create_dataset", "create_model",
+    "evaluate", "fit_predictor", "fit_samples", "list_models", "load", "make_loader",
+    "measure_latency", "pretrained", "prune", "recalibrate_batchnorm", "resolve_config",
+    "save_model", "shrink", "shrink_cost", "solve", "train",
 ]
