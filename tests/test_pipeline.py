@@ -71,6 +71,7 @@ def test_resuming_with_other_config_is_refused(tmp_path, tiny_checkpoint, capsys
                  _config(tmp_path), "--out", str(run), "--finetune-steps", "4",
                  "--no-progress"]) == 2
     assert "different config (differs in: finetune_steps)" in capsys.readouterr().err
+    assert yaml.safe_load((run / "config.yaml").read_text())["finetune_steps"] == 3
     other = tmp_path / "other"
     assert main(["train", "--model", "resnet_tiny2", "--data", "synthetic", "--steps", "2",
                  "--out", str(other), "--no-progress"]) == 0
@@ -164,3 +165,24 @@ def test_quick_preset_on_bundled_model(tmp_path):
     assert final["original_test_acc"] >= 0.93
     assert final["test_acc"] > 0.5  # pruned and briefly fine-tuned, far above chance
     assert (run / "report" / "slice.png").exists()
+
+
+def test_python_api_with_own_finetune_function(tmp_path, tiny_checkpoint):
+    import dwrprune
+
+    calls = []
+
+    def my_finetune(model, loader, steps, lr, seed):
+        calls.append((steps, loader.dataset[0][0].shape[-1]))
+        dwrprune.pipeline.default_finetune(model, loader, steps, lr, seed)
+
+    model = dwrprune.load(tiny_checkpoint)
+    cfg = dwrprune.PipelineConfig.from_dict({**TINY, "holdout_points": []})
+    data = dwrprune.DatasetSource("synthetic", batch_size=32)
+    store = dwrprune.collect(model, data, cfg, tmp_path / "api", finetune=my_finetune,
+                             progress=False)
+    assert len(calls) == len(store.samples()) - 1  # every sample but the original
+    assert {res for _, res in calls} == {16, 12, 8}  # chains fine-tune at their resolution
+    pred, holdout = dwrprune.fit_samples(store, cfg)
+    sol = dwrprune.solve(pred, dwrprune.Shrinker(model), 0.4)
+    assert sol.best.macs <= 0.4 * sol.base_macs and holdout["count"] == 0

@@ -43,7 +43,7 @@ from .errors import DwrpruneError
 from .predictor import Predictor, fit_predictor
 from .shrink import Shrinker
 from .solver import Solution, solve
-from .store import Sample, SampleStore
+from .store import Sample, SampleStore, check_same_config
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -517,6 +517,10 @@ class Run:
         return self.path / "config.yaml"
 
     def save_config(self, cfg: PipelineConfig, checkpoint: str) -> None:
+        """Write the resolved config; a changed *collection* config is refused up front."""
+        if self.config_path.exists():
+            old, _ = self.load_config()
+            check_same_config(old.collect_config(), cfg.collect_config(), str(self.path))
         self.path.mkdir(parents=True, exist_ok=True)
         body = {"checkpoint": str(checkpoint), **asdict(cfg)}
         text = yaml.safe_dump(body, sort_keys=False)

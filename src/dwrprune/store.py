@@ -39,6 +39,16 @@ CREATE TABLE IF NOT EXISTS samples (
 """
 
 
+def check_same_config(old: dict | None, new: dict, where: str) -> None:
+    """Refuse to resume a collection with different settings, naming what differs."""
+    if old is None or old == new:
+        return
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    raise DwrpruneError(
+        f"run {where} was collected with a different config (differs in: {', '.join(diff)}); "
+        "resume with the same settings or use a new --out folder")
+
+
 @dataclass
 class Sample:
     key: str
@@ -90,11 +100,7 @@ class SampleStore:
             raise DwrpruneError(
                 f"run store {self.path} was collected from a different model (fingerprint "
                 f"{old_fp[:12]} vs {fingerprint[:12]}); use a new --out folder")
-        if old_cfg is not None and old_cfg != config:
-            diff = sorted(k for k in set(old_cfg) | set(config) if old_cfg.get(k) != config.get(k))
-            raise DwrpruneError(
-                f"run store {self.path} was collected with a different config (differs in: "
-                f"{', '.join(diff)}); resume with the same settings or use a new --out folder")
+        check_same_config(old_cfg, config, str(self.path))
         self.set_meta("collect_config", config)
         self.set_meta("model_fingerprint", fingerprint)
 
