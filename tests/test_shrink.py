@@ -268,7 +268,11 @@ def test_portable_checkpoint_round_trip(tmp_path, name, in_ch, res):
     path = tmp_path / "pruned.pt"
     save_model(path, out.model, out.spec)
     raw = torch.load(path, weights_only=True)
-    assert raw["spec"]["arch"]["point"] == {"d": 0.5, "w": 0.6, "r": 0.75}
+    arch = raw["spec"]["arch"]
+    assert arch["requested"] == {"d": 0.5, "w": 0.6, "r": 0.75}
+    n = len(arch["removable_blocks"])  # realised: whole blocks and whole pixels
+    assert arch["point"]["d"] == (n - len(arch["removed_blocks"])) / n
+    assert arch["point"]["r"] == out.spec["input"]["resolution"] / res
     again = load(path)
     r2 = out.spec["input"]["resolution"]
     x = torch.randn(2, in_ch, r2, r2)

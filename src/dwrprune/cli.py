@@ -525,8 +525,11 @@ def cmd_plan(args) -> int:
     if chosen is None and len(rows) == 1:
         chosen = rows[0]
     if chosen is not None:
+        from .pipeline import exact_cost_grid
+
+        grid = exact_cost_grid(shr, chosen["solution"]["best"]["d"], pred.lower)
         save_json(run.path / "plan.json", {"budget": chosen["budget"],
-                                           "solution": chosen["solution"]})
+                                           "solution": chosen["solution"], "grid": grid})
     return 0
 
 

@@ -442,6 +442,16 @@ def fit_samples(store: SampleStore, cfg: PipelineConfig) -> tuple[Predictor, dic
 
 
 # ---------------------------------------------------------------------------- plan
+def exact_cost_grid(shrinker: Shrinker, d: float, lower: list[float], points: int = 25) -> dict:
+    """Exact MACs ratios over a (w, r) grid at depth ``d``: the budget contour of the report."""
+    base = shrinker.macs(1, 1, 1)
+    ws = np.linspace(lower[1], 1, points)
+    rs = np.linspace(max(lower[2], shrinker.min_resolution / shrinker.base_resolution), 1,
+                     points)
+    ratio = [[shrinker.macs(d, float(w), float(r)) / base for w in ws] for r in rs]
+    return {"d": d, "w": ws.tolist(), "r": rs.tolist(), "ratio": ratio}
+
+
 def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
                  lower: list[float] | None = None) -> Solution:
     """Stage 3: the best realisable (d, w, r) under ``budget`` for a fitted predictor."""
@@ -583,7 +593,8 @@ def prune(model: nn.Module, data: DataSource, config: PipelineConfig, run_dir, *
     run.save_predictor(pred, holdout)
     shr = run.shrinker(model, config)
     sol = solve_budget(pred, shr, config.budget, config.lower_bounds)
-    save_json(run.path / "plan.json", {"budget": config.budget, "solution": sol.to_dict()})
+    save_json(run.path / "plan.json", {"budget": config.budget, "solution": sol.to_dict(),
+                                       "grid": exact_cost_grid(shr, sol.best.d, pred.lower)})
     result = finetune_final(model, data, config, shr, sol, run.path, progress, train_fn)
     write_report(run.path)
     return result

@@ -35,13 +35,13 @@ def plot_axes(samples: list[dict], pred, path: Path) -> None:
                and all(abs(s[o] - 1) < 1e-9 for o in others)]
         if pts:
             ax.scatter([s[name] for s in pts], [100 * s["val_acc"] for s in pts],
-                       c="tab:blue", label=f"{name}-chain samples", zorder=3)
+                       c="tab:blue", label="samples along this axis", zorder=3)
         if pred is not None:
             lo = min([s[name] for s in samples] + [pred.lower[i]])
             xs = np.linspace(lo, 1, 100)
             args = [np.ones_like(xs)] * 3
             args[i] = xs
-            ax.plot(xs, 100 * pred(*args), "tab:orange", label="predictor")
+            ax.plot(xs, 100 * pred(*args), "tab:orange", label="predictor (others at 1)")
         ax.set_xlabel({"d": "depth d (blocks kept)", "w": "width w (channels kept)",
                        "r": "resolution r (side kept)"}[name])
         ax.grid(alpha=0.3)
@@ -61,13 +61,20 @@ def plot_slice(pred, plan: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.6, 4.6))
     cs = ax.contourf(W, R, Z, levels=20, cmap="viridis")
     fig.colorbar(cs, ax=ax, label="predicted validation accuracy (%)")
+    grid = plan.get("grid")
+    if grid:  # exact MACs of the realised models: everything below-left of it fits
+        ax.contour(grid["w"], grid["r"], grid["ratio"], levels=[budget], colors="w",
+                   linestyles="--")
+        ax.plot([], [], "w--", label=f"exact MACs = {budget:g} x original")
     ws = np.linspace(lo_w, 1, 200)
     rs = np.sqrt(budget / (best["d"] * ws ** 2))
     ok = (rs >= lo_r) & (rs <= 1)
-    ax.plot(ws[ok], rs[ok], "w--", label=f"d w² r² = {budget:g} (cost model)")
-    ax.plot(best["w"], best["r"], "r*", ms=16, label="chosen (exact MACs)")
+    if ok.any():
+        ax.plot(ws[ok], rs[ok], ":", color="silver", label="cost model d w² r²")
+    ax.plot(best["w"], best["r"], "r*", ms=16, label="chosen point")
     c = plan["solution"]["continuous"]
-    ax.plot(c["w"], c["r"], "wo", ms=7, mfc="none", label="continuous KKT optimum")
+    ax.plot(c["w"], c["r"], "wo", ms=7, mfc="none",
+            label=f"continuous KKT optimum (d={c['d']:.2f})")
     ax.set_xlabel("width w")
     ax.set_ylabel("resolution r")
     ax.set_title(f"predictor at d = {best['d']:.2f}")

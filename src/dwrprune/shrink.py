@@ -331,8 +331,11 @@ class Shrinker:
             "depth_criterion": getattr(self.depth_criterion, "name", "?"),
             **_compose_arch(self.spec, depth_only, model, plan.removed),
         }
-        if not old:
-            arch["point"] = {"d": plan.d, "w": plan.w, "r": plan.r}
+        if not old:  # realised fractions: whole blocks and whole pixels
+            n = len(self.blocks)
+            arch["point"] = {"d": plan.kept_blocks / n if n else 1.0, "w": plan.w,
+                             "r": plan.resolution / self.base_resolution}
+        arch["requested"] = {"d": plan.d, "w": plan.w, "r": plan.r}
         spec = copy.deepcopy(self.spec)
         spec["arch"] = arch
         spec["input"]["resolution"] = plan.resolution
