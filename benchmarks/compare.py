@@ -1,0 +1,168 @@
+"""Three-dimensional pruning vs one-dimensional pruning vs Torch-Pruning, at equal MACs.
+
+    python benchmarks/compare.py run [--budgets 0.5,0.3] [--seeds 0,1,2] [--epochs 3] ...
+    python benchmarks/compare.py render [--out benchmarks/results] [--update-readme]
+    python benchmarks/compare.py run --quick        # tiny model, synthetic data (CI)
+
+`run` appends one CSV row per (method, budget, seed) to OUT/results.csv as each finishes
+(a stopped run resumes).  `render` turns the CSV into a Markdown table (mean +- std over
+seeds) and OUT/compare.png (accuracy vs MACs, latency vs MACs per method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _floats(s):
+    return [float(x) for x in s.split(",")]
+
+
+def _ints(s):
+    return [int(x) for x in s.split(",")]
+
+
+def cmd_run(args) -> None:
+    import dwrprune
+    from dwrprune.bench import METHODS, run_benchmark
+    from dwrprune.pipeline import DatasetSource, resolve_config
+
+    if args.quick:  # a tiny model trained on the spot: exercises every code path in seconds
+        from dwrprune.cli import main as cli
+
+        ck = Path(args.out) / "tiny"
+        if not (ck / "model.pt").exists():
+            cli(["train", "--model", "resnet_tiny2", "--data", "synthetic", "--steps", "40",
+                 "--lr", "0.05", "--out", str(ck), "--no-progress"])
+        model = dwrprune.load(ck / "model.pt")
+        data = DatasetSource("synthetic", batch_size=32)
+        pipe = resolve_config(None, data="synthetic", depth_criterion="weight_norm",
+                              depth_steps=[0.75, 0.5], width_steps=[0.75, 0.5],
+                              resolution_steps=[0.75, 0.5], mixed_points=[[0.75, 0.75, 0.75]],
+                              holdout_points=[], finetune_steps=2, batch_size=32,
+                              recal_batches=2, max_degree=1)
+        recipe = dwrprune.TrainConfig(steps=3, lr=0.01)
+        budgets, seeds, subset = [0.5], [0, 1], None
+    else:
+        model = dwrprune.load(dwrprune.pretrained.resolve(args.checkpoint))
+        data = DatasetSource(args.data, args.data_dir, batch_size=args.batch_size)
+        pipe = resolve_config(args.preset, data=args.data, data_dir=args.data_dir,
+                              batch_size=args.batch_size)
+        recipe = dwrprune.TrainConfig(epochs=args.epochs, lr=args.lr, seed=0)
+        budgets, seeds, subset = args.budgets, args.seeds, args.finetune_subset
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    csv_path = run_benchmark(model, data, methods, budgets, seeds, recipe, pipe, args.out,
+                             finetune_subset=subset, progress=not args.no_progress)
+    print(f"results: {csv_path}")
+    if args.quick:
+        args.update_readme = False
+        cmd_render(args)
+
+
+def table(summary: list[dict]) -> str:
+    def pm(s, key, scale=1.0, fmt="{:.2f}"):
+        if s[key] is None:
+            return "-"
+        return (fmt.format(s[key] * scale) + " ± " + fmt.format(s[key + "_std"] * scale))
+
+    lines = ["| budget | method | seeds | MACs ratio | test acc pruned (%) | test acc "
+             "fine-tuned (%) | latency b1 (ms) | latency b64 (ms) | prune + collect (s) |",
+             "|" + "---|" * 9]
+    for s in summary:
+        if s["status"] != "ok":
+            lines.append(f"| {s['budget']:g} | {s['method']} | {s['seeds']} | infeasible "
+                         "| - | - | - | - | - |")
+            continue
+        cost = (s["prune_seconds"] or 0) + (s["collection_seconds"] or 0)
+        lines.append(
+            f"| {s['budget']:g} | {s['method']} | {s['seeds']} | {s['macs_ratio']:.3f} | "
+            f"{pm(s, 'test_acc_pruned', 100)} | {pm(s, 'test_acc', 100)} | "
+            f"{pm(s, 'latency_b1_ms')} | {pm(s, 'latency_b64_ms', fmt='{:.1f}')} | {cost:.0f} |")
+    if summary and summary[0].get("original_test_acc") is not None:
+        s = summary[0]
+        lines.append(f"\nUnpruned: test accuracy {100 * s['original_test_acc']:.2f}%, latency "
+                     f"{s['original_latency_b1_ms']:.2f} ms (b1), "
+                     f"{s['original_latency_b64_ms']:.1f} ms (b64).")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method in sorted({s["method"] for s in summary}):
+        pts = [s for s in summary if s["method"] == method and s["status"] == "ok"]
+        if not pts:
+            continue
+        x = [s["macs_ratio"] for s in pts]
+        axes[0].errorbar(x, [100 * s["test_acc"] for s in pts],
+                         yerr=[100 * s["test_acc_std"] for s in pts], fmt="o-", label=method,
+                         capsize=3)
+        axes[1].plot(x, [s["latency_b1_ms"] for s in pts], "o-", label=method)
+    axes[0].set_ylabel("test accuracy after fine-tuning (%)")
+    axes[1].set_ylabel("CPU latency, batch 1 (ms)")
+    for ax in axes:
+        ax.set_xlabel("MACs / original MACs")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_render(args) -> None:
+    from dwrprune.bench import summarise
+
+    out = Path(args.out)
+    summary = summarise(out / "results.csv")
+    text = table(summary)
+    print(text)
+    plot(summary, out / "compare.png")
+    (out / "table.md").write_text(text + "\n")
+    if args.update_readme:
+        readme = ROOT / "README.md"
+        new, n = re.subn(r"(<!-- compare-table -->\n).*?(\n<!-- /compare-table -->)",
+                         lambda m: m.group(1) + text + m.group(2), readme.read_text(),
+                         flags=re.S)
+        if n != 1:
+            sys.exit("README.md has no <!-- compare-table --> block")
+        readme.write_text(new)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--checkpoint", default="resnet20-fashion-mnist")
+    r.add_argument("--data", default="fashion-mnist")
+    r.add_argument("--data-dir", default=None)
+    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--methods", default=None, help="comma-separated (default: all)")
+    r.add_argument("--budgets", type=_floats, default=[0.5, 0.3])
+    r.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    r.add_argument("--epochs", type=int, default=3, help="fine-tune epochs (same for all)")
+    r.add_argument("--lr", type=float, default=0.02)
+    r.add_argument("--finetune-subset", type=int, default=None)
+    r.add_argument("--preset", default="full", help="pipeline preset for the 3d method")
+    r.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    r.add_argument("--quick", action="store_true")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=cmd_run)
+    d = sub.add_parser("render")
+    d.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    d.add_argument("--update-readme", action="store_true")
+    d.set_defaults(func=cmd_render)
+    args = ap.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
