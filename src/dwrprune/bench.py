@@ -172,9 +172,29 @@ class TorchPruningGlobal:
         return Pruned(m.eval(), spec, f"{pruner.current_step} steps")
 
 
+class AutoBotMethod:
+    """AutoBot's learned per-layer width allocation to the MACs budget."""
+
+    name = "autobot"
+
+    def __init__(self, steps: int = 200):
+        self.steps = steps
+
+    def prune(self, model, budget, seed, ctx) -> Pruned:
+        from .autobot import AutoBotConfig, autobot_prune
+
+        res = model.dwrprune_spec["input"]["resolution"]
+        loader = ctx.data.loader("train", res, shuffle=True, seed=seed)
+        out = autobot_prune(model, loader, budget,
+                            AutoBotConfig(steps=min(self.steps, 10 * len(loader)), seed=seed),
+                            progress=False)
+        return Pruned(out.model, out.spec, f"{len(out.spec['arch']['kept_per_group'])} groups")
+
+
 METHODS: dict[str, Method] = {
     "3d": ThreeD(), "width-only": OneAxis("w"), "depth-only": OneAxis("d"),
     "resolution-only": OneAxis("r"), "torch-pruning": TorchPruningGlobal(),
+    "autobot": AutoBotMethod(),
 }
 
 FIELDS = ["method", "budget", "seed", "status", "note", "macs", "macs_ratio", "params",

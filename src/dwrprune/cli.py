@@ -251,7 +251,7 @@ def _shrink_args(p):
     p.add_argument("--blocks", default=None, help="comma-separated removable block names")
     p.add_argument("--depth-criterion", default="weight_norm", choices=["weight_norm", "loss"])
     p.add_argument("--channel-criterion", default="l1",
-                   choices=["l1", "l2", "bn_scale", "taylor", "random"])
+                   choices=["l1", "l2", "bn_scale", "taylor", "random", "autobot"])
     p.add_argument("--round-to", type=int, default=None, help="round channel counts to this")
     add_data_args(p, default=None)
     p.add_argument("--recal-batches", type=int, default=50,
@@ -285,8 +285,9 @@ def cmd_shrink(args) -> int:
     model = load_checkpoint_model(args.checkpoint)
     spec = model.dwrprune_spec
     args.data = args.data or spec["input"].get("dataset")
-    need_data = args.recal_batches > 0 or args.depth_criterion == "loss" or \
-        args.channel_criterion == "taylor"
+    data_criterion = args.depth_criterion == "loss" or args.channel_criterion in (
+        "taylor", "autobot")
+    need_data = args.recal_batches > 0 or data_criterion
     data = {}
     recal = None
     if need_data:
@@ -304,9 +305,7 @@ def cmd_shrink(args) -> int:
     shr = Shrinker(model, blocks=blocks, transitions=args.transitions,
                    depth_criterion=args.depth_criterion,
                    channel_criterion=args.channel_criterion, round_to=args.round_to,
-                   criterion_data={k: v for k, v in data.items()
-                                   if args.depth_criterion == "loss"
-                                   or args.channel_criterion == "taylor"})
+                   criterion_data=data if data_criterion else {})
     res = shr.shrink(args.depth, args.width, args.resolution, recalibrate=recal,
                      recal_batches=args.recal_batches)
     before = cost_report(model, spec["input"]["resolution"], threads=args.threads)
@@ -560,6 +559,53 @@ def cmd_report(args) -> int:
 
     write_report(args.run)
     print(f"wrote {args.run}/report/report.md")
+    return 0
+
+
+# ---------------------------------------------------------------------------- autobot
+def _autobot_args(p):
+    add_checkpoint_arg(p)
+    add_data_args(p)
+    p.add_argument("--budget", type=float, required=True, help="target fraction of MACs")
+    p.add_argument("--out", required=True, help="output checkpoint path (.pt)")
+    p.add_argument("--steps", type=int, default=200, help="mask training batches")
+    p.add_argument("--beta", type=float, default=6.0)
+    p.add_argument("--gamma", type=float, default=0.2)
+    p.add_argument("--lr", type=float, default=0.6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command("autobot", "learned per-layer width (AutoBot) to a MACs budget")
+@with_args(_autobot_args)
+def cmd_autobot(args) -> int:
+    from .autobot import AutoBotConfig, autobot_prune
+    from .checkpoint import save_model
+    from .cost import cost_report
+    from .engine import evaluate
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise DwrpruneError(f"{out} exists; pass --force to overwrite it")
+    model = load_checkpoint_model(args.checkpoint)
+    spec = model.dwrprune_spec
+    res = spec["input"]["resolution"]
+    train_loader = build_loader(args, "train", res, shuffle=True, seed=args.seed)
+    check_data_matches(spec, train_loader.dataset.info)
+    cfg = AutoBotConfig(beta=args.beta, gamma=args.gamma, lr=args.lr, steps=args.steps,
+                        seed=args.seed)
+    result = autobot_prune(model, train_loader, args.budget, cfg,
+                           progress=not args.no_progress)
+    val = build_loader(args, "val", res)
+    before, after = cost_report(model, res), cost_report(result.model, res)
+    print_cost_table([("original", before), ("autobot", after)])
+    print(f"MACs {100 * after.macs / before.macs:.1f}% of the original; val accuracy "
+          f"{100 * evaluate(model, val).accuracy:.2f}% -> "
+          f"{100 * evaluate(result.model, val).accuracy:.2f}% (before fine-tuning)")
+    save_model(out, result.model, result.spec, {"source": str(args.checkpoint),
+                                                "macs": result.macs})
+    print(f"wrote {out}")
     return 0
 
 

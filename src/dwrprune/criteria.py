@@ -87,7 +87,7 @@ class Taylor(_TPImportance):
         super().__init__(tp.importance.GroupTaylorImportance())
         self.loader, self.batches = loader, batches
 
-    def prepare(self, model: nn.Module) -> None:
+    def prepare(self, model: nn.Module, w: float = 1.0) -> None:
         if self.loader is None:
             raise DwrpruneError("the taylor channel criterion needs training data "
                                 "(pass a loader, or --data on the CLI)")
@@ -107,9 +107,13 @@ def make_channel_criterion(name: str | ChannelCriterion, **kwargs) -> ChannelCri
     """A channel criterion by name ('l1', 'l2', 'bn_scale', 'taylor', 'random') or as given."""
     if not isinstance(name, str):
         return name
+    if name == "autobot":
+        from .autobot import AutoBotCriterion
+
+        return AutoBotCriterion(**kwargs)
     if name not in CHANNEL_CRITERIA:
         raise DwrpruneError(f"unknown channel criterion {name!r}; available: "
-                            f"{', '.join(CHANNEL_CRITERIA)} (and 'autobot' once learned)")
+                            f"{', '.join(CHANNEL_CRITERIA)}, autobot")
     cls = CHANNEL_CRITERIA[name]
     if cls is Taylor:
         return cls(**kwargs)

@@ -137,7 +137,7 @@ class Shrinker:
         self.depth_criterion = make_depth_criterion(depth_criterion, **data)
         self.channel_criterion = make_channel_criterion(
             channel_criterion, **({"loader": data.get("train_loader")}
-                                  if channel_criterion == "taylor" else {}))
+                                  if channel_criterion in ("taylor", "autobot") else {}))
         # Structure (blocks, channel groups) does not depend on the input size for registry
         # models, which all end in adaptive pooling: trace them at a small input, which makes
         # analysis and surgery of large-input models several times cheaper.

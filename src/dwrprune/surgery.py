@@ -112,6 +112,23 @@ def describe_groups(model: nn.Module, dg, groups) -> list[GroupInfo]:
     return infos
 
 
+def prune_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str],
+                 choose) -> None:
+    """Prune every coupled group; ``choose(group, dg, n, ch_groups)`` returns the channel
+    indices to remove (an empty list keeps the group whole)."""
+    dg, groups = build_graph(model, example_input, ignored)
+    if not groups:
+        raise DwrpruneError(f"{type(model).__name__} has no prunable channel groups")
+    plans = []
+    for group in groups:
+        root_dep, root_idxs = group[0]
+        idxs = choose(group, dg, len(root_idxs), _channel_groups(group))
+        if idxs:
+            plans.append((root_dep.target.module, root_dep.handler, sorted(int(i) for i in idxs)))
+    for module, handler, idxs in plans:
+        dg.get_pruning_group(module, handler, idxs).prune()
+
+
 def prune_width(model: nn.Module, example_input: torch.Tensor, w: float, criterion,
                 ignored: list[str], round_to: int | None = None) -> None:
     """Keep ``kept_channels(n, w)`` channels of every coupled group, chosen by ``criterion``."""
@@ -119,32 +136,24 @@ def prune_width(model: nn.Module, example_input: torch.Tensor, w: float, criteri
         return
     prepare = getattr(criterion, "prepare", None)
     if prepare is not None:  # e.g. Taylor: gradients on the model about to be pruned
-        prepare(model)
-    dg, groups = build_graph(model, example_input, ignored)
-    if not groups:
-        raise DwrpruneError(f"{type(model).__name__} has no prunable channel groups")
-    plans = []
-    for group in groups:
-        root_dep, root_idxs = group[0]
-        n, cg = len(root_idxs), _channel_groups(group)
+        prepare(model, w=w)
+
+    def choose(group, dg, n, cg):
         n_pruned = n - kept_channels(n, w, cg, round_to)
         if n_pruned <= 0:
-            continue
+            return []
         imp = criterion.group_scores(group, dg)
         if imp is None or len(imp) != n:
-            raise DwrpruneError(f"criterion {criterion.name!r} gave no score for group at "
-                                f"{root_dep.target.module.__class__.__name__}")
+            raise DwrpruneError(f"criterion {criterion.name!r} gave no score for the group of "
+                                f"{type(group[0][0].target.module).__name__}")
         imp = imp.detach().float().cpu()
-        per = n // cg
-        k = n_pruned // cg
-        if cg > 1:
-            pos = torch.argsort(imp.view(cg, per).mean(0))[:k]
-            idxs = sorted(int(g * per + j) for g in range(cg) for j in pos)
-        else:
-            idxs = sorted(int(i) for i in torch.argsort(imp)[:n_pruned])
-        plans.append((root_dep.target.module, root_dep.handler, idxs))
-    for module, handler, idxs in plans:
-        dg.get_pruning_group(module, handler, idxs).prune()
+        if cg > 1:  # the same positions in every group of a grouped convolution
+            per = n // cg
+            pos = torch.argsort(imp.view(cg, per).mean(0))[: n_pruned // cg]
+            return [g * per + int(j) for g in range(cg) for j in pos]
+        return [int(i) for i in torch.argsort(imp)[:n_pruned]]
+
+    prune_groups(model, example_input, ignored, choose)
     model.zero_grad(set_to_none=True)
 
 
