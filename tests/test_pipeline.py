@@ -186,3 +186,14 @@ def test_python_api_with_own_finetune_function(tmp_path, tiny_checkpoint):
     pred, holdout = dwrprune.fit_samples(store, cfg)
     sol = dwrprune.solve(pred, dwrprune.Shrinker(model), 0.4)
     assert sol.best.macs <= 0.4 * sol.base_macs and holdout["count"] == 0
+
+
+def test_pipeline_with_autobot_width_allocation(tmp_path, tiny_checkpoint):
+    run = tmp_path / "run"
+    assert main(["prune", "--checkpoint", str(tiny_checkpoint), "--config", _config(tmp_path),
+                 "--out", str(run), "--width-allocation", "autobot", "--autobot-steps", "4",
+                 "--no-progress"]) == 0
+    final = json.loads((run / "final.json").read_text())
+    assert final["macs"] <= 0.5 * final["original_macs"]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["width_allocation"] == "autobot"

@@ -546,7 +546,7 @@ def cmd_finetune(args) -> int:
     body = run.plan()["solution"]
     sol = Solution(body["budget"], body["base_macs"], ContinuousOptimum(**body["continuous"]),
                    Candidate(**body["best"]), [Candidate(**c) for c in body["runners_up"]])
-    res = finetune_final(model, data, cfg, run.shrinker(model, cfg), sol, run.path,
+    res = finetune_final(model, data, cfg, run.shrinker(model, cfg, data), sol, run.path,
                          progress=not args.no_progress)
     _print_final(res, run.path)
     return 0

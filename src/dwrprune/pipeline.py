@@ -62,6 +62,8 @@ class PipelineConfig:
     depth_criterion: str = "loss"
     channel_criterion: str = "l1"
     round_to: int | None = None
+    width_allocation: str = "uniform"  # or "autobot": learned per-layer widths (AutoBot)
+    autobot_steps: int = 200
     # sample collection
     depth_steps: list[float] = field(default_factory=lambda: [0.86, 0.71, 0.57, 0.43, 0.29])
     width_steps: list[float] = field(default_factory=lambda: [0.875, 0.75, 0.625, 0.5, 0.375])
@@ -96,7 +98,8 @@ class PipelineConfig:
     label_smoothing: float = 0.0
 
     COLLECT_FIELDS = ("data", "data_dir", "val_fraction", "batch_size", "transitions",
-                      "depth_criterion", "channel_criterion", "round_to", "depth_steps",
+                      "depth_criterion", "channel_criterion", "round_to", "width_allocation",
+                      "autobot_steps", "depth_steps",
                       "width_steps", "resolution_steps", "mixed_points", "holdout_points",
                       "finetune_steps", "mixed_finetune_steps", "finetune_lr", "train_subset",
                       "val_subset", "bn_samples", "recal_batches", "seed")
@@ -122,6 +125,9 @@ class PipelineConfig:
             raise DwrpruneError("finetune_steps must be >= 0")
         if self.lower_bounds is not None and len(self.lower_bounds) != 3:
             raise DwrpruneError("lower_bounds must be [d, w, r]")
+        if self.width_allocation not in ("uniform", "autobot"):
+            raise DwrpruneError(f"width_allocation must be uniform or autobot, got "
+                                f"{self.width_allocation!r}")
 
     @classmethod
     def from_dict(cls, values: dict) -> PipelineConfig:
@@ -303,7 +309,8 @@ class Collector:
                               self.shrinker.min_resolution)
 
     def _criterion_data(self, res: int) -> dict:
-        if self.cfg.depth_criterion != "loss" and self.cfg.channel_criterion != "taylor":
+        if (self.cfg.depth_criterion != "loss" and self.cfg.channel_criterion != "taylor"
+                and self.cfg.width_allocation == "uniform"):
             return {}
         return {"train_loader": self.data.loader("train", res, shuffle=True,
                                                  subset=self.cfg.train_subset,
@@ -315,7 +322,8 @@ class Collector:
                         depth_criterion=self.cfg.depth_criterion,
                         channel_criterion=self.cfg.channel_criterion,
                         round_to=self.cfg.round_to, criterion_data=self._criterion_data(res),
-                        block_order=block_order)
+                        block_order=block_order, width_allocation=self.cfg.width_allocation,
+                        autobot_steps=self.cfg.autobot_steps)
 
     def _saved_order(self):
         p = self.run / "block_order.json"
@@ -567,11 +575,20 @@ class Run:
         p = self.path / "block_order.json"
         return json.loads(p.read_text())["order"] if p.exists() else None
 
-    def shrinker(self, model: nn.Module, cfg: PipelineConfig) -> Shrinker:
-        """The original model's shrinker with the ranking saved at collection time."""
+    def shrinker(self, model: nn.Module, cfg: PipelineConfig,
+                 data: DataSource | None = None) -> Shrinker:
+        """The original model's shrinker with the ranking saved at collection time.  Without
+        ``data`` it answers cost queries only (uniform width: the same exact MACs bound)."""
+        alloc = cfg.width_allocation if data is not None else "uniform"
+        crit = {}
+        if data is not None and (alloc == "autobot" or cfg.channel_criterion in
+                                 ("taylor", "autobot")):
+            res = model.dwrprune_spec["input"]["resolution"]
+            crit = {"train_loader": data.loader("train", res, shuffle=True, seed=cfg.seed)}
         return Shrinker(model, transitions=cfg.transitions, depth_criterion="weight_norm",
                         channel_criterion=cfg.channel_criterion, round_to=cfg.round_to,
-                        block_order=self.block_order())
+                        block_order=self.block_order(), criterion_data=crit,
+                        width_allocation=alloc, autobot_steps=cfg.autobot_steps)
 
     def plan(self) -> dict:
         p = self.path / "plan.json"
@@ -591,7 +608,7 @@ def prune(model: nn.Module, data: DataSource, config: PipelineConfig, run_dir, *
     store = collect(model, data, config, run.path, finetune, progress)
     pred, holdout = fit_samples(store, config)
     run.save_predictor(pred, holdout)
-    shr = run.shrinker(model, config)
+    shr = run.shrinker(model, config, data)
     sol = solve_budget(pred, shr, config.budget, config.lower_bounds)
     save_json(run.path / "plan.json", {"budget": config.budget, "solution": sol.to_dict(),
                                        "grid": exact_cost_grid(shr, sol.best.d, pred.lower)})

@@ -114,6 +114,9 @@ class Shrinker:
     projection shortcut.  ``depth_criterion`` / ``channel_criterion``: objects or names.
     ``min_resolution``: the smallest input side allowed (default: the registry's minimum).
     ``block_order``: a precomputed ranking of the removable blocks (least important first).
+    ``width_allocation``: "uniform" (every group keeps fraction w) or "autobot" (AutoBot
+    learns a per-layer allocation whose exact MACs do not exceed the uniform model's; the
+    cost query then returns that uniform bound, and the result reports its measured MACs).
     """
 
     def __init__(self, model: nn.Module, *, resolution: int | None = None,
@@ -121,7 +124,8 @@ class Shrinker:
                  transitions: bool = False, depth_criterion="weight_norm",
                  channel_criterion="l1", round_to: int | None = None,
                  min_resolution: int | None = None, criterion_data: dict | None = None,
-                 block_order: list[str] | None = None):
+                 block_order: list[str] | None = None, width_allocation: str = "uniform",
+                 autobot_steps: int = 200):
         self.model = model
         self.spec = _model_spec(model, resolution, in_channels)
         self.base_resolution = resolution or self.spec["input"]["resolution"]
@@ -134,6 +138,14 @@ class Shrinker:
         self.min_resolution = min_resolution
         self.round_to = round_to
         data = criterion_data or {}
+        if width_allocation not in ("uniform", "autobot"):
+            raise DwrpruneError(f"width_allocation must be 'uniform' or 'autobot', got "
+                                f"{width_allocation!r}")
+        if width_allocation == "autobot" and data.get("train_loader") is None:
+            raise DwrpruneError("width_allocation='autobot' needs training data "
+                                "(criterion_data={'train_loader': ...})")
+        self.width_allocation, self.autobot_steps = width_allocation, autobot_steps
+        self._autobot_loader = data.get("train_loader")
         self.depth_criterion = make_depth_criterion(depth_criterion, **data)
         self.channel_criterion = make_channel_criterion(
             channel_criterion, **({"loader": data.get("train_loader")}
@@ -305,9 +317,12 @@ class Shrinker:
         remove_blocks(model, plan.removed)
         depth_only = copy.deepcopy(model) if w < 1.0 else model
         try:
-            prune_width(model, self.example_input(self.trace_resolution), plan.w,
-                        self.channel_criterion, [self._classifier_after(plan.removed)],
-                        self.round_to)
+            if self.width_allocation == "autobot" and plan.w < 1.0:
+                model = self._autobot_width(model, plan)
+            else:
+                prune_width(model, self.example_input(self.trace_resolution), plan.w,
+                            self.channel_criterion, [self._classifier_after(plan.removed)],
+                            self.round_to)
         except DwrpruneError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -346,10 +361,25 @@ class Shrinker:
         model.dwrprune_spec = spec
         # The cost query is exact by construction (tests compare it with FlopCounterMode);
         # count directly only where the formula does not model every op.
-        macs = (self.macs(d, w, r) if not self.geometry(plan.resolution)[1]
+        exact_formula = (not self.geometry(plan.resolution)[1]
+                         and not (self.width_allocation == "autobot" and plan.w < 1.0))
+        macs = (self.macs(d, w, r) if exact_formula
                 else count_macs(model, plan.resolution, self.in_channels))
         return ShrinkResult(model, spec, macs,
                             sum(p.numel() for p in model.parameters()))
+
+    def _autobot_width(self, model: nn.Module, plan: Plan) -> nn.Module:
+        """AutoBot per-layer widths for the depth-pruned ``model``, at most as costly as
+        uniform width ``plan.w`` (exact MACs at the plan's resolution)."""
+        from .autobot import AutoBotConfig, learn_masks, prune_with_masks, select_channels
+
+        ratio = (self.macs(plan.d, plan.w, plan.r) / self.macs(plan.d, 1.0, plan.r))
+        model.dwrprune_spec = self.spec
+        shr = Shrinker(model, min_resolution=self.min_resolution)
+        bots, cost, target = learn_masks(model, self._autobot_loader, min(ratio, 0.999),
+                                         AutoBotConfig(steps=self.autobot_steps), shr,
+                                         progress=False)
+        return prune_with_masks(model, shr, bots, select_channels(bots, cost, target))
 
     def _classifier_after(self, removed: list[Block]) -> str:
         for b in removed:  # a transition's shortcut moves under "<block>.0"
