@@ -33,6 +33,7 @@ from .surgery import (
     GroupInfo,
     build_graph,
     describe_groups,
+    layer_snapshot,
     output_layer,
     prune_width,
     record_layer_changes,
@@ -84,7 +85,7 @@ def _model_spec(model: nn.Module, resolution: int | None, in_channels: int | Non
     return make_spec(None, 0, in_channels or first_conv_in_channels(model), resolution)
 
 
-def _compose_arch(spec: dict, depth_only: nn.Module, pruned: nn.Module,
+def _compose_arch(spec: dict, depth_only: dict, pruned: nn.Module,
                   removed: list[Block]) -> dict:
     """The arch of ``pruned`` relative to the *original* constructor's model.
 
@@ -152,9 +153,10 @@ class Shrinker:
                                   if channel_criterion in ("taylor", "autobot") else {}))
         # Structure (blocks, channel groups) does not depend on the input size for registry
         # models, which all end in adaptive pooling: trace them at a small input, which makes
-        # analysis and surgery of large-input models several times cheaper.
+        # analysis and surgery of large-input models several times cheaper.  (Tracing at a
+        # size where a stage shrinks to 1x1 is fine: only channel structure is read.)
         self.trace_resolution = (self.base_resolution if not name else
-                                 max(self.min_resolution, min(self.base_resolution, 64)))
+                                 max(self.min_resolution, min(self.base_resolution, 32)))
         x = self.example_input(self.trace_resolution)
         self.blocks = resolve_blocks(model, x, blocks, transitions)
         self.classifier = output_layer(model, x)
@@ -167,6 +169,7 @@ class Shrinker:
             self._order = [by_name[n] for n in block_order]
         self._groups: list[GroupInfo] | None = None
         self._geom: dict[int, tuple[list[LayerGeom], int]] = {}
+        self._meta: nn.Module | None = None
 
     # ------------------------------------------------------------------------ analysis
     def example_input(self, resolution: int | None = None) -> torch.Tensor:
@@ -191,9 +194,20 @@ class Shrinker:
             self._groups = describe_groups(probe, dg, groups)
         return self._groups
 
+    def _meta_model(self) -> nn.Module:
+        """A weightless copy on the meta device: shapes and FLOPs without any arithmetic."""
+        if self._meta is None:
+            meta = copy.deepcopy(self.model).to("meta").eval()
+            for m in meta.modules():  # hooks someone attached (e.g. AutoBot's masks) stay out
+                m._forward_hooks.clear()
+                m._forward_pre_hooks.clear()
+            self._meta = meta
+        return self._meta
+
     def geometry(self, resolution: int) -> tuple[list[LayerGeom], int]:
         """Per-layer geometry at ``resolution`` and the MACs the formula does not model."""
         if resolution not in self._geom:
+            model = self._meta_model()
             layers: list[LayerGeom] = []
 
             def hook(name):
@@ -208,17 +222,16 @@ class Shrinker:
                                                 out.numel() // out.shape[-1]))
                 return f
 
-            hooks = [m.register_forward_hook(hook(n)) for n, m in self.model.named_modules()
+            hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
                      if isinstance(m, PRUNABLE)]
             counter = FlopCounterMode(display=False)
-            was = self.model.training
+            x = torch.zeros(1, self.in_channels, resolution, resolution, device="meta")
             try:
                 with torch.no_grad(), counter:
-                    self.model.eval()(self.example_input(resolution))
+                    model(x)
             finally:
                 for h in hooks:
                     h.remove()
-                self.model.train(was)
             modelled = sum(self._layer_macs(g, g.in_ch, g.out_ch, g.groups) for g in layers)
             self._geom[resolution] = (layers, counter.get_total_flops() // 2 - modelled)
         return self._geom[resolution]
@@ -315,7 +328,7 @@ class Shrinker:
         plan = self.plan(d, w, r)
         model = copy.deepcopy(self.model)
         remove_blocks(model, plan.removed)
-        depth_only = copy.deepcopy(model) if w < 1.0 else model
+        depth_only = layer_snapshot(model)
         try:
             if self.width_allocation == "autobot" and plan.w < 1.0:
                 model = self._autobot_width(model, plan)

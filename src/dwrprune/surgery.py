@@ -174,19 +174,24 @@ def _attrs(m: nn.Module) -> dict:
     return vals
 
 
-def record_layer_changes(before: nn.Module, after: nn.Module) -> dict[str, dict]:
-    """Per module: the attributes and tensor shapes that differ between two models."""
-    ref = dict(before.named_modules())
+def layer_snapshot(model: nn.Module) -> dict[str, tuple]:
+    """Per module: its type, channel attributes and tensor shapes (cheap; no weights)."""
+    return {name: (type(m), _attrs(m), {k: tuple(v.shape) for k, v in _own_tensors(m).items()})
+            for name, m in model.named_modules()}
+
+
+def record_layer_changes(before: nn.Module | dict, after: nn.Module) -> dict[str, dict]:
+    """Per module: the attributes and tensor shapes that differ between two models (or a
+    :func:`layer_snapshot` of the first)."""
+    ref = before if isinstance(before, dict) else layer_snapshot(before)
     changes: dict[str, dict] = {}
-    for name, m in after.named_modules():
+    for name, (typ, a_new, t_new) in layer_snapshot(after).items():
         old = ref.get(name)
-        if old is None or type(old) is not type(m):
+        if old is None or old[0] is not typ:
             continue
-        a_old, a_new = _attrs(old), _attrs(m)
+        _, a_old, t_old = old
         attrs = {k: v for k, v in a_new.items() if a_old.get(k) != v}
-        t_old, t_new = _own_tensors(old), _own_tensors(m)
-        shapes = {k: list(v.shape) for k, v in t_new.items()
-                  if k in t_old and tuple(t_old[k].shape) != tuple(v.shape)}
+        shapes = {k: list(v) for k, v in t_new.items() if k in t_old and t_old[k] != v}
         if attrs or shapes:
             changes[name] = {"attrs": attrs, "shapes": shapes}
     return changes
