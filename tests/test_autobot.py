@@ -3,8 +3,15 @@ import torch
 from torch import nn
 
 from dwrprune import DwrpruneError, count_macs, create_dataset, create_model, load, make_loader
-from dwrprune.autobot import (AutoBotConfig, Bottlenecks, SoftCost, autobot_prune,
-                              learn_masks, prune_with_masks, select_channels)
+from dwrprune.autobot import (
+    AutoBotConfig,
+    Bottlenecks,
+    SoftCost,
+    autobot_prune,
+    learn_masks,
+    prune_with_masks,
+    select_channels,
+)
 from dwrprune.checkpoint import make_spec, save_model
 from dwrprune.shrink import Shrinker
 
