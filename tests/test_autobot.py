@@ -110,8 +110,8 @@ def test_bad_budgets(budget, match):
 def test_model_without_prunable_layers():
     m = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
     with pytest.raises(DwrpruneError, match="no Conv2d|no prunable"):
-        autobot_prune_model = Shrinker(m, resolution=8, in_channels=3)
-        Bottlenecks(m, autobot_prune_model)
+        shr = Shrinker(m, resolution=8, in_channels=3)
+        Bottlenecks(m, shr)
 
 
 def test_cli_autobot(tmp_path, capsys):
