@@ -129,8 +129,8 @@ def cmd_render(args) -> None:
     (out / "table.md").write_text(text + "\n")
     if args.update_readme:
         readme = ROOT / "README.md"
-        new, n = re.subn(r"(<!-- compare-table -->\n).*?(\n<!-- /compare-table -->)",
-                         lambda m: m.group(1) + text + m.group(2), readme.read_text(),
+        new, n = re.subn(r"(<!-- compare-table -->).*?(<!-- /compare-table -->)",
+                         lambda m: f"{m.group(1)}\n{text}\n{m.group(2)}", readme.read_text(),
                          flags=re.S)
         if n != 1:
             sys.exit("README.md has no <!-- compare-table --> block")

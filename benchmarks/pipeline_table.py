@@ -56,8 +56,8 @@ def main() -> None:
     if args.update_readme:
         readme = ROOT / "README.md"
         text = readme.read_text()
-        new, n = re.subn(r"(<!-- pipeline-table -->\n).*?(\n<!-- /pipeline-table -->)",
-                         lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
+        new, n = re.subn(r"(<!-- pipeline-table -->).*?(<!-- /pipeline-table -->)",
+                         lambda m: f"{m.group(1)}\n{table}\n{m.group(2)}", text, flags=re.S)
         if n != 1:
             raise SystemExit("README.md has no <!-- pipeline-table --> block")
         readme.write_text(new)
