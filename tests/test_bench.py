@@ -24,3 +24,21 @@ def test_compare_quick_mode_runs_every_method_and_resumes(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True)  # resumes: nothing to redo
     assert again.returncode == 0
     assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 10
+
+
+def test_resume_with_other_recipe_is_refused(tmp_path):
+    import pytest
+
+    import dwrprune
+    from dwrprune.bench import run_benchmark
+    from dwrprune.pipeline import DatasetSource, resolve_config
+
+    model = dwrprune.create_model("resnet_tiny", num_classes=10, in_channels=3)
+    model.dwrprune_spec = dwrprune.checkpoint.make_spec("resnet_tiny", 10, 3, 16)
+    data = DatasetSource("synthetic", batch_size=32)
+    pipe = resolve_config(None, data="synthetic")
+    run_benchmark(model, data, ["width-only"], [0.5], [0], dwrprune.TrainConfig(steps=1), pipe,
+                  tmp_path, progress=False, latency_repeats=2)
+    with pytest.raises(dwrprune.DwrpruneError, match="differs in: recipe"):
+        run_benchmark(model, data, ["width-only"], [0.5], [1], dwrprune.TrainConfig(steps=2),
+                      pipe, tmp_path, progress=False, latency_repeats=2)

@@ -204,6 +204,29 @@ FIELDS = ["method", "budget", "seed", "status", "note", "macs", "macs_ratio", "p
           "original_latency_b64_ms", "torch", "cpu", "threads", "timestamp"]
 
 
+def _bind_settings(out: Path, model: nn.Module, recipe: TrainConfig,
+                   pipeline: PipelineConfig, finetune_subset: int | None) -> None:
+    """Rows of one CSV must share a recipe: store it, and refuse to resume with another.
+    (Methods, budgets and seeds may be added later; they are columns of the rows.)"""
+    import json
+    from dataclasses import asdict
+
+    from .pipeline import model_fingerprint
+
+    settings = {"recipe": asdict(recipe) | {"seed": None}, "finetune_subset": finetune_subset,
+                "pipeline": pipeline.collect_config() | {"seed": None},
+                "model": model_fingerprint(model)}
+    path = out / "bench_settings.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != json.loads(json.dumps(settings)):
+            diff = sorted(k for k in settings if json.loads(json.dumps(settings[k])) != old.get(k))
+            raise DwrpruneError(f"{out} holds results made with other settings (differs in: "
+                                f"{', '.join(diff)}); use another --out folder")
+    else:
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
 def done_keys(csv_path: Path) -> set[tuple[str, float, int]]:
     if not csv_path.exists():
         return set()
@@ -231,6 +254,7 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
             raise DwrpruneError(f"unknown method {m!r}; available: {', '.join(METHODS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _bind_settings(out, model, recipe, pipeline, finetune_subset)
     csv_path = out / "results.csv"
     done = done_keys(csv_path)
     spec = model.dwrprune_spec
