@@ -161,7 +161,12 @@ def main() -> None:
     d.add_argument("--update-readme", action="store_true")
     d.set_defaults(func=cmd_render)
     args = ap.parse_args()
-    args.func(args)
+    from dwrprune import DwrpruneError
+
+    try:
+        args.func(args)
+    except DwrpruneError as e:
+        sys.exit(f"compare.py: error: {e}")
 
 
 if __name__ == "__main__":

@@ -197,3 +197,14 @@ def test_pipeline_with_autobot_width_allocation(tmp_path, tiny_checkpoint):
     assert final["macs"] <= 0.5 * final["original_macs"]
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["width_allocation"] == "autobot"
+
+
+def test_store_from_older_version_without_new_keys_resumes():
+    from dwrprune.store import check_same_config
+
+    new = PipelineConfig().collect_config()
+    old = {k: v for k, v in new.items() if k != "width_allocation"}
+    check_same_config(old, new, "run", PipelineConfig.collect_defaults())  # default: fine
+    with pytest.raises(DwrpruneError, match="differs in: width_allocation"):
+        check_same_config(old, {**new, "width_allocation": "autobot"}, "run",
+                          PipelineConfig.collect_defaults())

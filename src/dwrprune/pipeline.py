@@ -107,6 +107,10 @@ class PipelineConfig:
     def collect_config(self) -> dict:
         return {k: getattr(self, k) for k in self.COLLECT_FIELDS}
 
+    @classmethod
+    def collect_defaults(cls) -> dict:
+        return PipelineConfig().collect_config()
+
     def validate(self) -> None:
         if not 0.0 < self.budget < 1.0:
             raise DwrpruneError(f"budget must be in (0, 1) (fraction of the original MACs), "
@@ -302,7 +306,8 @@ class Collector:
         self.base_res = spec["input"]["resolution"]
         check_validation_split(data, self.base_res)
         self.store = SampleStore(self.run / "samples.sqlite")
-        self.store.bind(cfg.collect_config(), model_fingerprint(model))
+        self.store.bind(cfg.collect_config(), model_fingerprint(model),
+                        PipelineConfig.collect_defaults())
         self.shrinker = self._shrinker(model, self.base_res, block_order=self._saved_order())
         self._save_order()
         self.jobs = plan_jobs(cfg, len(self.shrinker.blocks), self.base_res,
@@ -538,7 +543,8 @@ class Run:
         """Write the resolved config; a changed *collection* config is refused up front."""
         if self.config_path.exists():
             old, _ = self.load_config()
-            check_same_config(old.collect_config(), cfg.collect_config(), str(self.path))
+            check_same_config(old.collect_config(), cfg.collect_config(), str(self.path),
+                              PipelineConfig.collect_defaults())
         self.path.mkdir(parents=True, exist_ok=True)
         body = {"checkpoint": str(checkpoint), **asdict(cfg)}
         text = yaml.safe_dump(body, sort_keys=False)

@@ -39,11 +39,17 @@ CREATE TABLE IF NOT EXISTS samples (
 """
 
 
-def check_same_config(old: dict | None, new: dict, where: str) -> None:
-    """Refuse to resume a collection with different settings, naming what differs."""
+def check_same_config(old: dict | None, new: dict, where: str,
+                      defaults: dict | None = None) -> None:
+    """Refuse to resume a collection with different settings, naming what differs.  A key
+    that an older run did not record counts as equal when the new value is its default
+    (the older code behaved that way)."""
     if old is None or old == new:
         return
+    old = {**{k: v for k, v in (defaults or {}).items() if k in new and k not in old}, **old}
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not diff:
+        return
     raise DwrpruneError(
         f"run {where} was collected with a different config (differs in: {', '.join(diff)}); "
         "resume with the same settings or use a new --out folder")
@@ -93,14 +99,14 @@ class SampleStore:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                         (key, json.dumps(value, sort_keys=True)))
 
-    def bind(self, config: dict, fingerprint: str) -> None:
+    def bind(self, config: dict, fingerprint: str, defaults: dict | None = None) -> None:
         """Record the collection config and model fingerprint, or check they match."""
         old_cfg, old_fp = self.get_meta("collect_config"), self.get_meta("model_fingerprint")
         if old_fp is not None and old_fp != fingerprint:
             raise DwrpruneError(
                 f"run store {self.path} was collected from a different model (fingerprint "
                 f"{old_fp[:12]} vs {fingerprint[:12]}); use a new --out folder")
-        check_same_config(old_cfg, config, str(self.path))
+        check_same_config(old_cfg, config, str(self.path), defaults)
         self.set_meta("collect_config", config)
         self.set_meta("model_fingerprint", fingerprint)
 
