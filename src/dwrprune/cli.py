@@ -43,6 +43,14 @@ def with_args(add: Callable[[argparse.ArgumentParser], None]):
 
 
 # ---------------------------------------------------------------------------- shared options
+def writable_output(path: str, force: bool) -> Path:
+    """An output file path, refusing to overwrite an existing file without --force."""
+    out = Path(path)
+    if out.exists() and not force:
+        raise DwrpruneError(f"{out} exists; pass --force to overwrite it")
+    return out
+
+
 def args_dict(args: argparse.Namespace) -> dict:
     """The resolved options as plain data (for the config JSON a run folder keeps)."""
     return {k: v for k, v in vars(args).items() if k != "func"}
@@ -279,9 +287,7 @@ def cmd_shrink(args) -> int:
     from .cost import cost_report
     from .shrink import Shrinker
 
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise DwrpruneError(f"{out} exists; pass --force to overwrite it")
+    out = writable_output(args.out, args.force)
     model = load_checkpoint_model(args.checkpoint)
     spec = model.dwrprune_spec
     args.data = args.data or spec["input"].get("dataset")
@@ -585,9 +591,7 @@ def cmd_autobot(args) -> int:
     from .cost import cost_report
     from .engine import evaluate
 
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise DwrpruneError(f"{out} exists; pass --force to overwrite it")
+    out = writable_output(args.out, args.force)
     model = load_checkpoint_model(args.checkpoint)
     spec = model.dwrprune_spec
     res = spec["input"]["resolution"]

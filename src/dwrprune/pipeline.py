@@ -287,6 +287,16 @@ def plan_jobs(cfg: PipelineConfig, n_blocks: int, base_res: int, min_res: int) -
     return jobs
 
 
+def config_shrinker(model: nn.Module, cfg: PipelineConfig, depth_criterion: str,
+                    criterion_data: dict, block_order: list[str] | None,
+                    width_allocation: str) -> Shrinker:
+    """The Shrinker a pipeline config describes (collection and final stage share it)."""
+    return Shrinker(model, transitions=cfg.transitions, depth_criterion=depth_criterion,
+                    channel_criterion=cfg.channel_criterion, round_to=cfg.round_to,
+                    criterion_data=criterion_data, block_order=block_order,
+                    width_allocation=width_allocation, autobot_steps=cfg.autobot_steps)
+
+
 class Collector:
     """Runs the jobs of a collection against a run folder; resumable at job granularity."""
 
@@ -323,12 +333,9 @@ class Collector:
                 "val_loader": self.data.loader("val", res, subset=self.cfg.val_subset)}
 
     def _shrinker(self, model: nn.Module, res: int, block_order=None) -> Shrinker:
-        return Shrinker(model, transitions=self.cfg.transitions,
-                        depth_criterion=self.cfg.depth_criterion,
-                        channel_criterion=self.cfg.channel_criterion,
-                        round_to=self.cfg.round_to, criterion_data=self._criterion_data(res),
-                        block_order=block_order, width_allocation=self.cfg.width_allocation,
-                        autobot_steps=self.cfg.autobot_steps)
+        return config_shrinker(model, self.cfg, self.cfg.depth_criterion,
+                               self._criterion_data(res), block_order,
+                               self.cfg.width_allocation)
 
     def _saved_order(self):
         p = self.run / "block_order.json"
@@ -591,10 +598,7 @@ class Run:
                                  ("taylor", "autobot")):
             res = model.dwrprune_spec["input"]["resolution"]
             crit = {"train_loader": data.loader("train", res, shuffle=True, seed=cfg.seed)}
-        return Shrinker(model, transitions=cfg.transitions, depth_criterion="weight_norm",
-                        channel_criterion=cfg.channel_criterion, round_to=cfg.round_to,
-                        block_order=self.block_order(), criterion_data=crit,
-                        width_allocation=alloc, autobot_steps=cfg.autobot_steps)
+        return config_shrinker(model, cfg, "weight_norm", crit, self.block_order(), alloc)
 
     def plan(self) -> dict:
         p = self.path / "plan.json"
