@@ -24,7 +24,7 @@ from .checkpoint import save_model
 from .cost import count_macs, count_params, machine_stamp, measure_latency
 from .engine import TrainConfig, evaluate, recalibrate_batchnorm, train
 from .errors import DwrpruneError
-from .pipeline import DataSource, PipelineConfig, collect, fit_samples, solve_budget
+from .pipeline import DataSource, PipelineConfig, Run, collect, fit_samples, solve_budget
 from .shrink import Shrinker
 from .surgery import record_layer_changes
 
@@ -121,7 +121,7 @@ class ThreeD:
         store = collect(model, ctx.data, cfg, run, progress=False)
         collection = sum(s.seconds for s in store.samples())
         pred, _ = fit_samples(store, cfg)
-        shr = ctx.shrinker(model)
+        shr = Run(run).shrinker(model, cfg, ctx.data)  # the block ranking saved at collection
         sol = solve_budget(pred, shr, budget, cfg.lower_bounds)
         b = sol.best
         out = shr.shrink(b.d, b.w, b.r, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
