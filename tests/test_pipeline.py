@@ -208,3 +208,17 @@ def test_store_from_older_version_without_new_keys_resumes():
     with pytest.raises(DwrpruneError, match="differs in: width_allocation"):
         check_same_config(old, {**new, "width_allocation": "autobot"}, "run",
                           PipelineConfig.collect_defaults())
+
+
+def test_missing_chain_model_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):
+    run = tmp_path / "run"
+    args = ["collect", "--checkpoint", str(tiny_checkpoint), "--config", _config(tmp_path),
+            "--out", str(run), "--no-progress"]
+    assert main(args) == 0
+    db = sqlite3.connect(run / "samples.sqlite")
+    db.execute("DELETE FROM samples WHERE key = 'd/1'")
+    db.commit()
+    (run / "models" / "d_0.pt").unlink()
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "chain model" in capsys.readouterr().err

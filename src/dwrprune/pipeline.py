@@ -375,7 +375,13 @@ class Collector:
             model, spec = self.model, self.model.dwrprune_spec
         else:
             if job.kind == "chain" and job.parent != "orig":
-                parent_model = load(self.run / self.store.get(job.parent).checkpoint)
+                path = self.run / self.store.get(job.parent).checkpoint
+                if not path.exists():
+                    raise DwrpruneError(
+                        f"chain model {path} of finished sample {job.parent!r} is missing, so "
+                        f"chain {job.chain!r} cannot continue; restore the file, or start "
+                        "the collection in a new --out folder")
+                parent_model = load(path)
             model, spec = self._prune_job(job, parent_model)
             if job.kind != "bn_recal":
                 steps = cfg.finetune_steps if job.kind == "chain" else (
