@@ -6,11 +6,11 @@ from dwrprune import DwrpruneError, count_macs, create_dataset, create_model, lo
 from dwrprune.autobot import (
     AutoBotConfig,
     Bottlenecks,
-    SoftCost,
     autobot_prune,
     learn_masks,
     prune_with_masks,
     select_channels,
+    soft_cost,
 )
 from dwrprune.checkpoint import make_spec, save_model
 from dwrprune.shrink import Shrinker
@@ -53,7 +53,7 @@ def test_soft_cost_is_exact_for_binary_masks_and_masks_equal_pruning(name, in_ch
     with torch.no_grad():
         masked = m(x)
     bots.remove()
-    cost = SoftCost(shr, bots.infos, res)
+    cost = soft_cost(shr, bots.infos, res)
     pruned = prune_with_masks(m, shr, bots, keep)
     assert float(cost([k.sum() for k in keep])) == count_macs(pruned, res)
     with torch.no_grad():

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .errors import DwrpruneError
-from .shrink import Shrinker, ShrinkResult
+from .shrink import ChannelCost, Shrinker, ShrinkResult
 from .surgery import PRUNABLE, build_graph, describe_groups, prune_groups, record_layer_changes
 
 
@@ -136,39 +136,17 @@ class Bottlenecks:
         self._handles = []
 
 
-class SoftCost:
-    """MACs as a function of per-group channel counts (differentiable in the counts)."""
-
-    def __init__(self, shrinker: Shrinker, infos, resolution: int):
-        layers, unmodelled = shrinker.geometry(resolution)
-        if unmodelled:
-            raise DwrpruneError("AutoBot's cost model covers conv and linear layers; this "
-                                f"model has {unmodelled} MACs in other ops")
-        self.sizes = [i.size for i in infos]
-        terms: dict[tuple[str, str], list[tuple[int, int]]] = {}
-        for gi, info in enumerate(infos):
-            for name, side, factor in info.members:
-                terms.setdefault((name, side), []).append((gi, factor))
-        self.layers = [(g, terms.get((g.name, "in"), []), terms.get((g.name, "out"), []))
-                       for g in layers]
-
-    def __call__(self, counts) -> Tensor:
-        # float64: a ResNet-50 costs ~1e9 MACs, beyond float32's exact integers
-        counts = [c.double() if isinstance(c, Tensor) else float(c) for c in counts]
-        total = torch.zeros((), dtype=torch.float64)
-        for g, ins, outs in self.layers:
-            cin = g.in_ch - sum(f * (self.sizes[gi] - counts[gi]) for gi, f in ins)
-            cout = g.out_ch - sum(f * (self.sizes[gi] - counts[gi]) for gi, f in outs)
-            if g.groups > 1 and g.groups == g.in_ch == g.out_ch:  # depthwise
-                total = total + g.positions * g.kernel * cout
-            else:
-                total = total + g.positions * g.kernel * cin / g.groups * cout
-        return total
+def soft_cost(shrinker: Shrinker, infos, resolution: int) -> ChannelCost:
+    """MACs as a function of per-group channel counts (differentiable in soft counts)."""
+    if shrinker.geometry(resolution)[1]:
+        raise DwrpruneError("AutoBot's cost model covers conv and linear layers; this "
+                            f"model has {shrinker.geometry(resolution)[1]} MACs in other ops")
+    return ChannelCost(shrinker.geometry(resolution)[0], infos)
 
 
 def learn_masks(model: nn.Module, loader: DataLoader, target_ratio: float,
                 cfg: AutoBotConfig | None = None, shrinker: Shrinker | None = None,
-                progress: bool = True) -> tuple[Bottlenecks, SoftCost, float]:
+                progress: bool = True) -> tuple[Bottlenecks, ChannelCost, float]:
     """Train the bottlenecks of ``model`` (weights frozen) toward ``target_ratio`` of its
     MACs.  Returns the bottlenecks (hooks removed, best snapshot loaded), the cost model and
     the target MACs."""
@@ -178,7 +156,7 @@ def learn_masks(model: nn.Module, loader: DataLoader, target_ratio: float,
     shrinker = shrinker or Shrinker(model)
     torch.manual_seed(cfg.seed)
     bots = Bottlenecks(model, shrinker, cfg.init)
-    cost = SoftCost(shrinker, bots.infos, shrinker.base_resolution)
+    cost = soft_cost(shrinker, bots.infos, shrinker.base_resolution)
     f_max = float(cost([torch.tensor(float(s)) for s in cost.sizes]))
     target = target_ratio * f_max
     f_min = float(cost([torch.tensor(float(i.ch_groups)) for i in bots.infos]))
@@ -226,7 +204,7 @@ def learn_masks(model: nn.Module, loader: DataLoader, target_ratio: float,
     return bots, cost, target
 
 
-def select_channels(bots: Bottlenecks, cost: SoftCost, target: float,
+def select_channels(bots: Bottlenecks, cost: ChannelCost, target: float,
                     iterations: int = 30) -> list[Tensor]:
     """Keep masks above a threshold found by bisection so that exact MACs hit the target
     (the largest MACs not above it); at least one channel per group."""
@@ -342,5 +320,5 @@ def autobot_prune(model: nn.Module, loader: DataLoader, budget: float,
     return ShrinkResult(pruned, spec, count_macs(pruned, res), count_params(pruned))
 
 
-__all__ = ["AutoBotConfig", "AutoBotCriterion", "Bottlenecks", "SoftCost", "autobot_prune",
-           "learn_masks", "select_channels", "PRUNABLE"]
+__all__ = ["AutoBotConfig", "AutoBotCriterion", "Bottlenecks", "autobot_prune",
+           "learn_masks", "select_channels", "soft_cost", "PRUNABLE"]

@@ -48,15 +48,6 @@ def kept_resolution(native: int, r: float) -> int:
     return max(1, math.floor(native * r + 0.5 + _EPS))
 
 
-def conv_macs(out_hw: int, kernel: int, in_ch: int, out_ch: int, groups: int) -> int:
-    """MACs of a convolution: every output element needs (in/groups) * k_h * k_w products."""
-    return out_hw * kernel * (in_ch // groups) * out_ch
-
-
-def linear_macs(positions: int, in_f: int, out_f: int) -> int:
-    return positions * in_f * out_f
-
-
 def approx_cost_ratio(d: float, w: float, r: float) -> float:
     """The paper's cost model: MACs(d, w, r) / MACs(1, 1, 1) ~ d * w^2 * r^2."""
     return d * w * w * r * r

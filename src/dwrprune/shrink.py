@@ -17,7 +17,6 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import torch
 from torch import nn
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from .blocks import Block, remove_blocks, resolve_blocks
-from .costmath import check_fraction, conv_macs, kept_blocks, kept_resolution, linear_macs
+from .costmath import check_fraction, kept_blocks, kept_channels, kept_resolution
 from .criteria import make_channel_criterion, make_depth_criterion
 from .errors import DwrpruneError
 from .surgery import (
@@ -51,6 +50,38 @@ class LayerGeom:
     groups: int
     kernel: int
     positions: int  # output H*W for convs, rows for linear layers
+
+
+class ChannelCost:
+    """MACs of the conv and linear layers as a function of how many channels each coupled
+    group keeps.  One piece of arithmetic serves both cost models: with integer counts it is
+    the exact MACs of the physically pruned model (:meth:`Shrinker.macs`), with soft counts
+    (tensors) it is AutoBot's differentiable cost."""
+
+    def __init__(self, layers: list[LayerGeom], groups: list[GroupInfo]):
+        self.sizes = [g.size for g in groups]
+        terms: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        for gi, info in enumerate(groups):
+            for name, side, factor in info.members:
+                terms.setdefault((name, side), []).append((gi, factor))
+        self.layers = [(g, terms.get((g.name, "in"), []), terms.get((g.name, "out"), []))
+                       for g in layers]
+
+    def __call__(self, counts=(), dropped: frozenset[str] | set[str] = frozenset()):
+        # float64 for tensors: a ResNet-50 costs ~1e9 MACs, beyond float32's exact integers
+        counts = [c.double() if isinstance(c, torch.Tensor) else c for c in counts]
+        total = 0
+        for g, ins, outs in self.layers:
+            if g.name in dropped:
+                continue
+            cin = g.in_ch - sum(f * (self.sizes[gi] - counts[gi]) for gi, f in ins)
+            cout = g.out_ch - sum(f * (self.sizes[gi] - counts[gi]) for gi, f in outs)
+            if g.groups > 1 and g.groups == g.in_ch == g.out_ch:  # depthwise: in = out = groups
+                cout, per_group = min(cin, cout), 1
+            else:  # every output needs (in / groups) * k_h * k_w products
+                per_group = cin // g.groups if isinstance(cin, int) else cin / g.groups
+            total = total + g.positions * g.kernel * per_group * cout
+        return total
 
 
 @dataclass
@@ -170,6 +201,7 @@ class Shrinker:
         self._groups: list[GroupInfo] | None = None
         self._geom: dict[int, tuple[list[LayerGeom], int]] = {}
         self._meta: nn.Module | None = None
+        self._costs: dict[tuple[int, bool], ChannelCost] = {}
 
     # ------------------------------------------------------------------------ analysis
     def example_input(self, resolution: int | None = None) -> torch.Tensor:
@@ -232,15 +264,17 @@ class Shrinker:
             finally:
                 for h in hooks:
                     h.remove()
-            modelled = sum(self._layer_macs(g, g.in_ch, g.out_ch, g.groups) for g in layers)
+            modelled = ChannelCost(layers, [])()
             self._geom[resolution] = (layers, counter.get_total_flops() // 2 - modelled)
         return self._geom[resolution]
 
-    @staticmethod
-    def _layer_macs(g: LayerGeom, in_ch: int, out_ch: int, groups: int) -> int:
-        if g.kind == "conv":
-            return conv_macs(g.positions, g.kernel, in_ch, out_ch, groups)
-        return linear_macs(g.positions, in_ch, out_ch)
+    def channel_cost(self, resolution: int, width_pruned: bool = True) -> ChannelCost:
+        """The MACs formula at ``resolution`` (over the channel groups if widths change)."""
+        key = (resolution, width_pruned)
+        if key not in self._costs:
+            self._costs[key] = ChannelCost(self.geometry(resolution)[0],
+                                           self.groups() if width_pruned else [])
+        return self._costs[key]
 
     # ------------------------------------------------------------------------ planning
     def plan(self, d: float, w: float, r: float) -> Plan:
@@ -269,35 +303,11 @@ class Shrinker:
         layers, unmodelled = self.geometry(plan.resolution)
         if unmodelled:  # ops outside conv/linear (e.g. attention matmuls): build and count
             return self.shrink(d, w, r, recalibrate=None).macs
-        kept = self._channel_counts(w)
-        dropped = self._dropped_layers(plan.removed)
-        total = 0
-        for g in layers:
-            if g.name in dropped:
-                continue
-            in_ch, out_ch = kept.get((g.name, "in"), g.in_ch), kept.get((g.name, "out"), g.out_ch)
-            groups = g.groups
-            if g.groups > 1 and g.groups == g.in_ch == g.out_ch:  # depthwise: in = out = groups
-                in_ch = out_ch = groups = min(in_ch, out_ch)
-            total += self._layer_macs(g, in_ch, out_ch, groups)
-        return total
-
-    @lru_cache(maxsize=256)  # noqa: B019 - one Shrinker per model; the cache is the point
-    def _channel_counts(self, w: float) -> dict[tuple[str, str], int]:
-        if w >= 1.0:
-            return {}
-        layers = {g.name: g for g in self.geometry(self.base_resolution)[0]}
-        pruned: dict[tuple[str, str], int] = {}
-        for grp in self.groups():
-            p = grp.pruned(w, self.round_to)
-            for name, side, factor in grp.members:
-                if name in layers:
-                    pruned[(name, side)] = pruned.get((name, side), 0) + p * factor
-        out = {}
-        for (name, side), p in pruned.items():
-            g = layers[name]
-            out[(name, side)] = (g.in_ch if side == "in" else g.out_ch) - p
-        return out
+        if w >= 1.0:  # no channel groups needed: the Torch-Pruning graph is not even built
+            return self.channel_cost(plan.resolution, False)(
+                dropped=self._dropped_layers(plan.removed))
+        counts = [kept_channels(g.size, w, g.ch_groups, self.round_to) for g in self.groups()]
+        return self.channel_cost(plan.resolution)(counts, self._dropped_layers(plan.removed))
 
     def _dropped_layers(self, removed: list[Block]) -> set[str]:
         names = [g.name for g in self.geometry(self.base_resolution)[0]]

@@ -37,9 +37,6 @@ class GroupInfo:
     ch_groups: int
     members: list[tuple[str, str, int]] = field(default_factory=list)  # (layer, in|out, k)
 
-    def pruned(self, w: float, round_to: int | None) -> int:
-        return self.size - kept_channels(self.size, w, self.ch_groups, round_to)
-
 
 def output_layer(model: nn.Module, example_input: torch.Tensor) -> str:
     """Name of the last conv/linear layer to run: the classifier, never width-pruned."""
