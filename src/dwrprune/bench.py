@@ -38,7 +38,8 @@ class Pruned:
     model: nn.Module
     spec: dict
     note: str = ""
-    collection_seconds: float = 0.0
+    collection_seconds: float = 0.0  # compute spent on samples (summed from the store)
+    collection_wall_seconds: float = 0.0  # of which spent in this call (0 when resumed)
 
 
 class Method(Protocol):
@@ -118,14 +119,17 @@ class ThreeD:
         cfg = copy.deepcopy(ctx.pipeline)
         cfg.seed = seed
         run = ctx.out / "3d" / f"seed{seed}"
+        t0 = time.perf_counter()
         store = collect(model, ctx.data, cfg, run, progress=False)
+        wall = time.perf_counter() - t0
         collection = sum(s.seconds for s in store.samples())
         pred, _ = fit_samples(store, cfg)
         shr = Run(run).shrinker(model, cfg, ctx.data)  # the block ranking saved at collection
         sol = solve_budget(pred, shr, budget, cfg.lower_bounds)
         b = sol.best
         out = shr.shrink(b.d, b.w, b.r, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
-        return Pruned(out.model, out.spec, f"d={b.d:.3f} w={b.w:.3f} r={b.r:.3f}", collection)
+        return Pruned(out.model, out.spec, f"d={b.d:.3f} w={b.w:.3f} r={b.r:.3f}", collection,
+                      wall)
 
 
 class TorchPruningGlobal:
@@ -281,7 +285,8 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
                 except Infeasible:
                     append_row(csv_path, {**row, "status": "infeasible"})
                     continue
-                row["prune_seconds"] = time.perf_counter() - t0 - pruned.collection_seconds
+                row["prune_seconds"] = (time.perf_counter() - t0
+                                        - pruned.collection_wall_seconds)
                 row["collection_seconds"] = pruned.collection_seconds
                 m, res = pruned.model, pruned.spec["input"]["resolution"]
                 row.update(note=pruned.note, resolution=res, macs=count_macs(m, res, in_ch),
