@@ -78,3 +78,14 @@ def imagefolder_dir(tmp_path: Path) -> Path:
                 arr = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
                 Image.fromarray(arr).save(d / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A resnet_tiny2 briefly trained on synthetic data, shared by the pipeline tests."""
+    from dwrprune.cli import main
+
+    out = tmp_path_factory.mktemp("tiny")
+    assert main(["train", "--model", "resnet_tiny2", "--data", "synthetic", "--steps", "40",
+                 "--lr", "0.05", "--out", str(out), "--no-progress"]) == 0
+    return out / "model.pt"

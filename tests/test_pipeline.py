@@ -24,14 +24,6 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    assert main(["train", "--model", "resnet_tiny2", "--data", "synthetic", "--steps", "40",
-                 "--lr", "0.05", "--out", str(out), "--no-progress"]) == 0
-    return out / "model.pt"
-
-
 def _config(tmp_path, **extra):
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump({**TINY, **extra}))

@@ -25,12 +25,14 @@ import hashlib
 import json
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader
@@ -40,6 +42,17 @@ from .checkpoint import load, save_json, save_model
 from .costmath import kept_blocks, kept_resolution
 from .engine import TrainConfig, evaluate, train
 from .errors import DwrpruneError
+from .executors import (
+    Executor,
+    LocalExecutor,
+    Node,
+    PortableModel,
+    Resources,
+    check_portable,
+    create_executor,
+    raise_failures,
+    run_graph,
+)
 from .predictor import Predictor, fit_predictor
 from .shrink import Shrinker
 from .solver import Solution, solve
@@ -96,6 +109,12 @@ class PipelineConfig:
     final_subset: int | None = None
     distill: float = 0.0
     label_smoothing: float = 0.0
+    # where sample jobs run (never changes results; see dwrprune.executors)
+    executor: str = "local"
+    ray_address: str | None = None
+    job_cpus: float = 1.0
+    job_gpus: float = 0.0
+    retries: int = 2
 
     COLLECT_FIELDS = ("data", "data_dir", "val_fraction", "batch_size", "transitions",
                       "depth_criterion", "channel_criterion", "round_to", "width_allocation",
@@ -129,6 +148,10 @@ class PipelineConfig:
             raise DwrpruneError("finetune_steps must be >= 0")
         if self.lower_bounds is not None and len(self.lower_bounds) != 3:
             raise DwrpruneError("lower_bounds must be [d, w, r]")
+        if self.executor not in ("local", "ray"):
+            raise DwrpruneError(f"executor must be local or ray, got {self.executor!r}")
+        if self.job_cpus <= 0 or self.job_gpus < 0 or self.retries < 0:
+            raise DwrpruneError("job_cpus must be > 0, job_gpus >= 0 and retries >= 0")
         if self.width_allocation not in ("uniform", "autobot"):
             raise DwrpruneError(f"width_allocation must be uniform or autobot, got "
                                 f"{self.width_allocation!r}")
@@ -297,31 +320,38 @@ def config_shrinker(model: nn.Module, cfg: PipelineConfig, depth_criterion: str,
                     width_allocation=width_allocation, autobot_steps=cfg.autobot_steps)
 
 
-class Collector:
-    """Runs the jobs of a collection against a run folder; resumable at job granularity."""
+class SampleJobs:
+    """Computes one sample from its :class:`Job`, in whichever process the executor picks.
+
+    It holds only what a worker needs (the original model as a :class:`PortableModel`, the
+    data source, the config, the saved block ranking, the fine-tune function); the original
+    model's Shrinker is built once per process and cached, never pickled.
+    """
 
     def __init__(self, model: nn.Module, data: DataSource, cfg: PipelineConfig,
-                 run_dir: str | Path, finetune: FinetuneFn | None = None,
-                 progress: bool = True):
-        self.model, self.data, self.cfg = model.eval(), data, cfg
-        self.run = Path(run_dir)
+                 block_order: list[str] | None, finetune: FinetuneFn | None = None):
+        self.original, self.data, self.cfg = PortableModel(model), data, cfg
+        self.block_order = block_order
         self.finetune = finetune or default_finetune
-        self.progress = progress
-        spec = getattr(model, "dwrprune_spec", None)
-        if spec is None:
-            raise DwrpruneError("the model needs a dwrprune spec (load it with dwrprune.load, "
-                                "or set model.dwrprune_spec = make_spec(...))")
-        if spec.get("arch"):
-            raise DwrpruneError("collect samples from the original (unpruned) model")
-        self.base_res = spec["input"]["resolution"]
-        check_validation_split(data, self.base_res)
-        self.store = SampleStore(self.run / "samples.sqlite")
-        self.store.bind(cfg.collect_config(), model_fingerprint(model),
-                        PipelineConfig.collect_defaults())
-        self.shrinker = self._shrinker(model, self.base_res, block_order=self._saved_order())
-        self._save_order()
-        self.jobs = plan_jobs(cfg, len(self.shrinker.blocks), self.base_res,
-                              self.shrinker.min_resolution)
+        self._shrinker_cache: Shrinker | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_shrinker_cache": None}
+
+    @property
+    def model(self) -> nn.Module:
+        return self.original.model
+
+    @property
+    def base_res(self) -> int:
+        return self.model.dwrprune_spec["input"]["resolution"]
+
+    @property
+    def shrinker(self) -> Shrinker:
+        """The original model's Shrinker (ranks the blocks if no ranking is given yet)."""
+        if self._shrinker_cache is None:
+            self._shrinker_cache = self._shrinker(self.model, self.base_res, self.block_order)
+        return self._shrinker_cache
 
     def _criterion_data(self, res: int) -> dict:
         if (self.cfg.depth_criterion != "loss" and self.cfg.channel_criterion != "taylor"
@@ -337,52 +367,25 @@ class Collector:
                                self._criterion_data(res), block_order,
                                self.cfg.width_allocation)
 
-    def _saved_order(self):
-        p = self.run / "block_order.json"
-        return json.loads(p.read_text())["order"] if p.exists() else None
-
-    def _save_order(self) -> None:
-        p = self.run / "block_order.json"
-        if not p.exists():
-            order = [b.name for b in self.shrinker.block_order()]
-            save_json(p, {"criterion": self.cfg.depth_criterion, "order": order,
-                          "scores": getattr(self.shrinker, "block_scores", {})})
-
-    def run_all(self) -> SampleStore:
-        todo = [j for j in self.jobs if not self.store.has(j.key)]
-        done = len(self.jobs) - len(todo)
-        bar = tqdm(total=len(self.jobs), initial=done, desc="collect", unit="sample",
-                   disable=not self.progress)
-        for job in todo:
-            bar.set_postfix_str(job.key)
-            sample = self.run_job(job)
-            bar.update(1)
-            bar.write(f"[collect] {job.key:8s} d={sample.d:.3f} w={sample.w:.3f} "
-                      f"r={sample.r:.3f} MACs={sample.macs / 1e6:.2f}M "
-                      f"val_acc={sample.val_acc * 100:.2f}% ({sample.seconds:.0f}s)")
-        bar.close()
-        return self.store
-
     def _recal_loader(self, res: int) -> DataLoader:
         return self.data.loader("train", res, shuffle=True, subset=self.cfg.train_subset,
                                 seed=self.cfg.seed)
 
-    def run_job(self, job: Job) -> Sample:
+    def __call__(self, job: Job, parent: PortableModel | None
+                 ) -> tuple[Sample, PortableModel | None]:
+        """The sample of ``job`` (``parent``: the fine-tuned model of the previous chain step,
+        None for the original), and for chain steps the fine-tuned model the next step
+        starts from."""
         t0 = time.perf_counter()
         cfg = self.cfg
-        steps, parent_model = 0, self.model
+        steps = 0
+        # Same sample whatever ran before in this process (BN re-calibration augments with
+        # the global RNG): the job, not the executor or the job order, fixes the randomness.
+        torch.manual_seed(cfg.seed * 1_000_003 + zlib.crc32(job.key.encode()))
         if job.kind == "original":
             model, spec = self.model, self.model.dwrprune_spec
         else:
-            if job.kind == "chain" and job.parent != "orig":
-                path = self.run / self.store.get(job.parent).checkpoint
-                if not path.exists():
-                    raise DwrpruneError(
-                        f"chain model {path} of finished sample {job.parent!r} is missing, so "
-                        f"chain {job.chain!r} cannot continue; restore the file, or start "
-                        "the collection in a new --out folder")
-                parent_model = load(path)
-            model, spec = self._prune_job(job, parent_model)
+            model, spec = self._prune_job(job, parent.model if parent else self.model)
             if job.kind != "bn_recal":
                 steps = cfg.finetune_steps if job.kind == "chain" else (
                     cfg.mixed_finetune_steps if cfg.mixed_finetune_steps is not None
@@ -398,16 +401,15 @@ class Collector:
         point = (spec.get("arch") or {}).get("point", {"d": 1.0, "w": 1.0, "r": 1.0})
         from .cost import count_macs, count_params
 
-        ckpt = None
-        if job.kind == "chain":
-            ckpt = f"models/{job.key.replace('/', '_')}.pt"
-            save_model(self.run / ckpt, model, spec, {"job": job.key, "val_acc": ev.accuracy})
+        ckpt = f"models/{job.key.replace('/', '_')}.pt" if job.kind == "chain" else None
         sample = Sample(job.key, job.kind, point["d"], point["w"], point["r"], res,
                         count_macs(model, res), count_params(model), ev.accuracy, ev.loss,
                         steps, cfg.seed, time.perf_counter() - t0, job.chain, job.step,
                         job.parent, ckpt)
-        self.store.add(sample)
-        return sample
+        if ckpt is None:
+            return sample, None
+        model.dwrprune_spec = spec
+        return sample, PortableModel(model.eval())
 
     def _prune_job(self, job: Job, parent: nn.Module) -> tuple[nn.Module, dict]:
         d, w, r = job.point
@@ -432,10 +434,111 @@ class Collector:
         return out.model, out.spec
 
 
+class Collector:
+    """Drives a collection against a run folder: plans the jobs, hands them to an executor
+    (chain steps after their parent), and writes each finished sample (and chain model) to
+    the run folder as it arrives; resumable at job granularity."""
+
+    def __init__(self, model: nn.Module, data: DataSource, cfg: PipelineConfig,
+                 run_dir: str | Path, finetune: FinetuneFn | None = None,
+                 progress: bool = True):
+        self.model, self.data, self.cfg = model.eval(), data, cfg
+        self.run = Path(run_dir)
+        self.progress = progress
+        spec = getattr(model, "dwrprune_spec", None)
+        if spec is None:
+            raise DwrpruneError("the model needs a dwrprune spec (load it with dwrprune.load, "
+                                "or set model.dwrprune_spec = make_spec(...))")
+        if spec.get("arch"):
+            raise DwrpruneError("collect samples from the original (unpruned) model")
+        self.base_res = spec["input"]["resolution"]
+        check_validation_split(data, self.base_res)
+        self.store = SampleStore(self.run / "samples.sqlite")
+        self.store.bind(cfg.collect_config(), model_fingerprint(model),
+                        PipelineConfig.collect_defaults())
+        self.runner = SampleJobs(model, data, cfg, self._saved_order(), finetune)
+        self.shrinker = self.runner.shrinker
+        self._save_order()
+        self.jobs = plan_jobs(cfg, len(self.shrinker.blocks), self.base_res,
+                              self.shrinker.min_resolution)
+
+    def _saved_order(self):
+        p = self.run / "block_order.json"
+        return json.loads(p.read_text())["order"] if p.exists() else None
+
+    def _save_order(self) -> None:
+        p = self.run / "block_order.json"
+        order = [b.name for b in self.shrinker.block_order()]
+        if not p.exists():
+            save_json(p, {"criterion": self.cfg.depth_criterion, "order": order,
+                          "scores": getattr(self.shrinker, "block_scores", {})})
+        self.runner.block_order = order  # workers rebuild the shrinker with this ranking
+
+    def _parent(self, job: Job) -> PortableModel | None:
+        if job.kind != "chain" or job.parent == "orig":
+            return None
+        path = self.run / self.store.get(job.parent).checkpoint
+        if not path.exists():
+            raise DwrpruneError(
+                f"chain model {path} of finished sample {job.parent!r} is missing, so "
+                f"chain {job.chain!r} cannot continue; restore the file, or start "
+                "the collection in a new --out folder")
+        return PortableModel(load(path))
+
+    def _write(self, sample: Sample, model: PortableModel | None) -> None:
+        """Model first, then the sample row: a row in the store means its file exists."""
+        if model is not None:
+            save_model(self.run / sample.checkpoint, model.model, model.model.dwrprune_spec,
+                       {"job": sample.key, "val_acc": sample.val_acc})
+        self.store.add(sample)
+
+    def run_all(self, executor: Executor | None = None,
+                resources: Resources | None = None) -> SampleStore:
+        """Run every job not yet in the store; with a parallel executor, the three chains
+        and the mixed points run side by side.  Failed jobs are reported at the end."""
+        executor = executor or LocalExecutor()
+        if executor.name != "local":
+            check_portable(self.model)
+        finished = {j.key for j in self.jobs if self.store.has(j.key)}
+        bar = tqdm(total=len(self.jobs), initial=len(finished), desc="collect", unit="sample",
+                   disable=not self.progress)
+
+        def node(job: Job) -> Node:
+            def done(result):
+                sample, model = result
+                self._write(sample, model)
+                bar.update(1)
+                bar.write(f"[collect] {job.key:8s} d={sample.d:.3f} w={sample.w:.3f} "
+                          f"r={sample.r:.3f} MACs={sample.macs / 1e6:.2f}M "
+                          f"val_acc={sample.val_acc * 100:.2f}% ({sample.seconds:.0f}s)")
+
+            after = job.parent if job.kind == "chain" and job.parent != "orig" else None
+            return Node(job.key, lambda: (self.runner, (job, self._parent(job))), done, after,
+                        resources or Resources())
+
+        failures = run_graph([node(j) for j in self.jobs], executor, finished,
+                             on_failure=lambda f: bar.write(f"[collect] {f.key} FAILED: "
+                                                            f"{f.error}"))
+        bar.close()
+        raise_failures(failures, "sample jobs", str(self.store.path))
+        return self.store
+
+
 def collect(model: nn.Module, data: DataSource, config: PipelineConfig, run_dir,
-            finetune: FinetuneFn | None = None, progress: bool = True) -> SampleStore:
-    """Stage 1: collect (d, w, r, accuracy) samples into ``run_dir/samples.sqlite``."""
-    return Collector(model, data, config, run_dir, finetune, progress).run_all()
+            finetune: FinetuneFn | None = None, progress: bool = True,
+            executor: Executor | None = None) -> SampleStore:
+    """Stage 1: collect (d, w, r, accuracy) samples into ``run_dir/samples.sqlite``.
+    ``executor``: where the jobs run (default: the one ``config.executor`` names, see
+    :mod:`dwrprune.executors`)."""
+    collector = Collector(model, data, config, run_dir, finetune, progress)
+    own = executor is None
+    if own:
+        executor = create_executor(config.executor, config.ray_address, config.retries)
+    try:
+        return collector.run_all(executor, Resources(config.job_cpus, config.job_gpus))
+    finally:
+        if own:
+            executor.close()
 
 
 # ---------------------------------------------------------------------------- fit
