@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoint import save_json
 from .errors import DwrpruneError
 
@@ -82,11 +82,11 @@ def load_checkpoint_model(checkpoint):
 
 
 def build_loader(args, split: str, resolution: int | None, shuffle: bool = False,
-                 subset: int | None = None, seed: int = 0):
+                 subset: int | None = None, seed: int = 0, augment: bool | None = None):
     from .data import create_dataset, make_loader
 
     ds = create_dataset(args.data, split, data_dir=args.data_dir, resolution=resolution,
-                        val_fraction=args.val_fraction, subset=subset)
+                        val_fraction=args.val_fraction, subset=subset, augment=augment)
     return make_loader(ds, args.batch_size, shuffle=shuffle, seed=seed,
                        num_workers=args.workers)
 
@@ -177,6 +177,8 @@ def _train_args(p):
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--subset", type=int, default=None, help="train on this many samples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true",
+                   help="train without random crops and flips")
     p.add_argument("--out", required=True, help="output folder (resumes if it has last.pt)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -192,7 +194,8 @@ def cmd_train(args) -> int:
 
     torch.manual_seed(args.seed)
     train_loader = build_loader(args, "train", args.resolution, shuffle=True,
-                                subset=args.subset, seed=args.seed)
+                                subset=args.subset, seed=args.seed,
+                                augment=False if args.no_augment else None)
     info = train_loader.dataset.info
     res = args.resolution or info.resolution
     check_resolution(args.model, res)
@@ -205,7 +208,9 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command_line = "dwrprune " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    save_json(out / "config.json", {"command": command_line, **args_dict(args)})
+    main_rank = distributed.is_main()  # under torchrun only rank 0 writes
+    if main_rank:
+        save_json(out / "config.json", {"command": command_line, **args_dict(args)})
     val_loader = build_loader(args, "val", res)
     result = train(model, train_loader, cfg, val_loader=val_loader, checkpoint_dir=out,
                    spec=spec, progress=not args.no_progress)
@@ -213,7 +218,10 @@ def cmd_train(args) -> int:
     meta = {"command": command_line, "seed": args.seed, "test_acc": test.accuracy,
             "test_loss": test.loss, "val_acc": result.history[-1].get("val_acc"),
             "epochs": len(result.history), "train_seconds": result.seconds,
-            "dwrprune_version": __version__, "torch": torch.__version__}
+            "dwrprune_version": __version__, "torch": torch.__version__,
+            "processes": distributed.world_size()}
+    if not main_rank:
+        return 0
     save_model(out / "model.pt", model, spec, meta)
     save_json(out / "history.json", result.history)
     save_json(out / "card.json", meta)
@@ -554,7 +562,8 @@ def cmd_finetune(args) -> int:
                    Candidate(**body["best"]), [Candidate(**c) for c in body["runners_up"]])
     res = finetune_final(model, data, cfg, run.shrinker(model, cfg, data), sol, run.path,
                          progress=not args.no_progress)
-    _print_final(res, run.path)
+    if distributed.is_main():
+        _print_final(res, run.path)
     return 0
 
 
@@ -661,11 +670,21 @@ def _apply_yaml(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Na
     return parser.parse_args(argv)
 
 
+DISTRIBUTED_COMMANDS = ("train", "finetune", "eval")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
         args = _apply_yaml(parser, argv)
+        if distributed.launched():
+            if args.command not in DISTRIBUTED_COMMANDS:
+                raise DwrpruneError(
+                    f"`dwrprune {args.command}` does not run under torchrun; data-parallel "
+                    f"commands: {', '.join(DISTRIBUTED_COMMANDS)} (sample collection spreads "
+                    "over machines with --executor ray instead)")
+            distributed.init()
         return int(args.func(args) or 0)
     except DwrpruneError as e:
         print(f"dwrprune: error: {e}", file=sys.stderr)

@@ -303,10 +303,41 @@ def dataset_info(name: str, data_dir=None, **kwargs) -> DatasetInfo:
     return create_dataset(name, "test", data_dir=data_dir, **kwargs).info
 
 
+class ShuffleSampler(torch.utils.data.Sampler[int]):
+    """A random order fixed by (seed, epoch): ``set_epoch`` picks the epoch, so training
+    resumes on exactly the batches it would have seen.  ``shard(rank, n)`` is rank
+    ``rank``'s every-n-th slice of the same order (padded by wrapping to a multiple of n),
+    which makes n data-parallel ranks see, together, the single-process batches."""
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, num_shards: int = 1):
+        self.size, self.seed, self.rank, self.num_shards = size, seed, rank, num_shards
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard(self, rank: int, num_shards: int) -> ShuffleSampler:
+        out = ShuffleSampler(self.size, self.seed, rank, num_shards)
+        out.epoch = self.epoch
+        return out
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        if self.num_shards > 1:
+            order += order[: len(self) * self.num_shards - self.size]
+        return iter(order[self.rank::self.num_shards])
+
+    def __len__(self) -> int:
+        return -(-self.size // self.num_shards)
+
+
 def make_loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
                 num_workers: int = 0, drop_last: bool = False) -> DataLoader:
-    """A DataLoader with its own generator, so shuffling is reproducible and resumable."""
+    """A DataLoader whose shuffling is reproducible, resumable and shardable across
+    data-parallel ranks (:class:`ShuffleSampler`)."""
     if batch_size < 1:
         raise DwrpruneError(f"batch_size must be >= 1, got {batch_size}")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+    sampler = ShuffleSampler(len(dataset), seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed), drop_last=drop_last)

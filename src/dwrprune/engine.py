@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import load_torch, model_payload, save_torch
 from .errors import DwrpruneError
 
@@ -82,7 +83,9 @@ def _device_of(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, progress: bool = False,
              desc: str = "eval", max_batches: int | None = None) -> EvalResult:
-    """Mean cross-entropy and top-1 accuracy over ``loader`` in eval mode."""
+    """Mean cross-entropy and top-1 accuracy over ``loader`` in eval mode (under torchrun,
+    each rank evaluates every N-th sample and the counts are summed)."""
+    loader = distributed.shard_eval_loader(loader)
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -97,6 +100,8 @@ def evaluate(model: nn.Module, loader: DataLoader, progress: bool = False,
         correct += (out.argmax(1) == y).sum().item()
         n += len(y)
     model.train(was_training)
+    loss_sum, correct, n = distributed.sum_across(loss_sum, correct, n)
+    n, correct = int(n), int(correct)
     if n == 0:
         raise DwrpruneError("evaluation loader yielded no samples")
     return EvalResult(loss_sum / n, correct / n, n)
@@ -168,9 +173,16 @@ def train(
     atomically) after every epoch, and resumes from it if it is already there.  ``spec`` is
     stored in the checkpoint so that ``last.pt`` is also a loadable model checkpoint.
     ``progress`` shows tqdm bars; ``log`` prints one summary line per epoch.
+
+    Under ``torchrun`` (see :mod:`dwrprune.distributed`) the same call trains data-parallel:
+    the loader's batch size is the global batch, and only rank 0 logs and writes.
     """
     config = config or TrainConfig()
     config.validate()
+    if distributed.init():
+        train_loader = distributed.shard_train_loader(train_loader)
+        progress, log = progress and distributed.is_main(), log and distributed.is_main()
+    net = distributed.wrap(model)  # the model itself when not distributed
     if config.kd_alpha > 0 and teacher is None:
         raise DwrpruneError("kd_alpha > 0 needs a teacher model for distillation")
     n_batches = len(train_loader)
@@ -215,7 +227,9 @@ def train(
     for epoch in range(start_epoch, n_epochs):
         t0 = time.perf_counter()
         torch.manual_seed(config.seed * 100003 + epoch)
-        if train_loader.generator is not None:
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(config.seed * 100003 + epoch)
+        elif train_loader.generator is not None:  # a user's shuffled loader
             train_loader.generator.manual_seed(config.seed * 100003 + epoch)
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -225,7 +239,7 @@ def train(
             if step >= total:
                 break
             x, y = x.to(device), y.to(device)
-            out = model(x)
+            out = net(x)
             loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
             if teacher is not None and config.kd_alpha > 0:
                 with torch.no_grad():
@@ -245,6 +259,7 @@ def train(
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                             lr=f"{sched.get_last_lr()[0]:.3g}")
+        loss_sum, correct, seen = distributed.sum_across(loss_sum, correct, seen)
         row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                "train_acc": correct / max(seen, 1), "lr": sched.get_last_lr()[0]}
         if val_loader is not None:
@@ -257,11 +272,12 @@ def train(
             msg = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in row.items())
             tqdm.write(f"[{desc}] {msg}")
-        if ckpt_path is not None:
+        if ckpt_path is not None and distributed.is_main():
             payload = model_payload(model, spec or {}, {"history": result.history})
             payload.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                            epoch=epoch, step=step, history=result.history,
                            seconds=result.seconds, train_config=asdict(config))
             save_torch(ckpt_path, payload)
+        distributed.barrier()  # no rank runs ahead of the checkpoint it could resume from
     result.steps = step
     return result

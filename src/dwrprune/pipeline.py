@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import load, save_json, save_model
 from .costmath import kept_blocks, kept_resolution
 from .engine import TrainConfig, evaluate, train
@@ -599,6 +600,7 @@ def finetune_final(model: nn.Module, data: DataSource, cfg: PipelineConfig, shri
     from .cost import cost_report
 
     run = Path(run_dir)
+    progress = progress and distributed.is_main()
     b = solution.best
     out = shrinker.shrink(b.d, b.w, b.r, recalibrate=lambda res: data.loader(
         "train", res, shuffle=True, seed=cfg.seed), recal_batches=max(cfg.recal_batches, 20))
@@ -622,6 +624,8 @@ def finetune_final(model: nn.Module, data: DataSource, cfg: PipelineConfig, shri
     base_res = shrinker.base_resolution
     base_test = evaluate(model, data.loader("test", base_res), progress=progress,
                          desc="test (original)")
+    if not distributed.is_main():  # under torchrun: rank 0 measures and writes
+        return {"val_acc": after.accuracy, "test_acc": test.accuracy}
     orig_cost = cost_report(model, base_res, threads=1)
     new_cost = cost_report(pruned, res, threads=1)
     result = {
