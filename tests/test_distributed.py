@@ -66,3 +66,23 @@ def test_commands_that_do_not_run_under_torchrun_say_so(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["info", "--model", "resnet_tiny", "--no-latency"]) == 2
     assert "does not run under torchrun" in capsys.readouterr().err
+
+
+def test_pipeline_final_finetune_under_torchrun(tmp_path, tiny_checkpoint):
+    from test_pipeline import _config
+
+    run = tmp_path / "run"
+    assert main(["collect", "--checkpoint", str(tiny_checkpoint), "--config", _config(tmp_path),
+                 "--out", str(run), "--no-progress"]) == 0
+    assert main(["fit", "--run", str(run)]) == 0
+    assert main(["plan", "--run", str(run)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc-per-node", "2", "-m", "dwrprune", "finetune", "--run-dir",
+                        str(run), "--no-progress"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("chosen point") == 1  # rank 0 alone prints and writes
+    final = json.loads((run / "final.json").read_text())
+    assert final["macs"] <= 0.5 * final["original_macs"] and 0 <= final["test_acc"] <= 1
+    assert (run / "final/model.pt").exists()

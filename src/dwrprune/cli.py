@@ -437,7 +437,9 @@ def _open_run(args, **overrides):
 
 
 def _run_args(p, stage_fields: tuple[str, ...] | None = None):
-    p.add_argument("--run", required=True, help="run folder (made by prune or collect)")
+    p.add_argument("--run", "--run-dir", dest="run", required=True,
+                   help="run folder (made by prune or collect); under torchrun spell it "
+                        "--run-dir, which torchrun's own --run-path does not swallow")
     if stage_fields:
         add_pipeline_args(p, only=stage_fields)
 
