@@ -56,8 +56,15 @@ def cmd_run(args) -> None:
         recipe = dwrprune.TrainConfig(epochs=args.epochs, lr=args.lr, seed=0)
         budgets, seeds, subset = args.budgets, args.seeds, args.finetune_subset
     methods = args.methods.split(",") if args.methods else list(METHODS)
-    csv_path = run_benchmark(model, data, methods, budgets, seeds, recipe, pipe, args.out,
-                             finetune_subset=subset, progress=not args.no_progress)
+    from dwrprune.executors import create_executor
+
+    executor = create_executor(args.executor, args.ray_address, args.retries)
+    try:
+        csv_path = run_benchmark(model, data, methods, budgets, seeds, recipe, pipe, args.out,
+                                 finetune_subset=subset, progress=not args.no_progress,
+                                 executor=executor)
+    finally:
+        executor.close()
     print(f"results: {csv_path}")
     if args.quick:
         args.update_readme = False
@@ -70,19 +77,26 @@ def table(summary: list[dict]) -> str:
             return "-"
         return (fmt.format(s[key] * scale) + " ± " + fmt.format(s[key + "_std"] * scale))
 
-    lines = ["| budget | method | seeds | MACs ratio | test acc pruned (%) | test acc "
-             "fine-tuned (%) | latency b1 (ms) | latency b64 (ms) | prune + collect (s) |",
-             "|" + "---|" * 9]
+    def speedup(s, b):
+        lat, orig = s[f"latency_{b}_ms"], s[f"original_latency_{b}_ms"]
+        return f"{orig / lat:.2f}x" if lat and orig else "-"
+
+    lines = ["| budget | method | seeds | MACs ratio | MACs cut | test acc pruned (%) | test acc "
+             "fine-tuned (%) | latency b1 (ms) | speed-up b1 | latency b64 (ms) | speed-up b64 "
+             "| prune + collect (s) |",
+             "|" + "---|" * 12]
     for s in summary:
         if s["status"] != "ok":
             lines.append(f"| {s['budget']:g} | {s['method']} | {s['seeds']} | infeasible "
-                         "| - | - | - | - | - |")
+                         "| - | - | - | - | - | - | - | - |")
             continue
         cost = (s["prune_seconds"] or 0) + (s["collection_seconds"] or 0)
         lines.append(
             f"| {s['budget']:g} | {s['method']} | {s['seeds']} | {s['macs_ratio']:.3f} | "
+            f"{1 / s['macs_ratio']:.2f}x | "
             f"{pm(s, 'test_acc_pruned', 100)} | {pm(s, 'test_acc', 100)} | "
-            f"{pm(s, 'latency_b1_ms')} | {pm(s, 'latency_b64_ms', fmt='{:.1f}')} | {cost:.0f} |")
+            f"{pm(s, 'latency_b1_ms')} | {speedup(s, 'b1')} | "
+            f"{pm(s, 'latency_b64_ms', fmt='{:.1f}')} | {speedup(s, 'b64')} | {cost:.0f} |")
     if summary and summary[0].get("original_test_acc") is not None:
         s = summary[0]
         lines.append(f"\nUnpruned: test accuracy {100 * s['original_test_acc']:.2f}%, latency "
@@ -137,6 +151,16 @@ def cmd_render(args) -> None:
         readme.write_text(new)
 
 
+def cmd_latency(args) -> None:
+    import dwrprune
+    from dwrprune.bench import measure_latencies
+
+    model = dwrprune.load(dwrprune.pretrained.resolve(args.checkpoint))
+    n = measure_latencies(args.out, model, repeats=args.repeats, remeasure=args.all,
+                          progress=True)
+    print(f"measured {n} rows in {Path(args.out) / 'results.csv'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -155,7 +179,17 @@ def main() -> None:
     r.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     r.add_argument("--quick", action="store_true")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where the jobs run (ray: --ray-address, or a local Ray instance)")
+    r.add_argument("--ray-address", default=None)
+    r.add_argument("--retries", type=int, default=2, help="retries of a job whose worker died")
     r.set_defaults(func=cmd_run)
+    la = sub.add_parser("latency", help="(re-)measure the latency columns on a quiet machine")
+    la.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    la.add_argument("--checkpoint", default="resnet20-fashion-mnist")
+    la.add_argument("--repeats", type=int, default=30)
+    la.add_argument("--all", action="store_true", help="every row, not only rows without")
+    la.set_defaults(func=cmd_latency)
     d = sub.add_parser("render")
     d.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     d.add_argument("--update-readme", action="store_true")

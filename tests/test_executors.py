@@ -201,3 +201,33 @@ def test_failing_job_is_reported_and_the_rest_kept(tmp_path, tiny_checkpoint,
         ex.close()
     kept = _samples(tmp_path / "run")
     assert sorted(kept) == ["d/0", "d/1", "mix/0", "mix/1", "orig", "r/0", "r/1"]
+
+
+def test_benchmark_on_ray_matches_local(tmp_path, tiny_checkpoint, ray_cluster):
+    import csv
+
+    from dwrprune import TrainConfig
+    from dwrprune.bench import run_benchmark
+
+    model = load(tiny_checkpoint)
+    data = DatasetSource("synthetic", batch_size=32)
+    pipe = PipelineConfig.from_dict({**TINY, "holdout_points": [], "depth_criterion":
+                                     "weight_norm"})
+    rows = {}
+    for name, ex in (("local", LocalExecutor()), ("ray", RayExecutor(ray_cluster))):
+        try:
+            run_benchmark(model, data, ["3d", "width-only"], [0.5], [0], TrainConfig(steps=2),
+                          pipe, tmp_path / name, progress=False, latency_repeats=2,
+                          executor=ex)
+        finally:
+            ex.close()
+        rows[name] = {r["method"]: r for r in csv.DictReader(open(tmp_path / name /
+                                                                  "results.csv"))}
+        assert (tmp_path / name / "3d/seed0/samples.sqlite").exists()
+    for method in ("3d", "width-only"):
+        a, b = rows["local"][method], rows["ray"][method]
+        assert a["status"] == b["status"] == "ok"
+        assert (a["note"], a["macs"]) == (b["note"], b["macs"])
+        assert abs(float(a["test_acc"]) - float(b["test_acc"])) < 1e-6
+        assert float(b["latency_b1_ms"]) > 0 and float(b["original_latency_b1_ms"]) > 0
+        assert (tmp_path / "ray" / "models" / f"{method}_b0.5_s0.pt").exists()

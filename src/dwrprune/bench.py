@@ -13,18 +13,36 @@ import copy
 import csv
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .checkpoint import save_model
 from .cost import count_macs, count_params, machine_stamp, measure_latency
 from .engine import TrainConfig, evaluate, recalibrate_batchnorm, train
 from .errors import DwrpruneError
-from .pipeline import DataSource, PipelineConfig, Run, collect, fit_samples, solve_budget
+from .executors import (
+    Executor,
+    LocalExecutor,
+    Node,
+    PortableModel,
+    Resources,
+    raise_failures,
+    run_graph,
+)
+from .pipeline import (
+    DataSource,
+    PipelineConfig,
+    Run,
+    collect,
+    fit_samples,
+    ranked_shrinker,
+    solve_budget,
+)
 from .shrink import Shrinker
 from .surgery import record_layer_changes
 
@@ -39,7 +57,7 @@ class Pruned:
     spec: dict
     note: str = ""
     collection_seconds: float = 0.0  # compute spent on samples (summed from the store)
-    collection_wall_seconds: float = 0.0  # of which spent in this call (0 when resumed)
+    prepare_seconds: float = 0.0  # spent in the driver before the job (3d: the solver)
 
 
 class Method(Protocol):
@@ -54,6 +72,8 @@ class BenchContext:
     out: Path
     pipeline: PipelineConfig
     recal_batches: int = 20
+    progress: bool = False
+    prepared: dict = field(default_factory=dict)  # what Method.prepare computed, per job
 
     def shrinker(self, model: nn.Module) -> Shrinker:
         return Shrinker(model, transitions=self.pipeline.transitions,
@@ -111,25 +131,39 @@ class OneAxis:
 
 
 class ThreeD:
-    """The full pipeline: collection (once per seed, shared by budgets), MAP, solver."""
+    """The full pipeline.  :meth:`prepare` runs in the driver: one collection per seed
+    (its jobs on the benchmark's executor, shared by all budgets), the MAP fit and the
+    solver; :meth:`prune` then only shrinks to the chosen point, wherever it runs."""
 
     name = "3d"
 
+    def prepare(self, model, todo: list[tuple[float, int]], ctx, executor) -> None:
+        for seed in sorted({s for _, s in todo}):
+            cfg = copy.deepcopy(ctx.pipeline)
+            cfg.seed = seed
+            run = Run(ctx.out / "3d" / f"seed{seed}")
+            store = collect(model, ctx.data, cfg, run.path, progress=ctx.progress,
+                            executor=executor)
+            collection = sum(s.seconds for s in store.samples())
+            pred, _ = fit_samples(store, cfg)
+            shr = run.shrinker(model, cfg)  # cost queries, with the saved block ranking
+            for budget in sorted({b for b, s in todo if s == seed}):
+                t0 = time.perf_counter()
+                sol = solve_budget(pred, shr, budget, cfg.lower_bounds)
+                ctx.prepared[(self.name, budget, seed)] = {
+                    "point": (sol.best.d, sol.best.w, sol.best.r),
+                    "block_order": run.block_order(), "collection_seconds": collection,
+                    "solve_seconds": time.perf_counter() - t0}
+
     def prune(self, model, budget, seed, ctx) -> Pruned:
+        p = ctx.prepared[(self.name, budget, seed)]
         cfg = copy.deepcopy(ctx.pipeline)
         cfg.seed = seed
-        run = ctx.out / "3d" / f"seed{seed}"
-        t0 = time.perf_counter()
-        store = collect(model, ctx.data, cfg, run, progress=False)
-        wall = time.perf_counter() - t0
-        collection = sum(s.seconds for s in store.samples())
-        pred, _ = fit_samples(store, cfg)
-        shr = Run(run).shrinker(model, cfg, ctx.data)  # the block ranking saved at collection
-        sol = solve_budget(pred, shr, budget, cfg.lower_bounds)
-        b = sol.best
-        out = shr.shrink(b.d, b.w, b.r, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
-        return Pruned(out.model, out.spec, f"d={b.d:.3f} w={b.w:.3f} r={b.r:.3f}", collection,
-                      wall)
+        shr = ranked_shrinker(model, cfg, p["block_order"], ctx.data)
+        d, w, r = p["point"]
+        out = shr.shrink(d, w, r, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
+        return Pruned(out.model, out.spec, f"d={d:.3f} w={w:.3f} r={r:.3f}",
+                      p["collection_seconds"], p["solve_seconds"])
 
 
 class TorchPruningGlobal:
@@ -248,14 +282,65 @@ def append_row(csv_path: Path, row: dict) -> None:
         f.flush()
 
 
+class BenchJob:
+    """One (method, budget, seed): prune, test, fine-tune with the shared recipe, test
+    again.  Runs wherever the executor puts it; returns the row and the fine-tuned model."""
+
+    def __init__(self, model: nn.Module, ctx: BenchContext, recipe: TrainConfig,
+                 finetune_subset: int | None, original: dict):
+        self.original, self.ctx, self.recipe = PortableModel(model), ctx, recipe
+        self.finetune_subset, self.orig = finetune_subset, original
+
+    def __call__(self, name: str, budget: float, seed: int) -> tuple[dict, PortableModel | None]:
+        model, data = self.original.model, self.ctx.data
+        in_ch = model.dwrprune_spec["model"]["in_channels"]
+        row = {"method": name, "budget": budget, "seed": seed, **self.orig, **machine_stamp(),
+               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        try:
+            pruned = METHODS[name].prune(model, budget, seed, self.ctx)
+        except Infeasible:
+            return {**row, "status": "infeasible"}, None
+        row["prune_seconds"] = time.perf_counter() - t0 + pruned.prepare_seconds
+        row["collection_seconds"] = pruned.collection_seconds
+        m, res = pruned.model, pruned.spec["input"]["resolution"]
+        row.update(note=pruned.note, resolution=res, macs=count_macs(m, res, in_ch),
+                   params=count_params(m))
+        row["macs_ratio"] = row["macs"] / self.orig["original_macs"]
+        row["test_acc_pruned"] = evaluate(m, data.loader("test", res)).accuracy
+        cfg = copy.deepcopy(self.recipe)
+        cfg.seed = seed
+        t1 = time.perf_counter()
+        train(m, data.loader("train", res, shuffle=True, subset=self.finetune_subset,
+                             seed=seed), cfg, progress=self.ctx.progress, log=False,
+              desc=f"{name} {budget:g} s{seed}")
+        row["finetune_seconds"] = time.perf_counter() - t1
+        m.eval()
+        row["val_acc"] = evaluate(m, data.loader("val", res)).accuracy
+        row["test_acc"] = evaluate(m, data.loader("test", res)).accuracy
+        m.dwrprune_spec = pruned.spec
+        return {**row, "status": "ok"}, PortableModel(m)
+
+
+def model_path(out: Path, method: str, budget: float, seed: int) -> Path:
+    return out / "models" / f"{method}_b{budget:g}_s{seed}.pt"
+
+
 def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
                   budgets: list[float], seeds: list[int], recipe: TrainConfig,
                   pipeline: PipelineConfig, out: str | Path, finetune_subset: int | None = None,
-                  latency_repeats: int = 20, progress: bool = True) -> Path:
-    """Run every (method, budget, seed) not yet in ``out/results.csv``; returns the CSV."""
+                  latency_repeats: int = 20, progress: bool = True,
+                  executor: Executor | None = None) -> Path:
+    """Run every (method, budget, seed) not yet in ``out/results.csv``; returns the CSV.
+
+    Jobs go to ``executor`` (default: in this process); the driver writes each finished row
+    and model as it arrives.  Latency is measured afterwards, in the driver, one model at a
+    time (:func:`measure_latencies`), so parallel jobs cannot distort it."""
     for m in methods:
         if m not in METHODS:
             raise DwrpruneError(f"unknown method {m!r}; available: {', '.join(METHODS)}")
+    executor = executor or LocalExecutor()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _bind_settings(out, model, recipe, pipeline, finetune_subset)
@@ -263,54 +348,84 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
     done = done_keys(csv_path)
     spec = model.dwrprune_spec
     base_res, in_ch = spec["input"]["resolution"], spec["model"]["in_channels"]
-    stamp = machine_stamp()
     orig = {"original_macs": count_macs(model, base_res, in_ch),
-            "original_test_acc": evaluate(model, data.loader("test", base_res)).accuracy,
-            "original_latency_b1_ms": measure_latency(model, base_res, 1,
-                                                      repeats=latency_repeats).median_ms,
-            "original_latency_b64_ms": measure_latency(model, base_res, 64,
-                                                       repeats=latency_repeats).median_ms}
-    ctx = BenchContext(data, out, pipeline)
-    for budget in budgets:
-        for seed in seeds:
-            for name in methods:
-                if (name, float(budget), int(seed)) in done:
-                    continue
-                row = {"method": name, "budget": budget, "seed": seed, **orig, **stamp,
-                       "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                t0 = time.perf_counter()
-                torch.manual_seed(seed)
-                try:
-                    pruned = METHODS[name].prune(model, budget, seed, ctx)
-                except Infeasible:
-                    append_row(csv_path, {**row, "status": "infeasible"})
-                    continue
-                row["prune_seconds"] = (time.perf_counter() - t0
-                                        - pruned.collection_wall_seconds)
-                row["collection_seconds"] = pruned.collection_seconds
-                m, res = pruned.model, pruned.spec["input"]["resolution"]
-                row.update(note=pruned.note, resolution=res, macs=count_macs(m, res, in_ch),
-                           params=count_params(m))
-                row["macs_ratio"] = row["macs"] / orig["original_macs"]
-                row["test_acc_pruned"] = evaluate(m, data.loader("test", res)).accuracy
-                cfg = copy.deepcopy(recipe)
-                cfg.seed = seed
-                t1 = time.perf_counter()
-                train(m, data.loader("train", res, shuffle=True, subset=finetune_subset,
-                                     seed=seed), cfg, progress=progress, log=False,
-                      desc=f"{name} {budget:g} s{seed}")
-                row["finetune_seconds"] = time.perf_counter() - t1
-                m.eval()
-                row["val_acc"] = evaluate(m, data.loader("val", res)).accuracy
-                row["test_acc"] = evaluate(m, data.loader("test", res)).accuracy
-                row["latency_b1_ms"] = measure_latency(m, res, 1,
-                                                       repeats=latency_repeats).median_ms
-                row["latency_b64_ms"] = measure_latency(m, res, 64,
-                                                        repeats=latency_repeats).median_ms
-                save_model(out / "models" / f"{name}_b{budget:g}_s{seed}.pt", m, pruned.spec,
+            "original_test_acc": evaluate(model, data.loader("test", base_res)).accuracy}
+    ctx = BenchContext(data, out, pipeline, progress=progress and executor.name == "local")
+    todo = [(name, float(b), int(s)) for b in budgets for s in seeds for name in methods
+            if (name, float(b), int(s)) not in done]
+    for name in dict.fromkeys(n for n, _, _ in todo):
+        if hasattr(METHODS[name], "prepare"):
+            METHODS[name].prepare(model, [(b, s) for n, b, s in todo if n == name], ctx,
+                                  executor)
+    job = BenchJob(model, ctx, recipe, finetune_subset, orig)
+    bar = tqdm(total=len(todo), desc="benchmark", unit="job", disable=not progress)
+
+    def node(name, budget, seed) -> Node:
+        def finished(result):
+            row, pruned = result
+            if pruned is not None:
+                save_model(model_path(out, name, budget, seed), pruned.model,
+                           pruned.model.dwrprune_spec,
                            {k: row[k] for k in ("macs", "test_acc", "val_acc")})
-                append_row(csv_path, {**row, "status": "ok"})
+            append_row(csv_path, row)
+            bar.update(1)
+
+        return Node(f"{name} b{budget:g} s{seed}", lambda: (job, (name, budget, seed)),
+                    finished, resources=Resources(pipeline.job_cpus, pipeline.job_gpus))
+
+    failures = run_graph([node(*t) for t in todo], executor,
+                         on_failure=lambda f: bar.write(f"[bench] {f.key} FAILED: {f.error}"))
+    bar.close()
+    measure_latencies(out, model, repeats=latency_repeats)
+    raise_failures(failures, "benchmark jobs", str(csv_path))
     return csv_path
+
+
+def _rewrite(csv_path: Path, rows: list[dict]) -> None:
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in FIELDS})
+    tmp.replace(csv_path)
+
+
+def measure_latencies(out: str | Path, original: nn.Module, repeats: int = 20,
+                      remeasure: bool = False, progress: bool = False) -> int:
+    """Fill in the latency columns (batch 1 and 64, the unpruned model too) of the rows that
+    lack them, or of every row with ``remeasure``: one model at a time, in this process, with
+    the same threads, warm-up and repeats, so the figures are comparable with each other.
+    Returns the number of rows measured."""
+    out = Path(out)
+    csv_path = out / "results.csv"
+    if not csv_path.exists():
+        return 0
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    todo = [r for r in rows if r["status"] == "ok" and (remeasure or r["latency_b1_ms"] == "")]
+    if not todo:
+        return 0
+    spec = original.dwrprune_spec
+    base_res = spec["input"]["resolution"]
+    stamp = machine_stamp()
+    base = {"original_latency_b1_ms": measure_latency(original, base_res, 1,
+                                                      repeats=repeats).median_ms,
+            "original_latency_b64_ms": measure_latency(original, base_res, 64,
+                                                       repeats=repeats).median_ms}
+    from .checkpoint import load
+
+    for r in tqdm(todo, desc="latency", unit="model", disable=not progress):
+        path = model_path(out, r["method"], float(r["budget"]), int(r["seed"]))
+        if not path.exists():
+            continue  # a row from another machine whose model file is not here
+        m = load(path)
+        res = m.dwrprune_spec["input"]["resolution"]
+        r.update(base, threads=stamp["threads"], cpu=stamp["cpu"], torch=stamp["torch"],
+                 latency_b1_ms=measure_latency(m, res, 1, repeats=repeats).median_ms,
+                 latency_b64_ms=measure_latency(m, res, 64, repeats=repeats).median_ms)
+    _rewrite(csv_path, rows)
+    return len(todo)
 
 
 def summarise(csv_path: str | Path) -> list[dict]:

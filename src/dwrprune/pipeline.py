@@ -321,6 +321,19 @@ def config_shrinker(model: nn.Module, cfg: PipelineConfig, depth_criterion: str,
                     width_allocation=width_allocation, autobot_steps=cfg.autobot_steps)
 
 
+def ranked_shrinker(model: nn.Module, cfg: PipelineConfig, block_order: list[str] | None,
+                    data: DataSource | None = None) -> Shrinker:
+    """The shrinker the final stage prunes with: blocks in the order ranked at collection.
+    Without ``data`` it answers cost queries only (uniform width: the same exact MACs)."""
+    alloc = cfg.width_allocation if data is not None else "uniform"
+    crit = {}
+    if data is not None and (alloc == "autobot" or cfg.channel_criterion in
+                             ("taylor", "autobot")):
+        res = model.dwrprune_spec["input"]["resolution"]
+        crit = {"train_loader": data.loader("train", res, shuffle=True, seed=cfg.seed)}
+    return config_shrinker(model, cfg, "weight_norm", crit, block_order, alloc)
+
+
 class SampleJobs:
     """Computes one sample from its :class:`Job`, in whichever process the executor picks.
 
@@ -705,13 +718,7 @@ class Run:
                  data: DataSource | None = None) -> Shrinker:
         """The original model's shrinker with the ranking saved at collection time.  Without
         ``data`` it answers cost queries only (uniform width: the same exact MACs bound)."""
-        alloc = cfg.width_allocation if data is not None else "uniform"
-        crit = {}
-        if data is not None and (alloc == "autobot" or cfg.channel_criterion in
-                                 ("taylor", "autobot")):
-            res = model.dwrprune_spec["input"]["resolution"]
-            crit = {"train_loader": data.loader("train", res, shuffle=True, seed=cfg.seed)}
-        return config_shrinker(model, cfg, "weight_norm", crit, self.block_order(), alloc)
+        return ranked_shrinker(model, cfg, self.block_order(), data)
 
     def plan(self) -> dict:
         p = self.path / "plan.json"
