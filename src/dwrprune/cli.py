@@ -245,7 +245,9 @@ def cmd_eval(args) -> int:
     spec = model.dwrprune_spec
     loader = build_loader(args, args.split, spec["input"]["resolution"])
     check_data_matches(spec, loader.dataset.info)
-    ev = evaluate(model, loader, progress=True)
+    ev = evaluate(model, loader, progress=distributed.is_main())
+    if not distributed.is_main():
+        return 0
     if args.json:
         print(json.dumps({"split": args.split, "accuracy": ev.accuracy, "loss": ev.loss,
                           "count": ev.count}))
