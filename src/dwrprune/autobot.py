@@ -299,9 +299,14 @@ class AutoBotCriterion:
 
 
 def autobot_prune(model: nn.Module, loader: DataLoader, budget: float,
-                  cfg: AutoBotConfig | None = None, progress: bool = True) -> ShrinkResult:
-    """AutoBot as a method: per-layer width allocation to ``budget`` of the MACs."""
+                  cfg: AutoBotConfig | None = None, progress: bool = True,
+                  recal_loader: DataLoader | None = None,
+                  recal_batches: int = 20) -> ShrinkResult:
+    """AutoBot as a method: per-layer width allocation to ``budget`` of the MACs.  With
+    ``recal_loader``, BatchNorm statistics are re-estimated on the pruned model (EagleEye),
+    as every other shrink in dwrprune does before a model is evaluated."""
     from .cost import count_macs, count_params
+    from .engine import recalibrate_batchnorm
 
     shr = Shrinker(model)
     bots, cost, target = learn_masks(model, loader, budget, cfg, shr, progress)
@@ -314,6 +319,8 @@ def autobot_prune(model: nn.Module, loader: DataLoader, budget: float,
                     "base_resolution": shr.base_resolution,
                     "layers": record_layer_changes(reference, pruned),
                     "kept_per_group": [int(k.sum()) for k in keep]}
+    if recal_loader is not None and recal_batches > 0:
+        recalibrate_batchnorm(pruned, recal_loader, recal_batches)
     pruned.eval()
     pruned.dwrprune_spec = spec
     res = spec["input"]["resolution"]

@@ -225,7 +225,8 @@ class AutoBotMethod:
         loader = ctx.data.loader("train", res, shuffle=True, seed=seed)
         out = autobot_prune(model, loader, budget,
                             AutoBotConfig(steps=min(self.steps, 10 * len(loader)), seed=seed),
-                            progress=False)
+                            progress=False, recal_loader=ctx.recal(res),
+                            recal_batches=ctx.recal_batches)
         return Pruned(out.model, out.spec, f"{len(out.spec['arch']['kept_per_group'])} groups")
 
 

@@ -592,6 +592,8 @@ def _autobot_args(p):
     p.add_argument("--gamma", type=float, default=0.2)
     p.add_argument("--lr", type=float, default=0.6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recal-batches", type=int, default=20,
+                   help="BatchNorm re-calibration batches after pruning (0: none)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--no-progress", action="store_true")
 
@@ -613,7 +615,8 @@ def cmd_autobot(args) -> int:
     cfg = AutoBotConfig(beta=args.beta, gamma=args.gamma, lr=args.lr, steps=args.steps,
                         seed=args.seed)
     result = autobot_prune(model, train_loader, args.budget, cfg,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, recal_loader=train_loader,
+                           recal_batches=args.recal_batches)
     val = build_loader(args, "val", res)
     before, after = cost_report(model, res), cost_report(result.model, res)
     print_cost_table([("original", before), ("autobot", after)])
