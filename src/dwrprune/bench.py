@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,13 +383,21 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
     return csv_path
 
 
-def _rewrite(csv_path: Path, rows: list[dict]) -> None:
-    tmp = csv_path.with_suffix(".csv.tmp")
+def _key(r: dict) -> tuple[str, float, int]:
+    return r["method"], float(r["budget"]), int(r["seed"])
+
+
+def _update_rows(csv_path: Path, updates: dict[tuple[str, float, int], dict]) -> None:
+    """Rewrite ``csv_path`` atomically with ``updates`` merged into their rows; re-reads the
+    file first, so rows another benchmark process appended meanwhile are kept."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    tmp = csv_path.with_suffix(f".csv.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         for r in rows:
-            w.writerow({k: r.get(k, "") for k in FIELDS})
+            w.writerow({k: (updates.get(_key(r)) or r).get(k, "") for k in FIELDS})
     tmp.replace(csv_path)
 
 
@@ -416,17 +425,20 @@ def measure_latencies(out: str | Path, original: nn.Module, repeats: int = 20,
                                                        repeats=repeats).median_ms}
     from .checkpoint import load
 
+    updates = {}
     for r in tqdm(todo, desc="latency", unit="model", disable=not progress):
-        path = model_path(out, r["method"], float(r["budget"]), int(r["seed"]))
+        path = model_path(out, *_key(r))
         if not path.exists():
             continue  # a row from another machine whose model file is not here
         m = load(path)
         res = m.dwrprune_spec["input"]["resolution"]
-        r.update(base, threads=stamp["threads"], cpu=stamp["cpu"], torch=stamp["torch"],
-                 latency_b1_ms=measure_latency(m, res, 1, repeats=repeats).median_ms,
-                 latency_b64_ms=measure_latency(m, res, 64, repeats=repeats).median_ms)
-    _rewrite(csv_path, rows)
-    return len(todo)
+        updates[_key(r)] = {
+            **r, **base, "threads": stamp["threads"], "cpu": stamp["cpu"],
+            "torch": stamp["torch"],
+            "latency_b1_ms": measure_latency(m, res, 1, repeats=repeats).median_ms,
+            "latency_b64_ms": measure_latency(m, res, 64, repeats=repeats).median_ms}
+    _update_rows(csv_path, updates)
+    return len(updates)
 
 
 def summarise(csv_path: str | Path) -> list[dict]:
