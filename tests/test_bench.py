@@ -43,3 +43,35 @@ def test_resume_with_other_recipe_is_refused(tmp_path):
     with pytest.raises(dwrprune.DwrpruneError, match="differs in: recipe"):
         run_benchmark(model, data, ["width-only"], [0.5], [1], dwrprune.TrainConfig(steps=2),
                       pipe, tmp_path, progress=False, latency_repeats=2)
+
+
+def test_latency_pass_fills_rows_and_keeps_rows_appended_meanwhile(tmp_path, monkeypatch):
+    import dwrprune
+    import dwrprune.bench as bench
+    from dwrprune.bench import append_row, measure_latencies, model_path
+    from dwrprune.checkpoint import make_spec, save_model
+
+    model = dwrprune.create_model("resnet_tiny", num_classes=10, in_channels=3)
+    model.dwrprune_spec = make_spec("resnet_tiny", 10, 3, 16)
+    save_model(model_path(tmp_path, "width-only", 0.5, 0), model, model.dwrprune_spec)
+    csv_path = tmp_path / "results.csv"
+    append_row(csv_path, {"method": "width-only", "budget": 0.5, "seed": 0, "status": "ok"})
+    append_row(csv_path, {"method": "depth-only", "budget": 0.5, "seed": 0,
+                          "status": "infeasible"})
+    real = bench.measure_latency
+
+    def measure_while_another_process_appends(*a, **k):  # a parallel benchmark's new row
+        if not getattr(measure_while_another_process_appends, "done", False):
+            measure_while_another_process_appends.done = True
+            append_row(csv_path, {"method": "3d", "budget": 0.5, "seed": 0, "status": "ok"})
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench, "measure_latency", measure_while_another_process_appends)
+    assert measure_latencies(tmp_path, model, repeats=2) == 1
+    monkeypatch.setattr(bench, "measure_latency", real)
+    rows = list(csv.DictReader(open(csv_path)))
+    assert [r["method"] for r in rows] == ["width-only", "depth-only", "3d"]
+    assert float(rows[0]["latency_b1_ms"]) > 0
+    assert float(rows[0]["original_latency_b64_ms"]) > 0 and rows[1]["latency_b1_ms"] == ""
+    assert measure_latencies(tmp_path, model, repeats=2) == 0  # 3d has no model file here
+    assert measure_latencies(tmp_path, model, repeats=2, remeasure=True) == 1
