@@ -86,3 +86,14 @@ def test_pipeline_final_finetune_under_torchrun(tmp_path, tiny_checkpoint):
     final = json.loads((run / "final.json").read_text())
     assert final["macs"] <= 0.5 * final["original_macs"] and 0 <= final["test_acc"] <= 1
     assert (run / "final/model.pt").exists()
+
+
+def test_training_device_is_this_ranks_gpu_when_there_is_one(monkeypatch):
+    from dwrprune.engine import compute_device
+
+    assert compute_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compute_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert compute_device() == torch.device("cuda", 1)

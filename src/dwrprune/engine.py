@@ -14,8 +14,10 @@ from the checkpoint of epoch ``e-1`` sees exactly the batches an uninterrupted r
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,11 +82,44 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-@torch.no_grad()
+def compute_device(device: str | torch.device | None = None) -> torch.device:
+    """Where training and evaluation run: ``device`` if given, else this process's GPU when
+    there is one (under torchrun, the one LOCAL_RANK names; on Ray, the one it assigned),
+    else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+@contextmanager
+def _on(device: torch.device, *models: nn.Module | None):
+    """Run with ``models`` moved to ``device``, and put them back where they were after:
+    the rest of dwrprune (surgery, cost, latency, checkpoints) works on CPU models."""
+    homes = [(m, _device_of(m)) for m in models if m is not None]
+    for m, _ in homes:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m, home in homes:
+            m.to(home)
+
+
 def evaluate(model: nn.Module, loader: DataLoader, progress: bool = False,
-             desc: str = "eval", max_batches: int | None = None) -> EvalResult:
+             desc: str = "eval", max_batches: int | None = None,
+             device: str | torch.device | None = None) -> EvalResult:
     """Mean cross-entropy and top-1 accuracy over ``loader`` in eval mode (under torchrun,
-    each rank evaluates every N-th sample and the counts are summed)."""
+    each rank evaluates every N-th sample and the counts are summed); on ``device``
+    (default: :func:`compute_device`), the model put back where it was afterwards."""
+    with _on(compute_device(device), model):
+        return _evaluate(model, loader, progress, desc, max_batches)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, loader: DataLoader, progress: bool, desc: str,
+              max_batches: int | None) -> EvalResult:
     loader = distributed.shard_eval_loader(loader)
     was_training = model.training
     model.eval()
@@ -166,17 +201,26 @@ def train(
     progress: bool = True,
     log: bool = True,
     desc: str = "train",
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; returns per-epoch history.
 
     With ``checkpoint_dir``, writes ``last.pt`` (model + optimizer + schedule + history,
     atomically) after every epoch, and resumes from it if it is already there.  ``spec`` is
     stored in the checkpoint so that ``last.pt`` is also a loadable model checkpoint.
-    ``progress`` shows tqdm bars; ``log`` prints one summary line per epoch.
+    ``progress`` shows tqdm bars; ``log`` prints one summary line per epoch.  Training runs
+    on ``device`` (default: :func:`compute_device`); the model is put back where it was.
 
     Under ``torchrun`` (see :mod:`dwrprune.distributed`) the same call trains data-parallel:
     the loader's batch size is the global batch, and only rank 0 logs and writes.
     """
+    with _on(compute_device(device), model, teacher):
+        return _train(model, train_loader, config, val_loader, teacher, checkpoint_dir, spec,
+                      progress, log, desc)
+
+
+def _train(model, train_loader, config, val_loader, teacher, checkpoint_dir, spec, progress,
+           log, desc) -> TrainResult:
     config = config or TrainConfig()
     config.validate()
     if distributed.init():
