@@ -152,10 +152,10 @@ class RayExecutor:
         if not ray.is_initialized():
             kwargs: dict = {"include_dashboard": False, "logging_level": "WARNING",
                             "log_to_driver": True}
-            if address is None:
+            if address is None:  # a new instance here, even if a cluster runs on this machine
                 kwargs["num_cpus"] = num_cpus or os.cpu_count()
             try:
-                ray.init(address=address, **kwargs)
+                ray.init(address=address or "local", **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise DwrpruneError(f"cannot connect to Ray at {address!r}: {e}") from None
             self._started = True
