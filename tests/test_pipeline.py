@@ -214,3 +214,24 @@ def test_missing_chain_model_is_a_clear_error(tmp_path, tiny_checkpoint, capsys)
     capsys.readouterr()
     assert main(args) == 2
     assert "chain model" in capsys.readouterr().err
+
+
+def test_second_collector_on_one_folder_is_refused_or_waits(tmp_path, tiny_checkpoint):
+    import threading
+
+    from dwrprune import load
+    from dwrprune.pipeline import DatasetSource, collect
+
+    cfg = PipelineConfig.from_dict({**TINY, "holdout_points": [], "mixed_points": []})
+    data = DatasetSource("synthetic", batch_size=32)
+    store = SampleStore(tmp_path / "run" / "samples.sqlite")
+    with store.exclusive():  # another process, as far as the lock can tell, is collecting
+        with pytest.raises(DwrpruneError, match="already collecting into"):
+            collect(load(tiny_checkpoint), data, cfg, tmp_path / "run", progress=False)
+    lock = store.exclusive()
+    lock.__enter__()
+    threading.Timer(1.0, lambda: lock.__exit__(None, None, None)).start()
+    t0 = time.time()
+    done = collect(load(tiny_checkpoint), data, cfg, tmp_path / "run", progress=False,
+                   wait_for_lock=True)
+    assert time.time() - t0 >= 1.0 and len(done.samples()) == 7

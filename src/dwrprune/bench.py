@@ -144,7 +144,7 @@ class ThreeD:
             cfg.seed = seed
             run = Run(ctx.out / "3d" / f"seed{seed}")
             store = collect(model, ctx.data, cfg, run.path, progress=ctx.progress,
-                            executor=executor)
+                            executor=executor, wait_for_lock=True)  # shared by processes
             collection = sum(s.seconds for s in store.samples())
             pred, _ = fit_samples(store, cfg)
             shr = run.shrinker(model, cfg)  # cost queries, with the saved block ranking

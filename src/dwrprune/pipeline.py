@@ -506,13 +506,19 @@ class Collector:
                        {"job": sample.key, "val_acc": sample.val_acc})
         self.store.add(sample)
 
-    def run_all(self, executor: Executor | None = None,
-                resources: Resources | None = None) -> SampleStore:
+    def run_all(self, executor: Executor | None = None, resources: Resources | None = None,
+                wait_for_lock: bool = False) -> SampleStore:
         """Run every job not yet in the store; with a parallel executor, the three chains
-        and the mixed points run side by side.  Failed jobs are reported at the end."""
+        and the mixed points run side by side.  Failed jobs are reported at the end.  Another
+        process collecting into the same folder is an error (or, ``wait_for_lock``, waited
+        for)."""
         executor = executor or LocalExecutor()
         if executor.name != "local":
             check_portable(self.model)
+        with self.store.exclusive(wait_for_lock, on_wait=tqdm.write):
+            return self._run_all(executor, resources)
+
+    def _run_all(self, executor: Executor, resources: Resources | None) -> SampleStore:
         finished = {j.key for j in self.jobs if self.store.has(j.key)}
         bar = tqdm(total=len(self.jobs), initial=len(finished), desc="collect", unit="sample",
                    disable=not self.progress)
@@ -540,7 +546,7 @@ class Collector:
 
 def collect(model: nn.Module, data: DataSource, config: PipelineConfig, run_dir,
             finetune: FinetuneFn | None = None, progress: bool = True,
-            executor: Executor | None = None) -> SampleStore:
+            executor: Executor | None = None, wait_for_lock: bool = False) -> SampleStore:
     """Stage 1: collect (d, w, r, accuracy) samples into ``run_dir/samples.sqlite``.
     ``executor``: where the jobs run (default: the one ``config.executor`` names, see
     :mod:`dwrprune.executors`)."""
@@ -549,7 +555,8 @@ def collect(model: nn.Module, data: DataSource, config: PipelineConfig, run_dir,
     if own:
         executor = create_executor(config.executor, config.ray_address, config.retries)
     try:
-        return collector.run_all(executor, Resources(config.job_cpus, config.job_gpus))
+        return collector.run_all(executor, Resources(config.job_cpus, config.job_gpus),
+                                 wait_for_lock)
     finally:
         if own:
             executor.close()

@@ -11,8 +11,11 @@ different config is refused.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -109,6 +112,39 @@ class SampleStore:
         check_same_config(old_cfg, config, str(self.path), defaults)
         self.set_meta("collect_config", config)
         self.set_meta("model_fingerprint", fingerprint)
+
+    # ------------------------------------------------------------------ one writer
+    @contextmanager
+    def exclusive(self, wait: bool = False, on_wait=None) -> Iterator[None]:
+        """One collecting process per store.  A second one waits for the first (``wait``,
+        e.g. benchmark processes sharing a collection) or gets a clear error, instead of
+        computing the same jobs twice."""
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform: nothing to enforce
+            yield
+            return
+        with open(self.path.with_name(self.path.name + ".lock"), "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                if not wait:
+                    raise DwrpruneError(
+                        f"{holder} is already collecting into {self.path.parent}; wait for it "
+                        "to finish, or use another --out folder") from None
+                if on_wait is not None:
+                    on_wait(f"waiting for {holder}, which is collecting into {self.path.parent}")
+                fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ samples
     def add(self, sample: Sample) -> None:
