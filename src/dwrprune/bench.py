@@ -402,7 +402,8 @@ def _update_rows(csv_path: Path, updates: dict[tuple[str, float, int], dict]) ->
 
 
 def measure_latencies(out: str | Path, original: nn.Module, repeats: int = 20,
-                      remeasure: bool = False, progress: bool = False) -> int:
+                      remeasure: bool = False, progress: bool = False,
+                      threads: int = 1) -> int:
     """Fill in the latency columns (batch 1 and 64, the unpruned model too) of the rows that
     lack them, or of every row with ``remeasure``: one model at a time, in this process, with
     the same threads, warm-up and repeats, so the figures are comparable with each other.
@@ -418,11 +419,13 @@ def measure_latencies(out: str | Path, original: nn.Module, repeats: int = 20,
         return 0
     spec = original.dwrprune_spec
     base_res = spec["input"]["resolution"]
-    stamp = machine_stamp()
-    base = {"original_latency_b1_ms": measure_latency(original, base_res, 1,
-                                                      repeats=repeats).median_ms,
-            "original_latency_b64_ms": measure_latency(original, base_res, 64,
-                                                       repeats=repeats).median_ms}
+    stamp = machine_stamp() | {"threads": threads}  # the threads latency is measured with
+
+    def median_ms(model: nn.Module, res: int, batch: int) -> float:
+        return measure_latency(model, res, batch, threads=threads, repeats=repeats).median_ms
+
+    base = {"original_latency_b1_ms": median_ms(original, base_res, 1),
+            "original_latency_b64_ms": median_ms(original, base_res, 64)}
     from .checkpoint import load
 
     updates = {}
@@ -435,8 +438,7 @@ def measure_latencies(out: str | Path, original: nn.Module, repeats: int = 20,
         updates[_key(r)] = {
             **r, **base, "threads": stamp["threads"], "cpu": stamp["cpu"],
             "torch": stamp["torch"],
-            "latency_b1_ms": measure_latency(m, res, 1, repeats=repeats).median_ms,
-            "latency_b64_ms": measure_latency(m, res, 64, repeats=repeats).median_ms}
+            "latency_b1_ms": median_ms(m, res, 1), "latency_b64_ms": median_ms(m, res, 64)}
     _update_rows(csv_path, updates)
     return len(updates)
 
