@@ -107,6 +107,11 @@ def ray_cluster():
     """A real single-node Ray cluster bound to 127.0.0.1, started with the ray CLI."""
     ray_cli = str(Path(sys.executable).with_name("ray"))
     port = _free_port()
+    # Loopback only, so no token authentication: once any local ray.init() on this machine
+    # has created ~/.ray/auth_token, `ray start` enables it, and a driver joining by address
+    # must then opt in (RAY_AUTH_MODE=token, see the README).
+    saved_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                     "--num-cpus=2", "--include-dashboard=false",
@@ -118,6 +123,10 @@ def ray_cluster():
         if ray.is_initialized():
             ray.shutdown()
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True)
+        if saved_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved_mode
 
 
 def _samples(run):

@@ -130,6 +130,11 @@ class LocalExecutor:
         pass
 
 
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 def _call(fn, *args):
     return fn(*args)
 
@@ -154,10 +159,16 @@ class RayExecutor:
                             "log_to_driver": True}
             if address is None:  # a new instance here, even if a cluster runs on this machine
                 kwargs["num_cpus"] = num_cpus or os.cpu_count()
+            elif _is_loopback(address):  # a cluster bound to loopback: join it as 127.0.0.1,
+                kwargs["_node_ip_address"] = "127.0.0.1"  # not as this host's network IP
             try:
                 ray.init(address=address or "local", **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as e:
-                raise DwrpruneError(f"cannot connect to Ray at {address!r}: {e}") from None
+                hint = ("; if the cluster uses Ray's token authentication, set "
+                        "RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN or ~/.ray/auth_token) here"
+                        if address else "")
+                raise DwrpruneError(f"cannot connect to Ray at {address!r}: {e}{hint}") \
+                    from None
             self._started = True
         self._shared: dict[int, tuple[Any, Any]] = {}
         self._remote = ray.remote(_call)
