@@ -106,10 +106,7 @@ def table(summary: list[dict]) -> str:
 
 
 def plot(summary: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dwrprune.report import plt, save_figure  # pyplot on the non-interactive backend
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method in sorted({s["method"] for s in summary}):
@@ -127,9 +124,7 @@ def plot(summary: list[dict], path: Path) -> None:
         ax.set_xlabel("MACs / original MACs")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def cmd_render(args) -> None:

@@ -54,7 +54,7 @@ class Infeasible(Exception):
 
 @dataclass
 class Pruned:
-    model: nn.Module
+    model: nn.Module  # carries ``spec`` as ``model.dwrprune_spec``
     spec: dict
     note: str = ""
     collection_seconds: float = 0.0  # compute spent on samples (summed from the store)
@@ -148,12 +148,13 @@ class ThreeD:
             collection = sum(s.seconds for s in store.samples())
             pred, _ = fit_samples(store, cfg)
             shr = run.shrinker(model, cfg)  # cost queries, with the saved block ranking
+            order = run.block_order()
             for budget in sorted({b for b, s in todo if s == seed}):
                 t0 = time.perf_counter()
                 sol = solve_budget(pred, shr, budget, cfg.lower_bounds)
                 ctx.prepared[(self.name, budget, seed)] = {
                     "point": (sol.best.d, sol.best.w, sol.best.r),
-                    "block_order": run.block_order(), "collection_seconds": collection,
+                    "block_order": order, "collection_seconds": collection,
                     "solve_seconds": time.perf_counter() - t0}
 
     def prune(self, model, budget, seed, ctx) -> Pruned:
@@ -208,6 +209,7 @@ class TorchPruningGlobal:
         spec["arch"] = {"method": "torch-pruning", "removed_blocks": [],
                         "layers": record_layer_changes(fresh, m)}
         recalibrate_batchnorm(m, ctx.recal(res), ctx.recal_batches)
+        m.dwrprune_spec = spec
         return Pruned(m.eval(), spec, f"{pruner.current_step} steps")
 
 
@@ -271,7 +273,7 @@ def done_keys(csv_path: Path) -> set[tuple[str, float, int]]:
     if not csv_path.exists():
         return set()
     with open(csv_path, newline="") as f:
-        return {(r["method"], float(r["budget"]), int(r["seed"])) for r in csv.DictReader(f)}
+        return {_key(r) for r in csv.DictReader(f)}
 
 
 def append_row(csv_path: Path, row: dict) -> None:
@@ -321,7 +323,6 @@ class BenchJob:
         m.eval()
         row["val_acc"] = evaluate(m, data.loader("val", res)).accuracy
         row["test_acc"] = evaluate(m, data.loader("test", res)).accuracy
-        m.dwrprune_spec = pruned.spec
         return {**row, "status": "ok"}, PortableModel(m)
 
 
@@ -435,10 +436,8 @@ def measure_latencies(out: str | Path, original: nn.Module, repeats: int = 20,
             continue  # a row from another machine whose model file is not here
         m = load(path)
         res = m.dwrprune_spec["input"]["resolution"]
-        updates[_key(r)] = {
-            **r, **base, "threads": stamp["threads"], "cpu": stamp["cpu"],
-            "torch": stamp["torch"],
-            "latency_b1_ms": median_ms(m, res, 1), "latency_b64_ms": median_ms(m, res, 64)}
+        updates[_key(r)] = {**r, **base, **stamp, "latency_b1_ms": median_ms(m, res, 1),
+                            "latency_b64_ms": median_ms(m, res, 64)}
     _update_rows(csv_path, updates)
     return len(updates)
 

@@ -422,8 +422,7 @@ class SampleJobs:
                         job.parent, ckpt)
         if ckpt is None:
             return sample, None
-        model.dwrprune_spec = spec
-        return sample, PortableModel(model.eval())
+        return sample, PortableModel(model.eval())  # the shrunk model carries its spec
 
     def _prune_job(self, job: Job, parent: nn.Module) -> tuple[nn.Module, dict]:
         d, w, r = job.point

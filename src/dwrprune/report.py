@@ -22,6 +22,13 @@ _COLORS = {"original": "k", "chain": "tab:blue", "mixed": "tab:green", "holdout"
            "bn_recal": "tab:gray"}
 
 
+def save_figure(fig, path: Path) -> None:
+    """Every dwrprune plot is written the same way (and closed, so long runs hold none)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _read(run: Path, name: str):
     p = run / name
     return json.loads(p.read_text()) if p.exists() else None
@@ -47,9 +54,7 @@ def plot_axes(samples: list[dict], pred, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation accuracy (%)")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_slice(pred, plan: dict, path: Path) -> None:
@@ -79,9 +84,7 @@ def plot_slice(pred, plan: dict, path: Path) -> None:
     ax.set_ylabel("resolution r")
     ax.set_title(f"predictor at d = {best['d']:.2f}")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_acc_vs_macs(samples: list[dict], final: dict | None, path: Path) -> None:
@@ -101,9 +104,7 @@ def plot_acc_vs_macs(samples: list[dict], final: dict | None, path: Path) -> Non
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(run_dir: str | Path) -> dict:
