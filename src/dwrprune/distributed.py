@@ -12,7 +12,7 @@ CPU, nccl on GPU) and the one training loop in :mod:`dwrprune.engine`:
   accuracies count every sample once);
 * leaves checkpoints, logs and progress bars to rank 0.
 
-Without WORLD_SIZE > 1 every function here is a no-op and nothing is imported or started.
+Without WORLD_SIZE > 1 every function here is a no-op and no process group is started.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's LOCAL_RANK; 0 otherwise)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def init() -> bool:
     """Join the process group torchrun describes (once); True when running distributed."""
     if dist.is_available() and dist.is_initialized():
@@ -42,7 +47,7 @@ def init() -> bool:
         raise DwrpruneError("this torch build has no torch.distributed; run without torchrun")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_rank())
     dist.init_process_group(backend)
     return True
 
@@ -73,7 +78,8 @@ def sum_across(*values: float) -> list[float]:
     """Element-wise sum over ranks (float64, so counts stay exact)."""
     if not active():
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # nccl reduces GPU tensors
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
 

@@ -14,7 +14,6 @@ from the checkpoint of epoch ``e-1`` sees exactly the batches an uninterrupted r
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -89,7 +88,7 @@ def compute_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", distributed.local_rank())
     return torch.device("cpu")
 
 
