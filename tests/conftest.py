@@ -13,6 +13,37 @@ import torch
 
 torch.set_num_threads(1)  # leave a core for background work; tests are tiny
 
+# A pipeline small enough for tests: tiny model, synthetic data, three-step fine-tunes.
+TINY = {
+    "data": "synthetic", "depth_criterion": "loss", "depth_steps": [0.75, 0.5],
+    "width_steps": [0.75, 0.5], "resolution_steps": [0.75, 0.5],
+    "mixed_points": [[0.75, 0.75, 0.75], [0.5, 0.75, 1.0]],
+    "holdout_points": [[0.75, 0.5, 0.75], [0.5, 1.0, 0.75]], "finetune_steps": 3,
+    "batch_size": 32, "recal_batches": 2, "max_degree": 2, "final_epochs": 1,
+    "final_subset": 64, "budget": 0.5,
+}
+
+
+@pytest.fixture
+def tiny_options() -> dict:
+    """The tiny pipeline's options (a fresh copy per test)."""
+    import copy
+
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    """``config_file(**extra)``: a YAML file of the tiny options plus ``extra``."""
+    import yaml
+
+    def write(**extra) -> str:
+        p = tmp_path / "cfg.yaml"
+        p.write_text(yaml.safe_dump({**TINY, **extra}))
+        return str(p)
+
+    return write
+
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)

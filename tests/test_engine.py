@@ -83,7 +83,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 def test_resume_with_other_config_is_refused(tmp_path):
     tr, _ = _loaders()
     train(_model(), tr, TrainConfig(epochs=1), checkpoint_dir=tmp_path, progress=False)
-    with pytest.raises(DwrpruneError, match="different training config"):
+    with pytest.raises(DwrpruneError, match="written with different settings"):
         train(_model(), tr, TrainConfig(epochs=2), checkpoint_dir=tmp_path, progress=False)
 
 

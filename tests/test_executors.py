@@ -27,7 +27,6 @@ from dwrprune.executors import (
 )
 from dwrprune.pipeline import DatasetSource, PipelineConfig, collect, default_finetune
 from dwrprune.store import SampleStore
-from test_pipeline import TINY, _config
 
 # Functions of this module run inside Ray workers, which cannot import it by name.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -133,8 +132,8 @@ def _samples(run):
     return {s.key: s for s in SampleStore(run / "samples.sqlite").samples()}
 
 
-def test_ray_collection_matches_local(tmp_path, tiny_checkpoint, ray_cluster):
-    cfg = _config(tmp_path)
+def test_ray_collection_matches_local(tmp_path, tiny_checkpoint, ray_cluster, config_file):
+    cfg = config_file()
     common = ["collect", "--checkpoint", str(tiny_checkpoint), "--config", cfg, "--no-progress"]
     t0 = time.perf_counter()
     assert main([*common, "--out", str(tmp_path / "local")]) == 0
@@ -179,17 +178,18 @@ class _FailWidthChain:
         default_finetune(model, loader, steps, lr, seed)
 
 
-def _tiny_cfg():
-    return PipelineConfig.from_dict({**TINY, "holdout_points": []})
+@pytest.fixture
+def tiny_cfg(tiny_options):
+    return PipelineConfig.from_dict({**tiny_options, "holdout_points": []})
 
 
-def test_killed_worker_is_retried_and_the_run_completes(tmp_path, tiny_checkpoint,
-                                                        ray_cluster):
+def test_killed_worker_is_retried_and_the_run_completes(tmp_path, tiny_checkpoint, ray_cluster,
+                                                        tiny_cfg):
     marker = tmp_path / "killed"
     ex = RayExecutor(ray_cluster, retries=2)
     try:
         store = collect(load(tiny_checkpoint), DatasetSource("synthetic", batch_size=32),
-                        _tiny_cfg(), tmp_path / "run", finetune=_KillWorkerOnce(marker),
+                        tiny_cfg, tmp_path / "run", finetune=_KillWorkerOnce(marker),
                         progress=False, executor=ex)
     finally:
         ex.close()
@@ -197,14 +197,14 @@ def test_killed_worker_is_retried_and_the_run_completes(tmp_path, tiny_checkpoin
     assert len(store.samples()) == 9  # orig + 2 d + 2 w + 2 r + 2 mixed
 
 
-def test_failing_job_is_reported_and_the_rest_kept(tmp_path, tiny_checkpoint,
-                                                   ray_cluster):
+def test_failing_job_is_reported_and_the_rest_kept(tmp_path, tiny_checkpoint, ray_cluster,
+                                                   tiny_cfg):
     ex = RayExecutor(ray_cluster, retries=1)
     try:
         with pytest.raises(DwrpruneError, match=r"2 sample jobs failed.*w/0: RuntimeError: "
                                                 r"simulated bad job.*w/1: not run"):
             collect(load(tiny_checkpoint), DatasetSource("synthetic", batch_size=32),
-                    _tiny_cfg(), tmp_path / "run", finetune=_FailWidthChain(), progress=False,
+                    tiny_cfg, tmp_path / "run", finetune=_FailWidthChain(), progress=False,
                     executor=ex)
     finally:
         ex.close()
@@ -212,7 +212,7 @@ def test_failing_job_is_reported_and_the_rest_kept(tmp_path, tiny_checkpoint,
     assert sorted(kept) == ["d/0", "d/1", "mix/0", "mix/1", "orig", "r/0", "r/1"]
 
 
-def test_benchmark_on_ray_matches_local(tmp_path, tiny_checkpoint, ray_cluster):
+def test_benchmark_on_ray_matches_local(tmp_path, tiny_checkpoint, ray_cluster, tiny_options):
     import csv
 
     from dwrprune import TrainConfig
@@ -220,7 +220,7 @@ def test_benchmark_on_ray_matches_local(tmp_path, tiny_checkpoint, ray_cluster):
 
     model = load(tiny_checkpoint)
     data = DatasetSource("synthetic", batch_size=32)
-    pipe = PipelineConfig.from_dict({**TINY, "holdout_points": [], "depth_criterion":
+    pipe = PipelineConfig.from_dict({**tiny_options, "holdout_points": [], "depth_criterion":
                                      "weight_norm"})
     rows = {}
     for name, ex in (("local", LocalExecutor()), ("ray", RayExecutor(ray_cluster))):

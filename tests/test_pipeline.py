@@ -14,25 +14,10 @@ from dwrprune.cli import main
 from dwrprune.pipeline import PipelineConfig, resolve_config
 from dwrprune.store import SampleStore
 
-TINY = {
-    "data": "synthetic", "depth_criterion": "loss", "depth_steps": [0.75, 0.5],
-    "width_steps": [0.75, 0.5], "resolution_steps": [0.75, 0.5],
-    "mixed_points": [[0.75, 0.75, 0.75], [0.5, 0.75, 1.0]],
-    "holdout_points": [[0.75, 0.5, 0.75], [0.5, 1.0, 0.75]], "finetune_steps": 3,
-    "batch_size": 32, "recal_batches": 2, "max_degree": 2, "final_epochs": 1,
-    "final_subset": 64, "budget": 0.5,
-}
 
-
-def _config(tmp_path, **extra):
-    p = tmp_path / "cfg.yaml"
-    p.write_text(yaml.safe_dump({**TINY, **extra}))
-    return str(p)
-
-
-def test_prune_end_to_end_and_stage_commands(tmp_path, tiny_checkpoint, capsys):
+def test_prune_end_to_end_and_stage_commands(tmp_path, tiny_checkpoint, capsys, config_file):
     run = tmp_path / "run"
-    assert main(["prune", "--checkpoint", str(tiny_checkpoint), "--config", _config(tmp_path),
+    assert main(["prune", "--checkpoint", str(tiny_checkpoint), "--config", config_file(),
                  "--out", str(run), "--no-progress"]) == 0
     final = json.loads((run / "final.json").read_text())
     assert final["macs"] <= 0.5 * final["original_macs"]
@@ -54,27 +39,27 @@ def test_prune_end_to_end_and_stage_commands(tmp_path, tiny_checkpoint, capsys):
     assert main(["report", "--run", str(run)]) == 0
 
 
-def test_resuming_with_other_config_is_refused(tmp_path, tiny_checkpoint, capsys):
+def test_resuming_with_other_config_is_refused(tmp_path, tiny_checkpoint, capsys, config_file):
     run = tmp_path / "run"
     assert main(["collect", "--checkpoint", str(tiny_checkpoint), "--config",
-                 _config(tmp_path), "--out", str(run), "--no-progress"]) == 0
+                 config_file(), "--out", str(run), "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["collect", "--checkpoint", str(tiny_checkpoint), "--config",
-                 _config(tmp_path), "--out", str(run), "--finetune-steps", "4",
+                 config_file(), "--out", str(run), "--finetune-steps", "4",
                  "--no-progress"]) == 2
-    assert "different config (differs in: finetune_steps)" in capsys.readouterr().err
+    assert "with different settings (differs in: finetune_steps)" in capsys.readouterr().err
     assert yaml.safe_load((run / "config.yaml").read_text())["finetune_steps"] == 3
     other = tmp_path / "other"
     assert main(["train", "--model", "resnet_tiny2", "--data", "synthetic", "--steps", "2",
                  "--out", str(other), "--no-progress"]) == 0
     assert main(["collect", "--checkpoint", str(other / "model.pt"), "--config",
-                 _config(tmp_path), "--out", str(run), "--no-progress"]) == 2
+                 config_file(), "--out", str(run), "--no-progress"]) == 2
     assert "different model" in capsys.readouterr().err
 
 
-def test_sigkill_mid_collection_resumes_without_loss(tmp_path, tiny_checkpoint):
+def test_sigkill_mid_collection_resumes_without_loss(tmp_path, tiny_checkpoint, config_file):
     run = tmp_path / "run"
-    cfg = _config(tmp_path, finetune_steps=40)
+    cfg = config_file(finetune_steps=40)
     cmd = [sys.executable, "-m", "dwrprune", "collect", "--checkpoint", str(tiny_checkpoint),
            "--config", cfg, "--out", str(run), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -96,7 +81,6 @@ def test_sigkill_mid_collection_resumes_without_loss(tmp_path, tiny_checkpoint):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = dict(sqlite3.connect(db).execute("SELECT key, created FROM samples").fetchall())
-    total = len(PipelineConfig.from_dict(TINY).collect_config()["depth_steps"])  # noqa: F841
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
     after = dict(sqlite3.connect(db).execute("SELECT key, created FROM samples").fetchall())
     assert len(after) == 11  # orig + 2 d + 2 w + 2 r + 2 mixed + 2 holdout
@@ -122,7 +106,7 @@ def test_presets_and_unknown_preset():
         resolve_config("slow")
 
 
-def test_data_source_without_validation_split(tiny_checkpoint, tmp_path):
+def test_data_source_without_validation_split(tiny_checkpoint, tmp_path, tiny_options):
     from dwrprune import load
     from dwrprune.pipeline import DatasetSource, collect
 
@@ -133,7 +117,7 @@ def test_data_source_without_validation_split(tiny_checkpoint, tmp_path):
             return super().loader(split, resolution, **kw)
 
     with pytest.raises(DwrpruneError, match="no validation split"):
-        collect(load(tiny_checkpoint), NoVal("synthetic"), PipelineConfig.from_dict(TINY),
+        collect(load(tiny_checkpoint), NoVal("synthetic"), PipelineConfig.from_dict(tiny_options),
                 tmp_path / "r", progress=False)
 
 
@@ -159,7 +143,7 @@ def test_quick_preset_on_bundled_model(tmp_path):
     assert (run / "report" / "slice.png").exists()
 
 
-def test_python_api_with_own_finetune_function(tmp_path, tiny_checkpoint):
+def test_python_api_with_own_finetune_function(tmp_path, tiny_checkpoint, tiny_options):
     import dwrprune
 
     calls = []
@@ -169,7 +153,7 @@ def test_python_api_with_own_finetune_function(tmp_path, tiny_checkpoint):
         dwrprune.pipeline.default_finetune(model, loader, steps, lr, seed)
 
     model = dwrprune.load(tiny_checkpoint)
-    cfg = dwrprune.PipelineConfig.from_dict({**TINY, "holdout_points": []})
+    cfg = dwrprune.PipelineConfig.from_dict({**tiny_options, "holdout_points": []})
     data = dwrprune.DatasetSource("synthetic", batch_size=32)
     store = dwrprune.collect(model, data, cfg, tmp_path / "api", finetune=my_finetune,
                              progress=False)
@@ -180,9 +164,9 @@ def test_python_api_with_own_finetune_function(tmp_path, tiny_checkpoint):
     assert sol.best.macs <= 0.4 * sol.base_macs and holdout["count"] == 0
 
 
-def test_pipeline_with_autobot_width_allocation(tmp_path, tiny_checkpoint):
+def test_pipeline_with_autobot_width_allocation(tmp_path, tiny_checkpoint, config_file):
     run = tmp_path / "run"
-    assert main(["prune", "--checkpoint", str(tiny_checkpoint), "--config", _config(tmp_path),
+    assert main(["prune", "--checkpoint", str(tiny_checkpoint), "--config", config_file(),
                  "--out", str(run), "--width-allocation", "autobot", "--autobot-steps", "4",
                  "--no-progress"]) == 0
     final = json.loads((run / "final.json").read_text())
@@ -192,19 +176,20 @@ def test_pipeline_with_autobot_width_allocation(tmp_path, tiny_checkpoint):
 
 
 def test_store_from_older_version_without_new_keys_resumes():
-    from dwrprune.store import check_same_config
+    from dwrprune.settings import check_same_settings
 
     new = PipelineConfig().collect_config()
     old = {k: v for k, v in new.items() if k != "width_allocation"}
-    check_same_config(old, new, "run", PipelineConfig.collect_defaults())  # default: fine
+    defaults = PipelineConfig.collect_defaults()
+    check_same_settings(old, new, "run", defaults=defaults)  # default: fine
     with pytest.raises(DwrpruneError, match="differs in: width_allocation"):
-        check_same_config(old, {**new, "width_allocation": "autobot"}, "run",
-                          PipelineConfig.collect_defaults())
+        check_same_settings(old, {**new, "width_allocation": "autobot"}, "run",
+                            defaults=defaults)
 
 
-def test_missing_chain_model_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):
+def test_missing_chain_model_is_a_clear_error(tmp_path, tiny_checkpoint, capsys, config_file):
     run = tmp_path / "run"
-    args = ["collect", "--checkpoint", str(tiny_checkpoint), "--config", _config(tmp_path),
+    args = ["collect", "--checkpoint", str(tiny_checkpoint), "--config", config_file(),
             "--out", str(run), "--no-progress"]
     assert main(args) == 0
     db = sqlite3.connect(run / "samples.sqlite")
@@ -216,17 +201,18 @@ def test_missing_chain_model_is_a_clear_error(tmp_path, tiny_checkpoint, capsys)
     assert "chain model" in capsys.readouterr().err
 
 
-def test_second_collector_on_one_folder_is_refused_or_waits(tmp_path, tiny_checkpoint):
+def test_second_collector_on_one_folder_is_refused_or_waits(tmp_path, tiny_checkpoint,
+                                                            tiny_options):
     import threading
 
     from dwrprune import load
     from dwrprune.pipeline import DatasetSource, collect
 
-    cfg = PipelineConfig.from_dict({**TINY, "holdout_points": [], "mixed_points": []})
+    cfg = PipelineConfig.from_dict({**tiny_options, "holdout_points": [], "mixed_points": []})
     data = DatasetSource("synthetic", batch_size=32)
     store = SampleStore(tmp_path / "run" / "samples.sqlite")
     with store.exclusive():  # another process, as far as the lock can tell, is collecting
-        with pytest.raises(DwrpruneError, match="already collecting into"):
+        with pytest.raises(DwrpruneError, match="already working in"):
             collect(load(tiny_checkpoint), data, cfg, tmp_path / "run", progress=False)
     lock = store.exclusive()
     lock.__enter__()

@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .analysis import Analysis, ChannelCost, ShrinkResult
 from .errors import DwrpruneError
-from .shrink import ChannelCost, Shrinker, ShrinkResult
 from .surgery import PRUNABLE, build_graph, describe_groups, prune_groups, record_layer_changes
 
 
@@ -64,7 +64,7 @@ def _logit(p: float) -> float:
 class Bottlenecks:
     """Trainable masks on a model's channel groups, applied with forward hooks."""
 
-    def __init__(self, model: nn.Module, shrinker: Shrinker, init: float = 0.9):
+    def __init__(self, model: nn.Module, shrinker: Analysis, init: float = 0.9):
         self.model = model
         x = shrinker.example_input(shrinker.trace_resolution)
         dg, groups = build_graph(model, x, [shrinker.classifier])
@@ -136,7 +136,7 @@ class Bottlenecks:
         self._handles = []
 
 
-def soft_cost(shrinker: Shrinker, infos, resolution: int) -> ChannelCost:
+def soft_cost(shrinker: Analysis, infos, resolution: int) -> ChannelCost:
     """MACs as a function of per-group channel counts (differentiable in soft counts)."""
     if shrinker.geometry(resolution)[1]:
         raise DwrpruneError("AutoBot's cost model covers conv and linear layers; this "
@@ -145,7 +145,7 @@ def soft_cost(shrinker: Shrinker, infos, resolution: int) -> ChannelCost:
 
 
 def learn_masks(model: nn.Module, loader: DataLoader, target_ratio: float,
-                cfg: AutoBotConfig | None = None, shrinker: Shrinker | None = None,
+                cfg: AutoBotConfig | None = None, shrinker: Analysis | None = None,
                 progress: bool = True) -> tuple[Bottlenecks, ChannelCost, float]:
     """Train the bottlenecks of ``model`` (weights frozen) toward ``target_ratio`` of its
     MACs.  Returns the bottlenecks (hooks removed, best snapshot loaded), the cost model and
@@ -153,7 +153,7 @@ def learn_masks(model: nn.Module, loader: DataLoader, target_ratio: float,
     cfg = cfg or AutoBotConfig()
     if not 0.0 < target_ratio < 1.0:
         raise DwrpruneError(f"AutoBot budget must be in (0, 1), got {target_ratio}")
-    shrinker = shrinker or Shrinker(model)
+    shrinker = shrinker or Analysis(model)
     torch.manual_seed(cfg.seed)
     bots = Bottlenecks(model, shrinker, cfg.init)
     cost = soft_cost(shrinker, bots.infos, shrinker.base_resolution)
@@ -254,7 +254,7 @@ def _group_index(group, dg, names: dict, member_group: dict[str, int]) -> int | 
     return None
 
 
-def prune_with_masks(model: nn.Module, shrinker: Shrinker, bots: Bottlenecks,
+def prune_with_masks(model: nn.Module, shrinker: Analysis, bots: Bottlenecks,
                      keep: list[Tensor]) -> nn.Module:
     """Physically remove the channels ``keep`` marks False, group by group."""
     pruned = copy.deepcopy(model)
@@ -269,11 +269,33 @@ def prune_with_masks(model: nn.Module, shrinker: Shrinker, bots: Bottlenecks,
     return pruned
 
 
+class AutoBotWidth:
+    """Width allocation strategy for :class:`dwrprune.shrink.Shrinker`: AutoBot's learned
+    per-layer widths for the depth-pruned model, at most as costly as uniform width ``w``
+    (exact MACs at the plan's resolution)."""
+
+    name = "autobot"
+    needs = frozenset({"train"})
+    exact_cost = False  # at most the uniform model's MACs; the result is counted
+
+    def __init__(self, loader: DataLoader, steps: int = 200):
+        self.loader, self.steps = loader, steps
+
+    def apply(self, model: nn.Module, shrinker, plan) -> nn.Module:
+        ratio = shrinker.macs(plan.d, plan.w, plan.r) / shrinker.macs(plan.d, 1.0, plan.r)
+        model.dwrprune_spec = shrinker.spec
+        ana = Analysis(model, min_resolution=shrinker.min_resolution)
+        bots, cost, target = learn_masks(model, self.loader, min(ratio, 0.999),
+                                         AutoBotConfig(steps=self.steps), ana, progress=False)
+        return prune_with_masks(model, ana, bots, select_channels(bots, cost, target))
+
+
 class AutoBotCriterion:
     """Channel criterion for ``shrink``: rank channels by learned mask values.  Masks are
     learned on the model about to be pruned, toward the MACs of uniform width ``w``."""
 
     name = "autobot"
+    needs = frozenset({"train"})
 
     def __init__(self, loader: DataLoader | None = None, cfg: AutoBotConfig | None = None,
                  progress: bool = False):
@@ -285,7 +307,7 @@ class AutoBotCriterion:
         self.member_group: dict[str, int] = {}
 
     def prepare(self, model: nn.Module, w: float = 1.0) -> None:
-        shr = Shrinker(model)
+        shr = Analysis(model)
         bots, _, _ = learn_masks(model, self.loader, min(max(w * w, 0.01), 0.99), self.cfg,
                                  shr, self.progress)
         self.lams, self.member_group = bots.lambdas(), dict(bots.member_group)
@@ -308,7 +330,7 @@ def autobot_prune(model: nn.Module, loader: DataLoader, budget: float,
     from .cost import count_macs, count_params
     from .engine import recalibrate_batchnorm
 
-    shr = Shrinker(model)
+    shr = Analysis(model)
     bots, cost, target = learn_masks(model, loader, budget, cfg, shr, progress)
     keep = select_channels(bots, cost, target)
     pruned = prune_with_masks(model, shr, bots, keep)

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DwrpruneError
+from .errors import DwrpruneError, quote_error
+from .spec import ModelSpec, make_spec  # noqa: F401  (make_spec: historical home)
 
 FORMAT = "dwrprune"
 FORMAT_VERSION = 1
@@ -65,25 +66,12 @@ def load_torch(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure here means "not a usable checkpoint"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DwrpruneError(
             f"{path} is not a readable checkpoint (corrupt, truncated, or it holds pickled "
-            f"objects that weights_only loading refuses): {first[:200]}"
-        ) from None
+            f"objects that dwrprune never loads): {quote_error(e)}") from None
     if not isinstance(obj, dict):
         raise DwrpruneError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
-
-
-def make_spec(name: str, num_classes: int, in_channels: int, resolution: int,
-              dataset: str | None = None, mean=None, std=None, arch: dict | None = None) -> dict:
-    return {
-        "model": {"name": name, "num_classes": int(num_classes), "in_channels": int(in_channels)},
-        "input": {"resolution": int(resolution), "dataset": dataset,
-                  "mean": list(mean) if mean is not None else None,
-                  "std": list(std) if std is not None else None},
-        "arch": arch,
-    }
 
 
 def plain(obj: Any) -> Any:
@@ -123,13 +111,16 @@ def read_model_checkpoint(path: str | os.PathLike) -> dict:
 def build_from_spec(spec: dict) -> nn.Module:
     """Rebuild the architecture a spec describes, from the registered constructor."""
     from .models import create_model
+    from .surgery import apply_arch
 
-    m = spec["model"]
-    model = create_model(m["name"], num_classes=m["num_classes"], in_channels=m["in_channels"])
-    if spec.get("arch"):
-        from .surgery import apply_arch
-
-        apply_arch(model, spec["arch"])
+    s = ModelSpec.from_dict(spec)  # schema first: nothing is built from an unchecked spec
+    if not s.name:
+        raise DwrpruneError("the spec names no registered model constructor, so it cannot be "
+                            "rebuilt; load the weights into your own instance with "
+                            "dwrprune.load(path, model=...)")
+    model = create_model(s.name, num_classes=s.num_classes, in_channels=s.in_channels)
+    if s.arch:
+        apply_arch(model, s.arch)
     return model
 
 
@@ -152,11 +143,24 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> 
     model.load_state_dict(state_dict)
 
 
-def load(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a model from a portable checkpoint; the spec is kept as ``model.dwrprune_spec``."""
+def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a model from a portable checkpoint; the spec is kept as ``model.dwrprune_spec``.
+
+    With ``model`` (your own instance of the unpruned architecture, e.g. a model without a
+    registered constructor), the checkpoint's pruning edits are applied to it and its
+    weights loaded into it, in place; it is returned."""
     obj = read_model_checkpoint(path)
-    model = build_from_spec(obj["spec"])
+    spec = ModelSpec.from_dict(obj["spec"])
+    if model is None:
+        model = build_from_spec(obj["spec"])
+    elif spec.arch:
+        from .surgery import apply_arch
+
+        apply_arch(model, spec.arch)
+    if not isinstance(obj["state_dict"], dict):
+        raise DwrpruneError(f"{path}: state_dict is a {type(obj['state_dict']).__name__}, "
+                            "not a mapping of tensors")
     load_state_dict_checked(model, obj["state_dict"], str(path))
-    model.dwrprune_spec = obj["spec"]
+    model.dwrprune_spec = spec.to_dict()
     model.eval()
     return model

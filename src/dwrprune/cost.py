@@ -47,6 +47,33 @@ def count_macs(model: nn.Module, resolution: int, in_channels: int | None = None
     return counter.get_total_flops() // 2
 
 
+@dataclass
+class Counts:
+    macs: int
+    params: int
+
+
+@torch.no_grad()
+def count(model: nn.Module, example_inputs: torch.Tensor) -> Counts:
+    """MACs (per image: FLOPs / 2 of one forward pass, as :func:`count_macs`) and
+    parameters of ``model`` on inputs shaped like ``example_inputs`` (N, C, H, W)."""
+    if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() < 2:
+        raise DwrpruneError("example_inputs must be an input batch tensor, e.g. (1, 3, 32, 32)")
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            model(example_inputs[:1].to(next(model.parameters()).device))
+    except RuntimeError as e:
+        raise DwrpruneError(f"model does not run on example_inputs of shape "
+                            f"{tuple(example_inputs.shape)}: "
+                            f"{str(e).splitlines()[0][:200]}") from None
+    finally:
+        model.train(was_training)
+    return Counts(counter.get_total_flops() // 2, count_params(model))
+
+
 def first_conv_in_channels(model: nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):

@@ -18,12 +18,17 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from .autobot import AutoBotCriterion
 from .blocks import Block, get_module, remove_blocks
 from .errors import DwrpruneError
 
 
 class ChannelCriterion(Protocol):
+    """Scores every channel of a Torch-Pruning group (higher = keep).  ``needs``: the data it
+    must be given (``"train"``: a training loader), empty for data-free criteria."""
+
     name: str
+    needs: frozenset[str]
 
     def group_scores(self, group, dg) -> Tensor: ...
 
@@ -32,6 +37,7 @@ class _TPImportance:
     """A channel criterion backed by a Torch-Pruning importance estimator."""
 
     name = "base"
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, importance):
         self.importance = importance
@@ -82,6 +88,7 @@ class Taylor(_TPImportance):
     """First-order Taylor importance |w * dL/dw| summed per channel (Molchanov et al.)."""
 
     name = "taylor"
+    needs = frozenset({"train"})
 
     def __init__(self, loader: DataLoader | None = None, batches: int = 4):
         super().__init__(tp.importance.GroupTaylorImportance())
@@ -100,29 +107,26 @@ class Taylor(_TPImportance):
             F.cross_entropy(model(x.to(device)), y.to(device)).backward()
 
 
-CHANNEL_CRITERIA = {c.name: c for c in (L1, L2, BNScale, Taylor, Random)}
+CHANNEL_CRITERIA = {c.name: c for c in (L1, L2, BNScale, Taylor, Random, AutoBotCriterion)}
 
 
 def make_channel_criterion(name: str | ChannelCriterion, **kwargs) -> ChannelCriterion:
     """A channel criterion by name ('l1', 'l2', 'bn_scale', 'taylor', 'random') or as given."""
     if not isinstance(name, str):
         return name
-    if name == "autobot":
-        from .autobot import AutoBotCriterion
-
-        return AutoBotCriterion(**kwargs)
     if name not in CHANNEL_CRITERIA:
         raise DwrpruneError(f"unknown channel criterion {name!r}; available: "
-                            f"{', '.join(CHANNEL_CRITERIA)}, autobot")
+                            f"{', '.join(CHANNEL_CRITERIA)}")
     cls = CHANNEL_CRITERIA[name]
-    if cls is Taylor:
-        return cls(**kwargs)
-    return cls()
+    return cls(**kwargs) if cls.needs else cls()
 
 
 # ---------------------------------------------------------------------------- depth criteria
 class DepthCriterion(Protocol):
+    """Scores every removable block (higher = keep); ``needs`` as for channel criteria."""
+
     name: str
+    needs: frozenset[str]
 
     def block_scores(self, model: nn.Module, blocks: list[Block]) -> list[float]: ...
 
@@ -132,6 +136,7 @@ class WeightNormDepth:
     the block adds to the residual stream), else the mean |weight| of its last conv."""
 
     name = "weight_norm"
+    needs: frozenset[str] = frozenset()
 
     def block_scores(self, model: nn.Module, blocks: list[Block]) -> list[float]:
         scores = []
@@ -159,6 +164,7 @@ class LossIncreaseDepth:
     re-calibration (EagleEye) of both the intact and the reduced model."""
 
     name = "loss"
+    needs = frozenset({"train", "val"})
 
     def __init__(self, train_loader: DataLoader, val_loader: DataLoader,
                  recal_batches: int = 20, eval_batches: int = 10):
@@ -181,7 +187,7 @@ class LossIncreaseDepth:
         return scores
 
 
-DEPTH_CRITERIA = ("weight_norm", "loss")
+DEPTH_CRITERIA = {c.name: c for c in (WeightNormDepth, LossIncreaseDepth)}
 
 
 def make_depth_criterion(name: str | DepthCriterion, train_loader=None, val_loader=None,

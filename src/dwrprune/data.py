@@ -114,12 +114,32 @@ def _load_fashion_mnist(root: Path, train: bool) -> tuple[Tensor, Tensor]:
     return images.unsqueeze(1).contiguous(), labels.long()
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles only what a CIFAR batch holds: dicts, lists, bytes, numbers and numpy
+    arrays.  Any other global (``os.system``, ``builtins.eval``, ...) is refused, so a
+    crafted file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray",
+                                                          "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name} (a CIFAR batch holds "
+                                         "only arrays, lists, dicts and bytes)")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            d = _ArraysOnly(f, encoding="bytes").load()
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
         raise DwrpruneError(f"cannot read CIFAR batch file {path}: {e}") from None
+    if not isinstance(d, dict):
+        raise DwrpruneError(f"{path} is not a CIFAR batch (a {type(d).__name__}, not a dict)")
+    return d
 
 
 @lru_cache(maxsize=4)
@@ -218,6 +238,35 @@ def _tensor_source(name: str, data_dir, train: bool, **kw) -> tuple[Tensor, Tens
     return x, y, info
 
 
+def _read_image(path: str):
+    """PIL RGB image; a file that cannot be decoded is an error naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a bad file
+        raise DwrpruneError(f"image file {path} cannot be read ({type(e).__name__}); remove "
+                            "or replace it") from None
+
+
+def _check_images(paths: list[str], limit: int = 3) -> None:
+    """Every image file's header is readable (cheap: PIL reads only the header).  A corrupt
+    file stops the run at once, naming it, rather than an epoch later."""
+    from PIL import Image
+
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p):
+                pass
+        except Exception:  # noqa: BLE001
+            bad.append(p)
+    if bad:
+        raise DwrpruneError(f"{len(bad)} image file(s) cannot be read, e.g. "
+                            f"{', '.join(bad[:limit])}; remove or replace them")
+
+
 def _imagefolder(data_dir, train: bool, resolution: int | None, augment: bool):
     from torchvision.datasets import ImageFolder
 
@@ -237,9 +286,10 @@ def _imagefolder(data_dir, train: bool, resolution: int | None, augment: bool):
         steps += [v2.Resize(int(round(res * 256 / 224)), antialias=True), v2.CenterCrop(res)]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)]
     try:
-        ds = ImageFolder(str(root / sub), transform=v2.Compose(steps))
+        ds = ImageFolder(str(root / sub), transform=v2.Compose(steps), loader=_read_image)
     except (FileNotFoundError, OSError) as e:
         raise DwrpruneError(f"imagefolder {root / sub}: {e}") from None
+    _check_images([p for p, _ in ds.samples])
     info = DatasetInfo("imagefolder", len(ds.classes), 3, 224, info.mean, info.std)
     ds.info = info
     return ds
@@ -286,6 +336,9 @@ def create_dataset(
         ds = ImageTensorDataset(x, y, build_transform(info, resolution or info.resolution,
                                                       augment), info)
         n = len(y)
+    if ds.info.num_classes is not None and ds.info.num_classes < 2:
+        raise DwrpruneError(f"dataset {name!r} has {ds.info.num_classes} class; a classifier "
+                            "needs at least two (one class trains to a meaningless 100%)")
     if split in ("train", "val"):
         tr, va = split_indices(n, val_fraction, split_seed)
         ds = SubsetWithInfo(ds, (tr if split == "train" else va).tolist())

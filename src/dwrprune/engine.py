@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import load_torch, model_payload, save_torch
-from .errors import DwrpruneError
+from .errors import DwrpruneError, quote_error
+from .settings import check_same_settings
 
 
 @dataclass
@@ -201,12 +202,15 @@ def train(
     log: bool = True,
     desc: str = "train",
     device: str | torch.device | None = None,
+    checkpoint_every: int | None = 200,
 ) -> TrainResult:
     """Train ``model`` in place; returns per-epoch history.
 
     With ``checkpoint_dir``, writes ``last.pt`` (model + optimizer + schedule + history,
     atomically) after every epoch, and resumes from it if it is already there.  ``spec`` is
-    stored in the checkpoint so that ``last.pt`` is also a loadable model checkpoint.
+    stored in the checkpoint so that ``last.pt`` is also a loadable model checkpoint.  It is
+    also written every ``checkpoint_every`` steps inside an epoch, so a kill loses minutes
+    (a resumed epoch skips the batches it already trained on, in the same order).
     ``progress`` shows tqdm bars; ``log`` prints one summary line per epoch.  Training runs
     on ``device`` (default: :func:`compute_device`); the model is put back where it was.
 
@@ -215,11 +219,11 @@ def train(
     """
     with _on(compute_device(device), model, teacher):
         return _train(model, train_loader, config, val_loader, teacher, checkpoint_dir, spec,
-                      progress, log, desc)
+                      progress, log, desc, checkpoint_every)
 
 
 def _train(model, train_loader, config, val_loader, teacher, checkpoint_dir, spec, progress,
-           log, desc) -> TrainResult:
+           log, desc, checkpoint_every=None) -> TrainResult:
     config = config or TrainConfig()
     config.validate()
     if distributed.init():
@@ -247,23 +251,29 @@ def _train(model, train_loader, config, val_loader, teacher, checkpoint_dir, spe
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _lr_lambda(total, config.warmup_steps, config.min_lr_ratio))
     result = TrainResult()
-    start_epoch, step = 0, 0
+    start_epoch, step, partial = 0, 0, None
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     if ckpt_path is not None and ckpt_path.exists():
         state = load_torch(ckpt_path)
-        saved_cfg = state.get("train_config", {})
-        if saved_cfg != asdict(config):
-            raise DwrpruneError(
-                f"{ckpt_path} was written with a different training config; use a new "
-                f"--out folder or the same settings (saved: {saved_cfg})")
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        check_same_settings(state.get("train_config", {}), asdict(config), str(ckpt_path),
+                            "written", asdict(TrainConfig()), "use a new --out folder")
+        try:
+            model.load_state_dict(state["state_dict"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise DwrpruneError(f"{ckpt_path} does not belong to this model and training "
+                                f"({quote_error(e)}); use a new --out folder") from None
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+        partial = state.get("partial")  # a checkpoint written inside an epoch
+        if partial is not None:
+            start_epoch = int(partial["epoch"])
         result.history = list(state["history"])
         result.seconds = float(state.get("seconds", 0.0))
         if log:
-            tqdm.write(f"resumed from {ckpt_path} after epoch {start_epoch}")
+            where = (f"step {step} (epoch {start_epoch + 1}, batch {partial['batch']})"
+                     if partial else f"epoch {start_epoch}")
+            tqdm.write(f"resumed from {ckpt_path} after {where}")
 
     if teacher is not None:
         teacher.eval()
@@ -276,9 +286,15 @@ def _train(model, train_loader, config, val_loader, teacher, checkpoint_dir, spe
             train_loader.generator.manual_seed(config.seed * 100003 + epoch)
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
+        skip = 0
+        if partial is not None and epoch == start_epoch:
+            skip = int(partial["batch"])
+            loss_sum, correct, seen = partial["loss_sum"], partial["correct"], partial["seen"]
         bar = tqdm(train_loader, desc=f"{desc} {epoch + 1}/{n_epochs}", leave=False,
-                   disable=not progress, total=min(n_batches, total - step))
-        for x, y in bar:
+                   disable=not progress, total=min(n_batches, total - step + skip))
+        for batch, (x, y) in enumerate(bar):
+            if batch < skip:  # trained before the resume: same batches, same order
+                continue
             if step >= total:
                 break
             x, y = x.to(device), y.to(device)
@@ -302,6 +318,16 @@ def _train(model, train_loader, config, val_loader, teacher, checkpoint_dir, spe
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                             lr=f"{sched.get_last_lr()[0]:.3g}")
+            if (ckpt_path is not None and checkpoint_every and step % checkpoint_every == 0
+                    and batch + 1 < n_batches and step < total and distributed.is_main()):
+                payload = model_payload(model, spec or {}, {"history": result.history})
+                payload.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                               epoch=epoch - 1, step=step, history=result.history,
+                               seconds=result.seconds, train_config=asdict(config),
+                               partial={"epoch": epoch, "batch": batch + 1,
+                                        "loss_sum": loss_sum, "correct": correct,
+                                        "seen": seen})
+                save_torch(ckpt_path, payload)
         loss_sum, correct, seen = distributed.sum_across(loss_sum, correct, seen)
         row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                "train_acc": correct / max(seen, 1), "lr": sched.get_last_lr()[0]}

@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .checkpoint import save_json  # noqa: E402
+from .errors import DwrpruneError  # noqa: E402
+from .store import SampleStore  # noqa: E402
 
 _COLORS = {"original": "k", "chain": "tab:blue", "mixed": "tab:green", "holdout": "tab:red",
            "bn_recal": "tab:gray"}
@@ -109,12 +111,12 @@ def plot_acc_vs_macs(samples: list[dict], final: dict | None, path: Path) -> Non
 
 def write_report(run_dir: str | Path) -> dict:
     """Render whatever stages the run folder has finished."""
-    from .pipeline import Run
-
     run = Path(run_dir)
+    if not (run / "samples.sqlite").is_file():
+        raise DwrpruneError(f"{run} has no samples yet; run the collect stage first")
+    samples = SampleStore(run / "samples.sqlite").as_dicts()
     out = run / "report"
     out.mkdir(parents=True, exist_ok=True)
-    samples = Run(run).store().as_dicts()
     pred_body = _read(run, "predictor.json")
     pred = None
     if pred_body:

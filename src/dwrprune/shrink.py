@@ -1,87 +1,44 @@
 """Shrink a model to a (depth, width, resolution) point, and say exactly what that costs.
 
-``Shrinker(model)`` analyses a model once (removable blocks, block ranking, channel groups,
-per-layer geometry per resolution) and then answers two questions:
+``Shrinker(model)`` analyses a model once (:class:`dwrprune.analysis.Analysis`: removable
+blocks, channel groups, per-layer geometry per resolution), ranks its blocks with a depth
+criterion, and then answers two questions:
 
 * ``macs(d, w, r)`` -- the exact MACs of the model ``shrink`` would build, as arithmetic over
   cached per-layer records (no model is built), for the solver to call many times;
 * ``shrink(d, w, r)`` -- a physically smaller copy plus a JSON spec of what was kept.
 
-The input model is never modified.  Resolution is not a network change: the pruned model
-records its input side in the spec, and the data pipeline resizes images to it.
+How the width budget is spread over layers is a strategy object (:class:`UniformWidth`, or
+AutoBot's learned widths, :class:`dwrprune.autobot.AutoBotWidth`); criteria and strategies
+declare the data they need (:func:`data_needs`).  The input model is never modified.
+Resolution is not a network change: the pruned model records its input side in the spec, and
+the data pipeline resizes images to it.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 
-from .blocks import Block, remove_blocks, resolve_blocks
+from .analysis import Analysis, ShrinkResult
+from .autobot import AutoBotWidth
+from .blocks import Block, remove_blocks
+from .cost import count_macs
 from .costmath import check_fraction, kept_blocks, kept_channels, kept_resolution
-from .criteria import make_channel_criterion, make_depth_criterion
-from .errors import DwrpruneError
-from .surgery import (
-    PRUNABLE,
-    GroupInfo,
-    build_graph,
-    describe_groups,
-    layer_snapshot,
-    output_layer,
-    prune_width,
-    record_layer_changes,
+from .criteria import (
+    CHANNEL_CRITERIA,
+    DEPTH_CRITERIA,
+    make_channel_criterion,
+    make_depth_criterion,
 )
-
-
-@dataclass(frozen=True)
-class LayerGeom:
-    """One conv/linear layer at one resolution: what its MACs depend on."""
-
-    name: str
-    kind: str  # conv | linear
-    in_ch: int
-    out_ch: int
-    groups: int
-    kernel: int
-    positions: int  # output H*W for convs, rows for linear layers
-
-
-class ChannelCost:
-    """MACs of the conv and linear layers as a function of how many channels each coupled
-    group keeps.  One piece of arithmetic serves both cost models: with integer counts it is
-    the exact MACs of the physically pruned model (:meth:`Shrinker.macs`), with soft counts
-    (tensors) it is AutoBot's differentiable cost."""
-
-    def __init__(self, layers: list[LayerGeom], groups: list[GroupInfo]):
-        self.sizes = [g.size for g in groups]
-        terms: dict[tuple[str, str], list[tuple[int, int]]] = {}
-        for gi, info in enumerate(groups):
-            for name, side, factor in info.members:
-                terms.setdefault((name, side), []).append((gi, factor))
-        self.layers = [(g, terms.get((g.name, "in"), []), terms.get((g.name, "out"), []))
-                       for g in layers]
-
-    def __call__(self, counts=(), dropped: frozenset[str] | set[str] = frozenset()):
-        # float64 for tensors: a ResNet-50 costs ~1e9 MACs, beyond float32's exact integers
-        counts = [c.double() if isinstance(c, torch.Tensor) else c for c in counts]
-        total = 0
-        for g, ins, outs in self.layers:
-            if g.name in dropped:
-                continue
-            cin = g.in_ch - sum(f * (self.sizes[gi] - counts[gi]) for gi, f in ins)
-            cout = g.out_ch - sum(f * (self.sizes[gi] - counts[gi]) for gi, f in outs)
-            if g.groups > 1 and g.groups == g.in_ch == g.out_ch:  # depthwise: in = out = groups
-                cout, per_group = min(cin, cout), 1
-            else:  # every output needs (in / groups) * k_h * k_w products
-                per_group = cin // g.groups if isinstance(cin, int) else cin / g.groups
-            total = total + g.positions * g.kernel * per_group * cout
-        return total
+from .engine import recalibrate_batchnorm
+from .errors import DwrpruneError
+from .surgery import layer_snapshot, prune_width, record_layer_changes
 
 
 @dataclass
@@ -94,26 +51,6 @@ class Plan:
     resolution: int
     kept_blocks: int
     removed: list[Block] = field(default_factory=list)
-
-
-@dataclass
-class ShrinkResult:
-    model: nn.Module
-    spec: dict
-    macs: int
-    params: int
-
-
-def _model_spec(model: nn.Module, resolution: int | None, in_channels: int | None) -> dict:
-    spec = getattr(model, "dwrprune_spec", None)
-    if spec is not None:
-        return copy.deepcopy(spec)
-    from .checkpoint import make_spec
-    from .cost import first_conv_in_channels
-
-    if resolution is None:
-        raise DwrpruneError("a model without a dwrprune spec needs resolution=<input side>")
-    return make_spec(None, 0, in_channels or first_conv_in_channels(model), resolution)
 
 
 def _compose_arch(spec: dict, depth_only: dict, pruned: nn.Module,
@@ -138,17 +75,65 @@ def _compose_arch(spec: dict, depth_only: dict, pruned: nn.Module,
             "layers": record_layer_changes(reference, pruned)}
 
 
-class Shrinker:
+class WidthAllocation(Protocol):
+    """How a width fraction ``w`` becomes channel counts per layer.  ``apply`` prunes the
+    (depth-pruned) ``model`` in place or returns a new one; ``exact_cost``: the result costs
+    exactly what :meth:`Shrinker.macs` says (else at most that, measured afterwards)."""
+
+    name: str
+    needs: frozenset[str]
+    exact_cost: bool
+
+    def apply(self, model: nn.Module, shrinker: Shrinker, plan: Plan) -> nn.Module: ...
+
+
+class UniformWidth:
+    """Every coupled channel group keeps the same fraction ``w``, chosen by the criterion."""
+
+    name = "uniform"
+    needs: frozenset[str] = frozenset()
+    exact_cost = True
+
+    def apply(self, model: nn.Module, shrinker: Shrinker, plan: Plan) -> nn.Module:
+        prune_width(model, shrinker.example_input(shrinker.trace_resolution), plan.w,
+                    shrinker.channel_criterion, [shrinker.classifier_after(plan.removed)],
+                    shrinker.round_to)
+        return model
+
+
+WIDTH_ALLOCATIONS = {"uniform": UniformWidth, "autobot": AutoBotWidth}
+
+
+def _registered(kind: str, name, table: dict):
+    if not isinstance(name, str):
+        return type(name)
+    if name not in table:
+        raise DwrpruneError(f"unknown {kind} {name!r}; available: {', '.join(table)}")
+    return table[name]
+
+
+def data_needs(depth_criterion="weight_norm", channel_criterion="l1",
+               width_allocation="uniform") -> frozenset[str]:
+    """The data (``"train"``, ``"val"``) these criteria and this allocation need: the one
+    place that decides it (names or objects; unknown names are an error)."""
+    return frozenset().union(*(getattr(_registered(k, n, t), "needs", frozenset()) for k, n, t in (
+        ("depth criterion", depth_criterion, DEPTH_CRITERIA),
+        ("channel criterion", channel_criterion, CHANNEL_CRITERIA),
+        ("width allocation", width_allocation, WIDTH_ALLOCATIONS))))
+
+
+class Shrinker(Analysis):
     """Analyse ``model`` once; shrink it to any (d, w, r) and answer exact cost queries.
 
-    ``blocks``: removable block names (default: detected from the traced graph).
-    ``transitions``: also let depth pruning replace stage-transition blocks by their
-    projection shortcut.  ``depth_criterion`` / ``channel_criterion``: objects or names.
-    ``min_resolution``: the smallest input side allowed (default: the registry's minimum).
-    ``block_order``: a precomputed ranking of the removable blocks (least important first).
-    ``width_allocation``: "uniform" (every group keeps fraction w) or "autobot" (AutoBot
-    learns a per-layer allocation whose exact MACs do not exceed the uniform model's; the
-    cost query then returns that uniform bound, and the result reports its measured MACs).
+    Analysis options (``resolution``, ``in_channels``, ``blocks``, ``transitions``,
+    ``min_resolution``): see :class:`Analysis`.  ``depth_criterion`` / ``channel_criterion``:
+    objects or registered names; ``criterion_data``: ``{"train_loader": ..., "val_loader":
+    ...}`` for those that need data.  ``block_order``: a ranking computed earlier (least
+    important first), with ``block_order_criterion`` naming what ranked it (recorded in the
+    spec's provenance).  ``width_allocation``: a :class:`WidthAllocation` or "uniform" /
+    "autobot" (AutoBot learns per-layer widths whose exact MACs do not exceed the uniform
+    model's; the cost query then returns that uniform bound, and the result reports its
+    measured MACs).
     """
 
     def __init__(self, model: nn.Module, *, resolution: int | None = None,
@@ -156,58 +141,49 @@ class Shrinker:
                  transitions: bool = False, depth_criterion="weight_norm",
                  channel_criterion="l1", round_to: int | None = None,
                  min_resolution: int | None = None, criterion_data: dict | None = None,
-                 block_order: list[str] | None = None, width_allocation: str = "uniform",
-                 autobot_steps: int = 200):
-        self.model = model
-        self.spec = _model_spec(model, resolution, in_channels)
-        self.base_resolution = resolution or self.spec["input"]["resolution"]
-        self.in_channels = self.spec["model"]["in_channels"]
-        name = self.spec["model"]["name"]
-        if min_resolution is None:
-            from .models import get_entry
-
-            min_resolution = get_entry(name).min_resolution if name else 8
-        self.min_resolution = min_resolution
+                 block_order: list[str] | None = None, block_order_criterion: str | None = None,
+                 width_allocation="uniform", autobot_steps: int = 200):
+        super().__init__(model, resolution=resolution, in_channels=in_channels, blocks=blocks,
+                         transitions=transitions, min_resolution=min_resolution)
+        if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
+                                     or round_to < 1):
+            raise DwrpruneError(f"round_to must be a whole number >= 1, got {round_to!r}")
         self.round_to = round_to
         data = criterion_data or {}
-        if width_allocation not in ("uniform", "autobot"):
-            raise DwrpruneError(f"width_allocation must be 'uniform' or 'autobot', got "
-                                f"{width_allocation!r}")
-        if width_allocation == "autobot" and data.get("train_loader") is None:
-            raise DwrpruneError("width_allocation='autobot' needs training data "
-                                "(criterion_data={'train_loader': ...})")
-        self.width_allocation, self.autobot_steps = width_allocation, autobot_steps
-        self._autobot_loader = data.get("train_loader")
+        needs = data_needs(depth_criterion, channel_criterion, width_allocation)
+        self.width_allocation = width_allocation
+        if isinstance(width_allocation, str):
+            _registered("width allocation", width_allocation, WIDTH_ALLOCATIONS)
+            self.width_allocation = (UniformWidth() if width_allocation == "uniform" else
+                                     AutoBotWidth(self._loader(data, "autobot width allocation"),
+                                                  autobot_steps))
         self.depth_criterion = make_depth_criterion(depth_criterion, **data)
         self.channel_criterion = make_channel_criterion(
-            channel_criterion, **({"loader": data.get("train_loader")}
-                                  if channel_criterion in ("taylor", "autobot") else {}))
-        # Structure (blocks, channel groups) does not depend on the input size for registry
-        # models, which all end in adaptive pooling: trace them at a small input, which makes
-        # analysis and surgery of large-input models several times cheaper.  (Tracing at a
-        # size where a stage shrinks to 1x1 is fine: only channel structure is read.)
-        self.trace_resolution = (self.base_resolution if not name else
-                                 max(self.min_resolution, min(self.base_resolution, 32)))
-        x = self.example_input(self.trace_resolution)
-        self.blocks = resolve_blocks(model, x, blocks, transitions)
-        self.classifier = output_layer(model, x)
+            channel_criterion, **({"loader": self._loader(data, f"{channel_criterion} channel "
+                                                          "criterion")}
+                                  if "train" in needs and isinstance(channel_criterion, str)
+                                  and channel_criterion in ("taylor", "autobot") else {}))
         self._order: list[Block] | None = None
+        self.block_order_criterion = None
         if block_order is not None:  # a ranking computed earlier (saved with a run)
             by_name = {b.name: b for b in self.blocks}
             if sorted(block_order) != sorted(by_name):
                 raise DwrpruneError(f"block_order names {sorted(block_order)} but the model's "
                                     f"removable blocks are {sorted(by_name)}")
             self._order = [by_name[n] for n in block_order]
-        self._groups: list[GroupInfo] | None = None
-        self._geom: dict[int, tuple[list[LayerGeom], int]] = {}
-        self._meta: nn.Module | None = None
-        self._costs: dict[tuple[int, bool], ChannelCost] = {}
+            self.block_order_criterion = block_order_criterion
 
-    # ------------------------------------------------------------------------ analysis
-    def example_input(self, resolution: int | None = None) -> torch.Tensor:
-        res = resolution or self.base_resolution
-        device = next(self.model.parameters()).device
-        return torch.zeros(1, self.in_channels, res, res, device=device)
+    @staticmethod
+    def _loader(data: dict, who: str):
+        if data.get("train_loader") is None:
+            raise DwrpruneError(f"the {who} needs training data "
+                                "(criterion_data={'train_loader': ...}, or --data on the CLI)")
+        return data["train_loader"]
+
+    @property
+    def depth_criterion_name(self) -> str:
+        """What ranked the blocks: the saved ranking's criterion, else this criterion."""
+        return self.block_order_criterion or getattr(self.depth_criterion, "name", "?")
 
     def block_order(self) -> list[Block]:
         """Removable blocks, least important first (cached; computed by the criterion)."""
@@ -218,63 +194,6 @@ class Shrinker:
             self.block_scores = {self.blocks[i].name: float(scores[i]) for i in ranked}
         return self._order
 
-    def groups(self) -> list[GroupInfo]:
-        if self._groups is None:
-            probe = copy.deepcopy(self.model)
-            dg, groups = build_graph(probe, self.example_input(self.trace_resolution),
-                                     [self.classifier])
-            self._groups = describe_groups(probe, dg, groups)
-        return self._groups
-
-    def _meta_model(self) -> nn.Module:
-        """A weightless copy on the meta device: shapes and FLOPs without any arithmetic."""
-        if self._meta is None:
-            meta = copy.deepcopy(self.model).to("meta").eval()
-            for m in meta.modules():  # hooks someone attached (e.g. AutoBot's masks) stay out
-                m._forward_hooks.clear()
-                m._forward_pre_hooks.clear()
-            self._meta = meta
-        return self._meta
-
-    def geometry(self, resolution: int) -> tuple[list[LayerGeom], int]:
-        """Per-layer geometry at ``resolution`` and the MACs the formula does not model."""
-        if resolution not in self._geom:
-            model = self._meta_model()
-            layers: list[LayerGeom] = []
-
-            def hook(name):
-                def f(mod, args, out):
-                    if isinstance(mod, nn.Conv2d):
-                        layers.append(LayerGeom(name, "conv", mod.in_channels, mod.out_channels,
-                                                mod.groups, math.prod(mod.kernel_size),
-                                                out.shape[-1] * out.shape[-2]))
-                    else:
-                        layers.append(LayerGeom(name, "linear", mod.in_features,
-                                                mod.out_features, 1, 1,
-                                                out.numel() // out.shape[-1]))
-                return f
-
-            hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-                     if isinstance(m, PRUNABLE)]
-            counter = FlopCounterMode(display=False)
-            x = torch.zeros(1, self.in_channels, resolution, resolution, device="meta")
-            try:
-                with torch.no_grad(), counter:
-                    model(x)
-            finally:
-                for h in hooks:
-                    h.remove()
-            modelled = ChannelCost(layers, [])()
-            self._geom[resolution] = (layers, counter.get_total_flops() // 2 - modelled)
-        return self._geom[resolution]
-
-    def channel_cost(self, resolution: int, width_pruned: bool = True) -> ChannelCost:
-        """The MACs formula at ``resolution`` (over the channel groups if widths change)."""
-        key = (resolution, width_pruned)
-        if key not in self._costs:
-            self._costs[key] = ChannelCost(self.geometry(resolution)[0],
-                                           self.groups() if width_pruned else [])
-        return self._costs[key]
 
     # ------------------------------------------------------------------------ planning
     def plan(self, d: float, w: float, r: float) -> Plan:
@@ -332,25 +251,51 @@ class Shrinker:
         ``recalibrate``: a loader (or ``resolution -> loader``) of training images at the new
         resolution; BatchNorm statistics are re-estimated on ``recal_batches`` of them.
         """
-        from .cost import count_macs
-        from .engine import recalibrate_batchnorm
-
+        if isinstance(recal_batches, bool) or not isinstance(recal_batches, int) or \
+                recal_batches < 0:
+            raise DwrpruneError(f"recal_batches must be a whole number >= 0, got "
+                                f"{recal_batches!r}")
         plan = self.plan(d, w, r)
         model = copy.deepcopy(self.model)
         remove_blocks(model, plan.removed)
         depth_only = layer_snapshot(model)
-        try:
-            if self.width_allocation == "autobot" and plan.w < 1.0:
-                model = self._autobot_width(model, plan)
-            else:
-                prune_width(model, self.example_input(self.trace_resolution), plan.w,
-                            self.channel_criterion, [self._classifier_after(plan.removed)],
-                            self.round_to)
-        except DwrpruneError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise DwrpruneError(f"width pruning failed for {type(model).__name__} at "
-                                f"w={w:g}: {type(e).__name__}: {e}") from None
+        alloc = self.width_allocation
+        if plan.w < 1.0:
+            try:
+                model = alloc.apply(model, self, plan)
+            except DwrpruneError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise DwrpruneError(f"width pruning failed for {type(model).__name__} at "
+                                    f"w={w:g}: {type(e).__name__}: {e}") from None
+        spec = copy.deepcopy(self.spec)
+        spec["arch"] = self._arch(plan, depth_only, model)
+        spec["input"]["resolution"] = plan.resolution
+        recal = 0
+        if recalibrate is not None and recal_batches > 0:
+            loader = recalibrate(plan.resolution) if callable(recalibrate) else recalibrate
+            recalibrate_batchnorm(model, loader, recal_batches)
+            recal = min(recal_batches, len(loader))
+        spec["provenance"] = {
+            "depth_criterion": self.depth_criterion_name if plan.removed or
+            spec["arch"]["removed_blocks"] else None,
+            "channel_criterion": getattr(self.channel_criterion, "name", "?")
+            if spec["arch"]["point"]["w"] < 1.0 else None,
+            "width_allocation": alloc.name, "round_to": self.round_to,
+            "bn_recalibration_batches": recal}
+        model.eval()
+        model.dwrprune_spec = spec
+        # The cost query is exact by construction (tests compare it with FlopCounterMode);
+        # count directly only where the formula does not model every op.
+        exact_formula = not self.geometry(plan.resolution)[1] and (
+            alloc.exact_cost or plan.w >= 1.0)
+        macs = (self.macs(d, w, r) if exact_formula
+                else count_macs(model, plan.resolution, self.in_channels))
+        return ShrinkResult(model, spec, macs,
+                            sum(p.numel() for p in model.parameters()))
+
+    def _arch(self, plan: Plan, depth_only: dict, model: nn.Module) -> dict:
+        """The spec's ``arch``: what was removed and resized, relative to the original."""
         old = self.spec.get("arch") or {}
         old_point = old.get("point", {"d": 1.0, "w": 1.0, "r": 1.0})
         base_res = old.get("base_resolution", self.base_resolution)
@@ -366,7 +311,7 @@ class Shrinker:
             "width": {"w": old_point["w"] * plan.w,
                       "criterion": getattr(self.channel_criterion, "name", "?"),
                       "round_to": self.round_to},
-            "depth_criterion": getattr(self.depth_criterion, "name", "?"),
+            "depth_criterion": self.depth_criterion_name,
             **_compose_arch(self.spec, depth_only, model, plan.removed),
         }
         if not old:  # realised fractions: whole blocks and whole pixels
@@ -374,37 +319,9 @@ class Shrinker:
             arch["point"] = {"d": plan.kept_blocks / n if n else 1.0, "w": plan.w,
                              "r": plan.resolution / self.base_resolution}
         arch["requested"] = {"d": plan.d, "w": plan.w, "r": plan.r}
-        spec = copy.deepcopy(self.spec)
-        spec["arch"] = arch
-        spec["input"]["resolution"] = plan.resolution
-        if recalibrate is not None:
-            loader = recalibrate(plan.resolution) if callable(recalibrate) else recalibrate
-            recalibrate_batchnorm(model, loader, recal_batches)
-        model.eval()
-        model.dwrprune_spec = spec
-        # The cost query is exact by construction (tests compare it with FlopCounterMode);
-        # count directly only where the formula does not model every op.
-        exact_formula = (not self.geometry(plan.resolution)[1]
-                         and not (self.width_allocation == "autobot" and plan.w < 1.0))
-        macs = (self.macs(d, w, r) if exact_formula
-                else count_macs(model, plan.resolution, self.in_channels))
-        return ShrinkResult(model, spec, macs,
-                            sum(p.numel() for p in model.parameters()))
+        return arch
 
-    def _autobot_width(self, model: nn.Module, plan: Plan) -> nn.Module:
-        """AutoBot per-layer widths for the depth-pruned ``model``, at most as costly as
-        uniform width ``plan.w`` (exact MACs at the plan's resolution)."""
-        from .autobot import AutoBotConfig, learn_masks, prune_with_masks, select_channels
-
-        ratio = (self.macs(plan.d, plan.w, plan.r) / self.macs(plan.d, 1.0, plan.r))
-        model.dwrprune_spec = self.spec
-        shr = Shrinker(model, min_resolution=self.min_resolution)
-        bots, cost, target = learn_masks(model, self._autobot_loader, min(ratio, 0.999),
-                                         AutoBotConfig(steps=self.autobot_steps), shr,
-                                         progress=False)
-        return prune_with_masks(model, shr, bots, select_channels(bots, cost, target))
-
-    def _classifier_after(self, removed: list[Block]) -> str:
+    def classifier_after(self, removed: list[Block]) -> str:
         for b in removed:  # a transition's shortcut moves under "<block>.0"
             if b.shortcut and self.classifier.startswith(b.shortcut):
                 return b.name + ".0" + self.classifier[len(b.shortcut):]

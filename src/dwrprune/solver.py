@@ -60,6 +60,16 @@ class Solution:
                 "continuous": asdict(self.continuous), "best": asdict(self.best),
                 "runners_up": [asdict(c) for c in self.runners_up]}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Solution:
+        """The inverse of :meth:`to_dict` (what plan.json stores)."""
+        try:
+            return cls(d["budget"], d["base_macs"], ContinuousOptimum(**d["continuous"]),
+                       Candidate(**d["best"]), [Candidate(**c) for c in d["runners_up"]])
+        except (KeyError, TypeError) as e:
+            raise DwrpruneError(f"not a stored solution ({type(e).__name__}: {e}); re-run "
+                                "the plan stage") from None
+
 
 def _grad(f: Callable, x: np.ndarray, h: float = 1e-5) -> np.ndarray:
     g = np.zeros(3)

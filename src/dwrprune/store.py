@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .errors import DwrpruneError
+from .settings import check_same_settings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,20 +43,32 @@ CREATE TABLE IF NOT EXISTS samples (
 """
 
 
-def check_same_config(old: dict | None, new: dict, where: str,
-                      defaults: dict | None = None) -> None:
-    """Refuse to resume a collection with different settings, naming what differs.  A key
-    that an older run did not record counts as equal when the new value is its default
-    (the older code behaved that way)."""
-    if old is None or old == new:
-        return
-    old = {**{k: v for k, v in (defaults or {}).items() if k in new and k not in old}, **old}
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if not diff:
-        return
-    raise DwrpruneError(
-        f"run {where} was collected with a different config (differs in: {', '.join(diff)}); "
-        "resume with the same settings or use a new --out folder")
+_HELD: set[str] = set()  # locks this process holds (re-entrancy)
+
+
+def check_store_file(path: Path) -> None:
+    """An existing file is a store only if it is SQLite with our tables: a 0-byte or foreign
+    file is an error, never silently a new, empty store that would overwrite chain models."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise DwrpruneError(f"cannot read sample store {path}: {e.strerror}") from None
+    if head != b"SQLite format 3\x00":
+        what = "an empty file" if not head else "not an SQLite database"
+        raise DwrpruneError(f"{path} exists but is not a sample store ({what}); move it "
+                            "away, or use a new --out folder")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise DwrpruneError(f"{path} is not a usable sample store: {e}") from None
+    if not {"meta", "samples"} <= tables:
+        raise DwrpruneError(f"{path} is an SQLite database but not a dwrprune sample store "
+                            f"(tables: {sorted(tables)}); use a new --out folder")
 
 
 @dataclass
@@ -85,7 +98,13 @@ class SampleStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = self.path.exists()
+        if existed and not self.path.is_file():
+            raise DwrpruneError(f"{self.path} is not a file, so it cannot be a sample store")
+        if existed:  # whatever its size: an existing file must already be a store
+            check_store_file(self.path)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)  # autocommit + BEGIN
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -109,22 +128,41 @@ class SampleStore:
             raise DwrpruneError(
                 f"run store {self.path} was collected from a different model (fingerprint "
                 f"{old_fp[:12]} vs {fingerprint[:12]}); use a new --out folder")
-        check_same_config(old_cfg, config, str(self.path), defaults)
+        check_same_settings(old_cfg, config, f"run store {self.path}", "collected", defaults)
         self.set_meta("collect_config", config)
         self.set_meta("model_fingerprint", fingerprint)
 
     # ------------------------------------------------------------------ one writer
     @contextmanager
     def exclusive(self, wait: bool = False, on_wait=None) -> Iterator[None]:
-        """One collecting process per store.  A second one waits for the first (``wait``,
-        e.g. benchmark processes sharing a collection) or gets a clear error, instead of
-        computing the same jobs twice."""
+        """One collecting process per store (see :meth:`folder_lock`)."""
+        with self.folder_lock(self.path, wait, on_wait):
+            yield
+
+    @staticmethod
+    @contextmanager
+    def folder_lock(path: Path, wait: bool = False, on_wait=None,
+                    reentrant: bool = False) -> Iterator[None]:
+        """One working process per run folder: the advisory lock beside the store at
+        ``path`` (which need not exist yet).  A second process waits for the first
+        (``wait``, e.g. benchmark processes sharing a collection) or gets a clear error.
+        Taken with ``reentrant`` (as :meth:`dwrprune.pipeline.Run.lock` does), code running
+        under it in this process may take it again (a stage calling another)."""
         try:
             import fcntl
         except ImportError:  # no advisory locks on this platform: nothing to enforce
             yield
             return
-        with open(self.path.with_name(self.path.name + ".lock"), "a+") as f:
+        key = str(Path(path).resolve())
+        if key in _HELD:
+            yield
+            return
+        lock_path = Path(path).with_name(Path(path).name + ".lock")
+        try:
+            f = open(lock_path, "a+")  # noqa: SIM115 - closed in finally
+        except OSError as e:
+            raise DwrpruneError(f"cannot lock {lock_path.parent}: {e.strerror}") from None
+        try:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -132,19 +170,24 @@ class SampleStore:
                 holder = f.read().strip() or "another process"
                 if not wait:
                     raise DwrpruneError(
-                        f"{holder} is already collecting into {self.path.parent}; wait for it "
+                        f"{holder} is already working in {lock_path.parent}; wait for it "
                         "to finish, or use another --out folder") from None
                 if on_wait is not None:
-                    on_wait(f"waiting for {holder}, which is collecting into {self.path.parent}")
+                    on_wait(f"waiting for {holder}, which is working in {lock_path.parent}")
                 fcntl.flock(f, fcntl.LOCK_EX)
             f.seek(0)
             f.truncate()
             f.write(f"pid {os.getpid()}")
             f.flush()
+            if reentrant:
+                _HELD.add(key)
             try:
                 yield
             finally:
+                _HELD.discard(key)
                 fcntl.flock(f, fcntl.LOCK_UN)
+        finally:
+            f.close()
 
     # ------------------------------------------------------------------ samples
     def add(self, sample: Sample) -> None:

@@ -194,14 +194,102 @@ def record_layer_changes(before: nn.Module | dict, after: nn.Module) -> dict[str
     return changes
 
 
-def apply_layer_changes(model: nn.Module, changes: dict[str, dict]) -> None:
-    """Resize modules in place to recorded attributes and shapes (values come from load)."""
+_BLOCK_KINDS = ("residual", "transition", "plain")
+_POST_ACTS = ("relu", "relu6")
+
+
+def _module(model: nn.Module, name, what: str) -> nn.Module:
+    if not isinstance(name, str):
+        raise DwrpruneError(f"spec {what} must be a layer name, got {type(name).__name__}")
+    try:
+        return get_module(model, name)
+    except AttributeError:
+        raise DwrpruneError(f"spec {what} names layer {name!r}, which the model does not "
+                            "have") from None
+
+
+def _blocks_from_spec(model: nn.Module, records) -> list[Block]:
+    """The removed blocks a spec records, checked against the freshly built model."""
+    if not isinstance(records, list):
+        raise DwrpruneError("spec arch.removed_blocks must be a list")
+    blocks = []
+    for rec in records:
+        if not isinstance(rec, dict) or set(rec) - {"name", "kind", "members", "shortcut",
+                                                    "post"} or "name" not in rec:
+            raise DwrpruneError(f"spec arch.removed_blocks entry {str(rec)[:80]!r} is not a "
+                                "block record (name, kind, members, shortcut, post)")
+        if rec.get("kind") not in _BLOCK_KINDS:
+            raise DwrpruneError(f"spec block {rec['name']!r} has kind {rec.get('kind')!r}; "
+                                f"known: {', '.join(_BLOCK_KINDS)}")
+        members, post = rec.get("members", []), rec.get("post", [])
+        if not isinstance(members, list) or not isinstance(post, list) or any(
+                p not in _POST_ACTS for p in post):
+            raise DwrpruneError(f"spec block {rec['name']!r}: members must be layer names "
+                                f"and post one of {_POST_ACTS}")
+        _module(model, rec["name"], "arch.removed_blocks")
+        for m in members:
+            _module(model, m, f"block {rec['name']!r} member")
+        if rec.get("shortcut") is not None:
+            _module(model, rec["shortcut"], f"block {rec['name']!r} shortcut")
+        blocks.append(Block.from_dict(rec))
+    return blocks
+
+
+def _checked_size(v, limit: int, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= limit:
+        raise DwrpruneError(f"spec {where} = {v!r} must be a whole number in [1, {limit}] "
+                            "(a pruned layer is never larger than the original)")
+    return v
+
+
+def validate_layer_changes(model: nn.Module, changes) -> None:
+    """Only existing layers, only the attributes a pruned layer may change, only sizes
+    within the original's: a spec can never make dwrprune build an unexpected module or
+    allocate more than the original model holds."""
+    if not isinstance(changes, dict):
+        raise DwrpruneError("spec arch.layers must be a mapping of layer name to changes")
     for name, ch in changes.items():
-        try:
-            m = get_module(model, name)
-        except AttributeError:
-            raise DwrpruneError(
-                f"spec names layer {name!r}, which the model does not have") from None
+        m = _module(model, name, "arch.layers")
+        if not isinstance(ch, dict) or set(ch) - {"attrs", "shapes"}:
+            raise DwrpruneError(f"spec arch.layers[{name!r}] must hold only 'attrs' and "
+                                "'shapes' mappings")
+        attrs, shapes = ch.get("attrs", {}), ch.get("shapes", {})
+        if not isinstance(attrs, dict) or not isinstance(shapes, dict):
+            raise DwrpruneError(f"spec arch.layers[{name!r}]: attrs and shapes must be "
+                                "mappings")
+        own = _attrs(m)
+        for a, v in attrs.items():
+            if a not in own:
+                raise DwrpruneError(f"spec arch.layers[{name!r}] changes {a!r}, which is not "
+                                    f"a channel attribute of {type(m).__name__} "
+                                    f"(allowed: {sorted(own)})")
+            orig = own[a]
+            if isinstance(orig, list):
+                if not isinstance(v, list) or len(v) != len(orig):
+                    raise DwrpruneError(f"spec {name}.{a} must be a list of {len(orig)} sizes")
+                for x, o in zip(v, orig):
+                    _checked_size(x, o, f"{name}.{a}")
+            else:
+                _checked_size(v, orig, f"{name}.{a}")
+        tensors = _own_tensors(m)
+        for t, shape in shapes.items():
+            if t not in tensors:
+                raise DwrpruneError(f"spec arch.layers[{name!r}] resizes {t!r}, which "
+                                    f"{type(m).__name__} does not hold "
+                                    f"(tensors: {sorted(tensors)})")
+            orig = tuple(tensors[t].shape)
+            if not isinstance(shape, list) or len(shape) != len(orig):
+                raise DwrpruneError(f"spec shape of {name}.{t} must be a list of "
+                                    f"{len(orig)} sizes, got {str(shape)[:60]}")
+            for x, o in zip(shape, orig):
+                _checked_size(x, o, f"shape of {name}.{t}")
+
+
+def apply_layer_changes(model: nn.Module, changes: dict[str, dict]) -> None:
+    """Resize modules in place to recorded attributes and shapes (validated first)."""
+    validate_layer_changes(model, changes)
+    for name, ch in changes.items():
+        m = get_module(model, name)
         for a, v in ch.get("attrs", {}).items():
             setattr(m, a, tuple(v) if a == "normalized_shape" else v)
         for t, shape in ch.get("shapes", {}).items():
@@ -214,6 +302,7 @@ def apply_layer_changes(model: nn.Module, changes: dict[str, dict]) -> None:
 
 
 def apply_arch(model: nn.Module, arch: dict) -> None:
-    """Turn a freshly built model into the pruned architecture a spec describes."""
-    remove_blocks(model, [Block.from_dict(b) for b in arch.get("removed_blocks", [])])
+    """Turn a freshly built model into the pruned architecture a spec describes; every
+    record is checked against the model before anything changes."""
+    remove_blocks(model, _blocks_from_spec(model, arch.get("removed_blocks", [])))
     apply_layer_changes(model, arch.get("layers", {}))

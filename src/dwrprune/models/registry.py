@@ -8,24 +8,11 @@ Names of the form ``tv/NAME`` are resolved lazily to torchvision's classificatio
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from torch import nn
 
 from ..errors import DwrpruneError
-
-ModelFn = Callable[..., nn.Module]
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    fn: ModelFn
-    min_resolution: int
-    description: str = ""
-    tiny: bool = False
-
+from .entry import ModelEntry, ModelFn
+from .torchvision_models import torchvision_entry, torchvision_names
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
@@ -46,7 +33,6 @@ def list_models(include_torchvision: bool = False, include_tiny: bool = True) ->
     """Registered model names; with ``include_torchvision`` also every ``tv/NAME``."""
     names = sorted(n for n, e in _REGISTRY.items() if include_tiny or not e.tiny)
     if include_torchvision:
-        from .torchvision_models import torchvision_names
 
         names += [f"tv/{n}" for n in torchvision_names()]
     return names
@@ -57,7 +43,6 @@ def get_entry(name: str) -> ModelEntry:
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name.startswith("tv/"):
-        from .torchvision_models import torchvision_entry
 
         return torchvision_entry(name[3:])
     raise DwrpruneError(

@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from ..errors import DwrpruneError
-from .registry import ModelEntry
+from .entry import ModelEntry
 
 # Smallest input side that runs.  Fixed-size vision transformers accept only their own size.
 _MIN_RESOLUTION = {"inception_v3": 75, "googlenet": 32}

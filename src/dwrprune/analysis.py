@@ -1,0 +1,189 @@
+"""What a model is made of, independent of how it will be pruned.
+
+:class:`Analysis` traces a model once and caches what every cost query and every surgery
+needs: its removable blocks (:mod:`dwrprune.blocks`), its coupled channel groups
+(Torch-Pruning's dependency graph), its classifier, and per-layer geometry at each input
+resolution.  :class:`ChannelCost` turns that geometry into MACs as a function of how many
+channels each group keeps.  :class:`dwrprune.shrink.Shrinker` adds criteria and surgery on top;
+AutoBot uses the analysis alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .blocks import resolve_blocks
+from .cost import first_conv_in_channels
+from .errors import DwrpruneError
+from .spec import make_spec
+from .surgery import PRUNABLE, GroupInfo, build_graph, describe_groups, output_layer
+
+
+def model_spec(model: nn.Module, resolution: int | None, in_channels: int | None) -> dict:
+    """A copy of the model's spec dict, or a minimal one for a model without a spec."""
+    spec = getattr(model, "dwrprune_spec", None)
+    if spec is not None:
+        return copy.deepcopy(spec)
+    if resolution is None:
+        raise DwrpruneError(f"{type(model).__name__} has no dwrprune spec: pass "
+                            "resolution=<input side> (or example_inputs=)")
+    return make_spec(None, 0, in_channels or first_conv_in_channels(model), resolution)
+
+
+@dataclass(frozen=True)
+class LayerGeom:
+    """One conv/linear layer at one resolution: what its MACs depend on."""
+
+    name: str
+    kind: str  # conv | linear
+    in_ch: int
+    out_ch: int
+    groups: int
+    kernel: int
+    positions: int  # output H*W for convs, rows for linear layers
+
+
+class ChannelCost:
+    """MACs of the conv and linear layers as a function of how many channels each coupled
+    group keeps.  One piece of arithmetic serves both cost models: with integer counts it is
+    the exact MACs of the physically pruned model (:meth:`Shrinker.macs`), with soft counts
+    (tensors) it is AutoBot's differentiable cost."""
+
+    def __init__(self, layers: list[LayerGeom], groups: list[GroupInfo]):
+        self.sizes = [g.size for g in groups]
+        terms: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        for gi, info in enumerate(groups):
+            for name, side, factor in info.members:
+                terms.setdefault((name, side), []).append((gi, factor))
+        self.layers = [(g, terms.get((g.name, "in"), []), terms.get((g.name, "out"), []))
+                       for g in layers]
+
+    def __call__(self, counts=(), dropped: frozenset[str] | set[str] = frozenset()):
+        # float64 for tensors: a ResNet-50 costs ~1e9 MACs, beyond float32's exact integers
+        counts = [c.double() if isinstance(c, torch.Tensor) else c for c in counts]
+        total = 0
+        for g, ins, outs in self.layers:
+            if g.name in dropped:
+                continue
+            cin = g.in_ch - sum(f * (self.sizes[gi] - counts[gi]) for gi, f in ins)
+            cout = g.out_ch - sum(f * (self.sizes[gi] - counts[gi]) for gi, f in outs)
+            if g.groups > 1 and g.groups == g.in_ch == g.out_ch:  # depthwise: in = out = groups
+                cout, per_group = min(cin, cout), 1
+            else:  # every output needs (in / groups) * k_h * k_w products
+                per_group = cin // g.groups if isinstance(cin, int) else cin / g.groups
+            total = total + g.positions * g.kernel * per_group * cout
+        return total
+
+
+@dataclass
+class ShrinkResult:
+    model: nn.Module
+    spec: dict
+    macs: int
+    params: int
+
+
+class Analysis:
+    """Trace ``model`` once: removable blocks, channel groups, classifier, layer geometry.
+
+    ``blocks``: removable block names (default: detected from the traced graph).
+    ``transitions``: also count stage-transition blocks (replaced by their projection
+    shortcut when removed).  ``min_resolution``: the smallest input side allowed (default:
+    the registry's minimum for registered models, else 8).
+    """
+
+    def __init__(self, model: nn.Module, *, resolution: int | None = None,
+                 in_channels: int | None = None, blocks: list[str] | None = None,
+                 transitions: bool = False, min_resolution: int | None = None):
+        self.model = model
+        self.spec = model_spec(model, resolution, in_channels)
+        self.base_resolution = resolution or self.spec["input"]["resolution"]
+        self.in_channels = self.spec["model"]["in_channels"]
+        name = self.spec["model"]["name"]
+        if min_resolution is None:
+            from .models import get_entry
+
+            min_resolution = get_entry(name).min_resolution if name else 8
+        self.min_resolution = min_resolution
+        # Structure (blocks, channel groups) does not depend on the input size for registry
+        # models, which all end in adaptive pooling: trace them at a small input, which makes
+        # analysis and surgery of large-input models several times cheaper.  (Tracing at a
+        # size where a stage shrinks to 1x1 is fine: only channel structure is read.)
+        self.trace_resolution = (self.base_resolution if not name else
+                                 max(self.min_resolution, min(self.base_resolution, 32)))
+        x = self.example_input(self.trace_resolution)
+        self.blocks = resolve_blocks(model, x, blocks, transitions)
+        self.classifier = output_layer(model, x)
+        self._groups: list[GroupInfo] | None = None
+        self._geom: dict[int, tuple[list[LayerGeom], int]] = {}
+        self._meta: nn.Module | None = None
+        self._costs: dict[tuple[int, bool], ChannelCost] = {}
+
+    def example_input(self, resolution: int | None = None) -> torch.Tensor:
+        res = resolution or self.base_resolution
+        device = next(self.model.parameters()).device
+        return torch.zeros(1, self.in_channels, res, res, device=device)
+
+    def groups(self) -> list[GroupInfo]:
+        if self._groups is None:
+            probe = copy.deepcopy(self.model)
+            dg, groups = build_graph(probe, self.example_input(self.trace_resolution),
+                                     [self.classifier])
+            self._groups = describe_groups(probe, dg, groups)
+        return self._groups
+
+    def _meta_model(self) -> nn.Module:
+        """A weightless copy on the meta device: shapes and FLOPs without any arithmetic."""
+        if self._meta is None:
+            meta = copy.deepcopy(self.model).to("meta").eval()
+            for m in meta.modules():  # hooks someone attached (e.g. AutoBot's masks) stay out
+                m._forward_hooks.clear()
+                m._forward_pre_hooks.clear()
+            self._meta = meta
+        return self._meta
+
+    def geometry(self, resolution: int) -> tuple[list[LayerGeom], int]:
+        """Per-layer geometry at ``resolution`` and the MACs the formula does not model."""
+        if resolution not in self._geom:
+            model = self._meta_model()
+            layers: list[LayerGeom] = []
+
+            def hook(name):
+                def f(mod, args, out):
+                    if isinstance(mod, nn.Conv2d):
+                        layers.append(LayerGeom(name, "conv", mod.in_channels, mod.out_channels,
+                                                mod.groups, math.prod(mod.kernel_size),
+                                                out.shape[-1] * out.shape[-2]))
+                    else:
+                        layers.append(LayerGeom(name, "linear", mod.in_features,
+                                                mod.out_features, 1, 1,
+                                                out.numel() // out.shape[-1]))
+                return f
+
+            hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+                     if isinstance(m, PRUNABLE)]
+            counter = FlopCounterMode(display=False)
+            x = torch.zeros(1, self.in_channels, resolution, resolution, device="meta")
+            try:
+                with torch.no_grad(), counter:
+                    model(x)
+            finally:
+                for h in hooks:
+                    h.remove()
+            modelled = ChannelCost(layers, [])()
+            self._geom[resolution] = (layers, counter.get_total_flops() // 2 - modelled)
+        return self._geom[resolution]
+
+    def channel_cost(self, resolution: int, width_pruned: bool = True) -> ChannelCost:
+        """The MACs formula at ``resolution`` (over the channel groups if widths change)."""
+        key = (resolution, width_pruned)
+        if key not in self._costs:
+            self._costs[key] = ChannelCost(self.geometry(resolution)[0],
+                                           self.groups() if width_pruned else [])
+        return self._costs[key]

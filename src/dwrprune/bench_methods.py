@@ -1,0 +1,222 @@
+"""The methods the benchmark compares: each turns (original model, budget) into a pruned
+model at or just under the budget (exact MACs), or says it is infeasible."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from .cost import count_macs
+from .engine import recalibrate_batchnorm
+from .pipeline import (
+    DataSource,
+    PipelineConfig,
+    Run,
+    build_shrinker,
+    collect,
+    fit_samples,
+    run_shrinker,
+    solve_budget,
+)
+from .shrink import Shrinker
+from .surgery import record_layer_changes
+
+
+class Infeasible(Exception):
+    """The method cannot reach the budget (e.g. depth alone, with every block removed)."""
+
+
+@dataclass
+class Pruned:
+    model: nn.Module  # carries ``spec`` as ``model.dwrprune_spec``
+    spec: dict
+    note: str = ""
+    collection_seconds: float = 0.0  # compute spent on samples (summed from the store)
+    prepare_seconds: float = 0.0  # spent in the driver before the job (3d: the solver)
+
+
+class Method(Protocol):
+    name: str
+
+    def prune(self, model: nn.Module, budget: float, seed: int, ctx: BenchContext) -> Pruned: ...
+
+
+@dataclass
+class BenchContext:
+    data: DataSource
+    out: Path
+    pipeline: PipelineConfig
+    recal_batches: int = 20
+    progress: bool = False
+    prepared: dict = field(default_factory=dict)  # what Method.prepare computed, per job
+
+    def shrinker(self, model: nn.Module) -> Shrinker:
+        """The one-axis methods' shrinker: the pipeline's options (criteria, round_to, width
+        allocation, transitions), with blocks ranked data-free by weight norm, as the
+        committed benchmark was run."""
+        return build_shrinker(model, self.pipeline.replace(depth_criterion="weight_norm"),
+                              self.data)
+
+    def recal(self, res: int):
+        return self.data.loader("train", res, shuffle=True)
+
+
+def _largest_under(values: list[float], fits) -> float:
+    """The largest value (values ascending) for which ``fits`` holds; bisection."""
+    lo, hi = 0, len(values) - 1
+    if not fits(values[lo]):
+        raise Infeasible
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(values[mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return values[lo]
+
+
+class OneAxis:
+    """Prune one axis only, to the largest realisable setting under the budget."""
+
+    def __init__(self, axis: str):
+        self.axis = axis
+        self.name = {"d": "depth-only", "w": "width-only", "r": "resolution-only"}[axis]
+
+    def prune(self, model, budget, seed, ctx) -> Pruned:
+        shr = ctx.shrinker(model)
+        limit = budget * shr.macs(1, 1, 1)
+        if self.axis == "d":
+            n = len(shr.blocks)
+            if n == 0:
+                raise Infeasible
+            val = _largest_under([k / n for k in range(0, n + 1) if k / n > 0] or [1.0],
+                                 lambda d: shr.macs(d, 1, 1) <= limit)
+            point = (val, 1.0, 1.0)
+        elif self.axis == "r":
+            base = shr.base_resolution
+            pxs = list(range(shr.min_resolution, base + 1))
+            val = _largest_under([p / base for p in pxs], lambda r: shr.macs(1, 1, r) <= limit)
+            point = (1.0, 1.0, val)
+        else:
+            ws = [i / 1000 for i in range(1, 1001)]
+            val = _largest_under(ws, lambda w: shr.macs(1, w, 1) <= limit)
+            point = (1.0, val, 1.0)
+        if shr.macs(*point) > limit:  # d: even zero kept blocks may not fit
+            raise Infeasible
+        out = shr.shrink(*point, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
+        return Pruned(out.model, out.spec, f"{self.axis}={val:.3f}")
+
+
+class ThreeD:
+    """The full pipeline.  :meth:`prepare` runs in the driver: one collection per seed
+    (its jobs on the benchmark's executor, shared by all budgets), the MAP fit and the
+    solver; :meth:`prune` then only shrinks to the chosen point, wherever it runs."""
+
+    name = "3d"
+
+    def prepare(self, model, todo: list[tuple[float, int]], ctx, executor) -> None:
+        for seed in sorted({s for _, s in todo}):
+            cfg = ctx.pipeline.replace(seed=seed)
+            run = Run(ctx.out / "3d" / f"seed{seed}")
+            store = collect(model, ctx.data, cfg, run.path, progress=ctx.progress,
+                            executor=executor, wait_for_lock=True)  # shared by processes
+            collection = sum(s.seconds for s in store.samples())
+            pred, _ = fit_samples(store, cfg)
+            shr = run_shrinker(run, model, cfg)  # cost queries, with the saved ranking
+            order = run.block_ranking()
+            for budget in sorted({b for b, s in todo if s == seed}):
+                t0 = time.perf_counter()
+                sol = solve_budget(pred, shr, budget, cfg.lower_bounds)
+                ctx.prepared[(self.name, budget, seed)] = {
+                    "point": (sol.best.d, sol.best.w, sol.best.r),
+                    "block_order": order, "collection_seconds": collection,
+                    "solve_seconds": time.perf_counter() - t0}
+
+    def prune(self, model, budget, seed, ctx) -> Pruned:
+        p = ctx.prepared[(self.name, budget, seed)]
+        cfg = ctx.pipeline.replace(seed=seed)
+        order, criterion = p["block_order"]
+        shr = build_shrinker(model, cfg, ctx.data, block_order=order,
+                             block_order_criterion=criterion)
+        d, w, r = p["point"]
+        out = shr.shrink(d, w, r, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
+        return Pruned(out.model, out.spec, f"d={d:.3f} w={w:.3f} r={r:.3f}",
+                      p["collection_seconds"], p["solve_seconds"])
+
+
+class TorchPruningGlobal:
+    """Torch-Pruning's recommended recipe for a MACs target: MetaPruner with global
+    group-magnitude (L2) importance, stepped iteratively until MACs fall under the target."""
+
+    name = "torch-pruning"
+
+    def __init__(self, steps: int = 200, max_ratio: float = 0.95):
+        self.steps, self.max_ratio = steps, max_ratio
+
+    def prune(self, model, budget, seed, ctx) -> Pruned:
+        import warnings
+
+        import torch_pruning as tp
+
+        from .surgery import output_layer
+
+        spec = copy.deepcopy(model.dwrprune_spec)
+        res, in_ch = spec["input"]["resolution"], spec["model"]["in_channels"]
+        m = copy.deepcopy(model).eval()
+        x = torch.zeros(1, in_ch, res, res)
+        limit = budget * count_macs(m, res, in_ch)
+        classifier = m.get_submodule(output_layer(m, x))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pruner = tp.pruner.MetaPruner(
+                m, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                global_pruning=True, pruning_ratio=self.max_ratio,
+                iterative_steps=self.steps, ignored_layers=[classifier])
+            for _ in range(self.steps):
+                pruner.step()
+                if count_macs(m, res, in_ch) <= limit:
+                    break
+            else:
+                raise Infeasible
+        from .models import create_model
+
+        fresh = create_model(spec["model"]["name"], num_classes=spec["model"]["num_classes"],
+                             in_channels=in_ch)
+        spec["arch"] = {"method": "torch-pruning", "removed_blocks": [],
+                        "layers": record_layer_changes(fresh, m)}
+        recalibrate_batchnorm(m, ctx.recal(res), ctx.recal_batches)
+        m.dwrprune_spec = spec
+        return Pruned(m.eval(), spec, f"{pruner.current_step} steps")
+
+
+class AutoBotMethod:
+    """AutoBot's learned per-layer width allocation to the MACs budget."""
+
+    name = "autobot"
+
+    def __init__(self, steps: int = 200):
+        self.steps = steps
+
+    def prune(self, model, budget, seed, ctx) -> Pruned:
+        from .autobot import AutoBotConfig, autobot_prune
+
+        res = model.dwrprune_spec["input"]["resolution"]
+        loader = ctx.data.loader("train", res, shuffle=True, seed=seed)
+        out = autobot_prune(model, loader, budget,
+                            AutoBotConfig(steps=min(self.steps, 10 * len(loader)), seed=seed),
+                            progress=False, recal_loader=ctx.recal(res),
+                            recal_batches=ctx.recal_batches)
+        return Pruned(out.model, out.spec, f"{len(out.spec['arch']['kept_per_group'])} groups")
+
+
+METHODS: dict[str, Method] = {
+    "3d": ThreeD(), "width-only": OneAxis("w"), "depth-only": OneAxis("d"),
+    "resolution-only": OneAxis("r"), "torch-pruning": TorchPruningGlobal(),
+    "autobot": AutoBotMethod(),
+}

@@ -1,0 +1,148 @@
+"""What every subcommand shares: the command registry, the one-line-error parser, option
+types with ranges, and the data / checkpoint / progress options."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from .. import distributed
+from ..errors import DwrpruneError
+
+_COMMANDS: dict[str, tuple[Callable, Callable, str, tuple[str, ...]]] = {}
+
+
+def command(name: str, help: str, add: Callable = lambda p: None,
+            required: tuple[str, ...] = ()):
+    """Register ``fn(args)`` as subcommand ``name``; ``add(parser)`` adds its options;
+    ``required``: options that must come from the command line or the YAML file."""
+
+    def wrap(fn):
+        _COMMANDS[name] = (fn, add, help, required)
+        return fn
+
+    return wrap
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message: str):
+        raise DwrpruneError(message)
+
+
+# ---------------------------------------------------------------------------- option types
+def _ranged(kind, low=None, what=""):
+    def parse(text):
+        try:
+            v = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got "
+                                             f"{text!r}") from None
+        if low is not None and v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    parse.__name__ = what or kind.__name__
+    return parse
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated whole numbers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected numbers >= 1, got {text!r}")
+    return vals
+
+
+def _points(text: str) -> list[list[float]]:
+    pts = [_floats(p) for p in str(text).split(";") if p.strip()]
+    if any(len(p) != 3 for p in pts):
+        raise argparse.ArgumentTypeError(f"expected 'd,w,r;d,w,r;...', got {text!r}")
+    return pts
+
+
+def _opt(kind):
+    def parse(text: str):
+        return None if str(text).lower() in ("none", "") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_FIELD_TYPES = {"list[float]": _floats, "list[list[float]]": _points,
+                "list[float] | None": _opt(_floats),
+                "list[str]": lambda t: [x for x in str(t).split(",") if x],
+                "int": int, "float": float, "str": str, "int | None": _opt(int),
+                "float | None": _opt(float), "str | None": _opt(str)}
+POS, NONNEG = _ranged(int, 1, "a whole number >= 1"), _ranged(int, 0, "a whole number >= 0")
+
+
+# ---------------------------------------------------------------------------- shared options
+def add_data_args(p, default: str | None = "fashion-mnist") -> None:
+    p.add_argument("--data", default=default, help="dataset name (fashion-mnist, cifar10, "
+                   "cifar100, imagefolder, synthetic)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: Debian's "
+                   "/usr/share/datasets/fashion-mnist for fashion-mnist)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the training set held out for validation")
+    p.add_argument("--batch-size", type=POS, default=128)
+    p.add_argument("--workers", type=NONNEG, default=0, help="DataLoader worker processes")
+
+
+def data_source(args):
+    from ..pipeline import DatasetSource
+
+    if not 0.0 < args.val_fraction < 1.0:
+        raise DwrpruneError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    return DatasetSource(args.data, args.data_dir, args.val_fraction, args.batch_size,
+                         args.workers)
+
+
+def add_checkpoint_arg(p) -> None:
+    from ..pretrained import DEFAULT
+
+    p.add_argument("--checkpoint", default=DEFAULT,
+                   help=f"model checkpoint path, or a bundled name (default: {DEFAULT})")
+
+
+def add_progress_arg(p) -> None:
+    p.add_argument("--progress", default="auto", choices=["auto", "always", "never"],
+                   help="progress bars: auto = only on a terminal (one line per stage or "
+                        "epoch in a log file)")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const="never")
+
+
+def progress(args) -> bool:
+    from ..progress import resolve_progress
+
+    return resolve_progress(args.progress) and distributed.is_main()
+
+
+def checkpoint_path(name):
+    from ..pretrained import resolve
+
+    return resolve(name)
+
+
+def print_cost_table(rows) -> None:
+    from ..cost import format_count
+
+    print(f"{'':10s} {'MACs':>12s} {'params':>12s} {'res':>5s} {'lat b1 ms':>10s} "
+          f"{'lat b64 ms':>11s}")
+    for label, rep in rows:
+        lat = {x.batch_size: x.median_ms for x in rep.latency}
+        print(f"{label:10s} {format_count(rep.macs):>12s} {format_count(rep.params):>12s} "
+              f"{rep.resolution:5d} {lat.get(1, float('nan')):10.2f} "
+              f"{lat.get(64, float('nan')):11.2f}")
+
+

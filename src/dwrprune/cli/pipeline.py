@@ -1,0 +1,179 @@
+"""Subcommands on a run folder: prune (everything), collect, fit, plan, finetune, report."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import distributed
+from .options import (
+    _FIELD_TYPES,
+    _floats,
+    add_checkpoint_arg,
+    add_progress_arg,
+    checkpoint_path,
+    command,
+    progress,
+)
+
+
+# ---------------------------------------------------------------------------- pipeline
+def add_pipeline_args(p, only: tuple[str, ...] | None = None) -> None:
+    """One option per PipelineConfig field (default None: 'not given, use config/preset')."""
+    from dataclasses import fields
+
+    from ..pipeline import PipelineConfig
+    from ..pipeline.config import field_defaults
+
+    defaults = field_defaults()
+    for f in fields(PipelineConfig):
+        if only is not None and f.name not in only:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f"{f.metadata.get('help', '')} (default {defaults[f.name]})".strip()
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=help_)
+        else:
+            p.add_argument(flag, type=_FIELD_TYPES[f.type], default=None, help=help_)
+
+
+def _overrides(args) -> dict:
+    from dataclasses import fields
+
+    from ..pipeline import PipelineConfig
+
+    return {f.name: getattr(args, f.name) for f in fields(PipelineConfig)
+            if getattr(args, f.name, None) is not None}
+
+
+def _start(args):
+    """Config (defaults < preset < YAML < CLI) validated, model loaded, data checked, run
+    folder checked and its config written: all before any work."""
+    from ..checkpoint import load
+    from ..pipeline import DatasetSource, resolve_config, start_run
+
+    cfg = resolve_config(args.preset, **_overrides(args))
+    model = load(checkpoint_path(args.checkpoint))
+    data = DatasetSource.from_config(cfg)
+    run = start_run(model, data, cfg, args.out, str(args.checkpoint))
+    return cfg, model, data, run
+
+
+def _run_args(stage_fields: tuple[str, ...] | None = None, extra=None):
+    def add(p):
+        p.add_argument("--run", "--run-dir", dest="run",
+                       help="run folder (made by prune or collect); under torchrun spell it "
+                            "--run-dir, which torchrun's own --run-path does not swallow")
+        if stage_fields:
+            add_pipeline_args(p, only=stage_fields)
+        if extra:
+            extra(p)
+    return add
+
+
+def _prune_args(p):
+    add_checkpoint_arg(p)
+    p.add_argument("--out", help="run folder (resumes if it exists)")
+    p.add_argument("--preset", default=None, choices=["quick", "full"])
+    add_progress_arg(p)
+    add_pipeline_args(p)
+
+
+def _print_final(res: dict, run_path) -> None:
+    print(f"chosen point: d={res['point']['d']:.3f} w={res['point']['w']:.3f} "
+          f"r={res['point']['r']:.3f} ({res['point']['resolution']}px), removed blocks: "
+          f"{', '.join(res['removed_blocks']) or 'none'}")
+    print(f"MACs {res['original_macs'] / 1e6:.2f}M -> {res['macs'] / 1e6:.2f}M "
+          f"({100 * res['macs_ratio']:.1f}%), params {res['original_params'] / 1e3:.1f}K -> "
+          f"{res['params'] / 1e3:.1f}K, latency b1 {res['original_latency_ms']['1']:.2f} -> "
+          f"{res['latency_ms']['1']:.2f} ms")
+    print(f"test accuracy {100 * res['original_test_acc']:.2f}% -> {100 * res['test_acc']:.2f}% "
+          f"(val: predicted {100 * res['predicted_val_acc']:.2f}%, measured "
+          f"{100 * res['val_acc']:.2f}%)")
+    print(f"report: {run_path}/report/report.md; model: {run_path}/final/model.pt")
+
+
+@command("prune", "the whole pipeline: collect, fit, plan, fine-tune, report", _prune_args,
+         ("out",))
+def cmd_prune(args) -> int:
+    from ..checkpoint import load
+    from ..pipeline import prune, resolve_config
+
+    cfg = resolve_config(args.preset, **_overrides(args))
+    result = prune(load(checkpoint_path(args.checkpoint)), None, cfg, args.out,
+                   checkpoint=str(args.checkpoint), progress=progress(args))
+    _print_final(result.report, result.run.path)
+    return 0
+
+
+@command("collect", "stage 1: collect (d, w, r, accuracy) samples (resumable)", _prune_args,
+         ("out",))
+def cmd_collect(args) -> int:
+    from ..pipeline import collect
+
+    cfg, model, data, run = _start(args)
+    store = collect(model, data, cfg, run.path, progress=progress(args))
+    print(f"{len(store.samples())} samples in {store.path}")
+    return 0
+
+
+@command("fit", "stage 2: fit the accuracy predictor on a run's samples",
+         _run_args(("families", "max_degree", "max_rank", "monotone", "fit_bn_samples")),
+         ("run",))
+def cmd_fit(args) -> int:
+    from ..pipeline import Run, fit_run
+
+    run = Run(args.run)
+    cfg, _ = run.load_config(**_overrides(args))
+    pred, holdout = fit_run(run, cfg)
+    print(f"predictor {pred.poly.name()}: LOO RMSE {100 * pred.loo_rmse:.2f} points, "
+          f"MAE {100 * pred.loo_mae:.2f}; monotone: {pred.monotone_report['monotone']}")
+    if holdout.get("count"):
+        print(f"held-out mixed points ({holdout['count']}): MAE {100 * holdout['mae']:.2f} "
+              "points")
+    return 0
+
+
+@command("plan", "stage 3: choose (d, w, r) for one or more budgets",
+         _run_args(("lower_bounds",), lambda p: p.add_argument(
+             "--budgets", type=_floats, default=None,
+             help="comma-separated budgets (default: the run's budget)")), ("run",))
+def cmd_plan(args) -> int:
+    from ..cost import format_count
+    from ..pipeline import open_run, plan_run, run_shrinker
+
+    cfg, model, _, run = open_run(args.run, **_overrides(args))
+    rows = plan_run(run, run_shrinker(run, model, cfg), cfg, args.budgets)
+    print(f"{'budget':>7s} {'d*':>6s} {'w*':>6s} {'r*':>6s} {'px':>4s} {'MACs':>10s} "
+          f"{'ratio':>6s} {'params':>9s} {'pred acc':>9s}")
+    for row in rows:
+        x = row["solution"].best
+        print(f"{row['budget']:7.3f} {x.d:6.3f} {x.w:6.3f} {x.r:6.3f} {x.resolution:4d} "
+              f"{format_count(x.macs):>10s} {x.macs_ratio:6.3f} "
+              f"{format_count(row['params']):>9s} {100 * x.predicted:8.2f}%")
+    return 0
+
+
+@command("finetune", "stage 4: prune to the planned point, fine-tune, test once",
+         _run_args(("final_epochs", "final_lr", "final_subset", "distill", "label_smoothing"),
+                   add_progress_arg), ("run",))
+def cmd_finetune(args) -> int:
+    from ..pipeline import final_stage, open_run
+
+    cfg, model, data, run = open_run(args.run, **_overrides(args))
+    res = final_stage(model, data, cfg, run, progress(args))
+    if distributed.is_main():
+        _print_final(res, run.path)
+    return 0
+
+
+@command("report", "stage 5: write the run's report (JSON, Markdown, plots)", _run_args(),
+         ("run",))
+def cmd_report(args) -> int:
+    from ..report import write_report
+
+    write_report(args.run)
+    print(f"wrote {args.run}/report/report.md")
+    return 0
+
+

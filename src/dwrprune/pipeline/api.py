@@ -1,0 +1,180 @@
+"""The pipeline in one call, and the checked entry points every stage shares.
+
+    result = dwrprune.prune(model, "fashion-mnist", budget=0.5, out="runs/x")
+    result.model      # the fine-tuned pruned model, ready to use
+    result.spec       # its ModelSpec (blocks kept, channels per layer, resolution, provenance)
+    result.point      # the chosen (d, w, r)
+    result.report     # the final figures (final.json)
+
+The command line calls exactly these functions, so Python and CLI users get the same checks:
+the config is validated completely, the data is checked against the model, the run folder
+is checked writable and locked, all before the first sample is computed.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoint import load
+from ..errors import DwrpruneError
+from ..progress import resolve_progress
+from ..spec import ModelSpec, make_spec, spec_of
+from .collect import collect
+from .config import PipelineConfig, resolve_config
+from .data import DatasetSource, DataSource, FinetuneFn, check_source
+from .finetune import finetune_final
+from .fit import fit_run
+from .run import Run
+from .shrinker import run_shrinker
+from .solve import plan_run
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` returns."""
+
+    model: nn.Module
+    spec: ModelSpec
+    point: dict
+    report: dict
+    run: Run
+
+    @property
+    def model_path(self) -> Path:
+        return self.run.final_dir / "model.pt"
+
+    @property
+    def report_path(self) -> Path:
+        return self.run.path / "report" / "report.md"
+
+
+_LOCAL_IDS = itertools.count()
+
+
+def attach_spec(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
+    """Give a model without a spec one, from an example input batch (N, C, H, W; H == W).
+
+    The model is registered for this process as ``local/<ClassName>-<n>`` (its constructor
+    returns a copy of this instance), so the pipeline can rebuild its pruned variants; a
+    checkpoint of it loads elsewhere with ``dwrprune.load(path, model=YourNet())``."""
+    from ..models import register_model
+
+    if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() != 4 or \
+            example_inputs.shape[-1] != example_inputs.shape[-2]:
+        raise DwrpruneError("example_inputs must be an image batch tensor (N, C, H, W) with "
+                            "H == W")
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(example_inputs[:1])
+    model.train(was)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise DwrpruneError("the model must return class scores (N, num_classes) for "
+                            "example_inputs")
+    name = f"local/{type(model).__name__}-{next(_LOCAL_IDS)}"
+    original = copy.deepcopy(model).cpu()
+    register_model(name, min_resolution=8, description="registered by dwrprune.prune")(
+        lambda **_: copy.deepcopy(original))
+    model.dwrprune_spec = make_spec(name, out.shape[1], example_inputs.shape[1],
+                                    example_inputs.shape[-1])
+    return model
+
+
+def as_source(data: DataSource | str | None, cfg: PipelineConfig) -> DataSource:
+    if data is None:
+        return DatasetSource.from_config(cfg)
+    if isinstance(data, str):
+        return DatasetSource.from_config(cfg.replace(data=data))
+    return data
+
+
+def start_run(model: nn.Module, data: DataSource, cfg: PipelineConfig, out,
+              checkpoint: str = "<in-memory>") -> Run:
+    """Every check a new or resumed run gets before work: model spec, data against model,
+    validation split, run folder writable and free; then the config is written (under the
+    folder's lock)."""
+    spec = spec_of(model)
+    if spec.pruned:
+        raise DwrpruneError("start from the original (unpruned) model; this one is pruned")
+    check_source(data, spec)
+    run = Run(out)
+    run.check_writable()
+    with run.lock():
+        run.save_config(cfg, checkpoint)
+    return run
+
+
+def open_run(path, **overrides) -> tuple[PipelineConfig, nn.Module, DataSource, Run]:
+    """A run folder's config (with ``overrides``), source model and data source."""
+    from ..pretrained import resolve
+
+    run = Run(path)
+    cfg, checkpoint = run.load_config(**overrides)
+    if checkpoint == "<in-memory>":
+        raise DwrpruneError(f"{run.path} was started from an in-memory model; continue it "
+                            "from Python with the same model")
+    model = load(resolve(checkpoint))
+    return cfg, model, DatasetSource.from_config(cfg), run
+
+
+def final_stage(model: nn.Module, data: DataSource, cfg: PipelineConfig, run: Run,
+                progress=True, train_fn=None) -> dict:
+    """Stage 4 on a run folder: prune to plan.json's point, fine-tune, test once."""
+    check_source(data, spec_of(model))
+    return finetune_final(model, data, cfg, run_shrinker(run, model, cfg, data),
+                          run.solution(), run.path, resolve_progress(progress), train_fn)
+
+
+def prune(model: nn.Module, data: DataSource | str | None = None,
+          config: PipelineConfig | None = None, out: str | os.PathLike | None = None, *,
+          budget: float | None = None, preset: str | None = None,
+          example_inputs: torch.Tensor | None = None, checkpoint: str = "<in-memory>",
+          finetune: FinetuneFn | None = None, train_fn=None, progress="auto",
+          **options) -> PruneResult:
+    """The whole pipeline: collect, fit, plan, fine-tune and report, into run folder ``out``
+    (resumable: call again with the same arguments).
+
+    ``data``: a :class:`DataSource`, or a dataset name.  ``config``: a full config, or build
+    one from ``preset``, ``budget`` and any :class:`PipelineConfig` field as a keyword.
+    ``example_inputs``: for a model without a dwrprune spec (see :func:`attach_spec`).
+    """
+    from ..report import write_report
+
+    if out is None:
+        raise DwrpruneError("prune needs out= (the run folder)")
+    if config is None:
+        config = resolve_config(preset, budget=budget, **options)
+    elif budget is not None or preset is not None or options:
+        config = config.replace(**({"budget": budget} if budget is not None else {}), **options)
+    if getattr(model, "dwrprune_spec", None) is None:
+        if example_inputs is None:
+            spec_of(model)  # the error that explains how to give one
+        attach_spec(model, example_inputs)
+    progress = resolve_progress(progress)
+    source = as_source(data, config)
+    run = Run(out)
+    run.check_writable()
+    with run.lock():
+        start_run(model, source, config, out, checkpoint)
+        store = collect(model, source, config, run.path, finetune, progress)
+        from .fit import fit_samples
+
+        pred, holdout = fit_samples(store, config)
+        run.save_predictor(pred, holdout)
+        plan_run(run, run_shrinker(run, model, config), config)
+        result = finetune_final(model, source, config, run_shrinker(run, model, config, source),
+                                run.solution(), run.path, progress, train_fn)
+        write_report(run.path)
+    final = load(run.final_dir / "model.pt")
+    return PruneResult(final, spec_of(final), result["point"], result, run)
+
+
+__all__ = ["PruneResult", "attach_spec", "final_stage", "fit_run", "open_run", "prune",
+           "start_run"]

@@ -1,0 +1,235 @@
+"""One typed configuration for a pipeline run, validated completely before any work starts.
+
+Every field is at once a Python keyword, a CLI option (``--final-epochs``) and a YAML key
+(``final_epochs``).  Each field declares in its metadata which part of the run it belongs to
+(``section``) and what it binds (``binds``): ``"collect"`` fields fix the sample collection
+(a run folder refuses to resume its collection with other values), ``"final"`` fields fix the
+final fine-tune (other values start the final stage afresh, keeping the collection).
+Fields that bind nothing (executor, plan-only options) may change between resumes.
+
+Values are resolved as defaults < preset < YAML file < command line / keywords, and
+:meth:`PipelineConfig.from_dict` checks every value's type and range and every name
+(criteria, predictor families, executor) before a single sample is computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from ..errors import DwrpruneError
+
+
+def _f(default, section: str, binds: str | None = None, help: str = ""):
+    meta = {"section": section, "binds": binds, "help": help}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: [list(x) if isinstance(x, list) else x
+                                              for x in default], metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+C, F = "collect", "final"
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a run needs (see the module docstring for sections and binding)."""
+
+    # data
+    data: str = _f("fashion-mnist", "data", C, "dataset name")
+    data_dir: str | None = _f(None, "data", C, "dataset folder")
+    val_fraction: float = _f(0.1, "data", C, "share of training images held out")
+    batch_size: int = _f(128, "data", C, "batch size of every loader")
+    workers: int = _f(0, "data", None, "DataLoader worker processes")
+    # what may be pruned and how
+    transitions: bool = _f(False, "prune", C, "also remove stage-transition blocks")
+    depth_criterion: str = _f("loss", "prune", C, "block ranking: loss | weight_norm")
+    channel_criterion: str = _f("l1", "prune", C, "l1 | l2 | bn_scale | taylor | random | "
+                                "autobot")
+    round_to: int | None = _f(None, "prune", C, "round kept channel counts to a multiple")
+    width_allocation: str = _f("uniform", "prune", C, "uniform | autobot")
+    autobot_steps: int = _f(200, "prune", C, "AutoBot mask-training batches")
+    # sample collection
+    depth_steps: list[float] = _f([0.86, 0.71, 0.57, 0.43, 0.29], "collect", C)
+    width_steps: list[float] = _f([0.875, 0.75, 0.625, 0.5, 0.375], "collect", C)
+    resolution_steps: list[float] = _f([0.86, 0.71, 0.57, 0.43], "collect", C)
+    mixed_points: list[list[float]] = _f([[0.71, 0.75, 0.86], [0.57, 0.875, 0.71],
+                                          [0.86, 0.625, 0.71]], "collect", C)
+    holdout_points: list[list[float]] = _f([[0.57, 0.75, 0.86], [0.86, 0.75, 0.71],
+                                            [0.71, 0.625, 1.0], [0.43, 0.875, 0.86],
+                                            [1.0, 0.625, 0.86]], "collect", C)
+    finetune_steps: int = _f(200, "collect", C, "fine-tune batches per chain sample")
+    mixed_finetune_steps: int | None = _f(None, "collect", C, "default: 2 x finetune_steps")
+    finetune_lr: float = _f(0.01, "collect", C)
+    train_subset: int | None = _f(None, "collect", C)
+    val_subset: int | None = _f(None, "collect", C)
+    bn_samples: bool = _f(False, "collect", C, "also record BN-recalibrated-only samples")
+    recal_batches: int = _f(20, "collect", C, "BatchNorm re-calibration batches")
+    seed: int = _f(0, "collect", C)
+    # predictor
+    families: list[str] = _f(["separable", "cp", "full"], "fit")
+    max_degree: int = _f(3, "fit")
+    max_rank: int = _f(2, "fit")
+    monotone: str = _f("prefer", "fit", None, "prefer | require | ignore")
+    fit_bn_samples: bool = _f(False, "fit")
+    # solver
+    budget: float = _f(0.5, "plan", F, "fraction of the original MACs")
+    lower_bounds: list[float] | None = _f(None, "plan", F, "[d, w, r] (default: sampled range)")
+    # final fine-tune
+    final_epochs: int = _f(10, "final", F)
+    final_lr: float = _f(0.02, "final", F)
+    final_subset: int | None = _f(None, "final", F)
+    distill: float = _f(0.0, "final", F, "weight of distillation from the original, in [0, 1]")
+    label_smoothing: float = _f(0.0, "final", F, "in [0, 1)")
+    # where sample jobs run (never changes results; see dwrprune.executors)
+    executor: str = _f("local", "executor", None, "local | ray")
+    ray_address: str | None = _f(None, "executor")
+    job_cpus: float = _f(1.0, "executor")
+    job_gpus: float = _f(0.0, "executor")
+    retries: int = _f(2, "executor")
+
+    # ------------------------------------------------------------------ binding
+    @classmethod
+    def bound_fields(cls, binds: str) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.metadata.get("binds") == binds)
+
+    def collect_config(self) -> dict:
+        return {k: getattr(self, k) for k in self.bound_fields(C)}
+
+    def final_config(self) -> dict:
+        return {k: getattr(self, k) for k in self.bound_fields(F)}
+
+    @classmethod
+    def collect_defaults(cls) -> dict:
+        return PipelineConfig().collect_config()
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "pipeline options") -> PipelineConfig:
+        """A validated config from plain values (YAML, CLI, keywords): unknown keys, wrong
+        types and out-of-range values are each one clear error naming the key."""
+        if not isinstance(values, dict):
+            raise DwrpruneError(f"{where} must be a mapping of option: value, got "
+                                f"{type(values).__name__}")
+        types = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(values) - set(types))
+        if unknown:
+            raise DwrpruneError(f"unknown {where} {unknown}; known: {sorted(types)}")
+        clean = {k: coerce(k, v, types[k]) for k, v in values.items()}
+        cfg = cls(**clean)
+        cfg.validate()
+        return cfg
+
+    def replace(self, **changes) -> PipelineConfig:
+        return PipelineConfig.from_dict({**self.as_dict(), **changes})
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        from .validate import validate_config
+
+        validate_config(self)
+
+
+def coerce(name: str, value, annotation: str):
+    """``value`` checked against a field's annotation (ints are accepted as floats; None only
+    where the annotation allows it)."""
+    optional = annotation.endswith("| None")
+    base = annotation.removesuffix(" | None")
+    if value is None:
+        if optional:
+            return None
+        raise DwrpruneError(f"option {name} needs a value ({base}), got none")
+
+    def bad(what: str):
+        return DwrpruneError(f"option {name} must be {what}, got {value!r}"[:300])
+
+    def number(v, kind):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise bad("a number" if kind is float else "a whole number")
+        if kind is int:
+            if isinstance(v, float) and not v.is_integer():
+                raise bad("a whole number")
+            return int(v)
+        return float(v)
+
+    if base == "str":
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if base in ("int", "float"):
+        return number(value, int if base == "int" else float)
+    if base == "list[float]":
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list of numbers")
+        return [number(v, float) for v in value]
+    if base == "list[list[float]]":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(p, (list, tuple))
+                                                           for p in value):
+            raise bad("a list of [d, w, r] points")
+        return [[number(v, float) for v in p] for p in value]
+    if base == "list[str]":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of names")
+        return list(value)
+    raise AssertionError(f"no rule for annotation {annotation!r}")  # a new field type
+
+
+def field_defaults() -> dict:
+    return {f.name: (f.default if f.default is not MISSING else f.default_factory())
+            for f in fields(PipelineConfig)}
+
+
+PRESETS: dict[str, dict] = {
+    # Whole pipeline on the bundled ResNet-20 in a few minutes on 2 cores.
+    "quick": {"depth_criterion": "weight_norm", "depth_steps": [0.71, 0.43],
+              "width_steps": [0.75, 0.5], "resolution_steps": [0.79, 0.57],
+              "mixed_points": [[0.71, 0.75, 0.79]],
+              "holdout_points": [[0.57, 0.75, 0.86], [0.86, 0.75, 0.71], [0.71, 0.625, 1.0],
+                                 [0.43, 0.875, 0.86], [1.0, 0.625, 0.86]],
+              "finetune_steps": 30, "mixed_finetune_steps": 30, "train_subset": 4000,
+              "val_subset": 1000, "final_epochs": 1, "final_subset": 10000,
+              "max_degree": 2, "recal_batches": 10},
+    # The settings of the README's full run (about 40 minutes on 2 cores for ResNet-20).
+    "full": {"finetune_steps": 150, "val_subset": None, "final_epochs": 8,
+             "final_lr": 0.02, "distill": 0.5},
+}
+
+
+def read_options_file(path: str | Path) -> dict:
+    """A YAML file of options (keys with dashes or underscores) as a plain mapping."""
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise DwrpruneError(f"cannot read config {path}: {getattr(e, 'strerror', e)}") from None
+    except yaml.YAMLError as e:
+        raise DwrpruneError(f"config {path} is not valid YAML: "
+                            f"{str(e).splitlines()[0]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise DwrpruneError(f"config {path} must be a mapping of option: value, got "
+                            f"{type(values).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
+def resolve_config(preset: str | None = None, config_file: str | Path | None = None,
+                   **overrides) -> PipelineConfig:
+    """Defaults < preset < YAML file < overrides (None means "not given")."""
+    values: dict = {}
+    if preset:
+        if preset not in PRESETS:
+            raise DwrpruneError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    if config_file is not None:
+        values.update(read_options_file(config_file))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return PipelineConfig.from_dict(values)

@@ -1,0 +1,101 @@
+"""Where a pipeline's images come from, and the checks made on them before any work.
+
+The pipeline never builds loaders itself: it asks a :class:`DataSource` for a split at a
+resolution.  :class:`DatasetSource` serves dwrprune's datasets; a user may pass any object with
+the same ``loader`` method (and optionally ``info``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..engine import TrainConfig, train
+from ..errors import DwrpruneError
+from ..spec import ModelSpec
+
+
+class DataSource(Protocol):
+    """Where images come from, at any resolution."""
+
+    def loader(self, split: str, resolution: int, *, shuffle: bool = False,
+               subset: int | None = None, seed: int = 0) -> DataLoader: ...
+
+
+@dataclass
+class DatasetSource:
+    """A :class:`DataSource` over :func:`dwrprune.create_dataset`."""
+
+    name: str = "fashion-mnist"
+    data_dir: str | None = None
+    val_fraction: float = 0.1
+    batch_size: int = 128
+    workers: int = 0
+
+    def loader(self, split: str, resolution: int | None, *, shuffle: bool = False,
+               subset: int | None = None, seed: int = 0,
+               augment: bool | None = None) -> DataLoader:
+        from ..data import create_dataset, make_loader
+
+        ds = create_dataset(self.name, split, data_dir=self.data_dir, resolution=resolution,
+                            val_fraction=self.val_fraction, subset=subset, subset_seed=seed,
+                            augment=augment)
+        return make_loader(ds, self.batch_size, shuffle=shuffle, seed=seed,
+                           num_workers=self.workers)
+
+    @classmethod
+    def from_config(cls, cfg) -> DatasetSource:
+        return cls(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.batch_size, cfg.workers)
+
+    @property
+    def info(self):
+        from ..data import dataset_info
+
+        return dataset_info(self.name, self.data_dir)
+
+
+def check_data_matches(spec: ModelSpec | dict, info) -> None:
+    """The dataset fits the model: same number of classes and input channels."""
+    s = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
+    if info.num_classes and info.num_classes != s.num_classes:
+        raise DwrpruneError(f"dataset {info.name!r} has {info.num_classes} classes but the "
+                            f"model outputs {s.num_classes}")
+    if info.in_channels != s.in_channels:
+        raise DwrpruneError(f"dataset {info.name!r} has {info.in_channels} input channels but "
+                            f"the model expects {s.in_channels}")
+
+
+def check_source(data: DataSource, spec: ModelSpec) -> None:
+    """What every stage checks before work: the data fits the model (where the source can
+    say), and there is a non-empty validation split to measure samples on."""
+    info = getattr(data, "info", None)
+    if info is not None:
+        check_data_matches(spec, info)
+    check_validation_split(data, spec.resolution)
+
+
+def check_validation_split(data: DataSource, resolution: int) -> None:
+    """Samples and choices are made on validation data: refuse a source without any."""
+    try:
+        n = len(data.loader("val", resolution).dataset)
+    except DwrpruneError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a user's DataSource may raise anything here
+        raise DwrpruneError(
+            f"the data source has no validation split ({type(e).__name__}: {e}); dwrprune "
+            "measures samples on data held out of training, never on the test set") from None
+    if n == 0:
+        raise DwrpruneError("the validation split is empty; raise --val-fraction")
+
+
+FinetuneFn = Callable[[nn.Module, DataLoader, int, float, int], None]
+
+
+def default_finetune(model: nn.Module, loader: DataLoader, steps: int, lr: float,
+                     seed: int) -> None:
+    """Short fine-tune for a sample: SGD + cosine over ``steps`` batches."""
+    train(model, loader, TrainConfig(steps=steps, lr=lr, seed=seed), progress=False, log=False)

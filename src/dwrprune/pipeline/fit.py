@@ -1,0 +1,50 @@
+"""Stage 2: fit the accuracy predictor (MAP) on a run's samples; score it on held-out points."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import DwrpruneError
+from ..predictor import Predictor, fit_predictor
+from ..store import SampleStore
+from .config import PipelineConfig
+from .run import Run
+
+
+def fit_samples(store: SampleStore, cfg: PipelineConfig) -> tuple[Predictor, dict]:
+    """Stage 2: fit the MAP on the non-holdout samples; score it on the holdout points."""
+    kinds = ("original", "chain", "mixed") + (("bn_recal",) if cfg.fit_bn_samples else ())
+    train_s = store.samples(kinds=kinds)
+    if not train_s:
+        raise DwrpruneError(f"no samples in {store.path}; run the collect stage first")
+    X = np.array([[s.d, s.w, s.r] for s in train_s])
+    y = np.array([s.val_acc for s in train_s])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pred = fit_predictor(X, y, [s.key for s in train_s], cfg.families, cfg.max_degree,
+                             cfg.max_rank, cfg.monotone)
+    for wmsg in caught:
+        tqdm.write(f"warning: {wmsg.message}")
+    hold = store.samples(kinds=("holdout",))
+    holdout = {"count": len(hold), "points": []}
+    if hold:
+        errs = []
+        for s in hold:
+            p = pred(s.d, s.w, s.r)
+            errs.append(p - s.val_acc)
+            holdout["points"].append({"key": s.key, "d": s.d, "w": s.w, "r": s.r,
+                                      "measured": s.val_acc, "predicted": p})
+        holdout["mae"] = float(np.mean(np.abs(errs)))
+        holdout["rmse"] = float(np.sqrt(np.mean(np.square(errs))))
+    return pred, holdout
+
+
+def fit_run(run: Run, cfg: PipelineConfig) -> tuple[Predictor, dict]:
+    """Fit on ``run``'s samples and save predictor.json."""
+    with run.lock():
+        pred, holdout = fit_samples(run.store(), cfg)
+        run.save_predictor(pred, holdout)
+    return pred, holdout

@@ -1,0 +1,184 @@
+"""Sample jobs: the deterministic job list of a collection, and the function that turns one
+job into one (d, w, r, accuracy) sample in whichever process an executor picks.
+
+A chain job prunes the fine-tuned model of the previous step of its chain a little further
+(iterative pruning); mixed and hold-out jobs prune the original; every sample is fine-tuned
+briefly and measured on the validation split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..cost import count_macs, count_params
+from ..costmath import kept_blocks, kept_resolution
+from ..engine import evaluate
+from ..executors import PortableModel
+from ..shrink import Shrinker
+from ..spec import ModelSpec, spec_of
+from ..store import Sample
+from .data import DataSource, FinetuneFn, default_finetune
+from .shrinker import build_shrinker
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    h = hashlib.sha256(json.dumps(getattr(model, "dwrprune_spec", None), sort_keys=True,
+                                  default=str).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- jobs
+@dataclass
+class Job:
+    key: str
+    kind: str  # original | chain | mixed | holdout | bn_recal
+    point: tuple[float, float, float]  # absolute target (d, w, r)
+    chain: str | None = None
+    step: int | None = None
+    parent: str | None = None
+
+
+def plan_jobs(cfg, n_blocks: int, base_res: int, min_res: int) -> list[Job]:
+    """The deterministic job list of a collection; chain steps that would realise the same
+    point as the previous step (whole blocks, whole pixels) are dropped."""
+    jobs = [Job("orig", "original", (1.0, 1.0, 1.0))]
+
+    def chain(axis: str, values: list[float], realise: Callable[[float], float]):
+        parent, last, step = "orig", 1.0, 0
+        for v in values:
+            real = realise(v)
+            if real >= last - 1e-9 or real <= 0:
+                continue
+            point = tuple(real if a == axis else 1.0 for a in "dwr")
+            jobs.append(Job(f"{axis}/{step}", "chain", point, axis, step, parent))
+            parent, last, step = f"{axis}/{step}", real, step + 1
+
+    if n_blocks:
+        chain("d", cfg.depth_steps, lambda v: kept_blocks(n_blocks, v) / n_blocks)
+    chain("w", cfg.width_steps, lambda v: v)
+
+    def real_r(v):
+        px = kept_resolution(base_res, v)
+        return px / base_res if px >= min_res else 0.0
+
+    chain("r", cfg.resolution_steps, real_r)
+    for kind, points in (("mixed", cfg.mixed_points), ("holdout", cfg.holdout_points)):
+        for i, p in enumerate(points):
+            d = p[0] if n_blocks else 1.0
+            r = max(p[2], min_res / base_res)
+            jobs.append(Job(f"{'mix' if kind == 'mixed' else 'hold'}/{i}", kind, (d, p[1], r)))
+    if cfg.bn_samples:
+        for j in [j for j in jobs if j.kind in ("chain", "mixed")]:
+            jobs.append(Job(f"bn/{j.key}", "bn_recal", j.point))
+    return jobs
+
+
+class SampleJobs:
+    """Computes one sample from its :class:`Job`, in whichever process the executor picks.
+
+    It holds only what a worker needs (the original model as a :class:`PortableModel`, the
+    data source, the config, the saved block ranking, the fine-tune function); the original
+    model's Shrinker is built once per process and cached, never pickled.
+    """
+
+    def __init__(self, model: nn.Module, data: DataSource, cfg,
+                 block_order: list[str] | None, finetune: FinetuneFn | None = None):
+        self.original, self.data, self.cfg = PortableModel(model), data, cfg
+        self.block_order = block_order
+        self.finetune = finetune or default_finetune
+        self._shrinker_cache: Shrinker | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_shrinker_cache": None}
+
+    @property
+    def model(self) -> nn.Module:
+        return self.original.model
+
+    @property
+    def base_res(self) -> int:
+        return spec_of(self.model).resolution
+
+    @property
+    def shrinker(self) -> Shrinker:
+        """The original model's Shrinker (ranks the blocks if no ranking is given yet)."""
+        if self._shrinker_cache is None:
+            self._shrinker_cache = self._shrinker(self.model, self.base_res, self.block_order)
+        return self._shrinker_cache
+
+    def _shrinker(self, model: nn.Module, res: int, block_order=None) -> Shrinker:
+        return build_shrinker(model, self.cfg, self.data, block_order=block_order,
+                              block_order_criterion=self.cfg.depth_criterion)
+
+    def _recal_loader(self, res: int) -> DataLoader:
+        return self.data.loader("train", res, shuffle=True, subset=self.cfg.train_subset,
+                                seed=self.cfg.seed)
+
+    def __call__(self, job: Job, parent: PortableModel | None
+                 ) -> tuple[Sample, PortableModel | None]:
+        """The sample of ``job`` (``parent``: the fine-tuned model of the previous chain step,
+        None for the original), and for chain steps the fine-tuned model the next step
+        starts from."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        steps = 0
+        # Same sample whatever ran before in this process (BN re-calibration augments with
+        # the global RNG): the job, not the executor or the job order, fixes the randomness.
+        torch.manual_seed(cfg.seed * 1_000_003 + zlib.crc32(job.key.encode()))
+        if job.kind == "original":
+            model, spec = self.model, spec_of(self.model)
+        else:
+            model, spec = self._prune_job(job, parent.model if parent else self.model)
+            if job.kind != "bn_recal":
+                steps = cfg.finetune_steps if job.kind == "chain" else (
+                    cfg.mixed_finetune_steps if cfg.mixed_finetune_steps is not None
+                    else 2 * cfg.finetune_steps)
+                if steps:
+                    loader = self.data.loader("train", spec.resolution, shuffle=True,
+                                              subset=cfg.train_subset,
+                                              seed=cfg.seed + len(job.key))
+                    self.finetune(model, loader, steps, cfg.finetune_lr, cfg.seed)
+        res = spec.resolution
+        ev = evaluate(model, self.data.loader("val", res, subset=cfg.val_subset))
+        point = spec.point
+        ckpt = f"models/{job.key.replace('/', '_')}.pt" if job.kind == "chain" else None
+        sample = Sample(job.key, job.kind, point["d"], point["w"], point["r"], res,
+                        count_macs(model, res), count_params(model), ev.accuracy, ev.loss,
+                        steps, cfg.seed, time.perf_counter() - t0, job.chain, job.step,
+                        job.parent, ckpt)
+        if ckpt is None:
+            return sample, None
+        return sample, PortableModel(model.eval())  # the shrunk model carries its spec
+
+    def _prune_job(self, job: Job, parent: nn.Module) -> tuple[nn.Module, ModelSpec]:
+        d, w, r = job.point
+        if job.kind == "chain":
+            pspec = spec_of(parent)
+            ppoint, pres = pspec.point, pspec.resolution
+            shr = self._shrinker(parent, pres) if parent is not self.model else self.shrinker
+            n_total = len(self.shrinker.blocks)
+            if job.chain == "d":  # remove whole blocks, re-ranked on the fine-tuned parent
+                keep = round(d * n_total)  # the parent's remaining blocks are all kept ones
+                rel = (keep / len(shr.blocks), 1.0, 1.0)
+            elif job.chain == "w":
+                rel = (1.0, w / ppoint["w"], 1.0)
+            else:
+                rel = (1.0, 1.0, kept_resolution(self.base_res, r) / pres)
+            out = shr.shrink(*rel, recalibrate=self._recal_loader,
+                             recal_batches=self.cfg.recal_batches)
+        else:
+            out = self.shrinker.shrink(d, w, r, recalibrate=self._recal_loader,
+                                       recal_batches=self.cfg.recal_batches)
+        return out.model, ModelSpec.from_dict(out.spec)

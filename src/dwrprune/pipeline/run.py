@@ -1,0 +1,186 @@
+"""A run folder, and the one object that reads and writes its files.
+
+    run/config.yaml      resolved configuration        run/samples.sqlite    the sample store
+    run/models/*.pt      chain models (portable)       run/block_order.json  depth ranking
+    run/predictor.json   fitted MAP + LOO record       run/plan.json         chosen point
+    run/plans.json       plan for several budgets      run/final/            final fine-tune
+    run/final.json       final figures                 run/report/           report + plots
+
+One process works in a folder at a time: :meth:`Run.lock` is taken before anything is
+written, so a refused second process changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from ..checkpoint import atomic_write_bytes, save_json
+from ..errors import DwrpruneError
+from ..predictor import Predictor
+from ..settings import check_same_settings
+from ..solver import Solution
+from ..store import SampleStore
+from .config import PipelineConfig
+
+
+class Run:
+    """A run folder: its resolved config, source checkpoint, and the stage outputs."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # ------------------------------------------------------------------ the folder itself
+    def check_writable(self) -> None:
+        """The folder can be created and written: else one clear error naming it, before
+        any work (not a traceback half-way through)."""
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise DwrpruneError(f"--out {p} exists and is not a folder; a run folder must be "
+                                "a directory (choose another path)")
+        parent = next((q for q in [p, *p.parents] if q.exists()), Path("."))
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise DwrpruneError(f"cannot write run folder {p}: {parent} is not writable")
+
+    def mkdir(self) -> None:
+        self.check_writable()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DwrpruneError(f"cannot create run folder {self.path}: {e.strerror}") from None
+
+    @contextmanager
+    def lock(self, wait: bool = False, on_wait=None) -> Iterator[None]:
+        """One working process per run folder (the sample store's advisory lock)."""
+        self.mkdir()
+        with SampleStore.folder_lock(self.path / "samples.sqlite", wait, on_wait,
+                                     reentrant=True):
+            yield
+
+    # ------------------------------------------------------------------ config
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    def save_config(self, cfg: PipelineConfig, checkpoint: str) -> None:
+        """Write the resolved config; a changed *collection* config is refused up front."""
+        if self.config_path.exists():
+            old, _ = self.load_config()
+            check_same_settings(old.collect_config(), cfg.collect_config(),
+                                f"run {self.path}", "collected",
+                                PipelineConfig.collect_defaults())
+        self.mkdir()
+        body = {"checkpoint": str(checkpoint), **cfg.as_dict()}
+        text = yaml.safe_dump(body, sort_keys=False)
+        atomic_write_bytes(self.config_path, lambda f: f.write(text.encode()))
+
+    def load_config(self, **overrides) -> tuple[PipelineConfig, str]:
+        if not self.config_path.exists():
+            raise DwrpruneError(f"{self.path} is not a dwrprune run folder (no config.yaml); "
+                                "start one with `dwrprune prune` or `dwrprune collect`")
+        try:
+            body = yaml.safe_load(self.config_path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise DwrpruneError(f"{self.config_path} is unreadable: "
+                                f"{str(e).splitlines()[0]}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("checkpoint"), str):
+            raise DwrpruneError(f"{self.config_path} is not a run config (a mapping with a "
+                                "'checkpoint' path and the pipeline options); it may be empty "
+                                "or truncated: start a new --out folder")
+        checkpoint = body.pop("checkpoint")
+        body.update({k: v for k, v in overrides.items() if v is not None})
+        return PipelineConfig.from_dict(body, f"options in {self.config_path}"), checkpoint
+
+    # ------------------------------------------------------------------ stage files
+    def _json(self, name: str, missing: str):
+        p = self.path / name
+        if not p.exists():
+            raise DwrpruneError(f"{self.path} has no {missing}")
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise DwrpruneError(f"{p} is unreadable ({e}); re-run the stage that writes "
+                                "it") from None
+
+    def store(self) -> SampleStore:
+        p = self.path / "samples.sqlite"
+        if not p.exists():
+            raise DwrpruneError(f"{self.path} has no samples yet; run the collect stage first")
+        return SampleStore(p)
+
+    def predictor(self) -> tuple[Predictor, dict]:
+        body = self._json("predictor.json", "fitted predictor; run the fit stage first")
+        return Predictor.from_dict(body["predictor"]), body.get("holdout", {})
+
+    def save_predictor(self, pred: Predictor, holdout: dict) -> None:
+        save_json(self.path / "predictor.json", {"predictor": pred.to_dict(),
+                                                 "holdout": holdout})
+
+    def block_ranking(self) -> tuple[list[str] | None, str | None]:
+        """The depth ranking saved at collection time, and the criterion that made it."""
+        p = self.path / "block_order.json"
+        if not p.exists():
+            return None, None
+        body = self._json("block_order.json", "block ranking")
+        return body["order"], body.get("criterion")
+
+    def save_block_ranking(self, order: list[str], criterion: str, scores: dict) -> None:
+        save_json(self.path / "block_order.json", {"criterion": criterion, "order": order,
+                                                   "scores": scores})
+
+    def plan(self) -> dict:
+        return self._json("plan.json", "plan; run the plan stage first")
+
+    def solution(self) -> Solution:
+        return Solution.from_dict(self.plan()["solution"])
+
+    def save_plan(self, budget: float, solution: Solution, grid: dict) -> None:
+        """The chosen point the final stage prunes to (the only writer of plan.json)."""
+        save_json(self.path / "plan.json", {"budget": budget, "solution": solution.to_dict(),
+                                            "grid": grid})
+
+    def save_plans(self, rows: list[dict]) -> None:
+        save_json(self.path / "plans.json", rows)
+
+    # ------------------------------------------------------------------ final stage
+    @property
+    def final_dir(self) -> Path:
+        return self.path / "final"
+
+    def final_settings(self, cfg: PipelineConfig, solution: Solution) -> dict:
+        """What the final model depends on: the chosen point and the final-stage options."""
+        b = solution.best
+        return {"point": [b.d, b.w, b.r], **cfg.final_config(),
+                "recal_batches": cfg.recal_batches, "seed": cfg.seed}
+
+    def prepare_final(self, settings: dict) -> str | None:
+        """Bind ``final/`` to ``settings``.  Work made with other settings (another budget
+        or recipe) is removed, with the final figures and report, so the folder never holds
+        a plan for one point and a model for another.  Returns what was discarded."""
+        path = self.final_dir / "settings.json"
+        old = json.loads(path.read_text()) if path.exists() else None
+        stale = None
+        if old is not None and old != settings:
+            stale = ", ".join(k for k in sorted(set(old) | set(settings))
+                              if old.get(k) != settings.get(k))
+        elif old is None and (self.final_dir.exists() or (self.path / "final.json").exists()):
+            stale = "unrecorded settings"
+        if stale:
+            shutil.rmtree(self.final_dir, ignore_errors=True)
+            (self.path / "final.json").unlink(missing_ok=True)
+            shutil.rmtree(self.path / "report", ignore_errors=True)
+        save_json(path, settings)
+        return stale
+
+    def final(self) -> dict:
+        return self._json("final.json", "final model; run the finetune stage first")
+
+    def save_final(self, result: dict) -> None:
+        save_json(self.path / "final.json", result)
+

@@ -1,0 +1,88 @@
+"""Range and name checks for :class:`~dwrprune.pipeline.config.PipelineConfig`: everything a
+run would otherwise discover only after a long collection (a misspelt criterion, a
+distillation weight of 5, zero final epochs) is refused here, before any work starts."""
+
+from __future__ import annotations
+
+from ..criteria import CHANNEL_CRITERIA, DEPTH_CRITERIA
+from ..errors import DwrpruneError
+from ..predictor import FAMILIES
+from ..shrink import WIDTH_ALLOCATIONS
+
+MONOTONE = ("prefer", "require", "ignore")
+EXECUTORS = ("local", "ray")
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise DwrpruneError(message)
+
+
+def _one_of(name: str, value: str, allowed) -> None:
+    _need(value in allowed, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _fractions(name: str, vals, closed_low: bool = False) -> None:
+    _need(all((0.0 <= v if closed_low else 0.0 < v) and v <= 1.0 for v in vals),
+          f"{name} must be fractions in {'[0' if closed_low else '(0'}, 1], got {vals}")
+
+
+def validate_config(cfg) -> None:
+    """Every value of ``cfg`` in range and every name known, or one clear error."""
+    # names
+    _one_of("depth_criterion", cfg.depth_criterion, DEPTH_CRITERIA)
+    _one_of("channel_criterion", cfg.channel_criterion, CHANNEL_CRITERIA)
+    _one_of("width_allocation", cfg.width_allocation, WIDTH_ALLOCATIONS)
+    _one_of("monotone", cfg.monotone, MONOTONE)
+    _one_of("executor", cfg.executor, EXECUTORS)
+    _need(bool(cfg.families), "families must name at least one predictor family")
+    for f in cfg.families:
+        _one_of("families", f, FAMILIES)
+    _need(bool(cfg.data), "data must name a dataset")
+    # data and training sizes
+    _need(0.0 < cfg.val_fraction < 1.0, f"val_fraction must be in (0, 1), got "
+          f"{cfg.val_fraction}")
+    _need(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    _need(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
+    _need(cfg.round_to is None or cfg.round_to >= 1, f"round_to must be >= 1 (or none), got "
+          f"{cfg.round_to}")
+    _need(cfg.autobot_steps >= 1, f"autobot_steps must be >= 1, got {cfg.autobot_steps}")
+    _need(cfg.recal_batches >= 0, f"recal_batches must be >= 0, got {cfg.recal_batches}")
+    for name in ("train_subset", "val_subset", "final_subset"):
+        v = getattr(cfg, name)
+        _need(v is None or v >= 1, f"{name} must be >= 1 (or none), got {v}")
+    # collection
+    for name in ("depth_steps", "width_steps", "resolution_steps"):
+        vals = getattr(cfg, name)
+        _fractions(name, vals)
+        _need(list(vals) == sorted(vals, reverse=True),
+              f"{name} must decrease (iterative pruning), got {vals}")
+    for name in ("mixed_points", "holdout_points"):
+        for p in getattr(cfg, name):
+            _need(len(p) == 3 and all(0.0 < v <= 1.0 for v in p),
+                  f"{name} entries must be [d, w, r] in (0, 1], got {p}")
+    _need(cfg.finetune_steps >= 0, f"finetune_steps must be >= 0, got {cfg.finetune_steps}")
+    _need(cfg.mixed_finetune_steps is None or cfg.mixed_finetune_steps >= 0,
+          f"mixed_finetune_steps must be >= 0, got {cfg.mixed_finetune_steps}")
+    _need(cfg.finetune_lr > 0, f"finetune_lr must be > 0, got {cfg.finetune_lr}")
+    _need(cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}")
+    # predictor and solver
+    _need(1 <= cfg.max_degree <= 6, f"max_degree must be in [1, 6], got {cfg.max_degree}")
+    _need(1 <= cfg.max_rank <= 6, f"max_rank must be in [1, 6], got {cfg.max_rank}")
+    _need(0.0 < cfg.budget < 1.0, f"budget must be in (0, 1) (fraction of the original "
+          f"MACs), got {cfg.budget}")
+    if cfg.lower_bounds is not None:
+        _need(len(cfg.lower_bounds) == 3, f"lower_bounds must be [d, w, r], got "
+              f"{cfg.lower_bounds}")
+        _fractions("lower_bounds", cfg.lower_bounds, closed_low=True)
+    # final fine-tune
+    _need(cfg.final_epochs >= 1, f"final_epochs must be >= 1, got {cfg.final_epochs}")
+    _need(cfg.final_lr > 0, f"final_lr must be > 0, got {cfg.final_lr}")
+    _need(0.0 <= cfg.distill <= 1.0, f"distill must be in [0, 1] (weight of the "
+          f"distillation loss), got {cfg.distill}")
+    _need(0.0 <= cfg.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got "
+          f"{cfg.label_smoothing}")
+    # executor
+    _need(cfg.job_cpus > 0, f"job_cpus must be > 0, got {cfg.job_cpus}")
+    _need(cfg.job_gpus >= 0, f"job_gpus must be >= 0, got {cfg.job_gpus}")
+    _need(cfg.retries >= 0, f"retries must be >= 0, got {cfg.retries}")

@@ -1,0 +1,213 @@
+"""The one-shot jobs of the command line as library functions: train a model from scratch,
+shrink a checkpoint to a point, AutoBot a checkpoint to a budget, export to ONNX, and the
+output-path rule they share.  ``dwrprune.cli`` only parses arguments and calls these."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from . import __version__, distributed
+from .checkpoint import load, save_json, save_model
+from .cost import CostReport, cost_report
+from .engine import TrainConfig, evaluate, train
+from .errors import DwrpruneError
+from .pipeline.data import DatasetSource, check_data_matches
+from .shrink import Shrinker, ShrinkResult, data_needs
+from .spec import make_spec, spec_of
+
+
+def output_file(path: str | os.PathLike, force: bool = False) -> Path:
+    """An output file path that can be written: not an existing folder, inside a writable
+    folder, and not an existing file unless ``force``.  Checked before any work."""
+    out = Path(path)
+    if out.is_dir():
+        raise DwrpruneError(f"output {out} is a folder; give a file path (e.g. {out}/model.pt)")
+    if out.exists() and not force:
+        raise DwrpruneError(f"{out} exists; pass --force to overwrite it")
+    parent = next((q for q in out.parents if q.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DwrpruneError(f"cannot write {out}: {parent} is not a writable folder")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise DwrpruneError(f"cannot overwrite {out}: the file is read-only")
+    return out
+
+
+def output_folder(path: str | os.PathLike) -> Path:
+    """A folder that can be created and written (``train --out``)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise DwrpruneError(f"--out {out} exists and is not a folder")
+    parent = next((q for q in [out, *out.parents] if q.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DwrpruneError(f"cannot write {out}: {parent} is not writable")
+    return out
+
+
+def train_model(name: str, data: DatasetSource, out: str | os.PathLike, *,
+                resolution: int | None = None, config: TrainConfig | None = None,
+                subset: int | None = None, augment: bool | None = None,
+                progress: bool = True, command: str = "") -> dict:
+    """Train registered model ``name`` from scratch into folder ``out`` (resumable from its
+    last.pt); writes model.pt, history.json and card.json (rank 0 only); returns the card."""
+    from .models import check_resolution, create_model
+
+    config = config or TrainConfig()
+    config.validate()
+    out = output_folder(out)
+    torch.manual_seed(config.seed)
+    train_loader = data.loader("train", resolution, shuffle=True, subset=subset,
+                               seed=config.seed, augment=augment)
+    info = train_loader.dataset.info
+    res = resolution or info.resolution
+    check_resolution(name, res)
+    model = create_model(name, num_classes=info.num_classes, in_channels=info.in_channels)
+    spec = make_spec(name, info.num_classes, info.in_channels, res, info.name, info.mean,
+                     info.std)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(out / "config.json", {"command": command, "model": name,
+                                        "data": data.name, "data_dir": data.data_dir,
+                                        "resolution": resolution, "subset": subset,
+                                        "augment": augment, **vars(config)})
+    result = train(model, train_loader, config, val_loader=data.loader("val", res),
+                   checkpoint_dir=out, spec=spec, progress=progress)
+    test = evaluate(model, data.loader("test", res), progress=progress)
+    card = {"command": command, "seed": config.seed, "test_acc": test.accuracy,
+            "test_loss": test.loss, "val_acc": result.history[-1].get("val_acc"),
+            "epochs": len(result.history), "train_seconds": result.seconds,
+            "dwrprune_version": __version__, "torch": torch.__version__,
+            "processes": distributed.world_size()}
+    if distributed.is_main():
+        save_model(out / "model.pt", model, spec, card)
+        save_json(out / "history.json", result.history)
+        save_json(out / "card.json", {**card, "history": result.history})
+    return card
+
+
+def _source_for(spec, data: DatasetSource | None) -> DatasetSource | None:
+    if data is None:
+        return None
+    if not data.name:
+        data.name = spec.dataset
+    if not data.name:
+        return None
+    return data
+
+
+def shrink_checkpoint(checkpoint: str | os.PathLike, d: float, w: float, r: float,
+                      out: str | os.PathLike, *, data: DatasetSource | None = None,
+                      force: bool = False, recal_batches: int = 50, threads: int = 1,
+                      **shrinker_options) -> tuple[CostReport, CostReport, ShrinkResult,
+                                                   Shrinker]:
+    """Prune a checkpoint to (d, w, r) and save it; returns the cost before and after, the
+    result and the shrinker.  ``shrinker_options`` go to :class:`Shrinker` (criteria,
+    transitions, blocks, round_to).  Data (``data``, or the checkpoint's own dataset) is used
+    for BatchNorm re-calibration and for criteria that need it."""
+    out = output_file(out, force)
+    if isinstance(recal_batches, bool) or recal_batches < 0:
+        raise DwrpruneError(f"recal_batches must be >= 0, got {recal_batches}")
+    model = load(checkpoint)
+    spec = spec_of(model)
+    needs = data_needs(shrinker_options.get("depth_criterion", "weight_norm"),
+                       shrinker_options.get("channel_criterion", "l1"))
+    source = _source_for(spec, data)
+    loaders, recal = {}, None
+    if needs or recal_batches > 0:
+        if source is None:
+            raise DwrpruneError("pass --data (the checkpoint names no dataset) or "
+                                "--recal-batches 0 with data-free criteria")
+        check_data_matches(spec, source.info)
+        if needs:
+            loaders = {"train_loader": source.loader("train", spec.resolution, shuffle=True),
+                       "val_loader": source.loader("val", spec.resolution)}
+        if recal_batches > 0:
+            def recal(res):
+                return source.loader("train", res, shuffle=True)
+    shr = Shrinker(model, criterion_data=loaders, **shrinker_options)
+    res = shr.shrink(d, w, r, recalibrate=recal, recal_batches=recal_batches)
+    before = cost_report(model, spec.resolution, threads=threads)
+    after = cost_report(res.model, res.spec["input"]["resolution"], threads=threads)
+    save_model(out, res.model, res.spec, {"source": str(checkpoint), "macs": res.macs,
+                                          "params": res.params})
+    return before, after, res, shr
+
+
+def autobot_checkpoint(checkpoint: str | os.PathLike, data: DatasetSource, budget: float,
+                       out: str | os.PathLike, *, config=None, force: bool = False,
+                       recal_batches: int = 20, progress: bool = True
+                       ) -> tuple[CostReport, CostReport, ShrinkResult, float, float]:
+    """AutoBot a checkpoint to ``budget`` of its MACs and save it; returns the costs, the
+    result and validation accuracy before and after (before fine-tuning)."""
+    from .autobot import autobot_prune
+
+    out = output_file(out, force)
+    if recal_batches < 0:
+        raise DwrpruneError(f"recal_batches must be >= 0, got {recal_batches}")
+    model = load(checkpoint)
+    spec = spec_of(model)
+    seed = config.seed if config is not None else 0
+    train_loader = data.loader("train", spec.resolution, shuffle=True, seed=seed)
+    check_data_matches(spec, train_loader.dataset.info)
+    result = autobot_prune(model, train_loader, budget, config, progress=progress,
+                           recal_loader=train_loader, recal_batches=recal_batches)
+    val = data.loader("val", spec.resolution)
+    before, after = cost_report(model, spec.resolution), cost_report(result.model,
+                                                                     spec.resolution)
+    acc0, acc1 = evaluate(model, val).accuracy, evaluate(result.model, val).accuracy
+    save_model(out, result.model, result.spec, {"source": str(checkpoint),
+                                                "macs": result.macs})
+    return before, after, result, acc0, acc1
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, onnx: str | os.PathLike, *,
+                      opset: int | None = None, force: bool = False) -> tuple[Path, object]:
+    """ONNX export of a checkpoint (dynamic batch); returns the path and the spec."""
+    from .export import SUPPORTED_OPSETS, export_onnx
+
+    if opset is not None and opset not in SUPPORTED_OPSETS:
+        raise DwrpruneError(f"opset {opset} is not supported by this exporter; choose "
+                            f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
+    out = output_file(onnx, force)
+    model = load(checkpoint)
+    spec = spec_of(model)
+    export_onnx(model, out, spec.resolution, spec.in_channels, opset)
+    return out, spec
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data: DatasetSource, split: str = "test",
+                        progress: bool = False):
+    """Accuracy and loss of a checkpoint on a split of ``data`` (at the checkpoint's input
+    resolution; the dataset must match the model)."""
+    model = load(checkpoint)
+    spec = spec_of(model)
+    loader = data.loader(split, spec.resolution)
+    check_data_matches(spec, loader.dataset.info)
+    return evaluate(model, loader, progress=progress)
+
+
+def model_info(name: str | None, checkpoint: str | os.PathLike | None,
+               resolution: int | None = None, in_channels: int | None = None,
+               num_classes: int = 10, batch_sizes: tuple[int, ...] = (1, 64),
+               threads: int = 1, repeats: int = 20) -> tuple[CostReport, str, int]:
+    """MACs, params and latency of a registered model (fresh weights) or a checkpoint, at
+    ``resolution`` (default: the checkpoint's, or 32); returns the report, the model name
+    and its input channels."""
+    from .models import check_resolution, create_model
+
+    for label, v in (("resolution", resolution), ("in_channels", in_channels),
+                     ("threads", threads), ("repeats", repeats), ("num_classes", num_classes)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise DwrpruneError(f"{label} must be a whole number >= 1, got {v!r}")
+    if name:
+        in_ch = in_channels or 3
+        model = create_model(name, num_classes=num_classes, in_channels=in_ch)
+        res = resolution or 32
+    else:
+        model = load(checkpoint)
+        spec = spec_of(model)
+        name, in_ch, res = spec.name, spec.in_channels, resolution or spec.resolution
+    check_resolution(name, res)
+    return cost_report(model, res, in_ch, tuple(batch_sizes), threads, repeats), name, in_ch
