@@ -123,4 +123,8 @@ def test_cli_autobot(tmp_path, capsys):
     out = tmp_path / "ab.pt"
     assert main(["autobot", "--checkpoint", str(ck / "model.pt"), "--data", "synthetic",
                  "--budget", "0.5", "--steps", "5", "--out", str(out), "--no-progress"]) == 0
-    assert "autobot" in capsys.readouterr().out and load(out) is not None
+    printed = capsys.readouterr().out
+    assert "autobot" in printed and f"wrote {out}" in printed
+    small = load(out)
+    assert small.dwrprune_spec["arch"]["method"] == "autobot"
+    assert count_macs(small, 16, 3) <= 0.5 * count_macs(load(ck / "model.pt"), 16, 3)

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+import dwrprune
 from dwrprune.cli import main
 
 
@@ -40,13 +41,19 @@ def test_train_eval_and_yaml_config(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(out / "model.pt"), "--data", "synthetic",
                  "--split", "val", "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert res["split"] == "val" and 0 <= res["accuracy"] <= 1
+    val = dwrprune.create_dataset("synthetic", "val")
+    model = dwrprune.load(out / "model.pt")
+    ev = dwrprune.evaluate(model, dwrprune.make_loader(val, 64))
+    assert res["split"] == "val" and res["count"] == len(val) == 51
+    assert res["accuracy"] == pytest.approx(ev.accuracy)  # the real figure, not just a range
 
 
-def test_yaml_unknown_option(tmp_path):
+def test_yaml_unknown_option(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("modle: resnet_tiny\n")
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown options ['modle']" in err and "dwrprune train" in err
 
 
 def test_eval_dataset_mismatch(tmp_path, capsys, fmnist_dir):
