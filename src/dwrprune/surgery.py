@@ -242,6 +242,18 @@ def _checked_size(v, limit: int, where: str) -> int:
     return v
 
 
+def _checked_sizes(value, orig, where: str) -> None:
+    """``value`` has the form of ``orig`` (a size or a list of sizes), each within it."""
+    if not isinstance(orig, list):
+        _checked_size(value, orig, where)
+        return
+    if not isinstance(value, list) or len(value) != len(orig):
+        raise DwrpruneError(f"spec {where} must be a list of {len(orig)} sizes, got "
+                            f"{str(value)[:60]}")
+    for x, o in zip(value, orig):
+        _checked_size(x, o, where)
+
+
 def validate_layer_changes(model: nn.Module, changes) -> None:
     """Only existing layers, only the attributes a pruned layer may change, only sizes
     within the original's: a spec can never make dwrprune build an unexpected module or
@@ -263,26 +275,14 @@ def validate_layer_changes(model: nn.Module, changes) -> None:
                 raise DwrpruneError(f"spec arch.layers[{name!r}] changes {a!r}, which is not "
                                     f"a channel attribute of {type(m).__name__} "
                                     f"(allowed: {sorted(own)})")
-            orig = own[a]
-            if isinstance(orig, list):
-                if not isinstance(v, list) or len(v) != len(orig):
-                    raise DwrpruneError(f"spec {name}.{a} must be a list of {len(orig)} sizes")
-                for x, o in zip(v, orig):
-                    _checked_size(x, o, f"{name}.{a}")
-            else:
-                _checked_size(v, orig, f"{name}.{a}")
+            _checked_sizes(v, own[a], f"{name}.{a}")
         tensors = _own_tensors(m)
         for t, shape in shapes.items():
             if t not in tensors:
                 raise DwrpruneError(f"spec arch.layers[{name!r}] resizes {t!r}, which "
                                     f"{type(m).__name__} does not hold "
                                     f"(tensors: {sorted(tensors)})")
-            orig = tuple(tensors[t].shape)
-            if not isinstance(shape, list) or len(shape) != len(orig):
-                raise DwrpruneError(f"spec shape of {name}.{t} must be a list of "
-                                    f"{len(orig)} sizes, got {str(shape)[:60]}")
-            for x, o in zip(shape, orig):
-                _checked_size(x, o, f"shape of {name}.{t}")
+            _checked_sizes(shape, list(tensors[t].shape), f"shape of {name}.{t}")
 
 
 def apply_layer_changes(model: nn.Module, changes: dict[str, dict]) -> None:
