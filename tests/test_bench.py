@@ -3,9 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_compare_quick_mode_runs_every_method_and_resumes(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "run", "--quick",
            "--out", str(tmp_path), "--no-progress"]

@@ -39,6 +39,7 @@ def _train(out, launcher):
     return r.stdout
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_matches_single_process(tmp_path):
     """Same global batch (2 x 16 vs 32): the batches hold the same samples, gradients are
     averaged, so the runs differ only through BatchNorm, which each rank computes over its
@@ -68,11 +69,10 @@ def test_commands_that_do_not_run_under_torchrun_say_so(monkeypatch, capsys):
     assert "does not run under torchrun" in capsys.readouterr().err
 
 
-def test_pipeline_final_finetune_under_torchrun(tmp_path, tiny_checkpoint):
-    from test_pipeline import _config
-
+@pytest.mark.slow
+def test_pipeline_final_finetune_under_torchrun(tmp_path, tiny_checkpoint, config_file):
     run = tmp_path / "run"
-    assert main(["collect", "--checkpoint", str(tiny_checkpoint), "--config", _config(tmp_path),
+    assert main(["collect", "--checkpoint", str(tiny_checkpoint), "--config", config_file(),
                  "--out", str(run), "--no-progress"]) == 0
     assert main(["fit", "--run", str(run)]) == 0
     assert main(["plan", "--run", str(run)]) == 0

@@ -132,6 +132,7 @@ def _samples(run):
     return {s.key: s for s in SampleStore(run / "samples.sqlite").samples()}
 
 
+@pytest.mark.slow
 def test_ray_collection_matches_local(tmp_path, tiny_checkpoint, ray_cluster, config_file):
     cfg = config_file()
     common = ["collect", "--checkpoint", str(tiny_checkpoint), "--config", cfg, "--no-progress"]
@@ -183,6 +184,7 @@ def tiny_cfg(tiny_options):
     return PipelineConfig.from_dict({**tiny_options, "holdout_points": []})
 
 
+@pytest.mark.slow
 def test_killed_worker_is_retried_and_the_run_completes(tmp_path, tiny_checkpoint, ray_cluster,
                                                         tiny_cfg):
     marker = tmp_path / "killed"
@@ -197,6 +199,7 @@ def test_killed_worker_is_retried_and_the_run_completes(tmp_path, tiny_checkpoin
     assert len(store.samples()) == 9  # orig + 2 d + 2 w + 2 r + 2 mixed
 
 
+@pytest.mark.slow
 def test_failing_job_is_reported_and_the_rest_kept(tmp_path, tiny_checkpoint, ray_cluster,
                                                    tiny_cfg):
     ex = RayExecutor(ray_cluster, retries=1)
@@ -212,6 +215,7 @@ def test_failing_job_is_reported_and_the_rest_kept(tmp_path, tiny_checkpoint, ra
     assert sorted(kept) == ["d/0", "d/1", "mix/0", "mix/1", "orig", "r/0", "r/1"]
 
 
+@pytest.mark.slow
 def test_benchmark_on_ray_matches_local(tmp_path, tiny_checkpoint, ray_cluster, tiny_options):
     import csv
 

@@ -170,6 +170,7 @@ def test_read_only_destination(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- 5 final settings
+@pytest.mark.slow
 def test_rerun_with_another_budget_restarts_only_the_final_stage(tmp_path, tiny_checkpoint,
                                                                  config_file, capsys):
     run = tmp_path / "run"
@@ -270,6 +271,7 @@ def test_bad_options_are_refused(tmp_path, capsys, argv, needle):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_export_writes_the_opset_asked_for(tmp_path):
     import onnx
 

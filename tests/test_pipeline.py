@@ -16,6 +16,7 @@ from dwrprune.pipeline import PipelineConfig, resolve_config
 from dwrprune.store import SampleStore
 
 
+@pytest.mark.slow
 def test_prune_end_to_end_and_stage_commands(tmp_path, tiny_checkpoint, capsys, config_file):
     run = tmp_path / "run"
     assert main(["prune", "--checkpoint", str(tiny_checkpoint), "--config", config_file(),
@@ -43,6 +44,7 @@ def test_prune_end_to_end_and_stage_commands(tmp_path, tiny_checkpoint, capsys, 
     assert main(["report", "--run", str(run)]) == 0
 
 
+@pytest.mark.slow
 def test_resuming_with_other_config_is_refused(tmp_path, tiny_checkpoint, capsys, config_file):
     run = tmp_path / "run"
     assert main(["collect", "--checkpoint", str(tiny_checkpoint), "--config",
@@ -61,6 +63,7 @@ def test_resuming_with_other_config_is_refused(tmp_path, tiny_checkpoint, capsys
     assert "different model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigkill_mid_collection_resumes_without_loss(tmp_path, tiny_checkpoint, config_file):
     run = tmp_path / "run"
     cfg = config_file(finetune_steps=40)
@@ -147,6 +150,7 @@ def test_quick_preset_on_bundled_model(tmp_path):
     assert (run / "report" / "slice.png").exists()
 
 
+@pytest.mark.slow
 def test_python_api_with_own_finetune_function(tmp_path, tiny_checkpoint, tiny_options):
     import dwrprune
 
@@ -168,6 +172,7 @@ def test_python_api_with_own_finetune_function(tmp_path, tiny_checkpoint, tiny_o
     assert sol.best.macs <= 0.4 * sol.base_macs and holdout["count"] == 0
 
 
+@pytest.mark.slow
 def test_pipeline_with_autobot_width_allocation(tmp_path, tiny_checkpoint, config_file):
     run = tmp_path / "run"
     assert main(["prune", "--checkpoint", str(tiny_checkpoint), "--config", config_file(),
@@ -191,6 +196,7 @@ def test_store_from_older_version_without_new_keys_resumes():
                             defaults=defaults)
 
 
+@pytest.mark.slow
 def test_missing_chain_model_is_a_clear_error(tmp_path, tiny_checkpoint, capsys, config_file):
     run = tmp_path / "run"
     args = ["collect", "--checkpoint", str(tiny_checkpoint), "--config", config_file(),
@@ -205,6 +211,7 @@ def test_missing_chain_model_is_a_clear_error(tmp_path, tiny_checkpoint, capsys,
     assert "chain model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_second_collector_on_one_folder_is_refused_or_waits(tmp_path, tiny_checkpoint,
                                                             tiny_options):
     import threading

@@ -31,6 +31,7 @@ def test_families_fit_their_own_form(family, degree, rank):
     assert np.abs(p.predict(X) - y).max() < 2e-3
 
 
+@pytest.mark.slow
 def test_loo_selection_predicts_unseen_mixed_points():
     X, y = _axis_samples()
     with warnings.catch_warnings():

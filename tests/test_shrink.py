@@ -180,6 +180,7 @@ def test_bad_points(d, w, r, match):
         shrink(m, d, w, r)
 
 
+@pytest.mark.slow
 def test_no_removable_blocks_is_clear():
     m = make("tv/densenet121", 3, 32)
     with pytest.raises(DwrpruneError, match="no removable blocks"):

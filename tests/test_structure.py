@@ -203,6 +203,7 @@ def test_data_needs_are_declared_by_criteria():
         data_needs(channel_criterion="x")
 
 
+@pytest.mark.slow
 def test_quick_preset_with_autobot_criterion_gets_its_data(tiny_checkpoint, tiny_options):
     """Once failed in sample jobs with 'needs training data' although data was configured."""
     from dwrprune.pipeline import DatasetSource, build_shrinker
@@ -245,6 +246,7 @@ def test_solver_never_returns_a_point_over_budget(budget, a, b, c):
 
 
 # ---------------------------------------------------------------------------- one-call API
+@pytest.mark.slow
 def test_one_call_prune_returns_a_usable_model_with_true_provenance(tmp_path, tiny_checkpoint,
                                                                      tiny_options):
     model = dwrprune.load(tiny_checkpoint)

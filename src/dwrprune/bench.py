@@ -84,6 +84,23 @@ def append_row(csv_path: Path, row: dict) -> None:
         f.flush()
 
 
+def finetune_and_score(model: nn.Module, data: DataSource, resolution: int,
+                       recipe: TrainConfig, seed: int, subset: int | None = None,
+                       progress: bool = False, desc: str = "finetune") -> dict:
+    """The benchmark's fine-tune recipe (with ``seed``) on ``model`` in place, then its
+    validation and test figures: one recipe for every method and every oracle point."""
+    cfg = copy.deepcopy(recipe)
+    cfg.seed = seed
+    t0 = time.perf_counter()
+    train(model, data.loader("train", resolution, shuffle=True, subset=subset, seed=seed),
+          cfg, progress=progress, log=False, desc=desc)
+    seconds = time.perf_counter() - t0
+    model.eval()
+    val = evaluate(model, data.loader("val", resolution))
+    return {"finetune_seconds": seconds, "val_acc": val.accuracy, "val_loss": val.loss,
+            "test_acc": evaluate(model, data.loader("test", resolution)).accuracy}
+
+
 class BenchJob:
     """One (method, budget, seed): prune, test, fine-tune with the shared recipe, test
     again.  Runs wherever the executor puts it; returns the row and the fine-tuned model."""
@@ -111,16 +128,8 @@ class BenchJob:
                    params=count_params(m))
         row["macs_ratio"] = row["macs"] / self.orig["original_macs"]
         row["test_acc_pruned"] = evaluate(m, data.loader("test", res)).accuracy
-        cfg = copy.deepcopy(self.recipe)
-        cfg.seed = seed
-        t1 = time.perf_counter()
-        train(m, data.loader("train", res, shuffle=True, subset=self.finetune_subset,
-                             seed=seed), cfg, progress=self.ctx.progress, log=False,
-              desc=f"{name} {budget:g} s{seed}")
-        row["finetune_seconds"] = time.perf_counter() - t1
-        m.eval()
-        row["val_acc"] = evaluate(m, data.loader("val", res)).accuracy
-        row["test_acc"] = evaluate(m, data.loader("test", res)).accuracy
+        row.update(finetune_and_score(m, data, res, self.recipe, seed, self.finetune_subset,
+                                      self.ctx.progress, f"{name} {budget:g} s{seed}"))
         return {**row, "status": "ok"}, PortableModel(m)
 
 

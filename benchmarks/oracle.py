@@ -1,0 +1,194 @@
+"""The iso-cost oracle: the ground truth a choice of (d, w, r) is judged against.
+
+    python benchmarks/oracle.py run --budget 0.5 --seeds 0,1 --run RUN --out OUT
+    python benchmarks/oracle.py render --out OUT --budget 0.5 --run RUN [--run RUN2 ...]
+    python benchmarks/oracle.py run --quick        # tiny model, synthetic data (CI)
+
+`run` fine-tunes every point on the budget's surface (one-axis points, the run's choice, a
+spread over depth and resolution with width solved to the budget) with the benchmark recipe,
+appending one row per (point, seed) to OUT/oracle.csv (a stopped run resumes; add seeds or
+`--extra-seeds LABEL:2,3` later).  `render` prints the surface ranked by mean validation
+accuracy, and for each run folder given: its choice at the budget, the regret of that choice
+(best mean test accuracy on the surface minus the choice's) and the Spearman correlation of its
+predictor with the oracle's mean validation accuracy.  The run folder's block ranking and
+pipeline options are used to prune every point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _floats(s):
+    return [float(x) for x in s.split(",")]
+
+
+def _ints(s):
+    return [int(x) for x in s.split(",")]
+
+
+def _extra(items):
+    out = {}
+    for item in items or []:
+        label, _, seeds = item.partition(":")
+        out[label] = _ints(seeds)
+    return out
+
+
+def _quick(out: Path):
+    """A tiny model, a tiny collection and its run folder: every code path in seconds."""
+    import dwrprune
+    from dwrprune.cli import main as cli
+
+    ck = out / "tiny"
+    if not (ck / "model.pt").exists():
+        cli(["train", "--model", "resnet_tiny2", "--data", "synthetic", "--steps", "40",
+             "--lr", "0.05", "--out", str(ck), "--no-progress"])
+    run = out / "run"
+    if not (run / "predictor.json").exists():
+        cli(["collect", "--checkpoint", str(ck / "model.pt"), "--data", "synthetic",
+             "--depth-criterion", "weight_norm", "--depth-steps", "0.75,0.5",
+             "--width-steps", "0.75,0.5", "--resolution-steps", "0.75,0.5",
+             "--mixed-points", "0.75,0.75,0.75", "--holdout-points", "", "--finetune-steps",
+             "2", "--batch-size", "32", "--recal-batches", "2", "--max-degree", "1",
+             "--out", str(run), "--no-progress"])
+        cli(["fit", "--run", str(run)])
+    return dwrprune.load(ck / "model.pt"), run
+
+
+def cmd_run(args) -> None:
+    import dwrprune
+    from dwrprune.oracle import default_grid, run_oracle
+    from dwrprune.pipeline import DatasetSource, Run, build_shrinker
+
+    out = Path(args.out)
+    if args.quick:
+        model, run_dir = _quick(out)
+        data = DatasetSource("synthetic", batch_size=32)
+        recipe = dwrprune.TrainConfig(steps=3, lr=0.01)
+    else:
+        run_dir = Path(args.run)
+        cfg, checkpoint = Run(run_dir).load_config()
+        model = dwrprune.load(dwrprune.pretrained.resolve(checkpoint))
+        data = DatasetSource.from_config(cfg)
+        recipe = dwrprune.TrainConfig(epochs=args.epochs, lr=args.lr, seed=0)
+    run = Run(run_dir)
+    cfg, _ = run.load_config()
+    order, criterion = run.block_ranking()
+    shr = build_shrinker(model, cfg, None, block_order=order, block_order_criterion=criterion)
+    depths, resolutions = default_grid(shr)
+    depths = args.depths or depths
+    resolutions = args.resolutions or resolutions
+    for budget in args.budgets:
+        csv_path = run_oracle(model, data, run_dir, budget, args.seeds, recipe, out,
+                              depths=depths, resolutions=resolutions, tol=args.tol,
+                              subset=args.finetune_subset, extra_seeds=_extra(args.extra_seeds),
+                              progress=not args.no_progress)
+    print(f"results: {csv_path}")
+    if args.quick:
+        args.run, args.update_readme = [str(run_dir)], False
+        for budget in args.budgets:
+            args.budget = budget
+            cmd_render(args)
+
+
+def render(rows: list[dict], budget: float, runs: list[str]) -> str:
+    from dwrprune.checkpoint import load
+    from dwrprune.oracle import summarise_oracle
+    from dwrprune.pipeline import Run, build_shrinker, solve_budget
+    from dwrprune.pretrained import resolve
+
+    s = summarise_oracle(rows, budget)
+    lines = [f"Budget {budget:g}: {len(s['points'])} points, ranked by mean validation "
+             "accuracy (seeds: mean ± std).", "",
+             "| point | d | w | r | MACs ratio | seeds | val acc (%) | test acc (%) | "
+             "regret, test (pts) | predicted val (%) |", "|" + "---|" * 10]
+    for p in s["points"]:
+        ref = "" if p["iso"] else " (reference: not iso-cost)"
+        lines.append(f"| {p['label']}{ref} | {p['d']:.3f} | {p['w']:.3f} | {p['r']:.3f} | "
+                     f"{p['macs_ratio']:.3f} | {p['seeds']} | {100 * p['val']:.2f} ± "
+                     f"{100 * p['val_std']:.2f} | {100 * p['test']:.2f} ± "
+                     f"{100 * p['test_std']:.2f} | {100 * p['regret']:.2f} | "
+                     f"{100 * p['predicted']:.2f} |")
+    lines += ["", f"Best by mean validation accuracy: {s['best_by_val']}.", ""]
+    for rd in runs:
+        run = Run(rd)
+        cfg, checkpoint = run.load_config()
+        pred, _ = run.predictor()
+        order, criterion = run.block_ranking()
+        shr = build_shrinker(load(resolve(checkpoint)), cfg, None, block_order=order,
+                             block_order_criterion=criterion)
+        x = solve_budget(pred, shr, budget, cfg.lower_bounds).best
+        mine = summarise_oracle(rows, budget, pred)
+        hit = next((p for p in mine["points"] if (round(p["d"], 6), round(p["r"], 6),
+                                                   round(p["macs_ratio"], 9)) ==
+                    (round(x.d, 6), round(x.r, 6), round(x.macs_ratio, 9))), None)
+        what = (f"chose {hit['label']}: regret {100 * hit['regret']:.2f} pts (test)"
+                if hit else f"chose d={x.d:.3f} w={x.w:.3f} r={x.r:.3f}, not on the surface "
+                "yet (run it: oracle.py run --run " + rd + ")")
+        lines.append(f"- `{rd}`: {what}; Spearman(predictor, oracle val) = "
+                     f"{mine['spearman']:.2f}")
+    return "\n".join(lines)
+
+
+def cmd_render(args) -> None:
+    from dwrprune.oracle import read_rows
+
+    out = Path(args.out)
+    text = render(read_rows(out / "oracle.csv"), args.budget, args.run or [])
+    print(text)
+    (out / f"oracle_{args.budget:g}.md").write_text(text + "\n")
+    if args.update_readme:
+        readme = ROOT / "README.md"
+        tag = f"oracle-{args.budget:g}"
+        new, n = re.subn(rf"(<!-- {tag} -->).*?(<!-- /{tag} -->)",
+                         lambda m: f"{m.group(1)}\n{text}\n{m.group(2)}", readme.read_text(),
+                         flags=re.S)
+        if n != 1:
+            sys.exit(f"README.md has no <!-- {tag} --> block")
+        readme.write_text(new)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--run", help="pipeline run folder (ranking, options, predictor)")
+    r.add_argument("--budgets", type=_floats, default=[0.5])
+    r.add_argument("--seeds", type=_ints, default=[0, 1])
+    r.add_argument("--extra-seeds", nargs="*", help="LABEL:SEEDS, more seeds for a point")
+    r.add_argument("--depths", type=_floats, default=None, help="grid depths (default: spread)")
+    r.add_argument("--resolutions", type=_floats, default=None, help="grid resolutions")
+    r.add_argument("--tol", type=float, default=0.03,
+                   help="how far under the budget a point may be (fraction of original MACs)")
+    r.add_argument("--epochs", type=int, default=3, help="the benchmark recipe's epochs")
+    r.add_argument("--lr", type=float, default=0.02)
+    r.add_argument("--finetune-subset", type=int, default=None)
+    r.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "oracle"))
+    r.add_argument("--quick", action="store_true")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=cmd_run)
+    d = sub.add_parser("render")
+    d.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "oracle"))
+    d.add_argument("--budget", type=float, default=0.5)
+    d.add_argument("--run", action="append", help="run folder whose choice to judge")
+    d.add_argument("--update-readme", action="store_true")
+    d.set_defaults(func=cmd_render)
+    args = ap.parse_args()
+    if args.cmd == "run" and not args.quick and not args.run:
+        sys.exit("oracle.py: error: run needs --run RUN (or --quick)")
+    from dwrprune import DwrpruneError
+
+    try:
+        args.func(args)
+    except DwrpruneError as e:
+        sys.exit(f"oracle.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""The iso-cost oracle: ground truth for the choice of (d, w, r) at one budget.
+
+Take realisable points whose exact MACs lie just under the budget (at most ``tol`` of the
+original MACs under it: 0.03 keeps ratios in [0.47, 0.50] for budget 0.5): the three
+one-axis points, the point a pipeline run chose, and a spread over (d, r) with w solved to
+meet the budget.  Prune each from the original (blocks in the run's saved ranking, BatchNorm
+re-calibrated), fine-tune it with the benchmark's recipe over seeds, and record validation
+and test accuracy.  Then:
+
+* **regret** of a choice = best mean test accuracy on the surface - the chosen point's;
+* **rank correlation** (Spearman) between a predictor's values at the points and their mean
+  validation accuracy.
+
+Points are ranked and selected by validation accuracy only; test accuracy is for the report.
+Rows are appended to ``oracle.csv`` as each (point, seed) finishes, so a stopped run resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .bench import finetune_and_score
+from .engine import TrainConfig
+from .errors import DwrpruneError
+from .executors import Executor, LocalExecutor, Node, PortableModel, raise_failures, run_graph
+from .pipeline import DataSource, Run, build_shrinker
+from .shrink import Shrinker
+
+FIELDS = ["budget", "label", "kind", "d", "w", "r", "kept_blocks", "resolution", "macs_ratio",
+          "iso", "seed", "val_acc", "val_loss", "test_acc", "predicted", "finetune_seconds",
+          "timestamp"]
+
+
+@dataclass(frozen=True)
+class OraclePoint:
+    label: str
+    kind: str  # width-only | depth-only | resolution-only | grid | choice
+    d: float
+    w: float
+    r: float
+    macs_ratio: float
+    iso: bool  # within the tolerance under the budget (else a reference point only)
+
+
+def _largest(values: list[float], fits) -> float | None:
+    """The largest value (ascending list) for which ``fits`` holds, by bisection."""
+    lo, hi = 0, len(values) - 1
+    if not fits(values[lo]):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(values[mid]) else (lo, mid - 1)
+    return values[lo]
+
+
+def solve_width(shr: Shrinker, d: float, r: float, limit: float) -> float | None:
+    """The widest realisable w whose exact MACs at (d, ., r) stay within ``limit``."""
+    return _largest([i / 1000 for i in range(50, 1001)],
+                    lambda w: shr.macs(d, w, r) <= limit)
+
+
+def surface_points(shr: Shrinker, budget: float, depths: list[float],
+                   resolutions: list[float], tol: float = 0.03,
+                   choices: dict[str, tuple[float, float, float]] | None = None
+                   ) -> list[OraclePoint]:
+    """The oracle's points on the budget surface (see the module docstring)."""
+    base = shr.macs(1, 1, 1)
+    limit = budget * base
+    n, px = len(shr.blocks), shr.base_resolution
+
+    def point(label, kind, d, w, r):
+        ratio = shr.macs(d, w, r) / base
+        return OraclePoint(label, kind, round(d, 6), round(w, 6), round(r, 6), ratio,
+                           budget - tol <= ratio <= budget)
+
+    pts = []
+    w1 = solve_width(shr, 1.0, 1.0, limit)
+    if w1 is not None:
+        pts.append(point("width-only", "width-only", 1.0, w1, 1.0))
+    if n:
+        d1 = _largest([k / n for k in range(1, n + 1)], lambda d: shr.macs(d, 1, 1) <= limit)
+        if d1 is not None:
+            pts.append(point("depth-only", "depth-only", d1, 1.0, 1.0))
+    r1 = _largest([p / px for p in range(shr.min_resolution, px + 1)],
+                  lambda r: shr.macs(1, 1, r) <= limit)
+    if r1 is not None:
+        pts.append(point("resolution-only", "resolution-only", 1.0, 1.0, r1))
+    for d in depths:
+        d = round(d * n) / n if n else 1.0
+        for r in resolutions:
+            r = max(round(r * px), shr.min_resolution) / px
+            if (d, r) == (1.0, 1.0):
+                continue  # that is width-only
+            w = solve_width(shr, d, r, limit)
+            if w is not None and w < 1.0:
+                p = point(f"d{d:.3f}-r{r:.3f}", "grid", d, w, r)
+                if p.iso and not any(same_model(q, p) for q in pts):
+                    pts.append(p)
+    for label, (d, w, r) in (choices or {}).items():
+        p = point(label, "choice", d, w, r)
+        if not any(same_model(q, p) for q in pts):
+            pts.append(p)
+    return pts
+
+
+def same_model(a, b) -> bool:
+    """Two points that realise the same pruned model (uniform width: the same blocks, input
+    side and MACs), e.g. w=0.749 and w=0.750 when both keep the same channels."""
+    return (round(a.d, 6), round(a.r, 6), round(a.macs_ratio, 9)) == (
+        round(b.d, 6), round(b.r, 6), round(b.macs_ratio, 9))
+
+
+class OracleJob:
+    """One (point, seed): shrink from the original, fine-tune with the recipe, score."""
+
+    def __init__(self, model: nn.Module, data: DataSource, cfg, block_order, criterion,
+                 recipe: TrainConfig, subset: int | None, progress: bool):
+        self.original, self.data, self.cfg = PortableModel(model), data, cfg
+        self.block_order, self.criterion = block_order, criterion
+        self.recipe, self.subset, self.progress = recipe, subset, progress
+
+    def __call__(self, p: OraclePoint, seed: int) -> dict:
+        torch.manual_seed(seed)
+        shr = build_shrinker(self.original.model, self.cfg, self.data,
+                             block_order=self.block_order,
+                             block_order_criterion=self.criterion)
+        out = shr.shrink(p.d, p.w, p.r, recalibrate=lambda res: self.data.loader(
+            "train", res, shuffle=True, seed=seed), recal_batches=max(self.cfg.recal_batches, 20))
+        res = out.spec["input"]["resolution"]
+        scores = finetune_and_score(out.model, self.data, res, self.recipe, seed, self.subset,
+                                    self.progress, f"{p.label} s{seed}")
+        kept = len(shr.blocks) - len(out.spec["arch"]["removed_blocks"])
+        return {**asdict(p), **scores, "seed": seed, "kept_blocks": kept, "resolution": res,
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def read_rows(csv_path: str | Path) -> list[dict]:
+    p = Path(csv_path)
+    if not p.exists():
+        return []
+    with open(p, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _append(csv_path: Path, row: dict) -> None:
+    new = not csv_path.exists()
+    with open(csv_path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow({k: row.get(k, "") for k in FIELDS})
+
+
+def run_oracle(model: nn.Module, data: DataSource, run_dir: str | Path, budget: float,
+               seeds: list[int], recipe: TrainConfig, out: str | Path, *,
+               depths: list[float], resolutions: list[float], tol: float = 0.03,
+               subset: int | None = None, extra_seeds: dict[str, list[int]] | None = None,
+               progress: bool = True, executor: Executor | None = None) -> Path:
+    """Fine-tune every surface point of ``budget`` for ``seeds`` (and ``extra_seeds`` per
+    label), skipping rows already in ``out/oracle.csv``; the run folder ``run_dir`` gives
+    the block ranking, the pipeline config and the predictor (its choice is a point, and
+    its value at every point is recorded)."""
+    run = Run(run_dir)
+    cfg, _ = run.load_config()
+    pred, _ = run.predictor()
+    order, criterion = run.block_ranking()
+    from .pipeline import solve_budget
+
+    shr = build_shrinker(model, cfg, None, block_order=order, block_order_criterion=criterion)
+    chosen = solve_budget(pred, shr, budget, cfg.lower_bounds).best
+    points = surface_points(shr, budget, depths, resolutions, tol,
+                            {"choice": (chosen.d, chosen.w, chosen.r)})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "oracle.csv"
+    done = {(r["label"], float(r["budget"]), int(r["seed"])) for r in read_rows(csv_path)}
+    todo = [(p, s) for p in points for s in sorted(set(seeds) | set(
+        (extra_seeds or {}).get(p.label, []))) if (p.label, budget, s) not in done]
+    job = OracleJob(model, data, cfg, order, criterion, recipe, subset,
+                    progress and (executor is None or executor.name == "local"))
+    bar = tqdm(total=len(todo), desc=f"oracle {budget:g}", unit="job", disable=not progress)
+
+    def node(p: OraclePoint, seed: int) -> Node:
+        def finished(row):
+            _append(csv_path, {**row, "budget": budget, "predicted": pred(p.d, p.w, p.r)})
+            bar.update(1)
+            bar.write(f"[oracle] {p.label:18s} s{seed} d={p.d:.3f} w={p.w:.3f} r={p.r:.3f} "
+                      f"MACs {100 * p.macs_ratio:.1f}% val {100 * row['val_acc']:.2f} "
+                      f"test {100 * row['test_acc']:.2f}")
+        return Node(f"{p.label} s{seed}", lambda: (job, (p, seed)), finished)
+
+    failures = run_graph([node(p, s) for p, s in todo], executor or LocalExecutor())
+    bar.close()
+    raise_failures(failures, "oracle jobs", str(csv_path))
+    return csv_path
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _std(xs: list[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def summarise_oracle(rows: list[dict], budget: float, predictor=None) -> dict:
+    """Per point: mean and std over seeds of validation and test accuracy; the best point by
+    mean validation accuracy; regrets of the recorded choice and of every one-axis point
+    (best mean test on the iso-cost surface minus theirs); Spearman between the predictor
+    (``predictor`` or the recorded values) and mean validation accuracy over iso points."""
+    from scipy.stats import spearmanr
+
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        if abs(float(r["budget"]) - budget) < 1e-9:
+            by.setdefault(r["label"], []).append(r)
+    if not by:
+        raise DwrpruneError(f"no oracle rows for budget {budget}")
+    pts = []
+    for label, rs in by.items():
+        d, w, r = (float(rs[0][k]) for k in "dwr")
+        val, test = [float(x["val_acc"]) for x in rs], [float(x["test_acc"]) for x in rs]
+        pts.append({"label": label, "kind": rs[0]["kind"], "d": d, "w": w, "r": r,
+                    "macs_ratio": float(rs[0]["macs_ratio"]),
+                    "iso": rs[0]["iso"] == "True",
+                    "seeds": len(rs), "val": _mean(val), "val_std": _std(val),
+                    "test": _mean(test), "test_std": _std(test),
+                    "predicted": predictor(d, w, r) if predictor else float(rs[0]["predicted"])})
+    iso = [p for p in pts if p["iso"]]
+    best_test = max(p["test"] for p in iso)
+    best_val = max(iso, key=lambda p: p["val"])
+    for p in pts:
+        p["regret"] = best_test - p["test"]
+    rho = spearmanr([p["predicted"] for p in iso], [p["val"] for p in iso]).statistic \
+        if len(iso) > 2 else float("nan")
+    return {"budget": budget, "points": sorted(pts, key=lambda p: -p["val"]),
+            "best_by_val": best_val["label"], "best_test": best_test,
+            "spearman": float(rho)}
+
+
+def default_grid(shr: Shrinker) -> tuple[list[float], list[float]]:
+    """A spread over (d, r): about four realisable depths down to 55% of the blocks, and
+    input sides down to about 85% in steps of two pixels."""
+    n, px = len(shr.blocks), shr.base_resolution
+    ks = list(range(n, max(int(0.55 * n + 0.999), 1) - 1, -1))
+    step = max(1, len(ks) // 4)
+    depths = sorted({round(k / n, 6) for k in ks[::step]}, reverse=True) if n else [1.0]
+    res = sorted({round(p / px, 6) for p in range(px, max(int(0.84 * px), shr.min_resolution)
+                                                   - 1, -2)}, reverse=True)
+    return depths, res
+
+
+__all__ = ["FIELDS", "OraclePoint", "default_grid", "read_rows", "run_oracle",
+           "solve_width", "summarise_oracle", "surface_points"]

@@ -1,0 +1,70 @@
+"""The iso-cost oracle: points on a budget's surface, and regret / rank correlation."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import dwrprune
+from dwrprune.oracle import same_model, summarise_oracle, surface_points
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.3])
+def test_surface_points_lie_just_under_the_budget(budget):
+    shr = dwrprune.Shrinker(dwrprune.load(dwrprune.pretrained.path()))
+    pts = surface_points(shr, budget, [1.0, 0.857, 0.714], [1.0, 0.929],
+                         choices={"mine": (0.857, 0.80, 0.929)})
+    iso = [p for p in pts if p.iso]
+    assert len(iso) >= 5
+    for p in iso:
+        assert budget - 0.03 <= p.macs_ratio <= budget
+        assert p.macs_ratio == shr.macs(p.d, p.w, p.r) / shr.macs(1, 1, 1)
+    kinds = {p.kind for p in pts}
+    assert {"width-only", "resolution-only", "grid"} <= kinds
+    for a in pts:  # no model twice
+        assert sum(same_model(a, b) for b in pts) == 1
+
+
+def _rows(budget=0.5):
+    table = {"a": (0.93, 0.931, 0.92), "b": (0.95, 0.936, 0.93), "c": (0.90, 0.925, 0.91)}
+    rows = []
+    for label, (val, test, pred) in table.items():
+        for seed, dv in ((0, -0.001), (1, 0.001)):
+            rows.append({"budget": str(budget), "label": label, "kind": "grid", "d": "1.0",
+                         "w": "0.5", "r": "1.0", "macs_ratio": "0.49", "iso": "True",
+                         "seed": str(seed), "val_acc": str(val + dv), "test_acc": str(test),
+                         "predicted": str(pred)})
+    return rows
+
+
+def test_regret_and_rank_correlation():
+    s = summarise_oracle(_rows(), 0.5)
+    by = {p["label"]: p for p in s["points"]}
+    assert s["best_by_val"] == "b" and [p["label"] for p in s["points"]] == ["b", "a", "c"]
+    assert by["b"]["regret"] == pytest.approx(0.0)
+    assert by["c"]["regret"] == pytest.approx(0.011)
+    assert by["a"]["val_std"] == pytest.approx(0.001414, rel=1e-3)
+    assert s["spearman"] == pytest.approx(1.0)  # predictor order b > a > c, as measured
+    flipped = summarise_oracle(_rows(), 0.5, predictor=lambda d, w, r: 0.0 if d else 1.0)
+    assert flipped["points"][0]["predicted"] == 0.0
+    with pytest.raises(dwrprune.DwrpruneError, match="no oracle rows"):
+        summarise_oracle(_rows(), 0.3)
+
+
+@pytest.mark.slow
+def test_oracle_quick_runs_resumes_and_renders(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "oracle.py"), "run", "--quick",
+           "--out", str(tmp_path), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "oracle.csv")))
+    labels = {x["label"] for x in rows}
+    assert {"width-only", "resolution-only"} <= labels and len(rows) == 2 * len(labels)
+    assert "regret" in r.stdout and "Spearman" in r.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0
+    assert len(list(csv.DictReader(open(tmp_path / "oracle.csv")))) == len(rows)  # resumed
