@@ -123,7 +123,7 @@ def render(rows: list[dict], budget: float, runs: list[str]) -> str:
         order, criterion = run.block_ranking()
         shr = build_shrinker(load(resolve(checkpoint)), cfg, None, block_order=order,
                              block_order_criterion=criterion)
-        x = solve_budget(pred, shr, budget, cfg.lower_bounds).best
+        x = solve_budget(pred, shr, budget, cfg.lower_bounds, cfg.min_gain_sigmas).best
         mine = summarise_oracle(rows, budget, pred)
         hit = next((p for p in mine["points"] if (round(p["d"], 6), round(p["r"], 6),
                                                    round(p["macs_ratio"], 9)) ==

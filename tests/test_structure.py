@@ -129,6 +129,7 @@ BAD_OPTIONS = [  # one per option family: names, numbers, lists, final stage, ex
     ("transitions", "yes", "option transitions must be true or false"),
     ("seed", 1.5, "option seed must be a whole number"),
     ("lower_bounds", [0.1, 0.2], r"lower_bounds must be \[d, w, r\]"),
+    ("min_gain_sigmas", -1, "min_gain_sigmas must be >= 0"),
 ]
 
 

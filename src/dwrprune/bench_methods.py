@@ -21,6 +21,7 @@ from .pipeline import (
     build_shrinker,
     collect,
     fit_samples,
+    one_axis_point,
     run_shrinker,
     solve_budget,
 )
@@ -67,20 +68,6 @@ class BenchContext:
         return self.data.loader("train", res, shuffle=True)
 
 
-def _largest_under(values: list[float], fits) -> float:
-    """The largest value (values ascending) for which ``fits`` holds; bisection."""
-    lo, hi = 0, len(values) - 1
-    if not fits(values[lo]):
-        raise Infeasible
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(values[mid]):
-            lo = mid
-        else:
-            hi = mid - 1
-    return values[lo]
-
-
 class OneAxis:
     """Prune one axis only, to the largest realisable setting under the budget."""
 
@@ -90,27 +77,11 @@ class OneAxis:
 
     def prune(self, model, budget, seed, ctx) -> Pruned:
         shr = ctx.shrinker(model)
-        limit = budget * shr.macs(1, 1, 1)
-        if self.axis == "d":
-            n = len(shr.blocks)
-            if n == 0:
-                raise Infeasible
-            val = _largest_under([k / n for k in range(0, n + 1) if k / n > 0] or [1.0],
-                                 lambda d: shr.macs(d, 1, 1) <= limit)
-            point = (val, 1.0, 1.0)
-        elif self.axis == "r":
-            base = shr.base_resolution
-            pxs = list(range(shr.min_resolution, base + 1))
-            val = _largest_under([p / base for p in pxs], lambda r: shr.macs(1, 1, r) <= limit)
-            point = (1.0, 1.0, val)
-        else:
-            ws = [i / 1000 for i in range(1, 1001)]
-            val = _largest_under(ws, lambda w: shr.macs(1, w, 1) <= limit)
-            point = (1.0, val, 1.0)
-        if shr.macs(*point) > limit:  # d: even zero kept blocks may not fit
+        point = one_axis_point(shr, self.axis, budget)
+        if point is None:
             raise Infeasible
         out = shr.shrink(*point, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
-        return Pruned(out.model, out.spec, f"{self.axis}={val:.3f}")
+        return Pruned(out.model, out.spec, f"{self.axis}={point['dwr'.index(self.axis)]:.3f}")
 
 
 class ThreeD:
@@ -132,7 +103,7 @@ class ThreeD:
             order = run.block_ranking()
             for budget in sorted({b for b, s in todo if s == seed}):
                 t0 = time.perf_counter()
-                sol = solve_budget(pred, shr, budget, cfg.lower_bounds)
+                sol = solve_budget(pred, shr, budget, cfg.lower_bounds, cfg.min_gain_sigmas)
                 ctx.prepared[(self.name, budget, seed)] = {
                     "point": (sol.best.d, sol.best.w, sol.best.r),
                     "block_order": order, "collection_seconds": collection,

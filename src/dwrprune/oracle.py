@@ -31,7 +31,7 @@ from .bench import finetune_and_score
 from .engine import TrainConfig
 from .errors import DwrpruneError
 from .executors import Executor, LocalExecutor, Node, PortableModel, raise_failures, run_graph
-from .pipeline import DataSource, Run, build_shrinker
+from .pipeline import DataSource, Run, build_shrinker, largest_under, one_axis_point
 from .shrink import Shrinker
 
 FIELDS = ["budget", "label", "kind", "d", "w", "r", "kept_blocks", "resolution", "macs_ratio",
@@ -50,21 +50,10 @@ class OraclePoint:
     iso: bool  # within the tolerance under the budget (else a reference point only)
 
 
-def _largest(values: list[float], fits) -> float | None:
-    """The largest value (ascending list) for which ``fits`` holds, by bisection."""
-    lo, hi = 0, len(values) - 1
-    if not fits(values[lo]):
-        return None
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(values[mid]) else (lo, mid - 1)
-    return values[lo]
-
-
 def solve_width(shr: Shrinker, d: float, r: float, limit: float) -> float | None:
     """The widest realisable w whose exact MACs at (d, ., r) stay within ``limit``."""
-    return _largest([i / 1000 for i in range(50, 1001)],
-                    lambda w: shr.macs(d, w, r) <= limit)
+    return largest_under([i / 1000 for i in range(50, 1001)],
+                         lambda w: shr.macs(d, w, r) <= limit)
 
 
 def surface_points(shr: Shrinker, budget: float, depths: list[float],
@@ -82,17 +71,10 @@ def surface_points(shr: Shrinker, budget: float, depths: list[float],
                            budget - tol <= ratio <= budget)
 
     pts = []
-    w1 = solve_width(shr, 1.0, 1.0, limit)
-    if w1 is not None:
-        pts.append(point("width-only", "width-only", 1.0, w1, 1.0))
-    if n:
-        d1 = _largest([k / n for k in range(1, n + 1)], lambda d: shr.macs(d, 1, 1) <= limit)
-        if d1 is not None:
-            pts.append(point("depth-only", "depth-only", d1, 1.0, 1.0))
-    r1 = _largest([p / px for p in range(shr.min_resolution, px + 1)],
-                  lambda r: shr.macs(1, 1, r) <= limit)
-    if r1 is not None:
-        pts.append(point("resolution-only", "resolution-only", 1.0, 1.0, r1))
+    for name, axis in (("width-only", "w"), ("depth-only", "d"), ("resolution-only", "r")):
+        p = one_axis_point(shr, axis, budget)
+        if p is not None:
+            pts.append(point(name, name, *p))
     for d in depths:
         d = round(d * n) / n if n else 1.0
         for r in resolutions:
@@ -175,7 +157,7 @@ def run_oracle(model: nn.Module, data: DataSource, run_dir: str | Path, budget: 
     from .pipeline import solve_budget
 
     shr = build_shrinker(model, cfg, None, block_order=order, block_order_criterion=criterion)
-    chosen = solve_budget(pred, shr, budget, cfg.lower_bounds).best
+    chosen = solve_budget(pred, shr, budget, cfg.lower_bounds, cfg.min_gain_sigmas).best
     points = surface_points(shr, budget, depths, resolutions, tol,
                             {"choice": (chosen.d, chosen.w, chosen.r)})
     out = Path(out)

@@ -160,16 +160,23 @@ def make_polynomial(family: str, degree: int, rank: int = 1) -> Polynomial:
 
 
 # ---------------------------------------------------------------------------- model selection
-def loo_errors(poly_factory, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Leave-one-out prediction errors (predicted - measured) for every sample."""
-    errs = np.empty(len(y))
+def loo_fits(poly_factory, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, list]:
+    """Leave-one-out prediction errors (predicted - measured) for every sample, and the
+    leave-one-out fits themselves (the jackknife the predictor's uncertainty comes from)."""
+    errs, fits = np.empty(len(y)), []
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             p = poly_factory().fit(X[keep], y[keep])
         errs[i] = p.predict(X[i : i + 1])[0] - y[i]
-    return errs
+        fits.append(p)
+    return errs, fits
+
+
+def loo_errors(poly_factory, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Leave-one-out prediction errors (predicted - measured) for every sample."""
+    return loo_fits(poly_factory, X, y)[0]
 
 
 def monotonicity(poly: Polynomial, lo: np.ndarray, hi: np.ndarray, points: int = 9,
@@ -212,6 +219,27 @@ class Predictor:
     upper: list[float]
     monotone_report: dict
     candidates: list[dict] = field(default_factory=list)
+    jackknife: list[list[float]] = field(default_factory=list)  # LOO fits' coefficients
+    noise_sd: float | None = None  # sd of one measured accuracy (binomial, validation size)
+
+    def gain(self, a, b) -> tuple[float, float]:
+        """Predicted gain F(a) - F(b) of point ``a`` over point ``b`` (each (d, w, r)) and its
+        standard deviation: the jackknife spread of the gain over the leave-one-out fits,
+        floored at the noise of one measured accuracy (a gain smaller than that cannot be
+        told from a tie)."""
+        gain = float(self(*a)) - float(self(*b))
+        sd = 0.0
+        if self.jackknife:
+            X = np.array([a, b], float)
+            g = []
+            for coef in self.jackknife:
+                p = Polynomial.from_dict({**self.poly.to_dict(), "coef": coef})
+                fa, fb = p.predict(X)
+                g.append(fa - fb)
+            g = np.asarray(g)
+            n = len(g)
+            sd = float(np.sqrt((n - 1) / n * np.sum((g - g.mean()) ** 2)))
+        return gain, max(sd, self.noise_sd or 0.0)
 
     def __call__(self, d, w, r) -> np.ndarray | float:
         X = np.column_stack(np.broadcast_arrays(np.asarray(d, float), np.asarray(w, float),
@@ -224,21 +252,25 @@ class Predictor:
                 "loo_rmse": self.loo_rmse, "loo_mae": self.loo_mae,
                 "residuals": dict(zip(self.keys, self.residuals)),
                 "lower": self.lower, "upper": self.upper,
-                "monotonicity": self.monotone_report, "candidates": self.candidates}
+                "monotonicity": self.monotone_report, "candidates": self.candidates,
+                "jackknife": self.jackknife, "noise_sd": self.noise_sd}
 
     @staticmethod
     def from_dict(d: dict) -> Predictor:
         return Predictor(Polynomial.from_dict(d["model"]), d["loo_rmse"], d["loo_mae"],
                          list(d["residuals"].values()), list(d["residuals"]), d["lower"],
-                         d["upper"], d["monotonicity"], d.get("candidates", []))
+                         d["upper"], d["monotonicity"], d.get("candidates", []),
+                         d.get("jackknife", []), d.get("noise_sd"))
 
 
 def fit_predictor(X, y, keys: list[str] | None = None, families=FAMILIES, max_degree: int = 3,
-                  max_rank: int = 2, monotone: str = "prefer") -> Predictor:
+                  max_rank: int = 2, monotone: str = "prefer",
+                  noise_sd: float | None = None) -> Predictor:
     """Choose family, degree and rank by leave-one-out error; fit on all samples.
 
     ``X``: (n, 3) array of (d, w, r); ``y``: accuracies.  ``monotone``: "prefer" (best
-    monotone candidate if any), "require" (error if none) or "ignore".
+    monotone candidate if any), "require" (error if none) or "ignore".  ``noise_sd``: the
+    standard deviation of one measured accuracy, the floor of :meth:`Predictor.gain`'s.
     """
     X, y = np.asarray(X, float), np.asarray(y, float)
     if X.ndim != 2 or X.shape[1] != 3 or len(X) != len(y):
@@ -266,7 +298,7 @@ def fit_predictor(X, y, keys: list[str] | None = None, families=FAMILIES, max_de
             "samples (more steps per axis or mixed points)")
     cands = []
     for f, k, rk in specs:
-        errs = loo_errors(lambda f=f, k=k, rk=rk: make_polynomial(f, k, rk), X, y)
+        errs, fits = loo_fits(lambda f=f, k=k, rk=rk: make_polynomial(f, k, rk), X, y)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             p = make_polynomial(f, k, rk).fit(X, y)
@@ -274,7 +306,8 @@ def fit_predictor(X, y, keys: list[str] | None = None, families=FAMILIES, max_de
         cands.append({"family": f, "degree": k, "rank": rk, "n_params": p.n_params,
                       "loo_rmse": float(np.sqrt(np.mean(errs ** 2))),
                       "loo_mae": float(np.mean(np.abs(errs))), "monotone": mono["monotone"],
-                      "_poly": p, "_errs": errs, "_mono": mono})
+                      "_poly": p, "_errs": errs, "_mono": mono,
+                      "_jack": [np.asarray(q.coef).tolist() for q in fits]})
     cands.sort(key=lambda c: c["loo_rmse"])
     pool = cands
     if monotone != "ignore":
@@ -297,4 +330,4 @@ def fit_predictor(X, y, keys: list[str] | None = None, families=FAMILIES, max_de
     table = [{k: v for k, v in c.items() if not k.startswith("_")} for c in cands]
     return Predictor(best["_poly"], best["loo_rmse"], best["loo_mae"],
                      best["_errs"].tolist(), keys, lo.tolist(), hi.tolist(), best["_mono"],
-                     table)
+                     table, best["_jack"], noise_sd)

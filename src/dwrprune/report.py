@@ -177,6 +177,14 @@ def _markdown(rep: dict) -> str:
             lines.append(f"| {tag} | {x['d']:.3f} | {x['w']:.3f} | {x['r']:.3f} | "
                          f"{x['resolution']} | {x['macs'] / 1e6:.2f} | {x['macs_ratio']:.3f} | "
                          f"{100 * x['predicted']:.2f} |")
+        dec = sol.get("decision")
+        if dec:
+            a = dec["best_one_axis"]
+            lines += ["", f"Best one-axis alternative: {a['name']} (d={a['d']:.3f} "
+                      f"w={a['w']:.3f} r={a['r']:.3f}, predicted {100 * a['predicted']:.2f}%). "
+                      f"Chosen: {dec['chosen']}, because the {dec['why']} (uncertainty: "
+                      "jackknife over the leave-one-out fits, at least the noise of one "
+                      "validation accuracy)."]
     f = rep["final"]
     if f:
         lines += ["", "## Final model", "",

@@ -54,18 +54,21 @@ class Solution:
     continuous: ContinuousOptimum
     best: Candidate
     runners_up: list[Candidate]
+    decision: dict | None = None  # how the choice was made (see pipeline.solve.choose)
 
     def to_dict(self) -> dict:
         return {"budget": self.budget, "base_macs": self.base_macs,
                 "continuous": asdict(self.continuous), "best": asdict(self.best),
-                "runners_up": [asdict(c) for c in self.runners_up]}
+                "runners_up": [asdict(c) for c in self.runners_up],
+                "decision": self.decision}
 
     @classmethod
     def from_dict(cls, d: dict) -> Solution:
         """The inverse of :meth:`to_dict` (what plan.json stores)."""
         try:
             return cls(d["budget"], d["base_macs"], ContinuousOptimum(**d["continuous"]),
-                       Candidate(**d["best"]), [Candidate(**c) for c in d["runners_up"]])
+                       Candidate(**d["best"]), [Candidate(**c) for c in d["runners_up"]],
+                       d.get("decision"))
         except (KeyError, TypeError) as e:
             raise DwrpruneError(f"not a stored solution ({type(e).__name__}: {e}); re-run "
                                 "the plan stage") from None

@@ -135,7 +135,7 @@ def cmd_fit(args) -> int:
 
 
 @command("plan", "stage 3: choose (d, w, r) for one or more budgets",
-         _run_args(("lower_bounds",), lambda p: p.add_argument(
+         _run_args(("lower_bounds", "min_gain_sigmas"), lambda p: p.add_argument(
              "--budgets", type=_floats, default=None,
              help="comma-separated budgets (default: the run's budget)")), ("run",))
 def cmd_plan(args) -> int:
@@ -151,6 +151,8 @@ def cmd_plan(args) -> int:
         print(f"{row['budget']:7.3f} {x.d:6.3f} {x.w:6.3f} {x.r:6.3f} {x.resolution:4d} "
               f"{format_count(x.macs):>10s} {x.macs_ratio:6.3f} "
               f"{format_count(row['params']):>9s} {100 * x.predicted:8.2f}%")
+        if row["solution"].decision:
+            print(f"        {row['solution'].decision['why']}")
     return 0
 
 

@@ -30,13 +30,14 @@ from .fit import fit_run, fit_samples
 from .jobs import Job, SampleJobs, model_fingerprint, plan_jobs
 from .run import Run
 from .shrinker import build_shrinker, run_shrinker
-from .solve import exact_cost_grid, plan_run, solve_budget
+from .solve import exact_cost_grid, largest_under, one_axis_point, plan_run, solve_budget
 
 __all__ = [
     "PRESETS", "Collector", "DataSource", "DatasetSource", "FinetuneFn", "Job",
     "PipelineConfig", "PruneResult", "Run", "SampleJobs", "attach_spec", "build_shrinker",
     "check_data_matches", "check_validation_split", "collect", "default_finetune",
     "exact_cost_grid", "final_stage", "finetune_final", "fit_run", "fit_samples",
-    "model_fingerprint", "open_run", "plan_jobs", "plan_run", "prune", "read_options_file",
-    "resolve_config", "run_shrinker", "solve_budget", "start_run",
+    "largest_under", "model_fingerprint", "one_axis_point", "open_run", "plan_jobs",
+    "plan_run", "prune", "read_options_file", "resolve_config", "run_shrinker",
+    "solve_budget", "start_run",
 ]

@@ -51,6 +51,8 @@ class Collector:
         self.store = SampleStore(self.run.path / "samples.sqlite")
         self.store.bind(cfg.collect_config(), model_fingerprint(model),
                         PipelineConfig.collect_defaults())
+        self.store.set_meta("val_images", len(data.loader("val", self.base_res,
+                                                          subset=cfg.val_subset).dataset))
         self.runner = SampleJobs(model, data, cfg, self._saved_order(), finetune)
         self.shrinker = self.runner.shrinker
         self._save_order()

@@ -77,6 +77,9 @@ class PipelineConfig:
     # solver
     budget: float = _f(0.5, "plan", F, "fraction of the original MACs")
     lower_bounds: list[float] | None = _f(None, "plan", F, "[d, w, r] (default: sampled range)")
+    min_gain_sigmas: float = _f(0.0, "plan", F, "leave the best one-axis point only when the "
+                                "predicted gain exceeds this many standard deviations (0: the "
+                                "predictor's optimum, as the paper does)")
     # final fine-tune
     final_epochs: int = _f(10, "final", F)
     final_lr: float = _f(0.02, "final", F)

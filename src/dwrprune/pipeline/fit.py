@@ -22,10 +22,13 @@ def fit_samples(store: SampleStore, cfg: PipelineConfig) -> tuple[Predictor, dic
         raise DwrpruneError(f"no samples in {store.path}; run the collect stage first")
     X = np.array([[s.d, s.w, s.r] for s in train_s])
     y = np.array([s.val_acc for s in train_s])
+    n_val = store.get_meta("val_images") or _validation_size(cfg)
+    top = float(np.max(y))
+    noise = float(np.sqrt(top * (1 - top) / n_val)) if n_val else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pred = fit_predictor(X, y, [s.key for s in train_s], cfg.families, cfg.max_degree,
-                             cfg.max_rank, cfg.monotone)
+                             cfg.max_rank, cfg.monotone, noise)
     for wmsg in caught:
         tqdm.write(f"warning: {wmsg.message}")
     hold = store.samples(kinds=("holdout",))
@@ -40,6 +43,18 @@ def fit_samples(store: SampleStore, cfg: PipelineConfig) -> tuple[Predictor, dic
         holdout["mae"] = float(np.mean(np.abs(errs)))
         holdout["rmse"] = float(np.sqrt(np.mean(np.square(errs))))
     return pred, holdout
+
+
+def _validation_size(cfg: PipelineConfig) -> int | None:
+    """Images in the validation split a config names (for stores that predate recording
+    it); None where dwrprune cannot know (a user's own data source)."""
+    from ..data import create_dataset
+
+    try:
+        return len(create_dataset(cfg.data, "val", data_dir=cfg.data_dir,
+                                  val_fraction=cfg.val_fraction, subset=cfg.val_subset))
+    except DwrpruneError:
+        return None
 
 
 def fit_run(run: Run, cfg: PipelineConfig) -> tuple[Predictor, dict]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 
+from ..errors import DwrpruneError
 from ..predictor import Predictor
 from ..shrink import Shrinker
-from ..solver import Solution, solve
+from ..solver import Candidate, Solution, solve
 from .config import PipelineConfig
 from .run import Run
 
@@ -21,14 +24,78 @@ def exact_cost_grid(shrinker: Shrinker, d: float, lower: list[float], points: in
     return {"d": d, "w": ws.tolist(), "r": rs.tolist(), "ratio": ratio}
 
 
+def largest_under(values: list[float], fits) -> float | None:
+    """The largest of ``values`` (ascending) for which ``fits`` holds, by bisection."""
+    lo, hi = 0, len(values) - 1
+    if not values or not fits(values[lo]):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(values[mid]) else (lo, mid - 1)
+    return values[lo]
+
+
+def one_axis_point(shr: Shrinker, axis: str, budget: float) -> tuple[float, float, float] | None:
+    """The largest realisable point under ``budget`` that prunes ``axis`` ("d", "w" or "r")
+    alone (exact MACs), or None when that axis alone cannot reach the budget."""
+    limit = budget * shr.macs(1, 1, 1)
+    n, px = len(shr.blocks), shr.base_resolution
+    if axis == "d":
+        v = largest_under([k / n for k in range(1, n + 1)], lambda d: shr.macs(d, 1, 1) <= limit)
+        return (v, 1.0, 1.0) if v is not None else None
+    if axis == "r":
+        v = largest_under([p / px for p in range(shr.min_resolution, px + 1)],
+                          lambda r: shr.macs(1, 1, r) <= limit)
+        return (1.0, 1.0, v) if v is not None else None
+    v = largest_under([i / 1000 for i in range(1, 1001)], lambda w: shr.macs(1, w, 1) <= limit)
+    return (1.0, v, 1.0) if v is not None else None
+
+
+def _candidate(pred: Predictor, shr: Shrinker, point) -> Candidate:
+    d, w, r = point
+    macs, base = shr.macs(d, w, r), shr.macs(1, 1, 1)
+    return Candidate(d, w, r, round(d * len(shr.blocks)), round(r * shr.base_resolution),
+                     macs, macs / base, float(pred(d, w, r)))
+
+
 def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
-                 lower: list[float] | None = None) -> Solution:
-    """Stage 3: the best realisable (d, w, r) under ``budget`` for a fitted predictor."""
+                 lower: list[float] | None = None, min_gain_sigmas: float = 0.0) -> Solution:
+    """Stage 3: the best realisable (d, w, r) under ``budget`` for a fitted predictor.
+
+    With ``min_gain_sigmas`` > 0 the choice is uncertainty-aware: the predictor's optimum is
+    taken only when its predicted gain over the best one-axis point (the largest width-,
+    depth- or resolution-only model under the budget, within the bounds) exceeds that many standard deviations
+    of the gain (:meth:`Predictor.gain`); otherwise the one-axis point is kept, and the
+    solution's ``decision`` says so."""
+    if min_gain_sigmas > 0 and not pred.jackknife and pred.noise_sd is None:
+        raise DwrpruneError("this predictor was fitted before dwrprune recorded its "
+                            "uncertainty; fit it again (`dwrprune fit --run RUN`)")
     lo = list(lower) if lower is not None else list(pred.lower)
     lo[2] = max(lo[2], shrinker.min_resolution / shrinker.base_resolution)
     lo = [min(max(v, 1e-3), 1.0) for v in lo]
-    return solve(pred, shrinker.macs, shrinker.macs(1, 1, 1), budget, tuple(lo),
-                 len(shrinker.blocks), shrinker.base_resolution, shrinker.min_resolution)
+    sol = solve(pred, shrinker.macs, shrinker.macs(1, 1, 1), budget, tuple(lo),
+                len(shrinker.blocks), shrinker.base_resolution, shrinker.min_resolution)
+    alts = {name: _candidate(pred, shrinker, p) for name, axis in
+            (("width-only", "w"), ("depth-only", "d"), ("resolution-only", "r"))
+            if (p := one_axis_point(shrinker, axis, budget)) is not None
+            and all(v >= low - 1e-9 for v, low in zip(p, lo))}  # where the predictor is fitted
+    if not alts:
+        return sol
+    name, alt = max(alts.items(), key=lambda kv: kv[1].predicted)
+    b = sol.best
+    gain, sd = pred.gain((b.d, b.w, b.r), (alt.d, alt.w, alt.r))
+    leave = min_gain_sigmas <= 0 or gain > min_gain_sigmas * sd
+    why = (f"predicted gain {100 * gain:+.2f} ± {100 * sd:.2f} points over {name} "
+           + (f"exceeds {min_gain_sigmas:g} sd: the predictor's optimum" if leave and
+              min_gain_sigmas > 0 else "(the rule is off: the predictor's optimum)" if leave
+              else f"is within {min_gain_sigmas:g} sd: {name} is kept"))
+    sol.decision = {"rule_sigmas": min_gain_sigmas, "optimum": asdict(b), "best_one_axis":
+                    {"name": name, **asdict(alt)}, "gain": gain, "gain_sd": sd,
+                    "chosen": "optimum" if leave else name, "why": why}
+    if not leave:
+        sol.runners_up = [b] + [c for c in sol.runners_up if c != alt][:3]
+        sol.best = alt
+    return sol
 
 
 def plan_run(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
@@ -43,7 +110,7 @@ def plan_run(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     pred, _ = run.predictor()
     rows = []
     for b in budgets:
-        sol = solve_budget(pred, shrinker, b, cfg.lower_bounds)
+        sol = solve_budget(pred, shrinker, b, cfg.lower_bounds, cfg.min_gain_sigmas)
         params = shrinker.shrink(sol.best.d, sol.best.w, sol.best.r).params
         rows.append({"budget": b, "solution": sol, "params": params})
     with run.lock():

@@ -71,6 +71,7 @@ def validate_config(cfg) -> None:
     _need(1 <= cfg.max_rank <= 6, f"max_rank must be in [1, 6], got {cfg.max_rank}")
     _need(0.0 < cfg.budget < 1.0, f"budget must be in (0, 1) (fraction of the original "
           f"MACs), got {cfg.budget}")
+    _need(cfg.min_gain_sigmas >= 0, f"min_gain_sigmas must be >= 0, got {cfg.min_gain_sigmas}")
     if cfg.lower_bounds is not None:
         _need(len(cfg.lower_bounds) == 3, f"lower_bounds must be [d, w, r], got "
               f"{cfg.lower_bounds}")
