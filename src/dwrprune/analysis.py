@@ -64,10 +64,11 @@ class ChannelCost:
         self.layers = [(g, terms.get((g.name, "in"), []), terms.get((g.name, "out"), []))
                        for g in layers]
 
-    def __call__(self, counts=(), dropped: frozenset[str] | set[str] = frozenset()):
+    def _layers(self, counts, dropped):
+        """Per kept layer: its geometry, kept input channels, output channels, and input
+        channels per output (after grouping)."""
         # float64 for tensors: a ResNet-50 costs ~1e9 MACs, beyond float32's exact integers
         counts = [c.double() if isinstance(c, torch.Tensor) else c for c in counts]
-        total = 0
         for g, ins, outs in self.layers:
             if g.name in dropped:
                 continue
@@ -77,8 +78,23 @@ class ChannelCost:
                 cout, per_group = min(cin, cout), 1
             else:  # every output needs (in / groups) * k_h * k_w products
                 per_group = cin // g.groups if isinstance(cin, int) else cin / g.groups
+            yield g, cin, cout, per_group
+
+    def __call__(self, counts=(), dropped: frozenset[str] | set[str] = frozenset()):
+        total = 0
+        for g, _, cout, per_group in self._layers(counts, dropped):
             total = total + g.positions * g.kernel * per_group * cout
         return total
+
+    def structure(self, counts=(), dropped: frozenset[str] | set[str] = frozenset()) -> dict:
+        """What else a forward pass costs beyond MACs: output elements written (memory
+        traffic), weights read, and layers run (per-call overheads)."""
+        out = {"activations": 0, "weights": 0, "layers": 0}
+        for g, _, cout, per_group in self._layers(counts, dropped):
+            out["activations"] += g.positions * cout
+            out["weights"] += g.kernel * per_group * cout
+            out["layers"] += 1
+        return out
 
 
 @dataclass

@@ -88,32 +88,56 @@ class Latency:
     median_ms: float
     min_ms: float
     repeats: int
+    p25_ms: float = 0.0  # the spread: quartiles of the repeats
+    p75_ms: float = 0.0
+    device: str = "cpu"
+
+
+def check_device(device: str) -> torch.device:
+    """``cpu`` or ``cuda`` (which must be there), as a torch device."""
+    if device not in ("cpu", "cuda"):
+        raise DwrpruneError(f"device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DwrpruneError("device cuda was asked for, but this machine has no CUDA GPU "
+                            "(torch.cuda.is_available() is False); use --device cpu")
+    return torch.device(device)
 
 
 @torch.inference_mode()
 def measure_latency(model: nn.Module, resolution: int, batch_size: int = 1,
                     in_channels: int | None = None, threads: int = 1, warmup: int = 5,
-                    repeats: int = 20) -> Latency:
-    """Median wall-clock of one forward pass on the CPU with ``threads`` threads."""
+                    repeats: int = 20, device: str = "cpu") -> Latency:
+    """Median wall-clock of one forward pass with ``threads`` CPU threads (on ``device``:
+    the CPU, or a CUDA GPU timed with synchronisation), after ``warmup`` passes."""
     if in_channels is None:
         in_channels = first_conv_in_channels(model)
+    if threads < 1 or batch_size < 1 or repeats < 1:
+        raise DwrpruneError(f"threads, batch size and repeats must be >= 1, got {threads}, "
+                            f"{batch_size}, {repeats}")
+    dev = check_device(device)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     was_training = model.training
-    model.eval()
-    x = torch.randn(batch_size, in_channels, resolution, resolution)
+    home = next(model.parameters()).device
+    model.eval().to(dev)
+    x = torch.randn(batch_size, in_channels, resolution, resolution, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     try:
         for _ in range(warmup):
             model(x)
+        sync()
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             model(x)
+            sync()
             times.append((time.perf_counter() - t0) * 1e3)
     finally:
         torch.set_num_threads(old_threads)
-        model.train(was_training)
-    return Latency(batch_size, threads, statistics.median(times), min(times), repeats)
+        model.to(home).train(was_training)
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return Latency(batch_size, threads, statistics.median(times), min(times), repeats,
+                   q[0], q[2], device)
 
 
 @dataclass

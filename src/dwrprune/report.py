@@ -68,7 +68,7 @@ def plot_slice(pred, plan: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.6, 4.6))
     cs = ax.contourf(W, R, Z, levels=20, cmap="viridis")
     fig.colorbar(cs, ax=ax, label="predicted validation accuracy (%)")
-    grid = plan.get("grid")
+    grid = plan.get("grid") if not plan.get("latency") else None  # a MACs budget's contour
     if grid:  # exact MACs of the realised models: everything below-left of it fits
         ax.contour(grid["w"], grid["r"], grid["ratio"], levels=[budget], colors="w",
                    linestyles="--")
@@ -76,12 +76,13 @@ def plot_slice(pred, plan: dict, path: Path) -> None:
     ws = np.linspace(lo_w, 1, 200)
     rs = np.sqrt(budget / (best["d"] * ws ** 2))
     ok = (rs >= lo_r) & (rs <= 1)
-    if ok.any():
+    if ok.any() and grid:
         ax.plot(ws[ok], rs[ok], ":", color="silver", label="cost model d w² r²")
     ax.plot(best["w"], best["r"], "r*", ms=16, label="chosen point")
     c = plan["solution"]["continuous"]
-    ax.plot(c["w"], c["r"], "wo", ms=7, mfc="none",
-            label=f"continuous KKT optimum (d={c['d']:.2f})")
+    if c:
+        ax.plot(c["w"], c["r"], "wo", ms=7, mfc="none",
+                label=f"continuous KKT optimum (d={c['d']:.2f})")
     ax.set_xlabel("width w")
     ax.set_ylabel("resolution r")
     ax.set_title(f"predictor at d = {best['d']:.2f}")
@@ -168,10 +169,21 @@ def _markdown(rep: dict) -> str:
     if pl:
         sol = pl["solution"]
         c, b = sol["continuous"], sol["best"]
-        lines += ["", f"## Choice at budget {sol['budget']:g}", "",
-                  f"Continuous KKT optimum (cost model d w² r²): d={c['d']:.3f} w={c['w']:.3f} "
-                  f"r={c['r']:.3f}, predicted {100 * c['predicted']:.2f}%, mu={c['mu']:.4f}.",
-                  "", "| | d | w | r | px | MACs (M) | ratio | predicted (%) |",
+        lat = pl.get("latency")
+        kind = (f"latency budget {lat['budget_ms']:.3f} ms on {lat['target']}" if lat else
+                f"budget {sol['budget']:g}")
+        lines += ["", f"## Choice at {kind}", ""]
+        if c:
+            lines.append(f"Continuous KKT optimum (cost model d w² r²): d={c['d']:.3f} "
+                         f"w={c['w']:.3f} r={c['r']:.3f}, predicted {100 * c['predicted']:.2f}%, "
+                         f"mu={c['mu']:.4f}.")
+        if lat:
+            lines.append(f"Latency model (measured on the target): held-out median error "
+                         f"{100 * (lat['heldout_median_ape'] or 0):.1f}%; the choice measured "
+                         f"{lat['measured']['median_ms']:.3f} ms (quartiles "
+                         f"{lat['measured']['p25_ms']:.3f}-{lat['measured']['p75_ms']:.3f}) "
+                         f"after {len(lat['steps'])} tr{'y' if len(lat['steps']) == 1 else 'ies'}.")
+        lines += ["", "| | d | w | r | px | MACs (M) | ratio | predicted (%) |",
                   "|---|---|---|---|---|---|---|---|"]
         for tag, x in [("chosen", b)] + [("runner-up", y) for y in sol["runners_up"]]:
             lines.append(f"| {tag} | {x['d']:.3f} | {x['w']:.3f} | {x['r']:.3f} | "

@@ -228,6 +228,20 @@ class Shrinker(Analysis):
         counts = [kept_channels(g.size, w, g.ch_groups, self.round_to) for g in self.groups()]
         return self.channel_cost(plan.resolution)(counts, self._dropped_layers(plan.removed))
 
+    def structure(self, d: float, w: float, r: float) -> dict:
+        """Exact MACs and structure (output elements, weights, layers) of ``shrink(d, w,
+        r)``'s model, without building it: the features of a latency model."""
+        plan = self.plan(d, w, r)
+        dropped = self._dropped_layers(plan.removed)
+        if w >= 1.0:
+            cost, counts = self.channel_cost(plan.resolution, False), ()
+        else:
+            cost = self.channel_cost(plan.resolution)
+            counts = [kept_channels(g.size, w, g.ch_groups, self.round_to)
+                      for g in self.groups()]
+        return {"macs": self.macs(d, w, r), "resolution": plan.resolution,
+                **cost.structure(counts, dropped)}
+
     def _dropped_layers(self, removed: list[Block]) -> set[str]:
         names = [g.name for g in self.geometry(self.base_resolution)[0]]
         dropped = set()

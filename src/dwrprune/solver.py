@@ -51,14 +51,15 @@ class Candidate:
 class Solution:
     budget: float
     base_macs: int
-    continuous: ContinuousOptimum
+    continuous: ContinuousOptimum | None  # None when chosen under a latency budget
     best: Candidate
     runners_up: list[Candidate]
     decision: dict | None = None  # how the choice was made (see pipeline.solve.choose)
 
     def to_dict(self) -> dict:
         return {"budget": self.budget, "base_macs": self.base_macs,
-                "continuous": asdict(self.continuous), "best": asdict(self.best),
+                "continuous": asdict(self.continuous) if self.continuous else None,
+                "best": asdict(self.best),
                 "runners_up": [asdict(c) for c in self.runners_up],
                 "decision": self.decision}
 
@@ -66,7 +67,8 @@ class Solution:
     def from_dict(cls, d: dict) -> Solution:
         """The inverse of :meth:`to_dict` (what plan.json stores)."""
         try:
-            return cls(d["budget"], d["base_macs"], ContinuousOptimum(**d["continuous"]),
+            cont = ContinuousOptimum(**d["continuous"]) if d["continuous"] else None
+            return cls(d["budget"], d["base_macs"], cont,
                        Candidate(**d["best"]), [Candidate(**c) for c in d["runners_up"]],
                        d.get("decision"))
         except (KeyError, TypeError) as e:

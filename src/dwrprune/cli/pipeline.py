@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import distributed
+from ..errors import DwrpruneError
 from .options import (
     _FIELD_TYPES,
     _floats,
@@ -134,16 +135,36 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def _plan_extra(p):
+    p.add_argument("--budgets", type=_floats, default=None,
+                   help="comma-separated MACs budgets (default: the run's budget)")
+    p.add_argument("--latency-budgets", type=_floats, default=None,
+                   help="comma-separated fractions of the original measured latency")
+
+
 @command("plan", "stage 3: choose (d, w, r) for one or more budgets",
-         _run_args(("lower_bounds", "min_gain_sigmas"), lambda p: p.add_argument(
-             "--budgets", type=_floats, default=None,
-             help="comma-separated budgets (default: the run's budget)")), ("run",))
+         _run_args(("lower_bounds", "min_gain_sigmas", "latency_batch", "threads", "device"),
+                   _plan_extra), ("run",))
 def cmd_plan(args) -> int:
     from ..cost import format_count
     from ..pipeline import open_run, plan_run, run_shrinker
+    from ..pipeline.solve import plan_latency
 
     cfg, model, _, run = open_run(args.run, **_overrides(args))
-    rows = plan_run(run, run_shrinker(run, model, cfg), cfg, args.budgets)
+    shr = run_shrinker(run, model, cfg)
+    if args.budgets and args.latency_budgets:
+        raise DwrpruneError("give --budgets (MACs) or --latency-budgets, not both")
+    if args.latency_budgets:
+        rows = plan_latency(run, shr, cfg, args.latency_budgets, print)
+        print(f"{'latency':>8s} {'ms':>8s} {'measured':>9s} {'d*':>6s} {'w*':>6s} {'r*':>6s} "
+              f"{'MACs ratio':>10s} {'pred acc':>9s}")
+        for row in rows:
+            x, lat = row["solution"].best, row["latency"]
+            print(f"{row['budget']:8.3f} {lat['budget_ms']:8.3f} "
+                  f"{lat['measured']['median_ms']:9.3f} {x.d:6.3f} {x.w:6.3f} {x.r:6.3f} "
+                  f"{x.macs_ratio:10.3f} {100 * x.predicted:8.2f}%")
+        return 0
+    rows = plan_run(run, shr, cfg, args.budgets)
     print(f"{'budget':>7s} {'d*':>6s} {'w*':>6s} {'r*':>6s} {'px':>4s} {'MACs':>10s} "
           f"{'ratio':>6s} {'params':>9s} {'pred acc':>9s}")
     for row in rows:

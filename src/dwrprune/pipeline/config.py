@@ -77,6 +77,12 @@ class PipelineConfig:
     # solver
     budget: float = _f(0.5, "plan", F, "fraction of the original MACs")
     lower_bounds: list[float] | None = _f(None, "plan", F, "[d, w, r] (default: sampled range)")
+    latency_budget: float | None = _f(None, "plan", F, "budget as a fraction of the original "
+                                      "model's measured latency (instead of MACs)")
+    latency_ms: float | None = _f(None, "plan", F, "budget as a latency in ms on the target")
+    latency_batch: int = _f(1, "plan", F, "batch size latency is measured at")
+    threads: int = _f(1, "plan", F, "CPU threads latency is measured with")
+    device: str = _f("cpu", "plan", F, "where latency is measured: cpu | cuda")
     min_gain_sigmas: float = _f(0.0, "plan", F, "leave the best one-axis point only when the "
                                 "predicted gain exceeds this many standard deviations (0: the "
                                 "predictor's optimum, as the paper does)")
@@ -107,6 +113,15 @@ class PipelineConfig:
     @classmethod
     def collect_defaults(cls) -> dict:
         return PipelineConfig().collect_config()
+
+    @property
+    def latency_target(self):
+        """The :class:`~dwrprune.latency.LatencyTarget` of a latency budget, else None."""
+        if self.latency_budget is None and self.latency_ms is None:
+            return None
+        from ..latency import LatencyTarget
+
+        return LatencyTarget(self.device, self.latency_batch, self.threads)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -234,5 +249,9 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
         values.update(PRESETS[preset])
     if config_file is not None:
         values.update(read_options_file(config_file))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    lat = [k for k in ("latency_budget", "latency_ms") if values.get(k) is not None]
+    if lat and "budget" in given:
+        raise DwrpruneError(f"give one budget: budget (MACs) or {lat[0]} (latency), not both")
     return PipelineConfig.from_dict(values)

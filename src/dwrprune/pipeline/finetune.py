@@ -88,6 +88,14 @@ def finetune_final(model: nn.Module, data: DataSource, cfg: PipelineConfig, shri
         "removed_blocks": [x["name"] for x in spec["arch"]["removed_blocks"]],
         "history": history, "finetune": asdict(tcfg),
     }
+    target = cfg.latency_target
+    if target is not None:  # the budget was latency: measure the final model on the target
+        from ..latency import measure_ms
+
+        lat = (run.plan().get("latency") or {})
+        result["latency_target"] = target.key()
+        result["latency_budget_ms"] = lat.get("budget_ms")
+        result["measured_latency_ms"] = measure_ms(pruned, res, target)
     with run.lock():
         save_model(run.final_dir / "model.pt", pruned, spec,
                    {k: v for k, v in result.items() if k != "history"})

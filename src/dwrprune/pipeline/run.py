@@ -140,13 +140,32 @@ class Run:
     def solution(self) -> Solution:
         return Solution.from_dict(self.plan()["solution"])
 
-    def save_plan(self, budget: float, solution: Solution, grid: dict) -> None:
+    def save_plan(self, budget: float, solution: Solution, grid: dict,
+                  latency: dict | None = None) -> None:
         """The chosen point the final stage prunes to (the only writer of plan.json)."""
         save_json(self.path / "plan.json", {"budget": budget, "solution": solution.to_dict(),
-                                            "grid": grid})
+                                            "grid": grid, "latency": latency})
 
     def save_plans(self, rows: list[dict]) -> None:
         save_json(self.path / "plans.json", rows)
+
+    # ------------------------------------------------------------------ latency models
+    def latency_model_path(self, target) -> Path:
+        return self.path / "latency" / f"{target.key()}.json"
+
+    def latency_model(self, target):
+        """The cached latency model for ``target`` (a LatencyTarget), or None."""
+        from ..latency import LatencyModel
+
+        p = self.latency_model_path(target)
+        if not p.exists():
+            return None
+        m = LatencyModel.from_dict(self._json(f"latency/{p.name}", "latency model"))
+        m.check_target(target)
+        return m
+
+    def save_latency_model(self, model) -> None:
+        save_json(self.latency_model_path(model.target), model.to_dict())
 
     # ------------------------------------------------------------------ final stage
     @property

@@ -64,8 +64,8 @@ def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
 
     With ``min_gain_sigmas`` > 0 the choice is uncertainty-aware: the predictor's optimum is
     taken only when its predicted gain over the best one-axis point (the largest width-,
-    depth- or resolution-only model under the budget, within the bounds) exceeds that many standard deviations
-    of the gain (:meth:`Predictor.gain`); otherwise the one-axis point is kept, and the
+    depth- or resolution-only model under the budget, within the bounds) exceeds that many
+    standard deviations of the gain (:meth:`Predictor.gain`); otherwise the one-axis point is kept, and the
     solution's ``decision`` says so."""
     if min_gain_sigmas > 0 and not pred.jackknife and pred.noise_sd is None:
         raise DwrpruneError("this predictor was fitted before dwrprune recorded its "
@@ -104,6 +104,8 @@ def plan_run(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     plans.json (every budget) and, when the run's own budget is among them, plan.json (what
     the final stage prunes to).  Another budget for the final model is a new run setting:
     ``dwrprune prune --budget B`` on the same folder reuses the collection."""
+    if cfg.latency_target is not None and not budgets:
+        return plan_latency(run, shrinker, cfg)
     budgets = list(budgets) if budgets else [cfg.budget]
     for b in budgets:  # every budget checked before any is solved
         cfg.replace(budget=b)
@@ -119,4 +121,59 @@ def plan_run(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
         if own is not None:
             run.save_plan(own["budget"], own["solution"],
                           exact_cost_grid(shrinker, own["solution"].best.d, pred.lower))
+    return rows
+
+
+def latency_model_for(run: Run, shrinker: Shrinker, target, progress=None):
+    """The run's latency model for ``target``: cached in ``run/latency/``, else measured on
+    this machine now (a minute or two) and cached."""
+    from ..latency import build_latency_model
+
+    model = run.latency_model(target)
+    if model is None:
+        model = build_latency_model(shrinker, target, progress=progress)
+        with run.lock():
+            run.save_latency_model(model)
+    return model
+
+
+def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
+                 fractions: list[float] | None = None, progress=None) -> list[dict]:
+    """Choose (d, w, r) under latency budgets on the config's target, from the same
+    predictor as MACs budgets: ``fractions`` of the original model's measured latency (default:
+    the config's own budget).  The run's own budget also writes plan.json."""
+    from ..latency import choose_under_latency
+
+    target = cfg.latency_target or cfg.replace(latency_budget=0.5).latency_target
+    for f in fractions or []:  # every budget checked before any work
+        cfg.replace(latency_budget=f, latency_ms=None)
+    pred, _ = run.predictor()
+    lat = latency_model_for(run, shrinker, target, progress)
+    budgets = ([f * lat.original_ms for f in fractions] if fractions else
+               [cfg.latency_ms if cfg.latency_ms else cfg.latency_budget * lat.original_ms])
+    lo = list(cfg.lower_bounds) if cfg.lower_bounds else list(pred.lower)
+    lo[2] = max(lo[2], shrinker.min_resolution / shrinker.base_resolution)
+    base = shrinker.macs(1, 1, 1)
+    rows = []
+    for ms in budgets:
+        res = choose_under_latency(pred, shrinker, lat, ms, tuple(lo))
+        cands = [Candidate(c["d"], c["w"], c["r"], round(c["d"] * len(shrinker.blocks)),
+                           c["resolution"], c["macs"], c["macs"] / base, c["predicted"])
+                 for c in [res["best"], *res["runners_up"]]]
+        info = {"target": target.key(), "budget_ms": ms, "original_ms": lat.original_ms,
+                "fraction": ms / lat.original_ms, "measured": res["measured"],
+                "steps": res["steps"], "heldout_median_ape": lat.heldout_median_ape}
+        rows.append({"budget": ms / lat.original_ms, "latency": info,
+                     "solution": Solution(ms / lat.original_ms, base, None, cands[0],
+                                          cands[1:])})
+    own = None
+    if cfg.latency_target is not None and not fractions:
+        own = rows[0]
+    elif cfg.latency_budget is not None:
+        own = next((r for r in rows if abs(r["budget"] - cfg.latency_budget) < 1e-12), None)
+    with run.lock():
+        run.save_plans([{**r, "solution": r["solution"].to_dict()} for r in rows])
+        if own is not None:
+            run.save_plan(own["budget"], own["solution"], exact_cost_grid(
+                shrinker, own["solution"].best.d, pred.lower), latency=own["latency"])
     return rows

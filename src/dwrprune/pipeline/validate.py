@@ -71,6 +71,18 @@ def validate_config(cfg) -> None:
     _need(1 <= cfg.max_rank <= 6, f"max_rank must be in [1, 6], got {cfg.max_rank}")
     _need(0.0 < cfg.budget < 1.0, f"budget must be in (0, 1) (fraction of the original "
           f"MACs), got {cfg.budget}")
+    _need(cfg.latency_budget is None or cfg.latency_ms is None,
+          "give one latency budget: latency_budget (fraction) or latency_ms, not both")
+    _need(cfg.latency_budget is None or 0.0 < cfg.latency_budget < 1.0,
+          f"latency_budget must be in (0, 1) (fraction of the original latency), got "
+          f"{cfg.latency_budget}")
+    _need(cfg.latency_ms is None or cfg.latency_ms > 0, f"latency_ms must be > 0, got "
+          f"{cfg.latency_ms}")
+    _need(cfg.latency_batch >= 1, f"latency_batch must be >= 1, got {cfg.latency_batch}")
+    _need(cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
+    _one_of("device", cfg.device, ("cpu", "cuda"))
+    if cfg.latency_target is not None:
+        cfg.latency_target.check()  # cuda on a machine without one, say
     _need(cfg.min_gain_sigmas >= 0, f"min_gain_sigmas must be >= 0, got {cfg.min_gain_sigmas}")
     if cfg.lower_bounds is not None:
         _need(len(cfg.lower_bounds) == 3, f"lower_bounds must be [d, w, r], got "

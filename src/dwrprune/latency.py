@@ -1,0 +1,207 @@
+"""Latency on the target: a model L(d, w, r) built from measurements, and the choice of
+(d, w, r) under a latency budget.
+
+Shrinking is fast, so the latency model is fitted to real shrunk models measured on the
+target (device, batch size, threads): a design of (d, w, r) points spread over the box, each
+shrunk and timed (warm-up, fixed threads, median of repeats).  Latency is modelled as a
+non-negative combination of what a forward pass does, all exact for any (d, w, r) without
+building the model (:meth:`dwrprune.shrink.Shrinker.structure`):
+
+    L = t0 + t_mac * MACs + t_act * output elements + t_wt * weights + t_layer * layers
+
+times the batch for the per-image terms.  Held-out points report its error.  The three axes
+cost differently on different targets (depth removes whole layers and their overheads,
+resolution shrinks activations, width shrinks both MACs and memory), which is what the fit
+learns per target.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.optimize import nnls
+
+from .cost import check_device, measure_latency
+from .errors import DwrpruneError
+from .shrink import Shrinker
+
+FEATURES = ("bias", "macs", "activations", "weights", "layers")
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """Where latency is measured: device, batch size, CPU threads."""
+
+    device: str = "cpu"
+    batch: int = 1
+    threads: int = 1
+
+    def check(self) -> LatencyTarget:
+        check_device(self.device)
+        for name in ("batch", "threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DwrpruneError(f"latency {name} must be a whole number >= 1, got {v!r}")
+        return self
+
+    def key(self) -> str:
+        return f"{self.device}-b{self.batch}-t{self.threads}"
+
+
+def measure_ms(model, resolution: int, target: LatencyTarget, repeats: int = 20,
+               warmup: int = 5) -> dict:
+    lat = measure_latency(model, resolution, target.batch, threads=target.threads,
+                          warmup=warmup, repeats=repeats, device=target.device)
+    return {"median_ms": lat.median_ms, "p25_ms": lat.p25_ms, "p75_ms": lat.p75_ms}
+
+
+def _features(s: dict) -> np.ndarray:
+    return np.array([1.0, s["macs"] / 1e6, s["activations"] / 1e4, s["weights"] / 1e4,
+                     s["layers"]], float)
+
+
+@dataclass
+class LatencyModel:
+    """L(d, w, r) in ms for one target and one model (see the module docstring)."""
+
+    target: LatencyTarget
+    coef: list[float]
+    original_ms: float
+    points: list[dict] = field(default_factory=list)  # the measured design (fit + held out)
+    heldout_mape: float | None = None
+    heldout_median_ape: float | None = None
+
+    def __call__(self, shr: Shrinker, d: float, w: float, r: float) -> float:
+        return float(_features(shr.structure(d, w, r)) @ np.asarray(self.coef))
+
+    def to_dict(self) -> dict:
+        return {"target": asdict(self.target), "features": list(FEATURES), "coef": self.coef,
+                "original_ms": self.original_ms, "points": self.points,
+                "heldout_mape": self.heldout_mape,
+                "heldout_median_ape": self.heldout_median_ape}
+
+    @staticmethod
+    def from_dict(d: dict) -> LatencyModel:
+        return LatencyModel(LatencyTarget(**d["target"]), d["coef"], d["original_ms"],
+                            d.get("points", []), d.get("heldout_mape"),
+                            d.get("heldout_median_ape"))
+
+    def check_target(self, target: LatencyTarget) -> None:
+        if self.target != target:
+            raise DwrpruneError(f"this latency model was built for {self.target.key()}, not "
+                                f"{target.key()}; build one for the target (or use its "
+                                "settings)")
+
+
+def design(shr: Shrinker, n: int, lower: tuple[float, float, float], seed: int = 0
+           ) -> list[tuple[float, float, float]]:
+    """``n`` realisable (d, w, r) spread over the box (Latin hypercube, rounded to whole
+    blocks and pixels)."""
+    rng = random.Random(seed)
+    cols = []
+    for lo in lower:
+        edges = [lo + (1 - lo) * (i + rng.random()) / n for i in range(n)]
+        rng.shuffle(edges)
+        cols.append(edges)
+    nb, px = len(shr.blocks), shr.base_resolution
+    pts = []
+    for d, w, r in zip(*cols):
+        d = max(round(d * nb), 1) / nb if nb else 1.0
+        r = max(round(r * px), shr.min_resolution) / px
+        pts.append((d, round(w, 4), r))
+    return pts
+
+
+def build_latency_model(shr: Shrinker, target: LatencyTarget, n_fit: int = 16,
+                        n_heldout: int = 10, lower=(0.3, 0.3, 0.5), repeats: int = 20,
+                        seed: int = 0, progress=None) -> LatencyModel:
+    """Measure ``n_fit + n_heldout`` shrunk models on ``target``, fit on the first, report
+    the error on the rest (no BatchNorm re-calibration: weights do not change timing)."""
+    target.check()
+    lower = tuple(max(lo, shr.min_resolution / shr.base_resolution) if i == 2 else lo
+                  for i, lo in enumerate(lower))
+    pts = [(1.0, 1.0, 1.0)] + design(shr, n_fit + n_heldout - 1, lower, seed)
+    rows = []
+    for i, (d, w, r) in enumerate(pts):
+        out = shr.shrink(d, w, r)
+        m = measure_ms(out.model, out.spec["input"]["resolution"], target, repeats)
+        rows.append({"d": d, "w": w, "r": r, **shr.structure(d, w, r), **m,
+                     "use": "fit" if i < n_fit else "heldout"})
+        if progress:
+            progress(f"[latency] {i + 1}/{len(pts)} d={d:.3f} w={w:.3f} r={r:.3f} "
+                     f"{m['median_ms']:.3f} ms")
+    fit = [x for x in rows if x["use"] == "fit"]
+    A = np.array([_features(x) for x in fit])
+    y = np.array([x["median_ms"] for x in fit])
+    scale = np.maximum(A.max(0), 1e-12)
+    coef, _ = nnls(A / scale, y)  # every cost term adds time: non-negative
+    model = LatencyModel(target, (coef / scale).tolist(), rows[0]["median_ms"], rows)
+    held = [x for x in rows if x["use"] == "heldout"]
+    if held:
+        ape = [abs(model(shr, x["d"], x["w"], x["r"]) - x["median_ms"]) / x["median_ms"]
+               for x in held]
+        model.heldout_mape = float(np.mean(ape))
+        model.heldout_median_ape = float(statistics.median(ape))
+    return model
+
+
+def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
+                  lower: tuple[float, float, float]) -> dict:
+    """The realisable (d, w, r) with the highest predicted accuracy whose modelled latency
+    is within ``budget_ms``: every kept-block count and input side in the box, the widest w
+    that fits for each (latency grows with w), best predicted accuracy first."""
+    nb, px = len(shr.blocks), shr.base_resolution
+    ds = [k / nb for k in range(nb, -1, -1) if k / nb >= lower[0] - 1e-9] if nb else [1.0]
+    pmin = max(shr.min_resolution, math.ceil(lower[2] * px - 1e-9))
+    cands = []
+    for d in ds:
+        if d == 0:
+            continue
+        for p in range(px, pmin - 1, -1):
+            r = p / px
+            if lat(shr, d, lower[1], r) > budget_ms:
+                continue
+            a, b = lower[1], 1.0
+            if lat(shr, d, b, r) <= budget_ms:
+                a = b
+            else:
+                for _ in range(14):
+                    mid = (a + b) / 2
+                    a, b = (mid, b) if lat(shr, d, mid, r) <= budget_ms else (a, mid)
+            cands.append({"d": d, "w": a, "r": r, "resolution": p,
+                          "predicted": float(pred(d, a, r)),
+                          "latency_ms": lat(shr, d, a, r), "macs": shr.macs(d, a, r)})
+    if not cands:
+        raise DwrpruneError(f"no model in the searched box reaches {budget_ms:.3f} ms on "
+                            f"{lat.target.key()} (the smallest modelled: "
+                            f"{lat(shr, ds[-1], lower[1], pmin / px):.3f} ms); raise the "
+                            "latency budget or lower the bounds")
+    cands.sort(key=lambda c: -c["predicted"])
+    return {"budget_ms": budget_ms, "best": cands[0], "runners_up": cands[1:5]}
+
+
+def choose_under_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
+                         lower: tuple[float, float, float], tolerance: float = 0.03,
+                         repeats: int = 20, attempts: int = 4) -> dict:
+    """:func:`solve_latency`, then the choice measured for real; while it exceeds the budget
+    by more than ``tolerance``, the modelled budget is stepped down by the overshoot and the
+    choice made again.  Returns the choice with its measured latency and the steps taken."""
+    steps, model_budget = [], budget_ms
+    for _ in range(attempts):
+        sol = solve_latency(pred, shr, lat, model_budget, lower)
+        b = sol["best"]
+        out = shr.shrink(b["d"], b["w"], b["r"])
+        m = measure_ms(out.model, out.spec["input"]["resolution"], lat.target, repeats)
+        steps.append({"model_budget_ms": model_budget, **{k: b[k] for k in "dwr"},
+                      "modelled_ms": b["latency_ms"], **m})
+        if m["median_ms"] <= budget_ms * (1 + tolerance):
+            return {**sol, "measured": m, "steps": steps, "budget_ms": budget_ms}
+        model_budget *= budget_ms / m["median_ms"]
+    raise DwrpruneError(f"after {attempts} tries the chosen model still measures "
+                        f"{steps[-1]['median_ms']:.3f} ms, over the {budget_ms:.3f} ms budget "
+                        f"(+{100 * tolerance:.0f}%); the target's timing may be too noisy "
+                        "(a busy machine?), or the budget too tight")

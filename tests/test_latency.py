@@ -1,0 +1,120 @@
+"""Latency budgets: the structure a latency model is fitted on, the model, the choice under a
+latency budget (stepped down when the measured latency overshoots) and bad input."""
+
+import pytest
+import torch
+from torch import nn
+
+import dwrprune
+from dwrprune import DwrpruneError
+from dwrprune import latency as L
+from dwrprune.pipeline import PipelineConfig, resolve_config
+
+
+@pytest.fixture(scope="module")
+def shr():
+    m = dwrprune.create_model("resnet_tiny2", num_classes=10, in_channels=3)
+    m.dwrprune_spec = dwrprune.make_spec("resnet_tiny2", 10, 3, 16)
+    return dwrprune.Shrinker(m)
+
+
+@pytest.mark.parametrize("point", [(1, 1, 1), (0.5, 0.5, 0.75), (0.75, 0.7, 1.0)])
+def test_structure_is_exact_on_the_shrunk_model(shr, point):
+    out = shr.shrink(*point)
+    acts, weights, layers = [], [], []
+
+    def hook(mod, args, y):
+        acts.append(y[0].numel())
+        weights.append(mod.weight.numel())
+        layers.append(1)
+
+    for m in out.model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.register_forward_hook(hook)
+    res = out.spec["input"]["resolution"]
+    out.model(torch.zeros(1, 3, res, res))
+    s = shr.structure(*point)
+    assert (s["activations"], s["weights"], s["layers"]) == (sum(acts), sum(weights),
+                                                              len(layers))
+    assert s["macs"] == out.macs
+
+
+def test_latency_model_fits_and_reports_held_out_error(shr):
+    lm = L.build_latency_model(shr, L.LatencyTarget(), n_fit=8, n_heldout=4, repeats=3)
+    assert len(lm.points) == 12 and lm.heldout_mape is not None
+    assert all(c >= 0 for c in lm.coef)  # every cost term adds time
+    assert lm(shr, 1, 1, 1) > lm(shr, 0.5, 0.5, 0.5) > 0
+    again = L.LatencyModel.from_dict(lm.to_dict())
+    assert again(shr, 0.5, 0.6, 0.75) == pytest.approx(lm(shr, 0.5, 0.6, 0.75))
+    with pytest.raises(DwrpruneError, match="built for cpu-b1-t1, not cpu-b64-t1"):
+        again.check_target(L.LatencyTarget("cpu", 64, 1))
+
+
+def _fake_model(shr):
+    """Latency proportional to MACs (1 ms for the original): deterministic for tests."""
+    base = shr.macs(1, 1, 1) / 1e6
+    return L.LatencyModel(L.LatencyTarget(), [0.0, 1 / base, 0, 0, 0], 1.0)
+
+
+def test_choice_under_latency_steps_down_when_measurement_overshoots(shr, monkeypatch):
+    lm = _fake_model(shr)
+    calls = []
+
+    def measure(model, res, target, repeats=20, warmup=5):
+        ms = dwrprune.count_macs(model, res, 3) / shr.macs(1, 1, 1)
+        ms *= 1.6 if not calls else 1.0  # the first measurement is 60% over the model
+        calls.append(ms)
+        return {"median_ms": ms, "p25_ms": ms, "p75_ms": ms}
+
+    monkeypatch.setattr(L, "measure_ms", measure)
+    pred = lambda d, w, r: d + w + r  # noqa: E731
+    res = L.choose_under_latency(pred, shr, lm, 0.5, (0.25, 0.25, 0.5))
+    assert len(res["steps"]) == 2 and res["steps"][1]["model_budget_ms"] < 0.5
+    assert res["measured"]["median_ms"] <= 0.5 * 1.03
+    sol = L.solve_latency(pred, shr, lm, 0.5, (0.25, 0.25, 0.5))
+    assert sol["best"]["latency_ms"] <= 0.5
+    assert all(c["predicted"] <= sol["best"]["predicted"] for c in sol["runners_up"])
+    with pytest.raises(DwrpruneError, match="no model in the searched box reaches"):
+        L.solve_latency(pred, shr, lm, 0.001, (0.25, 0.25, 0.5))
+
+
+@pytest.mark.parametrize("opts,match", [
+    ({"latency_budget": 0.5, "latency_ms": 3.0}, "not both"),
+    ({"latency_budget": 1.5}, "latency_budget must be in"),
+    ({"latency_ms": -1.0}, "latency_ms must be > 0"),
+    ({"latency_budget": 0.5, "threads": 0}, "threads must be >= 1"),
+    ({"latency_budget": 0.5, "device": "tpu"}, "device must be one of"),
+    ({"latency_budget": 0.5, "budget": 0.4}, "give one budget"),
+])
+def test_bad_latency_options(opts, match):
+    with pytest.raises(DwrpruneError, match=match):
+        resolve_config("quick", **opts)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU machine")
+def test_cuda_target_without_a_gpu_is_a_clear_error():
+    with pytest.raises(DwrpruneError, match="no CUDA GPU"):
+        PipelineConfig.from_dict({"latency_budget": 0.5, "device": "cuda"})
+
+
+@pytest.mark.slow
+def test_pipeline_under_a_latency_budget(tmp_path, tiny_checkpoint, tiny_options, monkeypatch):
+    """End to end: plan under a latency budget, final model measured on the target.
+    (Timing is made deterministic here; real figures come from the benchmark script.)"""
+    model = dwrprune.load(tiny_checkpoint)
+    shr0 = dwrprune.Shrinker(model)
+    base = shr0.macs(1, 1, 1)
+
+    def measure(m, res, target, repeats=20, warmup=5):
+        ms = dwrprune.count_macs(m, res, 3) / base
+        return {"median_ms": ms, "p25_ms": ms, "p75_ms": ms}
+
+    monkeypatch.setattr(L, "measure_ms", measure)
+    opts = {k: v for k, v in tiny_options.items() if k not in ("data", "budget")}
+    result = dwrprune.prune(model, "synthetic", out=tmp_path / "run", progress="never",
+                            latency_budget=0.6, **opts)
+    plan = result.run.plan()
+    assert plan["latency"]["target"] == "cpu-b1-t1"
+    assert result.report["measured_latency_ms"]["median_ms"] <= plan["latency"]["budget_ms"] * 1.03
+    assert (tmp_path / "run" / "latency" / "cpu-b1-t1.json").exists()
+    assert "latency budget" in result.report_path.read_text()
