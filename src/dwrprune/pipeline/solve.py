@@ -65,8 +65,8 @@ def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
     With ``min_gain_sigmas`` > 0 the choice is uncertainty-aware: the predictor's optimum is
     taken only when its predicted gain over the best one-axis point (the largest width-,
     depth- or resolution-only model under the budget, within the bounds) exceeds that many
-    standard deviations of the gain (:meth:`Predictor.gain`); otherwise the one-axis point is kept, and the
-    solution's ``decision`` says so."""
+    standard deviations of the gain (:meth:`Predictor.gain`); otherwise the one-axis point
+    is kept, and the solution's ``decision`` says so."""
     if min_gain_sigmas > 0 and not pred.jackknife and pred.noise_sd is None:
         raise DwrpruneError("this predictor was fitted before dwrprune recorded its "
                             "uncertainty; fit it again (`dwrprune fit --run RUN`)")
