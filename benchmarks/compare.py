@@ -55,14 +55,21 @@ def cmd_run(args) -> None:
                               batch_size=args.batch_size)
         recipe = dwrprune.TrainConfig(epochs=args.epochs, lr=args.lr, seed=0)
         budgets, seeds, subset = args.budgets, args.seeds, args.finetune_subset
-    methods = args.methods.split(",") if args.methods else list(METHODS)
+    target = None
+    if args.latency_budgets:
+        from dwrprune.latency import LatencyTarget
+
+        target = LatencyTarget(args.device, args.latency_batch, args.threads)
+        budgets = args.latency_budgets
+    methods = (args.methods.split(",") if args.methods else
+               list(METHODS) + (["3d-latency"] if target else []))
     from dwrprune.executors import create_executor
 
     executor = create_executor(args.executor, args.ray_address, args.retries)
     try:
         csv_path = run_benchmark(model, data, methods, budgets, seeds, recipe, pipe, args.out,
                                  finetune_subset=subset, progress=not args.no_progress,
-                                 executor=executor)
+                                 executor=executor, latency_target=target)
     finally:
         executor.close()
     print(f"results: {csv_path}")
@@ -81,10 +88,13 @@ def table(summary: list[dict]) -> str:
         lat, orig = s[f"latency_{b}_ms"], s[f"original_latency_{b}_ms"]
         return f"{orig / lat:.2f}x" if lat and orig else "-"
 
-    lines = ["| budget | method | seeds | MACs ratio | MACs cut | test acc pruned (%) | test acc "
-             "fine-tuned (%) | latency b1 (ms) | speed-up b1 | latency b64 (ms) | speed-up b64 "
-             "| prune + collect (s) |",
-             "|" + "---|" * 12]
+    kind = summary[0].get("budget_kind") if summary else None
+    note = ([f"Budgets are fractions of the original's measured latency ({kind}).", ""]
+            if kind and kind.startswith("latency") else [])
+    lines = note + [
+        "| budget | method | seeds | MACs ratio | MACs cut | test acc pruned (%) | test acc "
+        "fine-tuned (%) | latency b1 (ms) | speed-up b1 | latency b64 (ms) | speed-up b64 "
+        "| prune + collect (s) |", "|" + "---|" * 12]
     for s in summary:
         if s["status"] != "ok":
             lines.append(f"| {s['budget']:g} | {s['method']} | {s['seeds']} | infeasible "
@@ -178,6 +188,12 @@ def main() -> None:
                    help="where the jobs run (ray: --ray-address, or a local Ray instance)")
     r.add_argument("--ray-address", default=None)
     r.add_argument("--retries", type=int, default=2, help="retries of a job whose worker died")
+    r.add_argument("--latency-budgets", type=_floats, default=None,
+                   help="compare at equal measured latency: fractions of the original's "
+                        "latency on the target (use a separate --out)")
+    r.add_argument("--latency-batch", type=int, default=1)
+    r.add_argument("--threads", type=int, default=1, help="threads latency is measured with")
+    r.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     r.set_defaults(func=cmd_run)
     la = sub.add_parser("latency", help="(re-)measure the latency columns on a quiet machine")
     la.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))

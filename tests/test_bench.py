@@ -78,3 +78,17 @@ def test_latency_pass_fills_rows_and_keeps_rows_appended_meanwhile(tmp_path, mon
     assert float(rows[0]["original_latency_b64_ms"]) > 0 and rows[1]["latency_b1_ms"] == ""
     assert measure_latencies(tmp_path, model, repeats=2) == 0  # 3d has no model file here
     assert measure_latencies(tmp_path, model, repeats=2, remeasure=True) == 1
+
+
+@pytest.mark.slow
+def test_compare_at_equal_measured_latency(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "run", "--quick",
+           "--latency-budgets", "0.97", "--methods", "width-only,3d,3d-latency",
+           "--out", str(tmp_path), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert {x["method"] for x in rows} == {"width-only", "3d", "3d-latency"}
+    assert all(x["budget_kind"] == "latency-cpu-b1-t1" for x in rows)
+    assert all(x["status"] in ("ok", "infeasible") for x in rows)
+    assert "measured latency" in r.stdout

@@ -20,7 +20,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .bench_methods import METHODS, BenchContext, Infeasible, Method, Pruned  # noqa: F401
+from .bench_methods import (  # noqa: F401
+    METHODS,
+    BenchContext,
+    Infeasible,
+    Method,
+    Pruned,
+    latency_methods,
+)
 from .checkpoint import save_model
 from .cost import count_macs, count_params, machine_stamp, measure_latency
 from .engine import TrainConfig, evaluate, train
@@ -44,11 +51,13 @@ FIELDS = ["method", "budget", "seed", "status", "note", "macs", "macs_ratio", "p
           "resolution", "test_acc_pruned", "test_acc", "val_acc", "latency_b1_ms",
           "latency_b64_ms", "prune_seconds", "finetune_seconds", "collection_seconds",
           "original_macs", "original_test_acc", "original_latency_b1_ms",
-          "original_latency_b64_ms", "torch", "cpu", "threads", "timestamp"]
+          "original_latency_b64_ms", "torch", "cpu", "threads", "timestamp", "budget_kind",
+          "latency_budget_ms"]
 
 
 def _bind_settings(out: Path, model: nn.Module, recipe: TrainConfig,
-                   pipeline: PipelineConfig, finetune_subset: int | None) -> None:
+                   pipeline: PipelineConfig, finetune_subset: int | None,
+                   latency_target=None) -> None:
     """Rows of one CSV must share a recipe: store it, and refuse to resume with another.
     (Methods, budgets and seeds may be added later; they are columns of the rows.)"""
     import json
@@ -59,6 +68,8 @@ def _bind_settings(out: Path, model: nn.Module, recipe: TrainConfig,
     settings = {"recipe": asdict(recipe) | {"seed": None}, "finetune_subset": finetune_subset,
                 "pipeline": pipeline.collect_config() | {"seed": None},
                 "model": model_fingerprint(model)}
+    if latency_target is not None:
+        settings["latency_target"] = latency_target.key()
     path = out / "bench_settings.json"
     if path.exists():
         check_same_settings(json.loads(path.read_text()), json.loads(json.dumps(settings)),
@@ -74,7 +85,26 @@ def done_keys(csv_path: Path) -> set[tuple[str, float, int]]:
         return {_key(r) for r in csv.DictReader(f)}
 
 
+def _ensure_header(csv_path: Path) -> None:
+    """A CSV written before a column was added gets today's header (rows kept)."""
+    if not csv_path.exists():
+        return
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames == FIELDS:
+            return
+        rows = list(reader)
+    tmp = csv_path.with_suffix(f".csv.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in FIELDS})
+    tmp.replace(csv_path)
+
+
 def append_row(csv_path: Path, row: dict) -> None:
+    _ensure_header(csv_path)
     new = not csv_path.exists()
     with open(csv_path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
@@ -106,19 +136,24 @@ class BenchJob:
     again.  Runs wherever the executor puts it; returns the row and the fine-tuned model."""
 
     def __init__(self, model: nn.Module, ctx: BenchContext, recipe: TrainConfig,
-                 finetune_subset: int | None, original: dict):
+                 finetune_subset: int | None, original: dict, methods: dict | None = None):
         self.original, self.ctx, self.recipe = PortableModel(model), ctx, recipe
         self.finetune_subset, self.orig = finetune_subset, original
+        self.methods = methods or METHODS
 
     def __call__(self, name: str, budget: float, seed: int) -> tuple[dict, PortableModel | None]:
         model, data = self.original.model, self.ctx.data
         in_ch = model.dwrprune_spec["model"]["in_channels"]
         row = {"method": name, "budget": budget, "seed": seed, **self.orig, **machine_stamp(),
-               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
+               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "budget_kind": "macs"}
+        target = self.ctx.latency_target
+        if target is not None:
+            row.update(budget_kind=f"latency-{target.key()}",
+                       latency_budget_ms=budget * self.ctx.original_latency_ms)
         t0 = time.perf_counter()
         torch.manual_seed(seed)
         try:
-            pruned = METHODS[name].prune(model, budget, seed, self.ctx)
+            pruned = self.methods[name].prune(model, budget, seed, self.ctx)
         except Infeasible:
             return {**row, "status": "infeasible"}, None
         row["prune_seconds"] = time.perf_counter() - t0 + pruned.prepare_seconds
@@ -141,19 +176,26 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
                   budgets: list[float], seeds: list[int], recipe: TrainConfig,
                   pipeline: PipelineConfig, out: str | Path, finetune_subset: int | None = None,
                   latency_repeats: int = 20, progress: bool = True,
-                  executor: Executor | None = None) -> Path:
+                  executor: Executor | None = None, latency_target=None) -> Path:
     """Run every (method, budget, seed) not yet in ``out/results.csv``; returns the CSV.
 
     Jobs go to ``executor`` (default: in this process); the driver writes each finished row
     and model as it arrives.  Latency is measured afterwards, in the driver, one model at a
-    time (:func:`measure_latencies`), so parallel jobs cannot distort it."""
+    time (:func:`measure_latencies`), so parallel jobs cannot distort it.
+
+    With ``latency_target`` (a :class:`~dwrprune.latency.LatencyTarget`), ``budgets`` are
+    fractions of the original model's measured latency there: ``3d-latency`` chooses under
+    the latency budget, every other method is pruned to the largest model that measures
+    within it (:func:`~dwrprune.bench_methods.latency_methods`); use its own ``out``."""
+    known = list(METHODS) + (["3d-latency"] if latency_target is not None else [])
     for m in methods:
-        if m not in METHODS:
-            raise DwrpruneError(f"unknown method {m!r}; available: {', '.join(METHODS)}")
+        if m not in known:
+            raise DwrpruneError(f"unknown method {m!r}; available: {', '.join(known)}")
+    table = latency_methods(methods) if latency_target is not None else METHODS
     executor = executor or LocalExecutor()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _bind_settings(out, model, recipe, pipeline, finetune_subset)
+    _bind_settings(out, model, recipe, pipeline, finetune_subset, latency_target)
     csv_path = out / "results.csv"
     done = done_keys(csv_path)
     spec = model.dwrprune_spec
@@ -161,13 +203,18 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
     orig = {"original_macs": count_macs(model, base_res, in_ch),
             "original_test_acc": evaluate(model, data.loader("test", base_res)).accuracy}
     ctx = BenchContext(data, out, pipeline, progress=progress and executor.name == "local")
+    if latency_target is not None:
+        from .latency import measure_ms
+
+        ctx.latency_target = latency_target.check()
+        ctx.original_latency_ms = measure_ms(model, base_res, latency_target)["median_ms"]
     todo = [(name, float(b), int(s)) for b in budgets for s in seeds for name in methods
             if (name, float(b), int(s)) not in done]
     for name in dict.fromkeys(n for n, _, _ in todo):
-        if hasattr(METHODS[name], "prepare"):
-            METHODS[name].prepare(model, [(b, s) for n, b, s in todo if n == name], ctx,
-                                  executor)
-    job = BenchJob(model, ctx, recipe, finetune_subset, orig)
+        if hasattr(table[name], "prepare"):
+            table[name].prepare(model, [(b, s) for n, b, s in todo if n == name], ctx,
+                                executor)
+    job = BenchJob(model, ctx, recipe, finetune_subset, orig, table)
     bar = tqdm(total=len(todo), desc="benchmark", unit="job", disable=not progress)
 
     def node(name, budget, seed) -> Node:
@@ -268,6 +315,7 @@ def summarise(csv_path: str | Path) -> list[dict]:
     out = []
     for (method, budget), rows in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         s = {"method": method, "budget": budget, "seeds": len(rows),
+             "budget_kind": rows[0].get("budget_kind") or "macs",
              "status": "ok" if any(r["status"] == "ok" for r in rows) else rows[0]["status"]}
         for key in ("test_acc", "test_acc_pruned", "macs_ratio", "params", "latency_b1_ms",
                     "latency_b64_ms", "prune_seconds", "finetune_seconds", "collection_seconds",

@@ -22,7 +22,6 @@ from .pipeline import (
     collect,
     fit_samples,
     one_axis_point,
-    run_shrinker,
     solve_budget,
 )
 from .shrink import Shrinker
@@ -55,6 +54,8 @@ class BenchContext:
     pipeline: PipelineConfig
     recal_batches: int = 20
     progress: bool = False
+    latency_target: object = None  # a LatencyTarget: budgets are latency fractions
+    original_latency_ms: float = 0.0
     prepared: dict = field(default_factory=dict)  # what Method.prepare computed, per job
 
     def shrinker(self, model: nn.Module) -> Shrinker:
@@ -86,39 +87,116 @@ class OneAxis:
 
 class ThreeD:
     """The full pipeline.  :meth:`prepare` runs in the driver: one collection per seed
-    (its jobs on the benchmark's executor, shared by all budgets), the MAP fit and the
-    solver; :meth:`prune` then only shrinks to the chosen point, wherever it runs."""
+    (its jobs on the benchmark's executor, shared by all budgets) and the MAP fit;
+    :meth:`prune` solves for the budget and shrinks to the chosen point, wherever it runs."""
 
     name = "3d"
 
     def prepare(self, model, todo: list[tuple[float, int]], ctx, executor) -> None:
         for seed in sorted({s for _, s in todo}):
+            if ("3d", seed) in ctx.prepared:
+                continue
             cfg = ctx.pipeline.replace(seed=seed)
             run = Run(ctx.out / "3d" / f"seed{seed}")
             store = collect(model, ctx.data, cfg, run.path, progress=ctx.progress,
                             executor=executor, wait_for_lock=True)  # shared by processes
             collection = sum(s.seconds for s in store.samples())
             pred, _ = fit_samples(store, cfg)
-            shr = run_shrinker(run, model, cfg)  # cost queries, with the saved ranking
-            order = run.block_ranking()
-            for budget in sorted({b for b, s in todo if s == seed}):
-                t0 = time.perf_counter()
-                sol = solve_budget(pred, shr, budget, cfg.lower_bounds, cfg.min_gain_sigmas)
-                ctx.prepared[(self.name, budget, seed)] = {
-                    "point": (sol.best.d, sol.best.w, sol.best.r),
-                    "block_order": order, "collection_seconds": collection,
-                    "solve_seconds": time.perf_counter() - t0}
+            ctx.prepared[("3d", seed)] = {
+                "predictor": pred, "block_order": run.block_ranking(),
+                "collection_seconds": collection, "run": str(run.path)}
+
+    def shrinker(self, model, seed, ctx, data=None) -> Shrinker:
+        """The seed's shrinker with the block ranking saved at its collection."""
+        order, criterion = ctx.prepared[("3d", seed)]["block_order"]
+        return build_shrinker(model, ctx.pipeline.replace(seed=seed), data, block_order=order,
+                              block_order_criterion=criterion)
+
+    def point(self, model, budget, seed, ctx) -> tuple[tuple[float, float, float], float]:
+        """The seed's choice at MACs ``budget`` (solved here: cheap once collected)."""
+        t0 = time.perf_counter()
+        p = ctx.prepared[("3d", seed)]
+        cfg = ctx.pipeline.replace(seed=seed)
+        sol = solve_budget(p["predictor"], self.shrinker(model, seed, ctx), budget,
+                           cfg.lower_bounds, cfg.min_gain_sigmas)
+        return (sol.best.d, sol.best.w, sol.best.r), time.perf_counter() - t0
 
     def prune(self, model, budget, seed, ctx) -> Pruned:
-        p = ctx.prepared[(self.name, budget, seed)]
-        cfg = ctx.pipeline.replace(seed=seed)
-        order, criterion = p["block_order"]
-        shr = build_shrinker(model, cfg, ctx.data, block_order=order,
-                             block_order_criterion=criterion)
-        d, w, r = p["point"]
-        out = shr.shrink(d, w, r, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
+        return self._shrink(model, self.point(model, budget, seed, ctx)[0], seed, ctx)
+
+    def _shrink(self, model, point, seed, ctx) -> Pruned:
+        """(The solve ran inside the job, so its time is in the job's prune time.)"""
+        d, w, r = point
+        out = self.shrinker(model, seed, ctx, ctx.data).shrink(
+            d, w, r, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
         return Pruned(out.model, out.spec, f"d={d:.3f} w={w:.3f} r={r:.3f}",
-                      p["collection_seconds"], p["solve_seconds"])
+                      ctx.prepared[("3d", seed)]["collection_seconds"])
+
+
+class ThreeDLatency(ThreeD):
+    """The pipeline with a latency budget: ``budget`` is a fraction of the original model's
+    measured latency on ``ctx.latency_target``; the choice is measured and stepped down."""
+
+    name = "3d-latency"
+
+    def prepare(self, model, todo, ctx, executor) -> None:
+        super().prepare(model, todo, ctx, executor)
+        from .latency import build_latency_model
+
+        for seed in sorted({s for _, s in todo}):
+            key = ("latency-model", seed)
+            if key not in ctx.prepared:
+                ctx.prepared[key] = build_latency_model(self.shrinker(model, seed, ctx),
+                                                        ctx.latency_target)
+
+    def prune(self, model, budget, seed, ctx) -> Pruned:
+        from .latency import LatencyOutOfReach, choose_under_latency
+
+        p, lat = ctx.prepared[("3d", seed)], ctx.prepared[("latency-model", seed)]
+        lo = list(ctx.pipeline.lower_bounds or p["predictor"].lower)
+        shr = self.shrinker(model, seed, ctx)
+        lo[2] = max(lo[2], shr.min_resolution / shr.base_resolution)
+        try:
+            res = choose_under_latency(p["predictor"], shr, lat,
+                                       budget * ctx.original_latency_ms, tuple(lo))
+        except LatencyOutOfReach:
+            raise Infeasible from None
+        return self._shrink(model, tuple(res["best"][k] for k in "dwr"), seed, ctx)
+
+
+class UnderLatency:
+    """Any MACs-budget method pruned to the largest model whose measured latency on
+    ``ctx.latency_target`` is within ``budget`` x the original's: bisection over the MACs
+    budget it is given (measured, as the latency pass measures)."""
+
+    def __init__(self, inner: Method, steps: int = 7):
+        self.inner, self.name, self.steps = inner, inner.name, steps
+
+    def prepare(self, model, todo, ctx, executor) -> None:
+        if hasattr(self.inner, "prepare"):
+            self.inner.prepare(model, todo, ctx, executor)
+
+    def prune(self, model, budget, seed, ctx) -> Pruned:
+        from .latency import measure_ms
+
+        limit = budget * ctx.original_latency_ms
+        lo, hi, best = 0.02, 0.98, None
+        for _ in range(self.steps):
+            mid = (lo + hi) / 2
+            try:
+                p = self.inner.prune(model, mid, seed, ctx)
+            except Infeasible:
+                lo = mid
+                continue
+            ms = measure_ms(p.model, p.spec["input"]["resolution"], ctx.latency_target)
+            if ms["median_ms"] <= limit:
+                best, lo = p, mid
+                best.note = f"{p.note}; MACs budget {mid:.3f}: {ms['median_ms']:.3f} ms"
+            else:
+                hi = mid
+        if best is None:
+            raise Infeasible
+        return best
 
 
 class TorchPruningGlobal:
@@ -191,3 +269,11 @@ METHODS: dict[str, Method] = {
     "resolution-only": OneAxis("r"), "torch-pruning": TorchPruningGlobal(),
     "autobot": AutoBotMethod(),
 }
+
+
+def latency_methods(names: list[str]) -> dict[str, Method]:
+    """The methods of a comparison at equal measured latency: ``3d-latency`` chooses under
+    the latency budget itself; every other method (``3d`` included: its MACs-budget choice)
+    is pruned to the largest model that measures within it."""
+    return {n: ThreeDLatency() if n == "3d-latency" else UnderLatency(METHODS[n])
+            for n in names}

@@ -32,6 +32,10 @@ from .shrink import Shrinker
 FEATURES = ("bias", "macs", "activations", "weights", "layers")
 
 
+class LatencyOutOfReach(DwrpruneError):
+    """No model in the searched box reaches the latency budget."""
+
+
 @dataclass(frozen=True)
 class LatencyTarget:
     """Where latency is measured: device, batch size, CPU threads."""
@@ -176,7 +180,7 @@ def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
                           "predicted": float(pred(d, a, r)),
                           "latency_ms": lat(shr, d, a, r), "macs": shr.macs(d, a, r)})
     if not cands:
-        raise DwrpruneError(f"no model in the searched box reaches {budget_ms:.3f} ms on "
+        raise LatencyOutOfReach(f"no model in the searched box reaches {budget_ms:.3f} ms on "
                             f"{lat.target.key()} (the smallest modelled: "
                             f"{lat(shr, ds[-1], lower[1], pmin / px):.3f} ms); raise the "
                             "latency budget or lower the bounds")
