@@ -1,0 +1,82 @@
+"""How well the latency model predicts measured latency, per target (run on a quiet machine).
+
+    python benchmarks/latency_model.py [--checkpoint resnet20-fashion-mnist] [--batches 1,64]
+        [--threads 1] [--fit 16] [--heldout 12] [--out benchmarks/results/latency-model]
+        [--update-readme]
+
+For each batch size: measure the original and ``fit + heldout`` shrunk models spread over
+the (d, w, r) box (Latin hypercube), fit the model on the first ``fit``, and report its error
+on the held-out ones.  Writes OUT/points.csv (every measured point) and OUT/table.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default="resnet20-fashion-mnist")
+    ap.add_argument("--batches", default="1,64")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fit", type=int, default=16)
+    ap.add_argument("--heldout", type=int, default=12)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency-model"))
+    ap.add_argument("--update-readme", action="store_true")
+    args = ap.parse_args()
+
+    import dwrprune
+    from dwrprune.cost import machine_stamp
+    from dwrprune.latency import LatencyTarget, build_latency_model
+
+    model = dwrprune.load(dwrprune.pretrained.resolve(args.checkpoint))
+    shr = dwrprune.Shrinker(model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    lines = ["| target | original (ms) | fit points | held-out points | held-out median "
+             "error | held-out mean error | worst |", "|---|---|---|---|---|---|---|"]
+    for b in (int(x) for x in args.batches.split(",")):
+        target = LatencyTarget("cpu", b, args.threads)
+        lm = build_latency_model(shr, target, args.fit, args.heldout, repeats=args.repeats,
+                                 progress=print)
+        held = [p for p in lm.points if p["use"] == "heldout"]
+        worst = max(abs(lm(shr, p["d"], p["w"], p["r"]) - p["median_ms"]) / p["median_ms"]
+                    for p in held)
+        for p in lm.points:
+            rows.append({"target": target.key(), **{k: p[k] for k in (
+                "d", "w", "r", "resolution", "macs", "activations", "weights", "layers",
+                "median_ms", "p25_ms", "p75_ms", "use")},
+                "modelled_ms": lm(shr, p["d"], p["w"], p["r"])})
+        lines.append(f"| {target.key()} | {lm.original_ms:.2f} | {args.fit} | {len(held)} | "
+                     f"{100 * lm.heldout_median_ape:.1f}% | {100 * lm.heldout_mape:.1f}% | "
+                     f"{100 * worst:.1f}% |")
+    stamp = machine_stamp()
+    lines.append(f"\nMeasured with torch {stamp['torch']} on {stamp['cpu']}, "
+                 f"{args.threads} thread(s), median of {args.repeats} runs per point.")
+    with open(out / "points.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    text = "\n".join(lines)
+    (out / "table.md").write_text(text + "\n")
+    print(text)
+    if args.update_readme:
+        readme = ROOT / "README.md"
+        new, n = re.subn(r"(<!-- latency-model-table -->).*?(<!-- /latency-model-table -->)",
+                         lambda m: f"{m.group(1)}\n{text}\n{m.group(2)}", readme.read_text(),
+                         flags=re.S)
+        if n != 1:
+            sys.exit("README.md has no <!-- latency-model-table --> block")
+        readme.write_text(new)
+
+
+if __name__ == "__main__":
+    main()
