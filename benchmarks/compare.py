@@ -12,7 +12,6 @@ seeds) and OUT/compare.png (accuracy vs MACs, latency vs MACs per method).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -147,13 +146,9 @@ def cmd_render(args) -> None:
     plot(summary, out / "compare.png")
     (out / "table.md").write_text(text + "\n")
     if args.update_readme:
-        readme = ROOT / "README.md"
-        new, n = re.subn(r"(<!-- compare-table -->).*?(<!-- /compare-table -->)",
-                         lambda m: f"{m.group(1)}\n{text}\n{m.group(2)}", readme.read_text(),
-                         flags=re.S)
-        if n != 1:
-            sys.exit("README.md has no <!-- compare-table --> block")
-        readme.write_text(new)
+        from readme_block import update_readme
+
+        update_readme("compare-table", text)
 
 
 def cmd_latency(args) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,13 +67,9 @@ def main() -> None:
     (out / "table.md").write_text(text + "\n")
     print(text)
     if args.update_readme:
-        readme = ROOT / "README.md"
-        new, n = re.subn(r"(<!-- latency-model-table -->).*?(<!-- /latency-model-table -->)",
-                         lambda m: f"{m.group(1)}\n{text}\n{m.group(2)}", readme.read_text(),
-                         flags=re.S)
-        if n != 1:
-            sys.exit("README.md has no <!-- latency-model-table --> block")
-        readme.write_text(new)
+        from readme_block import update_readme
+
+        update_readme("latency-model-table", text)
 
 
 if __name__ == "__main__":

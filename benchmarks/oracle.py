@@ -17,7 +17,6 @@ pipeline options are used to prune every point.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -144,14 +143,9 @@ def cmd_render(args) -> None:
     print(text)
     (out / f"oracle_{args.budget:g}.md").write_text(text + "\n")
     if args.update_readme:
-        readme = ROOT / "README.md"
-        tag = f"oracle-{args.budget:g}"
-        new, n = re.subn(rf"(<!-- {tag} -->).*?(<!-- /{tag} -->)",
-                         lambda m: f"{m.group(1)}\n{text}\n{m.group(2)}", readme.read_text(),
-                         flags=re.S)
-        if n != 1:
-            sys.exit(f"README.md has no <!-- {tag} --> block")
-        readme.write_text(new)
+        from readme_block import update_readme
+
+        update_readme(f"oracle-{args.budget:g}", text)
 
 
 def main() -> None:

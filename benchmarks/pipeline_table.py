@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import yaml
@@ -54,13 +53,9 @@ def main() -> None:
     table = HEADER + "\n" + "\n".join(row(r) for r in args.runs)
     print(table)
     if args.update_readme:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        new, n = re.subn(r"(<!-- pipeline-table -->).*?(<!-- /pipeline-table -->)",
-                         lambda m: f"{m.group(1)}\n{table}\n{m.group(2)}", text, flags=re.S)
-        if n != 1:
-            raise SystemExit("README.md has no <!-- pipeline-table --> block")
-        readme.write_text(new)
+        from readme_block import update_readme
+
+        update_readme("pipeline-table", table)
 
 
 if __name__ == "__main__":

@@ -85,32 +85,34 @@ def done_keys(csv_path: Path) -> set[tuple[str, float, int]]:
         return {_key(r) for r in csv.DictReader(f)}
 
 
-def _ensure_header(csv_path: Path) -> None:
+def _ensure_header(csv_path: Path, fields: list[str]) -> None:
     """A CSV written before a column was added gets today's header (rows kept)."""
     if not csv_path.exists():
         return
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames == FIELDS:
+        if reader.fieldnames == fields:
             return
         rows = list(reader)
     tmp = csv_path.with_suffix(f".csv.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in rows:
-            w.writerow({k: r.get(k, "") for k in FIELDS})
+            w.writerow({k: r.get(k, "") for k in fields})
     tmp.replace(csv_path)
 
 
-def append_row(csv_path: Path, row: dict) -> None:
-    _ensure_header(csv_path)
+def append_row(csv_path: Path, row: dict, fields: list[str] = FIELDS) -> None:
+    """Append one row (columns ``fields``), writing the header for a new file."""
+    csv_path = Path(csv_path)
+    _ensure_header(csv_path, fields)
     new = not csv_path.exists()
     with open(csv_path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields)
         if new:
             w.writeheader()
-        w.writerow({k: row.get(k, "") for k in FIELDS})
+        w.writerow({k: row.get(k, "") for k in fields})
         f.flush()
 
 

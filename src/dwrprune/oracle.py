@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .bench import finetune_and_score
+from .bench import append_row, finetune_and_score
 from .engine import TrainConfig
 from .errors import DwrpruneError
 from .executors import Executor, LocalExecutor, Node, PortableModel, raise_failures, run_graph
@@ -132,15 +132,6 @@ def read_rows(csv_path: str | Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _append(csv_path: Path, row: dict) -> None:
-    new = not csv_path.exists()
-    with open(csv_path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow({k: row.get(k, "") for k in FIELDS})
-
-
 def run_oracle(model: nn.Module, data: DataSource, run_dir: str | Path, budget: float,
                seeds: list[int], recipe: TrainConfig, out: str | Path, *,
                depths: list[float], resolutions: list[float], tol: float = 0.03,
@@ -172,7 +163,8 @@ def run_oracle(model: nn.Module, data: DataSource, run_dir: str | Path, budget: 
 
     def node(p: OraclePoint, seed: int) -> Node:
         def finished(row):
-            _append(csv_path, {**row, "budget": budget, "predicted": pred(p.d, p.w, p.r)})
+            append_row(csv_path, {**row, "budget": budget, "predicted": pred(p.d, p.w, p.r)},
+                       FIELDS)
             bar.update(1)
             bar.write(f"[oracle] {p.label:18s} s{seed} d={p.d:.3f} w={p.w:.3f} r={p.r:.3f} "
                       f"MACs {100 * p.macs_ratio:.1f}% val {100 * row['val_acc']:.2f} "
