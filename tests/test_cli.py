@@ -63,3 +63,12 @@ def test_eval_dataset_mismatch(tmp_path, capsys, fmnist_dir):
     assert main(["eval", "--checkpoint", str(out / "model.pt"), "--data", "fashion-mnist",
                  "--data-dir", str(fmnist_dir)]) == 2
     assert "input channels" in capsys.readouterr().err
+
+
+def test_info_lists_the_axes_a_model_offers(capsys):
+    assert main(["info", "--model", "resnet_tiny2", "--resolution", "16", "--no-latency",
+                 "--json"]) == 0
+    axes = json.loads(capsys.readouterr().out)["axes"]
+    assert axes["depth"] == {"blocks": 4, "kinds": ["residual"]}
+    assert axes["width"]["groups"] > 0 and axes["width"]["error"] == ""
+    assert axes["resolution"] == {"base": 16, "min": 8}

@@ -211,3 +211,27 @@ def model_info(name: str | None, checkpoint: str | os.PathLike | None,
         name, in_ch, res = spec.name, spec.in_channels, resolution or spec.resolution
     check_resolution(name, res)
     return cost_report(model, res, in_ch, tuple(batch_sizes), threads, repeats), name, in_ch
+
+
+def model_axes(model_or_name, resolution: int | None = None, in_channels: int = 3,
+               num_classes: int = 10) -> dict:
+    """Which axes a model offers: removable blocks (depth), traceable coupled channel groups
+    (width), and the input sides allowed (resolution)."""
+    from .analysis import Analysis
+    from .models import create_model
+
+    if isinstance(model_or_name, str):
+        model = create_model(model_or_name, num_classes=num_classes, in_channels=in_channels)
+        model.dwrprune_spec = make_spec(model_or_name, num_classes, in_channels,
+                                        resolution or 32)
+    else:
+        model = model_or_name
+    ana = Analysis(model, resolution=resolution)
+    try:
+        groups, why = len(ana.groups()), ""
+    except DwrpruneError as e:
+        groups, why = 0, str(e)
+    return {"depth": {"blocks": len(ana.blocks),
+                      "kinds": sorted({b.kind for b in ana.blocks})},
+            "width": {"groups": groups, "error": why},
+            "resolution": {"base": ana.base_resolution, "min": ana.min_resolution}}

@@ -53,6 +53,7 @@ def cmd_models(args) -> int:
 
 @command("info", "MACs, parameters and CPU latency of a model at a resolution", _info_args)
 def cmd_info(args) -> int:
+    from ..checkpoint import load
     from ..cost import format_count, machine_stamp
     from ..pretrained import DEFAULT
     from ..tasks import model_info
@@ -61,8 +62,13 @@ def cmd_info(args) -> int:
                                   args.resolution, args.in_channels, args.num_classes,
                                   () if args.no_latency else tuple(args.batch_sizes),
                                   args.threads, args.repeats)
+    from ..tasks import model_axes
+
+    axes = model_axes(args.model or load(checkpoint_path(args.checkpoint or DEFAULT)),
+                      args.resolution, in_ch, args.num_classes)
     if args.json:
-        print(json.dumps({"model": name, **rep.as_dict(), "machine": machine_stamp()}))
+        print(json.dumps({"model": name, **rep.as_dict(), "axes": axes,
+                          "machine": machine_stamp()}))
         return 0
     res = rep.resolution
     print(f"model       {name}  ({in_ch}x{res}x{res} input)")
@@ -71,6 +77,10 @@ def cmd_info(args) -> int:
     for lat in rep.latency:
         print(f"latency     batch {lat.batch_size:3d}: {lat.median_ms:8.2f} ms median "
               f"({lat.threads} thread{'s' if lat.threads > 1 else ''}, {lat.repeats} repeats)")
+    d, w, r = axes["depth"], axes["width"], axes["resolution"]
+    print(f"axes        depth: {d['blocks']} removable blocks ({', '.join(d['kinds']) or '-'}); "
+          f"width: {w['groups']} channel groups{' (' + w['error'] + ')' if w['error'] else ''}; "
+          f"resolution: {r['min']}..{r['base']} px")
     return 0
 
 
