@@ -275,6 +275,16 @@ def _train(model, train_loader, config, val_loader, teacher, checkpoint_dir, spe
                      if partial else f"epoch {start_epoch}")
             tqdm.write(f"resumed from {ckpt_path} after {where}")
 
+    def save(done_epoch: int, partial: dict | None = None) -> None:
+        """last.pt after ``done_epoch`` (and ``partial``: how far into the next one)."""
+        payload = model_payload(model, spec or {}, {"history": result.history})
+        payload.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                       epoch=done_epoch, step=step, history=result.history,
+                       seconds=result.seconds, train_config=asdict(config))
+        if partial is not None:
+            payload["partial"] = partial
+        save_torch(ckpt_path, payload)
+
     if teacher is not None:
         teacher.eval()
     for epoch in range(start_epoch, n_epochs):
@@ -320,14 +330,8 @@ def _train(model, train_loader, config, val_loader, teacher, checkpoint_dir, spe
                             lr=f"{sched.get_last_lr()[0]:.3g}")
             if (ckpt_path is not None and checkpoint_every and step % checkpoint_every == 0
                     and batch + 1 < n_batches and step < total and distributed.is_main()):
-                payload = model_payload(model, spec or {}, {"history": result.history})
-                payload.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                               epoch=epoch - 1, step=step, history=result.history,
-                               seconds=result.seconds, train_config=asdict(config),
-                               partial={"epoch": epoch, "batch": batch + 1,
-                                        "loss_sum": loss_sum, "correct": correct,
-                                        "seen": seen})
-                save_torch(ckpt_path, payload)
+                save(epoch - 1, {"epoch": epoch, "batch": batch + 1, "loss_sum": loss_sum,
+                                 "correct": correct, "seen": seen})
         loss_sum, correct, seen = distributed.sum_across(loss_sum, correct, seen)
         row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                "train_acc": correct / max(seen, 1), "lr": sched.get_last_lr()[0]}
@@ -342,11 +346,7 @@ def _train(model, train_loader, config, val_loader, teacher, checkpoint_dir, spe
                             for k, v in row.items())
             tqdm.write(f"[{desc}] {msg}")
         if ckpt_path is not None and distributed.is_main():
-            payload = model_payload(model, spec or {}, {"history": result.history})
-            payload.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                           epoch=epoch, step=step, history=result.history,
-                           seconds=result.seconds, train_config=asdict(config))
-            save_torch(ckpt_path, payload)
+            save(epoch)
         distributed.barrier()  # no rank runs ahead of the checkpoint it could resume from
     result.steps = step
     return result

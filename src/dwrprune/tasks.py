@@ -4,6 +4,7 @@ output-path rule they share.  ``dwrprune.cli`` only parses arguments and calls t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from .cost import CostReport, cost_report
 from .engine import TrainConfig, evaluate, train
 from .errors import DwrpruneError
 from .pipeline.data import DatasetSource, check_data_matches
+from .pipeline.run import check_folder_writable
 from .shrink import Shrinker, ShrinkResult, data_needs
 from .spec import make_spec, spec_of
 
@@ -35,17 +37,6 @@ def output_file(path: str | os.PathLike, force: bool = False) -> Path:
     return out
 
 
-def output_folder(path: str | os.PathLike) -> Path:
-    """A folder that can be created and written (``train --out``)."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise DwrpruneError(f"--out {out} exists and is not a folder")
-    parent = next((q for q in [out, *out.parents] if q.exists()), Path("."))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DwrpruneError(f"cannot write {out}: {parent} is not writable")
-    return out
-
-
 def train_model(name: str, data: DatasetSource, out: str | os.PathLike, *,
                 resolution: int | None = None, config: TrainConfig | None = None,
                 subset: int | None = None, augment: bool | None = None,
@@ -56,7 +47,7 @@ def train_model(name: str, data: DatasetSource, out: str | os.PathLike, *,
 
     config = config or TrainConfig()
     config.validate()
-    out = output_folder(out)
+    out = check_folder_writable(out, "training folder")
     torch.manual_seed(config.seed)
     train_loader = data.loader("train", resolution, shuffle=True, subset=subset,
                                seed=config.seed, augment=augment)
@@ -88,13 +79,10 @@ def train_model(name: str, data: DatasetSource, out: str | os.PathLike, *,
 
 
 def _source_for(spec, data: DatasetSource | None) -> DatasetSource | None:
-    if data is None:
+    """``data``, or (no dataset named) the checkpoint's own dataset; None if neither."""
+    if data is None or not (data.name or spec.dataset):
         return None
-    if not data.name:
-        data.name = spec.dataset
-    if not data.name:
-        return None
-    return data
+    return data if data.name else dataclasses.replace(data, name=spec.dataset)
 
 
 def shrink_checkpoint(checkpoint: str | os.PathLike, d: float, w: float, r: float,

@@ -160,8 +160,7 @@ def prune(model: nn.Module, data: DataSource | str | None = None,
     progress = resolve_progress(progress)
     source = as_source(data, config)
     run = Run(out)
-    run.check_writable()
-    with run.lock():
+    with run.lock():  # start_run checks the folder and writes the config under it
         start_run(model, source, config, out, checkpoint)
         store = collect(model, source, config, run.path, finetune, progress)
         from .fit import fit_samples

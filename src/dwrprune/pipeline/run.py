@@ -30,6 +30,19 @@ from ..store import SampleStore
 from .config import PipelineConfig
 
 
+def check_folder_writable(path: Path, what: str = "folder") -> Path:
+    """``path`` is a folder, or can be made one, and can be written: else one clear error
+    naming it.  Returns ``path``."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise DwrpruneError(f"--out {p} exists and is not a folder; a {what} must be a "
+                            "directory (choose another path)")
+    parent = next((q for q in [p, *p.parents] if q.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DwrpruneError(f"cannot write {what} {p}: {parent} is not writable")
+    return p
+
+
 class Run:
     """A run folder: its resolved config, source checkpoint, and the stage outputs."""
 
@@ -40,13 +53,7 @@ class Run:
     def check_writable(self) -> None:
         """The folder can be created and written: else one clear error naming it, before
         any work (not a traceback half-way through)."""
-        p = self.path
-        if p.exists() and not p.is_dir():
-            raise DwrpruneError(f"--out {p} exists and is not a folder; a run folder must be "
-                                "a directory (choose another path)")
-        parent = next((q for q in [p, *p.parents] if q.exists()), Path("."))
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise DwrpruneError(f"cannot write run folder {p}: {parent} is not writable")
+        check_folder_writable(self.path, "run folder")
 
     def mkdir(self) -> None:
         self.check_writable()
