@@ -52,6 +52,22 @@ def init() -> bool:
     return True
 
 
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group cleanly before the process exits.
+
+    Without it gloo's background threads are torn down by the C++ runtime at exit, and a
+    rank can abort ("terminate called without an active exception") after its work is done.
+    ``wait`` first waits for every rank (the normal end); after an error a rank leaves
+    without waiting, since the others may never reach the barrier.
+    """
+    if dist.is_available() and dist.is_initialized():
+        try:
+            if wait and dist.get_world_size() > 1:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

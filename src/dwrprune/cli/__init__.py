@@ -95,13 +95,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"commands: {', '.join(DISTRIBUTED_COMMANDS)} (sample collection spreads "
                     "over machines with --executor ray instead)")
             distributed.init()
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        distributed.shutdown()  # a no-op unless this process joined torchrun's group
+        return code
     except DwrpruneError as e:
         print(f"dwrprune: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dwrprune: interrupted; finished work is saved", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown(wait=False)  # after an error: leave without waiting
 
 
 if __name__ == "__main__":
