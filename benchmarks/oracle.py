@@ -97,10 +97,7 @@ def cmd_run(args) -> None:
 
 
 def render(rows: list[dict], budget: float, runs: list[str]) -> str:
-    from dwrprune.checkpoint import load
     from dwrprune.oracle import summarise_oracle
-    from dwrprune.pipeline import Run, build_shrinker, solve_budget
-    from dwrprune.pretrained import resolve
 
     s = summarise_oracle(rows, budget)
     lines = [f"Budget {budget:g}: {len(s['points'])} points, ranked by mean validation "
@@ -116,23 +113,82 @@ def render(rows: list[dict], budget: float, runs: list[str]) -> str:
                      f"{100 * p['predicted']:.2f} |")
     lines += ["", f"Best by mean validation accuracy: {s['best_by_val']}.", ""]
     for rd in runs:
-        run = Run(rd)
-        cfg, checkpoint = run.load_config()
-        pred, _ = run.predictor()
-        order, criterion = run.block_ranking()
-        shr = build_shrinker(load(resolve(checkpoint)), cfg, None, block_order=order,
-                             block_order_criterion=criterion)
-        x = solve_budget(pred, shr, budget, cfg.lower_bounds, cfg.min_gain_sigmas).best
-        mine = summarise_oracle(rows, budget, pred)
+        lines += judge_run(rows, budget, rd)
+    return "\n".join(lines)
+
+
+def judge_run(rows: list[dict], budget: float, rd: str) -> list[str]:
+    """One run folder's choices at ``budget`` under each decision rule, with regret, and
+    the Spearman correlation of its predictor (plain, and corrected by the oracle's
+    one-axis points as anchors: then over the other points only) with the oracle."""
+    from dwrprune.anchors import HorizonCorrected
+    from dwrprune.checkpoint import load
+    from dwrprune.oracle import ONE_AXIS, choice_variants, oracle_anchors, summarise_oracle
+    from dwrprune.pipeline import Run, build_shrinker
+    from dwrprune.pretrained import resolve
+
+    run = Run(rd)
+    cfg, checkpoint = run.load_config()
+    pred, _ = run.predictor()
+    order, criterion = run.block_ranking()
+    shr = build_shrinker(load(resolve(checkpoint)), cfg, None, block_order=order,
+                         block_order_criterion=criterion)
+    mine = summarise_oracle(rows, budget, pred)
+    lines = [f"`{rd}`:", "", "| decision rule | chosen (d, w, r) | oracle point | "
+             "regret, test (pts) |", "|---|---|---|---|"]
+    for label, x in choice_variants(pred, shr, budget, cfg.lower_bounds, rows).items():
         hit = next((p for p in mine["points"] if (round(p["d"], 6), round(p["r"], 6),
                                                    round(p["macs_ratio"], 9)) ==
                     (round(x.d, 6), round(x.r, 6), round(x.macs_ratio, 9))), None)
-        what = (f"chose {hit['label']}: regret {100 * hit['regret']:.2f} pts (test)"
-                if hit else f"chose d={x.d:.3f} w={x.w:.3f} r={x.r:.3f}, not on the surface "
-                "yet (run it: oracle.py run --run " + rd + ")")
-        lines.append(f"- `{rd}`: {what}; Spearman(predictor, oracle val) = "
-                     f"{mine['spearman']:.2f}")
-    return "\n".join(lines)
+        lines.append(f"| {label} | ({x.d:.3f}, {x.w:.3f}, {x.r:.3f}) | "
+                     + (f"{hit['label']} | {100 * hit['regret']:.2f} |" if hit else
+                        "not measured yet (oracle.py run --run " + rd + ") | |"))
+    lines += ["", f"Spearman(predictor, oracle val) over the iso-cost points: "
+              f"{mine['spearman']:.2f}"]
+    lines += candidate_lines(rows, budget, run, cfg, shr)
+    anchors = oracle_anchors(rows, budget)
+    if len(anchors) >= 2:
+        rest = [r for r in rows if r["label"] not in ONE_AXIS]
+        if len({r["label"] for r in rest if abs(float(r["budget"]) - budget) < 1e-9}) > 2:
+            corr = summarise_oracle(rest, budget, HorizonCorrected(pred, anchors))
+            lines.append(f"; corrected by the one-axis anchors, over the other points: "
+                         f"{corr['spearman']:.2f}")
+    return lines
+
+
+def candidate_lines(rows, budget, run, cfg, shr) -> list[str]:
+    """Predictor candidates fitted to the run's own samples, judged on the oracle: the
+    fitted target (validation accuracy, or validation loss: less noisy) and the sample kinds
+    used.  Spearman against the oracle's mean validation accuracy (for a loss predictor,
+    of minus the predicted loss), and the regret of each candidate's plain choice."""
+    import numpy as np
+
+    from dwrprune.oracle import summarise_oracle
+    from dwrprune.pipeline import solve_budget
+    from dwrprune.predictor import fit_predictor
+
+    samples = run.store().samples(kinds=("original", "chain", "mixed"))
+    pts = summarise_oracle(rows, budget)["points"]
+    lines = ["", "| predictor candidate | LOO RMSE | Spearman vs oracle val | choice | "
+             "regret, test (pts) |", "|---|---|---|---|---|"]
+    variants = {"accuracy, all samples": (samples, lambda s: s.val_acc),
+                "-loss, all samples": (samples, lambda s: -s.val_loss),
+                "accuracy, one-axis chains only": (
+                    [s for s in samples if s.kind != "mixed"], lambda s: s.val_acc)}
+    for name, (ss, target) in variants.items():
+        X = np.array([[s.d, s.w, s.r] for s in ss])
+        y = np.array([target(s) for s in ss])
+        pred = fit_predictor(X, y, None, cfg.families, cfg.max_degree, cfg.max_rank,
+                             cfg.monotone)
+        mine = summarise_oracle(rows, budget, pred)
+        x = solve_budget(pred, shr, budget, cfg.lower_bounds, 0.0).best
+        hit = next((p for p in pts if (round(p["d"], 6), round(p["r"], 6),
+                                       round(p["macs_ratio"], 9)) ==
+                    (round(x.d, 6), round(x.r, 6), round(x.macs_ratio, 9))), None)
+        lines.append(f"| {name} ({pred.poly.name()}) | {pred.loo_rmse:.4f} | "
+                     f"{mine['spearman']:.2f} | ({x.d:.3f}, {x.w:.3f}, {x.r:.3f}) | "
+                     + (f"{100 * hit['regret']:.2f} |" if hit else "not measured |"))
+    return lines
 
 
 def cmd_render(args) -> None:

@@ -65,3 +65,52 @@ def test_rule_needs_a_predictor_with_uncertainty(shrinker):
     pred.jackknife = []
     with pytest.raises(DwrpruneError, match="fit it again"):
         solve_budget(pred, shrinker, 0.5, None, 1.0)
+
+
+def _anchors(pred, shrinker, offsets):
+    from dwrprune.anchors import Anchor
+
+    out = []
+    for (name, axis), off in zip((("width-only", "w"), ("depth-only", "d"),
+                                  ("resolution-only", "r")), offsets):
+        p = one_axis_point(shrinker, axis, 0.5)
+        out.append(Anchor(name, *p, float(pred(*p)) + off, seeds=2))
+    return out
+
+
+def test_horizon_correction_passes_through_the_anchors_and_is_zero_unpruned(shrinker):
+    from dwrprune.anchors import HorizonCorrected
+
+    pred = fit_predictor(*_samples(0.002), families=["separable"], max_degree=2,
+                         noise_sd=0.003)
+    anchors = _anchors(pred, shrinker, (0.003, 0.016, 0.013))
+    g = HorizonCorrected(pred, anchors)
+    for a in anchors:
+        assert g(*a.point) == pytest.approx(a.measured, abs=1e-9)
+    assert g(1.0, 1.0, 1.0) == pytest.approx(pred(1.0, 1.0, 1.0))
+    assert g.coef[1] < 0 and g.coef[0] < 0  # a positive residual at a pruned point
+    arr = g(np.array([1.0, 0.8]), np.array([0.9, 0.9]), np.array([1.0, 1.0]))
+    assert arr.shape == (2,) and arr[0] == pytest.approx(g(1.0, 0.9, 1.0))
+    # one anchor moves one axis: the other axes stay uncorrected
+    only_w = HorizonCorrected(pred, anchors[:1])
+    assert only_w.coef[0] == only_w.coef[2] == 0.0
+    # the gain's uncertainty includes the anchors' measurement noise
+    assert g.gain((0.8, 0.8, 0.9), anchors[0].point)[1] >= 0.003 / np.sqrt(2)
+
+
+@pytest.mark.parametrize("offsets,expect", [((0.0, 0.0, 0.0), None),
+                                            ((0.02, -0.02, -0.02), "width-only")])
+def test_anchored_rule_compares_with_the_best_measured_anchor(shrinker, offsets, expect):
+    pred = fit_predictor(*_samples(0.002), families=["separable"], max_degree=2,
+                         noise_sd=0.003)
+    anchors = _anchors(pred, shrinker, offsets)
+    sol = solve_budget(pred, shrinker, 0.5, [0.4, 0.4, 0.5], 1.0, anchors)
+    dec = sol.decision
+    best = max(anchors, key=lambda a: a.measured)
+    assert dec["best_one_axis"]["name"] == best.name
+    assert dec["best_one_axis"]["predicted"] == best.measured  # measured, not predicted
+    assert dec["anchors"]["anchors"][0]["name"] == "width-only"
+    assert sol.best.macs <= 0.5 * sol.base_macs
+    if expect:  # width measured well above its prediction: nothing beats it by 1 sd
+        assert dec["chosen"] == expect and "measured width-only" in dec["why"]
+        assert (sol.best.d, sol.best.w, sol.best.r) == best.point

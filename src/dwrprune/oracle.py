@@ -31,7 +31,9 @@ from .bench import append_row, finetune_and_score
 from .engine import TrainConfig
 from .errors import DwrpruneError
 from .executors import Executor, LocalExecutor, Node, PortableModel, raise_failures, run_graph
-from .pipeline import DataSource, Run, build_shrinker, largest_under, one_axis_point
+from .anchors import Anchor
+from .pipeline import (DataSource, Run, build_shrinker, largest_under, one_axis_point,
+                       solve_budget)
 from .shrink import Shrinker
 
 FIELDS = ["budget", "label", "kind", "d", "w", "r", "kept_blocks", "resolution", "macs_ratio",
@@ -124,6 +126,39 @@ class OracleJob:
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
+ONE_AXIS = ("width-only", "depth-only", "resolution-only")
+
+
+def oracle_anchors(rows: list[dict], budget: float) -> list[Anchor]:
+    """The oracle's one-axis points at ``budget`` as anchors (mean validation accuracy over
+    their seeds): what the anchor stage of a pipeline run would measure with this recipe."""
+    out = []
+    for name in ONE_AXIS:
+        rs = [r for r in rows if r["label"] == name and abs(float(r["budget"]) - budget) < 1e-9]
+        if rs:
+            out.append(Anchor(name, float(rs[0]["d"]), float(rs[0]["w"]), float(rs[0]["r"]),
+                              _mean([float(r["val_acc"]) for r in rs]), len(rs)))
+    return out
+
+
+def choice_variants(pred, shr: Shrinker, budget: float, lower, rows: list[dict],
+                    sigmas: tuple[float, ...] = (0.0, 1.0, 2.0)) -> dict:
+    """The choices a run's predictor makes at ``budget`` under each decision rule: the plain
+    optimum, the hedged choice at each of ``sigmas`` (> 0) standard deviations, and, once
+    the oracle holds the one-axis points, the same with those points as anchors."""
+    out = {}
+    anchors = oracle_anchors(rows, budget)
+    for tag, anc in (("", None), ("anchored", anchors)):
+        if tag and len(anc) < 2:
+            continue
+        for z in sigmas:
+            if z > 0 and not pred.jackknife and pred.noise_sd is None:
+                continue
+            label = "choice" + (f"-{tag}" if tag else "") + (f"-z{z:g}" if z else "")
+            out[label] = solve_budget(pred, shr, budget, lower, z, anc).best
+    return out
+
+
 def read_rows(csv_path: str | Path) -> list[dict]:
     p = Path(csv_path)
     if not p.exists():
@@ -139,41 +174,50 @@ def run_oracle(model: nn.Module, data: DataSource, run_dir: str | Path, budget: 
                progress: bool = True, executor: Executor | None = None) -> Path:
     """Fine-tune every surface point of ``budget`` for ``seeds`` (and ``extra_seeds`` per
     label), skipping rows already in ``out/oracle.csv``; the run folder ``run_dir`` gives
-    the block ranking, the pipeline config and the predictor (its choice is a point, and
-    its value at every point is recorded)."""
+    the block ranking, the pipeline config and the predictor (its value at every point is
+    recorded, and its choices under each decision rule of :func:`choice_variants` are
+    points; the anchored ones join in a second round, once the one-axis points are in)."""
     run = Run(run_dir)
     cfg, _ = run.load_config()
     pred, _ = run.predictor()
     order, criterion = run.block_ranking()
-    from .pipeline import solve_budget
-
     shr = build_shrinker(model, cfg, None, block_order=order, block_order_criterion=criterion)
-    chosen = solve_budget(pred, shr, budget, cfg.lower_bounds, cfg.min_gain_sigmas).best
-    points = surface_points(shr, budget, depths, resolutions, tol,
-                            {"choice": (chosen.d, chosen.w, chosen.r)})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "oracle.csv"
-    done = {(r["label"], float(r["budget"]), int(r["seed"])) for r in read_rows(csv_path)}
-    todo = [(p, s) for p in points for s in sorted(set(seeds) | set(
-        (extra_seeds or {}).get(p.label, []))) if (p.label, budget, s) not in done]
     job = OracleJob(model, data, cfg, order, criterion, recipe, subset,
                     progress and (executor is None or executor.name == "local"))
-    bar = tqdm(total=len(todo), desc=f"oracle {budget:g}", unit="job", disable=not progress)
 
-    def node(p: OraclePoint, seed: int) -> Node:
-        def finished(row):
-            append_row(csv_path, {**row, "budget": budget, "predicted": pred(p.d, p.w, p.r)},
-                       FIELDS)
-            bar.update(1)
-            bar.write(f"[oracle] {p.label:18s} s{seed} d={p.d:.3f} w={p.w:.3f} r={p.r:.3f} "
-                      f"MACs {100 * p.macs_ratio:.1f}% val {100 * row['val_acc']:.2f} "
-                      f"test {100 * row['test_acc']:.2f}")
-        return Node(f"{p.label} s{seed}", lambda: (job, (p, seed)), finished)
+    def todo() -> list[tuple[OraclePoint, int]]:
+        rows = read_rows(csv_path)
+        chosen = {label: (c.d, c.w, c.r) for label, c in choice_variants(
+            pred, shr, budget, cfg.lower_bounds, rows).items()}
+        done = {(r["label"], float(r["budget"]), int(r["seed"])) for r in rows}
+        return [(p, s) for p in surface_points(shr, budget, depths, resolutions, tol, chosen)
+                for s in sorted(set(seeds) | set((extra_seeds or {}).get(p.label, [])))
+                if (p.label, budget, s) not in done]
 
-    failures = run_graph([node(p, s) for p, s in todo], executor or LocalExecutor())
-    bar.close()
-    raise_failures(failures, "oracle jobs", str(csv_path))
+    # Two rounds: the anchored choices exist only once the one-axis points are measured.
+    for _ in range(2):
+        jobs = todo()
+        if not jobs:
+            break
+        bar = tqdm(total=len(jobs), desc=f"oracle {budget:g}", unit="job",
+                   disable=not progress)
+
+        def node(p: OraclePoint, seed: int, bar=bar) -> Node:
+            def finished(row):
+                append_row(csv_path, {**row, "budget": budget,
+                                      "predicted": pred(p.d, p.w, p.r)}, FIELDS)
+                bar.update(1)
+                bar.write(f"[oracle] {p.label:18s} s{seed} d={p.d:.3f} w={p.w:.3f} "
+                          f"r={p.r:.3f} MACs {100 * p.macs_ratio:.1f}% val "
+                          f"{100 * row['val_acc']:.2f} test {100 * row['test_acc']:.2f}")
+            return Node(f"{p.label} s{seed}", lambda: (job, (p, seed)), finished)
+
+        failures = run_graph([node(p, s) for p, s in jobs], executor or LocalExecutor())
+        bar.close()
+        raise_failures(failures, "oracle jobs", str(csv_path))
     return csv_path
 
 
@@ -235,5 +279,6 @@ def default_grid(shr: Shrinker) -> tuple[list[float], list[float]]:
     return depths, res
 
 
-__all__ = ["FIELDS", "OraclePoint", "default_grid", "read_rows", "run_oracle",
+__all__ = ["FIELDS", "ONE_AXIS", "OraclePoint", "choice_variants", "default_grid",
+           "oracle_anchors", "read_rows", "run_oracle",
            "solve_width", "summarise_oracle", "surface_points"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
+from ..anchors import Anchor, HorizonCorrected
 from ..errors import DwrpruneError
 from ..predictor import Predictor
 from ..shrink import Shrinker
@@ -59,39 +60,58 @@ def _candidate(pred: Predictor, shr: Shrinker, point) -> Candidate:
 
 
 def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
-                 lower: list[float] | None = None, min_gain_sigmas: float = 0.0) -> Solution:
+                 lower: list[float] | None = None, min_gain_sigmas: float = 0.0,
+                 anchors: list[Anchor] | None = None) -> Solution:
     """Stage 3: the best realisable (d, w, r) under ``budget`` for a fitted predictor.
 
-    With ``min_gain_sigmas`` > 0 the choice is uncertainty-aware: the predictor's optimum is
-    taken only when its predicted gain over the best one-axis point (the largest width-,
-    depth- or resolution-only model under the budget, within the bounds) exceeds that many
-    standard deviations of the gain (:meth:`Predictor.gain`); otherwise the one-axis point
-    is kept, and the solution's ``decision`` says so."""
+    ``anchors`` (points fine-tuned with the final recipe, :mod:`dwrprune.anchors`) correct
+    the predictor to the final horizon, and the best *measured* anchor under the budget is
+    the alternative the optimum must beat; without anchors the alternative is the one-axis
+    point (the largest width-, depth- or resolution-only model under the budget, within the
+    bounds) the predictor rates best.
+
+    With ``min_gain_sigmas`` > 0 the choice is uncertainty-aware: the optimum is taken only
+    when its predicted gain over the alternative exceeds that many standard deviations of
+    the gain (:meth:`Predictor.gain`); otherwise the alternative is kept.  The solution's
+    ``decision`` records the comparison either way."""
     if min_gain_sigmas > 0 and not pred.jackknife and pred.noise_sd is None:
         raise DwrpruneError("this predictor was fitted before dwrprune recorded its "
                             "uncertainty; fit it again (`dwrprune fit --run RUN`)")
     lo = list(lower) if lower is not None else list(pred.lower)
     lo[2] = max(lo[2], shrinker.min_resolution / shrinker.base_resolution)
     lo = [min(max(v, 1e-3), 1.0) for v in lo]
-    sol = solve(pred, shrinker.macs, shrinker.macs(1, 1, 1), budget, tuple(lo),
+    base = shrinker.macs(1, 1, 1)
+    if anchors:
+        pred = HorizonCorrected(pred, anchors)
+    sol = solve(pred, shrinker.macs, base, budget, tuple(lo),
                 len(shrinker.blocks), shrinker.base_resolution, shrinker.min_resolution)
-    alts = {name: _candidate(pred, shrinker, p) for name, axis in
-            (("width-only", "w"), ("depth-only", "d"), ("resolution-only", "r"))
-            if (p := one_axis_point(shrinker, axis, budget)) is not None
-            and all(v >= low - 1e-9 for v, low in zip(p, lo))}  # where the predictor is fitted
+    if anchors:
+        alts = {a.name: _candidate(pred, shrinker, a.point) for a in anchors
+                if shrinker.macs(*a.point) <= budget * base}
+        alts = {k: replace(c, predicted=next(a.measured for a in anchors if a.name == k))
+                for k, c in alts.items()}
+    else:
+        alts = {name: _candidate(pred, shrinker, p) for name, axis in
+                (("width-only", "w"), ("depth-only", "d"), ("resolution-only", "r"))
+                if (p := one_axis_point(shrinker, axis, budget)) is not None
+                and all(v >= low - 1e-9 for v, low in zip(p, lo))}  # where it is fitted
     if not alts:
         return sol
     name, alt = max(alts.items(), key=lambda kv: kv[1].predicted)
     b = sol.best
     gain, sd = pred.gain((b.d, b.w, b.r), (alt.d, alt.w, alt.r))
+    if anchors:  # the alternative's value is its measurement, not the corrected prediction
+        gain = b.predicted - alt.predicted
     leave = min_gain_sigmas <= 0 or gain > min_gain_sigmas * sd
-    why = (f"predicted gain {100 * gain:+.2f} ± {100 * sd:.2f} points over {name} "
+    measured = "measured " if anchors else ""
+    why = (f"predicted gain {100 * gain:+.2f} ± {100 * sd:.2f} points over {measured}{name} "
            + (f"exceeds {min_gain_sigmas:g} sd: the predictor's optimum" if leave and
               min_gain_sigmas > 0 else "(the rule is off: the predictor's optimum)" if leave
               else f"is within {min_gain_sigmas:g} sd: {name} is kept"))
     sol.decision = {"rule_sigmas": min_gain_sigmas, "optimum": asdict(b), "best_one_axis":
                     {"name": name, **asdict(alt)}, "gain": gain, "gain_sd": sd,
-                    "chosen": "optimum" if leave else name, "why": why}
+                    "chosen": "optimum" if leave else name, "why": why,
+                    "anchors": pred.to_dict() if anchors else None}
     if not leave:
         sol.runners_up = [b] + [c for c in sol.runners_up if c != alt][:3]
         sol.best = alt
