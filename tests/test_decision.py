@@ -114,3 +114,40 @@ def test_anchored_rule_compares_with_the_best_measured_anchor(shrinker, offsets,
     if expect:  # width measured well above its prediction: nothing beats it by 1 sd
         assert dec["chosen"] == expect and "measured width-only" in dec["why"]
         assert (sol.best.d, sol.best.w, sol.best.r) == best.point
+
+
+@pytest.mark.slow
+def test_pipeline_with_anchors_keeps_a_measured_anchor_and_reuses_its_model(
+        tmp_path, tiny_checkpoint, tiny_options, capsys):
+    """anchors=2: the two best-predicted one-axis points are fine-tuned with the final
+    recipe before choosing; a rule no gain can pass keeps the best measured one, and the
+    final stage takes its model instead of fine-tuning the same point again."""
+    from dwrprune.cli import main
+    from dwrprune.pipeline import Run
+
+    opts = {k: v for k, v in tiny_options.items() if k != "data"}
+    res = dwrprune.prune(dwrprune.load(tiny_checkpoint), "synthetic", out=tmp_path / "run",
+                         progress="never", anchors=2, min_gain_sigmas=1000.0,
+                         checkpoint=str(tiny_checkpoint), **opts)
+    run = Run(tmp_path / "run")
+    assert run.load_config()[0].data == "synthetic"  # the dataset prune() was given
+    dec = run.plan()["solution"]["decision"]
+    assert [a["name"] for a in dec["anchors"]["anchors"]] and len(dec["anchors"]["anchors"]) == 2
+    assert dec["chosen"] == dec["best_one_axis"]["name"]
+    kept = next(a for a in dec["anchors"]["anchors"] if a["name"] == dec["chosen"])
+    assert res.spec.provenance["finetune"]["from_anchor"] is True
+    assert res.report["val_acc"] == pytest.approx(kept["measured"])  # the same model
+    assert len(list((tmp_path / "run" / "anchors").glob("*/result.json"))) == 2
+    # the plan stage needs the anchors it asks for
+    assert main(["plan", "--run", str(tmp_path / "run"), "--anchors", "3"]) == 2
+    assert "2 are measured; run `dwrprune anchor" in capsys.readouterr().err
+    assert main(["anchor", "--run", str(tmp_path / "run"), "--anchors", "3",
+                 "--no-progress"]) == 0
+    assert main(["plan", "--run", str(tmp_path / "run"), "--anchors", "3"]) == 0
+
+
+def test_anchors_option_is_checked():
+    from dwrprune.pipeline import resolve_config
+
+    with pytest.raises(DwrpruneError, match="anchors must be 0 to 3"):
+        resolve_config("quick", anchors=4)

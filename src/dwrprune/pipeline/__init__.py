@@ -6,6 +6,8 @@
     jobs      the job list of a collection and the sample each job computes
     collect   stage 1: samples into the run's store, resumably
     fit       stage 2: the accuracy predictor (MAP)
+    anchor    stage 2b (optional): one-axis points fine-tuned with the final recipe
+    points    realisable one-axis points under a budget
     solve     stage 3: the best realisable (d, w, r) per budget
     finetune  stage 4: prune to the chosen point, fine-tune, test once
     run       the run folder and every file in it
@@ -14,6 +16,7 @@
 Samples and choices use the validation split; the test set is touched once, at the end.
 """
 
+from .anchor import measure_anchors, measured_anchors
 from .api import PruneResult, attach_spec, final_stage, open_run, prune, start_run
 from .collect import Collector, collect
 from .config import PRESETS, PipelineConfig, read_options_file, resolve_config
@@ -30,14 +33,15 @@ from .fit import fit_run, fit_samples
 from .jobs import Job, SampleJobs, model_fingerprint, plan_jobs
 from .run import Run
 from .shrinker import build_shrinker, run_shrinker
-from .solve import exact_cost_grid, largest_under, one_axis_point, plan_run, solve_budget
+from .points import largest_under, one_axis_point
+from .solve import exact_cost_grid, plan_run, solve_budget
 
 __all__ = [
     "PRESETS", "Collector", "DataSource", "DatasetSource", "FinetuneFn", "Job",
     "PipelineConfig", "PruneResult", "Run", "SampleJobs", "attach_spec", "build_shrinker",
     "check_data_matches", "check_validation_split", "collect", "default_finetune",
     "exact_cost_grid", "final_stage", "finetune_final", "fit_run", "fit_samples",
-    "largest_under", "model_fingerprint", "one_axis_point", "open_run", "plan_jobs",
+    "largest_under", "measure_anchors", "measured_anchors", "model_fingerprint", "one_axis_point", "open_run", "plan_jobs",
     "plan_run", "prune", "read_options_file", "resolve_config", "run_shrinker",
     "solve_budget", "start_run",
 ]

@@ -26,6 +26,7 @@ from ..checkpoint import load
 from ..errors import DwrpruneError
 from ..progress import resolve_progress
 from ..spec import ModelSpec, make_spec, spec_of
+from .anchor import measure_anchors
 from .collect import collect
 from .config import PipelineConfig, resolve_config
 from .data import DatasetSource, DataSource, FinetuneFn, check_source
@@ -153,6 +154,8 @@ def prune(model: nn.Module, data: DataSource | str | None = None,
         config = resolve_config(preset, budget=budget, **options)
     elif budget is not None or preset is not None or options:
         config = config.replace(**({"budget": budget} if budget is not None else {}), **options)
+    if isinstance(data, str):  # the run folder records the dataset it was run on
+        config = config.replace(data=data)
     if getattr(model, "dwrprune_spec", None) is None:
         if example_inputs is None:
             spec_of(model)  # the error that explains how to give one
@@ -167,7 +170,11 @@ def prune(model: nn.Module, data: DataSource | str | None = None,
 
         pred, holdout = fit_samples(store, config)
         run.save_predictor(pred, holdout)
-        plan_run(run, run_shrinker(run, model, config), config)
+        if config.anchors and config.latency_target is None:
+            measure_anchors(model, source, config, run_shrinker(run, model, config, source),
+                            run, progress=progress, train_fn=train_fn)
+        plan_run(run, run_shrinker(run, model, config), config,
+                 custom_train_fn=train_fn is not None)
         result = finetune_final(model, source, config, run_shrinker(run, model, config, source),
                                 run.solution(), run.path, progress, train_fn)
         write_report(run.path)

@@ -86,6 +86,10 @@ class PipelineConfig:
     min_gain_sigmas: float = _f(0.0, "plan", F, "leave the best one-axis point only when the "
                                 "predicted gain exceeds this many standard deviations (0: the "
                                 "predictor's optimum, as the paper does)")
+    anchors: int = _f(0, "plan", F, "before choosing, fine-tune this many one-axis points at "
+                      "the budget (best predicted first, at most 3) with the final recipe: they "
+                      "correct the predictor to the final horizon and are the measured "
+                      "alternative the optimum must beat (a kept anchor is the final model)")
     # final fine-tune
     final_epochs: int = _f(10, "final", F)
     final_lr: float = _f(0.02, "final", F)
@@ -205,6 +209,9 @@ def field_defaults() -> dict:
     return {f.name: (f.default if f.default is not MISSING else f.default_factory())
             for f in fields(PipelineConfig)}
 
+
+# The final fine-tune's recipe: what a model fine-tuned at a point depends on besides the point.
+FINAL_RECIPE = ("final_epochs", "final_lr", "final_subset", "distill", "label_smoothing")
 
 PRESETS: dict[str, dict] = {
     # Whole pipeline on the bundled ResNet-20 in a few minutes on 2 cores.

@@ -11,7 +11,9 @@ from ..errors import DwrpruneError
 from ..predictor import Predictor
 from ..shrink import Shrinker
 from ..solver import Candidate, Solution, solve
+from .anchor import anchor_points, measured_anchors
 from .config import PipelineConfig
+from .points import largest_under, one_axis_point
 from .run import Run
 
 
@@ -23,33 +25,6 @@ def exact_cost_grid(shrinker: Shrinker, d: float, lower: list[float], points: in
                      points)
     ratio = [[shrinker.macs(d, float(w), float(r)) / base for w in ws] for r in rs]
     return {"d": d, "w": ws.tolist(), "r": rs.tolist(), "ratio": ratio}
-
-
-def largest_under(values: list[float], fits) -> float | None:
-    """The largest of ``values`` (ascending) for which ``fits`` holds, by bisection."""
-    lo, hi = 0, len(values) - 1
-    if not values or not fits(values[lo]):
-        return None
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(values[mid]) else (lo, mid - 1)
-    return values[lo]
-
-
-def one_axis_point(shr: Shrinker, axis: str, budget: float) -> tuple[float, float, float] | None:
-    """The largest realisable point under ``budget`` that prunes ``axis`` ("d", "w" or "r")
-    alone (exact MACs), or None when that axis alone cannot reach the budget."""
-    limit = budget * shr.macs(1, 1, 1)
-    n, px = len(shr.blocks), shr.base_resolution
-    if axis == "d":
-        v = largest_under([k / n for k in range(1, n + 1)], lambda d: shr.macs(d, 1, 1) <= limit)
-        return (v, 1.0, 1.0) if v is not None else None
-    if axis == "r":
-        v = largest_under([p / px for p in range(shr.min_resolution, px + 1)],
-                          lambda r: shr.macs(1, 1, r) <= limit)
-        return (1.0, 1.0, v) if v is not None else None
-    v = largest_under([i / 1000 for i in range(1, 1001)], lambda w: shr.macs(1, w, 1) <= limit)
-    return (1.0, v, 1.0) if v is not None else None
 
 
 def _candidate(pred: Predictor, shr: Shrinker, point) -> Candidate:
@@ -119,7 +94,7 @@ def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
 
 
 def plan_run(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
-             budgets: list[float] | None = None) -> list[dict]:
+             budgets: list[float] | None = None, custom_train_fn: bool = False) -> list[dict]:
     """Solve every budget (default: the run's own) from one fitted predictor.  Writes
     plans.json (every budget) and, when the run's own budget is among them, plan.json (what
     the final stage prunes to).  Another budget for the final model is a new run setting:
@@ -132,7 +107,16 @@ def plan_run(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     pred, _ = run.predictor()
     rows = []
     for b in budgets:
-        sol = solve_budget(pred, shrinker, b, cfg.lower_bounds, cfg.min_gain_sigmas)
+        anchors = None
+        if cfg.anchors:
+            anchors = measured_anchors(run, shrinker, cfg, b, custom_train_fn)
+            if b == cfg.budget and len(anchors) < len(anchor_points(run, shrinker, cfg, b)):
+                raise DwrpruneError(
+                    f"the run asks for {cfg.anchors} anchor(s) at budget {b:g} and "
+                    f"{len(anchors)} are measured; run `dwrprune anchor --run {run.path}` "
+                    "first (or `dwrprune prune`, which does), or set anchors: 0")
+        sol = solve_budget(pred, shrinker, b, cfg.lower_bounds, cfg.min_gain_sigmas,
+                           anchors or None)
         params = shrinker.shrink(sol.best.d, sol.best.w, sol.best.r).params
         rows.append({"budget": b, "solution": sol, "params": params})
     with run.lock():
