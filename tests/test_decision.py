@@ -138,6 +138,8 @@ def test_pipeline_with_anchors_keeps_a_measured_anchor_and_reuses_its_model(
     assert res.spec.provenance["finetune"]["from_anchor"] is True
     assert res.report["val_acc"] == pytest.approx(kept["measured"])  # the same model
     assert len(list((tmp_path / "run" / "anchors").glob("*/result.json"))) == 2
+    report = res.report_path.read_text()
+    assert "measured with the final recipe" in report and "Anchors (" in report
     # the plan stage needs the anchors it asks for
     assert main(["plan", "--run", str(tmp_path / "run"), "--anchors", "3"]) == 2
     assert "2 are measured; run `dwrprune anchor" in capsys.readouterr().err
