@@ -69,6 +69,6 @@ def test_info_lists_the_axes_a_model_offers(capsys):
     assert main(["info", "--model", "resnet_tiny2", "--resolution", "16", "--no-latency",
                  "--json"]) == 0
     axes = json.loads(capsys.readouterr().out)["axes"]
-    assert axes["depth"] == {"blocks": 4, "kinds": ["residual"]}
-    assert axes["width"]["groups"] > 0 and axes["width"]["error"] == ""
+    assert axes["depth"] == {"blocks": 4, "kinds": ["residual"], "why": ""}
+    assert axes["width"]["groups"] > 0 and axes["width"]["why"] == ""
     assert axes["resolution"] == {"base": 16, "min": 8}

@@ -329,3 +329,29 @@ def test_config_replace_validates():
     with pytest.raises(DwrpruneError):
         cfg.replace(budget=3)
     assert copy.deepcopy(cfg) == cfg
+
+
+class _PlainNet(nn.Module):
+    """No residual block anywhere: depth is not an axis of this model."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                               nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16),
+                               nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                               nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.f(x)
+
+
+@pytest.mark.slow
+def test_pipeline_runs_over_the_axes_a_model_has_and_the_report_says_so(tmp_path, tiny_options):
+    torch.manual_seed(0)
+    opts = {k: v for k, v in tiny_options.items() if k != "data"}
+    res = dwrprune.prune(_PlainNet(), "synthetic", out=tmp_path / "run", progress="never",
+                         example_inputs=torch.zeros(2, 3, 16, 16), **opts)
+    assert res.point["d"] == 1.0 and res.report["macs"] <= 0.5 * res.report["original_macs"]
+    report = res.report_path.read_text()
+    assert "- depth: not available (no residual block" in report
+    assert "- width: " in report and "coupled channel groups" in report

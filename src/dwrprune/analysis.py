@@ -154,6 +154,21 @@ class Analysis:
             self._groups = describe_groups(probe, dg, groups)
         return self._groups
 
+    def axes(self) -> dict:
+        """Which axes this model offers, and why one is missing: removable blocks (depth),
+        traceable coupled channel groups (width), the input sides allowed (resolution)."""
+        try:
+            groups, why = len(self.groups()), ""
+        except DwrpruneError as e:
+            groups, why = 0, str(e)
+        return {"depth": {"blocks": len(self.blocks),
+                          "kinds": sorted({b.kind for b in self.blocks}),
+                          "why": "" if self.blocks else
+                          "no residual block (x + f(x)) found by the tracer: d stays 1"},
+                "width": {"groups": groups, "why": why or ("" if groups else
+                                                            "no prunable channel group")},
+                "resolution": {"base": self.base_resolution, "min": self.min_resolution}}
+
     def _meta_model(self) -> nn.Module:
         """A weightless copy on the meta device: shapes and FLOPs without any arithmetic."""
         if self._meta is None:

@@ -115,7 +115,8 @@ def write_report(run_dir: str | Path) -> dict:
     run = Path(run_dir)
     if not (run / "samples.sqlite").is_file():
         raise DwrpruneError(f"{run} has no samples yet; run the collect stage first")
-    samples = SampleStore(run / "samples.sqlite").as_dicts()
+    store = SampleStore(run / "samples.sqlite")
+    samples, axes = store.as_dicts(), store.get_meta("axes")
     out = run / "report"
     out.mkdir(parents=True, exist_ok=True)
     pred_body = _read(run, "predictor.json")
@@ -131,7 +132,7 @@ def write_report(run_dir: str | Path) -> dict:
         plot_slice(pred, plan, out / "slice.png")
     report = {"samples": samples, "predictor": pred_body, "plan": plan,
               "final": {k: v for k, v in (final or {}).items() if k != "history"} or None,
-              "collection_seconds": sum(s["seconds"] for s in samples)}
+              "collection_seconds": sum(s["seconds"] for s in samples), "axes": axes}
     save_json(out / "report.json", report)
     (out / "report.md").write_text(_markdown(report))
     return report
@@ -139,6 +140,15 @@ def write_report(run_dir: str | Path) -> dict:
 
 def _markdown(rep: dict) -> str:
     lines = ["# dwrprune run report", ""]
+    ax = rep.get("axes")
+    if ax:
+        d, w, r = ax["depth"], ax["width"], ax["resolution"]
+        lines += ["## Axes", "",
+                  f"- depth: {d['blocks']} removable blocks ({', '.join(d['kinds'])})"
+                  if d["blocks"] else f"- depth: not available ({d['why']})",
+                  f"- width: {w['groups']} coupled channel groups" if w["groups"] else
+                  f"- width: not available ({w['why']})",
+                  f"- resolution: input side {r['min']} to {r['base']} px", ""]
     s = rep["samples"]
     lines += [f"## Samples ({len(s)}, {rep['collection_seconds']:.0f} s of collection)", "",
               "| key | kind | d | w | r | px | MACs (M) | params (K) | val acc (%) | "

@@ -214,12 +214,4 @@ def model_axes(model_or_name, resolution: int | None = None, in_channels: int = 
                                         resolution or 32)
     else:
         model = model_or_name
-    ana = Analysis(model, resolution=resolution)
-    try:
-        groups, why = len(ana.groups()), ""
-    except DwrpruneError as e:
-        groups, why = 0, str(e)
-    return {"depth": {"blocks": len(ana.blocks),
-                      "kinds": sorted({b.kind for b in ana.blocks})},
-            "width": {"groups": groups, "error": why},
-            "resolution": {"base": ana.base_resolution, "min": ana.min_resolution}}
+    return Analysis(model, resolution=resolution).axes()

@@ -78,8 +78,9 @@ def cmd_info(args) -> int:
         print(f"latency     batch {lat.batch_size:3d}: {lat.median_ms:8.2f} ms median "
               f"({lat.threads} thread{'s' if lat.threads > 1 else ''}, {lat.repeats} repeats)")
     d, w, r = axes["depth"], axes["width"], axes["resolution"]
-    print(f"axes        depth: {d['blocks']} removable blocks ({', '.join(d['kinds']) or '-'}); "
-          f"width: {w['groups']} channel groups{' (' + w['error'] + ')' if w['error'] else ''}; "
+    print(f"axes        depth: {d['blocks']} removable blocks ({', '.join(d['kinds']) or '-'})"
+          f"{' (' + d['why'] + ')' if d['why'] else ''}; "
+          f"width: {w['groups']} channel groups{' (' + w['why'] + ')' if w['why'] else ''}; "
           f"resolution: {r['min']}..{r['base']} px")
     return 0
 

@@ -55,6 +55,7 @@ class Collector:
                                                           subset=cfg.val_subset).dataset))
         self.runner = SampleJobs(model, data, cfg, self._saved_order(), finetune)
         self.shrinker = self.runner.shrinker
+        self.store.set_meta("axes", self.shrinker.axes())  # the report says what was there
         self._save_order()
         self.jobs = plan_jobs(cfg, len(self.shrinker.blocks), self.base_res,
                               self.shrinker.min_resolution)
