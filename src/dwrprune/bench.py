@@ -9,7 +9,6 @@ timed; its row is appended to a CSV as soon as it is done, so a stopped benchmar
 
 from __future__ import annotations
 
-import copy
 import csv
 import math
 import os
@@ -26,11 +25,12 @@ from .bench_methods import (  # noqa: F401
     Infeasible,
     Method,
     Pruned,
+    finetune_and_score,
     latency_methods,
 )
 from .checkpoint import save_model
 from .cost import count_macs, count_params, machine_stamp, measure_latency
-from .engine import TrainConfig, evaluate, train
+from .engine import TrainConfig, evaluate
 from .errors import DwrpruneError
 from .executors import (
     Executor,
@@ -116,23 +116,6 @@ def append_row(csv_path: Path, row: dict, fields: list[str] = FIELDS) -> None:
         f.flush()
 
 
-def finetune_and_score(model: nn.Module, data: DataSource, resolution: int,
-                       recipe: TrainConfig, seed: int, subset: int | None = None,
-                       progress: bool = False, desc: str = "finetune") -> dict:
-    """The benchmark's fine-tune recipe (with ``seed``) on ``model`` in place, then its
-    validation and test figures: one recipe for every method and every oracle point."""
-    cfg = copy.deepcopy(recipe)
-    cfg.seed = seed
-    t0 = time.perf_counter()
-    train(model, data.loader("train", resolution, shuffle=True, subset=subset, seed=seed),
-          cfg, progress=progress, log=False, desc=desc)
-    seconds = time.perf_counter() - t0
-    model.eval()
-    val = evaluate(model, data.loader("val", resolution))
-    return {"finetune_seconds": seconds, "val_acc": val.accuracy, "val_loss": val.loss,
-            "test_acc": evaluate(model, data.loader("test", resolution)).accuracy}
-
-
 class BenchJob:
     """One (method, budget, seed): prune, test, fine-tune with the shared recipe, test
     again.  Runs wherever the executor puts it; returns the row and the fine-tuned model."""
@@ -189,7 +172,8 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
     fractions of the original model's measured latency there: ``3d-latency`` chooses under
     the latency budget, every other method is pruned to the largest model that measures
     within it (:func:`~dwrprune.bench_methods.latency_methods`); use its own ``out``."""
-    known = list(METHODS) + (["3d-latency"] if latency_target is not None else [])
+    known = (list(latency_methods(list(METHODS) + ["3d-latency"])) if latency_target
+             is not None else list(METHODS))
     for m in methods:
         if m not in known:
             raise DwrpruneError(f"unknown method {m!r}; available: {', '.join(known)}")
@@ -204,7 +188,8 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
     base_res, in_ch = spec["input"]["resolution"], spec["model"]["in_channels"]
     orig = {"original_macs": count_macs(model, base_res, in_ch),
             "original_test_acc": evaluate(model, data.loader("test", base_res)).accuracy}
-    ctx = BenchContext(data, out, pipeline, progress=progress and executor.name == "local")
+    ctx = BenchContext(data, out, pipeline, progress=progress and executor.name == "local",
+                       recipe=recipe, finetune_subset=finetune_subset)
     if latency_target is not None:
         from .latency import measure_ms
 

@@ -12,8 +12,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from .anchors import Anchor
 from .cost import count_macs
-from .engine import recalibrate_batchnorm
+from .engine import TrainConfig, evaluate, recalibrate_batchnorm, train
 from .pipeline import (
     DataSource,
     PipelineConfig,
@@ -26,6 +27,23 @@ from .pipeline import (
 )
 from .shrink import Shrinker
 from .surgery import record_layer_changes
+
+
+def finetune_and_score(model: nn.Module, data: DataSource, resolution: int,
+                       recipe: TrainConfig, seed: int, subset: int | None = None,
+                       progress: bool = False, desc: str = "finetune") -> dict:
+    """The benchmark's fine-tune recipe (with ``seed``) on ``model`` in place, then its
+    validation and test figures: one recipe for every method and every oracle point."""
+    cfg = copy.deepcopy(recipe)
+    cfg.seed = seed
+    t0 = time.perf_counter()
+    train(model, data.loader("train", resolution, shuffle=True, subset=subset, seed=seed),
+          cfg, progress=progress, log=False, desc=desc)
+    seconds = time.perf_counter() - t0
+    model.eval()
+    val = evaluate(model, data.loader("val", resolution))
+    return {"finetune_seconds": seconds, "val_acc": val.accuracy, "val_loss": val.loss,
+            "test_acc": evaluate(model, data.loader("test", resolution)).accuracy}
 
 
 class Infeasible(Exception):
@@ -57,6 +75,8 @@ class BenchContext:
     latency_target: object = None  # a LatencyTarget: budgets are latency fractions
     original_latency_ms: float = 0.0
     prepared: dict = field(default_factory=dict)  # what Method.prepare computed, per job
+    recipe: TrainConfig | None = None  # the benchmark's fine-tune recipe (3d-anchored's too)
+    finetune_subset: int | None = None
 
     def shrinker(self, model: nn.Module) -> Shrinker:
         """The one-axis methods' shrinker: the pipeline's options (criteria, round_to, width
@@ -131,6 +151,53 @@ class ThreeD:
             d, w, r, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
         return Pruned(out.model, out.spec, f"d={d:.3f} w={w:.3f} r={r:.3f}",
                       ctx.prepared[("3d", seed)]["collection_seconds"])
+
+
+class ThreeDAnchored(ThreeD):
+    """The pipeline with ``k`` anchors (:mod:`dwrprune.pipeline.anchor`): before choosing at
+    a budget, the k best-predicted one-axis points are fine-tuned with the benchmark's recipe
+    (the final recipe, here) and scored on validation; the predictor is corrected with them
+    and its optimum must beat the best measured one by ``min_gain_sigmas`` sd.  The anchors'
+    fine-tunes count as collection compute; a kept anchor is the pruned model (the job
+    fine-tunes it again with the same recipe and seed)."""
+
+    name = "3d-anchored"
+
+    def __init__(self, k: int = 1):
+        self.k = k
+
+    def prepare(self, model, todo, ctx, executor) -> None:
+        super().prepare(model, todo, ctx, executor)
+        for budget, seed in todo:
+            key = ("anchors", budget, seed)
+            if key in ctx.prepared:
+                continue
+            shr = self.shrinker(model, seed, ctx, ctx.data)
+            pred = ctx.prepared[("3d", seed)]["predictor"]
+            pts = [(n, p) for n, axis in (("width-only", "w"), ("depth-only", "d"),
+                                          ("resolution-only", "r"))
+                   if (p := one_axis_point(shr, axis, budget)) is not None]
+            pts = sorted(pts, key=lambda x: -float(pred(*x[1])))[:self.k]
+            t0, anchors = time.perf_counter(), []
+            for name, p in pts:
+                out = shr.shrink(*p, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
+                score = finetune_and_score(out.model, ctx.data, out.spec["input"]["resolution"],
+                                           ctx.recipe, seed, ctx.finetune_subset)
+                anchors.append(Anchor(name, *p, score["val_acc"]))
+            ctx.prepared[key] = {"anchors": anchors, "seconds": time.perf_counter() - t0}
+
+    def point(self, model, budget, seed, ctx):
+        t0 = time.perf_counter()
+        p, a = ctx.prepared[("3d", seed)], ctx.prepared[("anchors", budget, seed)]
+        cfg = ctx.pipeline.replace(seed=seed)
+        sol = solve_budget(p["predictor"], self.shrinker(model, seed, ctx), budget,
+                           cfg.lower_bounds, cfg.min_gain_sigmas, a["anchors"])
+        return (sol.best.d, sol.best.w, sol.best.r), time.perf_counter() - t0
+
+    def prune(self, model, budget, seed, ctx) -> Pruned:
+        out = self._shrink(model, self.point(model, budget, seed, ctx)[0], seed, ctx)
+        out.collection_seconds += ctx.prepared[("anchors", budget, seed)]["seconds"]
+        return out
 
 
 class ThreeDLatency(ThreeD):
@@ -267,7 +334,7 @@ class AutoBotMethod:
 METHODS: dict[str, Method] = {
     "3d": ThreeD(), "width-only": OneAxis("w"), "depth-only": OneAxis("d"),
     "resolution-only": OneAxis("r"), "torch-pruning": TorchPruningGlobal(),
-    "autobot": AutoBotMethod(),
+    "autobot": AutoBotMethod(), "3d-anchored": ThreeDAnchored(),
 }
 
 
@@ -276,4 +343,4 @@ def latency_methods(names: list[str]) -> dict[str, Method]:
     the latency budget itself; every other method (``3d`` included: its MACs-budget choice)
     is pruned to the largest model that measures within it."""
     return {n: ThreeDLatency() if n == "3d-latency" else UnderLatency(METHODS[n])
-            for n in names}
+            for n in names if n != "3d-anchored"}  # anchors are for MACs budgets

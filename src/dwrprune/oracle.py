@@ -27,13 +27,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .anchors import Anchor
 from .bench import append_row, finetune_and_score
 from .engine import TrainConfig
 from .errors import DwrpruneError
 from .executors import Executor, LocalExecutor, Node, PortableModel, raise_failures, run_graph
-from .anchors import Anchor
-from .pipeline import (DataSource, Run, build_shrinker, largest_under, one_axis_point,
-                       solve_budget)
+from .pipeline import DataSource, Run, build_shrinker, largest_under, one_axis_point, solve_budget
 from .shrink import Shrinker
 
 FIELDS = ["budget", "label", "kind", "d", "w", "r", "kept_blocks", "resolution", "macs_ratio",

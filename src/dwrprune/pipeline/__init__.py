@@ -31,9 +31,9 @@ from .data import (
 from .finetune import finetune_final
 from .fit import fit_run, fit_samples
 from .jobs import Job, SampleJobs, model_fingerprint, plan_jobs
+from .points import largest_under, one_axis_point
 from .run import Run
 from .shrinker import build_shrinker, run_shrinker
-from .points import largest_under, one_axis_point
 from .solve import exact_cost_grid, plan_run, solve_budget
 
 __all__ = [
@@ -41,7 +41,8 @@ __all__ = [
     "PipelineConfig", "PruneResult", "Run", "SampleJobs", "attach_spec", "build_shrinker",
     "check_data_matches", "check_validation_split", "collect", "default_finetune",
     "exact_cost_grid", "final_stage", "finetune_final", "fit_run", "fit_samples",
-    "largest_under", "measure_anchors", "measured_anchors", "model_fingerprint", "one_axis_point", "open_run", "plan_jobs",
+    "largest_under", "measure_anchors", "measured_anchors", "model_fingerprint",
+    "one_axis_point", "open_run", "plan_jobs",
     "plan_run", "prune", "read_options_file", "resolve_config", "run_shrinker",
     "solve_budget", "start_run",
 ]

@@ -13,7 +13,7 @@ from ..shrink import Shrinker
 from ..solver import Candidate, Solution, solve
 from .anchor import anchor_points, measured_anchors
 from .config import PipelineConfig
-from .points import largest_under, one_axis_point
+from .points import one_axis_point
 from .run import Run
 
 
