@@ -135,14 +135,15 @@ def judge_run(rows: list[dict], budget: float, rd: str) -> list[str]:
                          block_order_criterion=criterion)
     mine = summarise_oracle(rows, budget, pred)
     lines = [f"`{rd}`:", "", "| decision rule | chosen (d, w, r) | oracle point | "
-             "regret, test (pts) |", "|---|---|---|---|"]
+             "regret, val (pts) | regret, test (pts) |", "|---|---|---|---|---|"]
     for label, x in choice_variants(pred, shr, budget, cfg.lower_bounds, rows).items():
         hit = next((p for p in mine["points"] if (round(p["d"], 6), round(p["r"], 6),
                                                    round(p["macs_ratio"], 9)) ==
                     (round(x.d, 6), round(x.r, 6), round(x.macs_ratio, 9))), None)
         lines.append(f"| {label} | ({x.d:.3f}, {x.w:.3f}, {x.r:.3f}) | "
-                     + (f"{hit['label']} | {100 * hit['regret']:.2f} |" if hit else
-                        "not measured yet (oracle.py run --run " + rd + ") | |"))
+                     + (f"{hit['label']} | {100 * hit['val_regret']:.2f} | "
+                        f"{100 * hit['regret']:.2f} |" if hit else
+                        "not measured yet (oracle.py run --run " + rd + ") | | |"))
     lines += ["", f"Spearman(predictor, oracle val) over the iso-cost points: "
               f"{mine['spearman']:.2f}"]
     lines += candidate_lines(rows, budget, run, cfg, shr)
@@ -151,8 +152,8 @@ def judge_run(rows: list[dict], budget: float, rd: str) -> list[str]:
         rest = [r for r in rows if r["label"] not in ONE_AXIS]
         if len({r["label"] for r in rest if abs(float(r["budget"]) - budget) < 1e-9}) > 2:
             corr = summarise_oracle(rest, budget, HorizonCorrected(pred, anchors))
-            lines.append(f"; corrected by the one-axis anchors, over the other points: "
-                         f"{corr['spearman']:.2f}")
+            lines[-1] += (f"; corrected by the one-axis points as anchors, over the other "
+                          f"points: {corr['spearman']:.2f}")
     return lines
 
 

@@ -7,7 +7,8 @@ meet the budget.  Prune each from the original (blocks in the run's saved rankin
 re-calibrated), fine-tune it with the benchmark's recipe over seeds, and record validation
 and test accuracy.  Then:
 
-* **regret** of a choice = best mean test accuracy on the surface - the chosen point's;
+* **regret** of a choice = best mean test accuracy on the surface - the chosen point's
+  (reported), and the same on validation accuracy (what a decision rule is selected by);
 * **rank correlation** (Spearman) between a predictor's values at the points and their mean
   validation accuracy.
 
@@ -257,8 +258,10 @@ def summarise_oracle(rows: list[dict], budget: float, predictor=None) -> dict:
     iso = [p for p in pts if p["iso"]]
     best_test = max(p["test"] for p in iso)
     best_val = max(iso, key=lambda p: p["val"])
+    best_val_acc = best_val["val"]
     for p in pts:
         p["regret"] = best_test - p["test"]
+        p["val_regret"] = best_val_acc - p["val"]  # what rules may be selected by
     rho = spearmanr([p["predicted"] for p in iso], [p["val"] for p in iso]).statistic \
         if len(iso) > 2 else float("nan")
     return {"budget": budget, "points": sorted(pts, key=lambda p: -p["val"]),
