@@ -146,7 +146,6 @@ def judge_run(rows: list[dict], budget: float, rd: str) -> list[str]:
                         "not measured yet (oracle.py run --run " + rd + ") | | |"))
     lines += ["", f"Spearman(predictor, oracle val) over the iso-cost points: "
               f"{mine['spearman']:.2f}"]
-    lines += candidate_lines(rows, budget, run, cfg, shr)
     anchors = oracle_anchors(rows, budget)
     if len(anchors) >= 2:
         rest = [r for r in rows if r["label"] not in ONE_AXIS]
@@ -154,7 +153,7 @@ def judge_run(rows: list[dict], budget: float, rd: str) -> list[str]:
             corr = summarise_oracle(rest, budget, HorizonCorrected(pred, anchors))
             lines[-1] += (f"; corrected by the one-axis points as anchors, over the other "
                           f"points: {corr['spearman']:.2f}")
-    return lines
+    return lines + candidate_lines(rows, budget, run, cfg, shr)
 
 
 def candidate_lines(rows, budget, run, cfg, shr) -> list[str]:
