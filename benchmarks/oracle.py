@@ -164,22 +164,22 @@ def candidate_lines(rows, budget, run, cfg, shr) -> list[str]:
     import numpy as np
 
     from dwrprune.oracle import summarise_oracle
-    from dwrprune.pipeline import solve_budget
+    from dwrprune.pipeline import fit_samples, solve_budget
     from dwrprune.predictor import fit_predictor
 
     samples = run.store().samples(kinds=("original", "chain", "mixed"))
     pts = summarise_oracle(rows, budget)["points"]
     lines = ["", "| predictor candidate | LOO RMSE | Spearman vs oracle val | choice | "
              "regret, test (pts) |", "|---|---|---|---|---|"]
-    variants = {"accuracy, all samples": (samples, lambda s: s.val_acc),
-                "-loss, all samples": (samples, lambda s: -s.val_loss),
-                "accuracy, one-axis chains only": (
-                    [s for s in samples if s.kind != "mixed"], lambda s: s.val_acc)}
-    for name, (ss, target) in variants.items():
-        X = np.array([[s.d, s.w, s.r] for s in ss])
-        y = np.array([target(s) for s in ss])
-        pred = fit_predictor(X, y, None, cfg.families, cfg.max_degree, cfg.max_rank,
-                             cfg.monotone)
+    variants = {"accuracy, all samples": lambda: fit_samples(run.store(), cfg)[0],
+                "accuracy, one-axis chains only (fit_mixed: false)":
+                    lambda: fit_samples(run.store(), cfg.replace(fit_mixed=False))[0],
+                "-loss, all samples": lambda: fit_predictor(
+                    np.array([[s.d, s.w, s.r] for s in samples]),
+                    np.array([-s.val_loss for s in samples]), None, cfg.families,
+                    cfg.max_degree, cfg.max_rank, cfg.monotone)}
+    for name, fit in variants.items():
+        pred = fit()
         mine = summarise_oracle(rows, budget, pred)
         x = solve_budget(pred, shr, budget, cfg.lower_bounds, 0.0).best
         hit = next((p for p in pts if (round(p["d"], 6), round(p["r"], 6),

@@ -140,6 +140,15 @@ def test_pipeline_with_anchors_keeps_a_measured_anchor_and_reuses_its_model(
     assert len(list((tmp_path / "run" / "anchors").glob("*/result.json"))) == 2
     report = res.report_path.read_text()
     assert "measured with the final recipe" in report and "Anchors (" in report
+    # fit_mixed: false fits on the chains and holds the mixed points out
+    from dwrprune.pipeline import fit_samples
+
+    cfg = run.load_config()[0]
+    _, hold_all = fit_samples(run.store(), cfg)
+    pred_chains, hold_chains = fit_samples(run.store(), cfg.replace(fit_mixed=False))
+    n_mixed = len(run.store().samples(kinds=("mixed",)))
+    assert n_mixed and hold_chains["count"] == hold_all["count"] + n_mixed
+    assert not any(k.startswith("mix/") for k in pred_chains.keys)
     # the plan stage needs the anchors it asks for
     assert main(["plan", "--run", str(tmp_path / "run"), "--anchors", "3"]) == 2
     assert "2 are measured; run `dwrprune anchor" in capsys.readouterr().err

@@ -120,7 +120,8 @@ def cmd_collect(args) -> int:
 
 
 @command("fit", "stage 2: fit the accuracy predictor on a run's samples",
-         _run_args(("families", "max_degree", "max_rank", "monotone", "fit_bn_samples")),
+         _run_args(("families", "max_degree", "max_rank", "monotone", "fit_bn_samples",
+                    "fit_mixed")),
          ("run",))
 def cmd_fit(args) -> int:
     from ..pipeline import Run, fit_run

@@ -74,6 +74,8 @@ class PipelineConfig:
     max_rank: int = _f(2, "fit")
     monotone: str = _f("prefer", "fit", None, "prefer | require | ignore")
     fit_bn_samples: bool = _f(False, "fit")
+    fit_mixed: bool = _f(True, "fit", None, "fit the predictor on the mixed points too (off: "
+                         "on the one-axis chains only; the mixed points are then held out)")
     # solver
     budget: float = _f(0.5, "plan", F, "fraction of the original MACs")
     lower_bounds: list[float] | None = _f(None, "plan", F, "[d, w, r] (default: sampled range)")

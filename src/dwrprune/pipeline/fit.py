@@ -16,7 +16,8 @@ from .run import Run
 
 def fit_samples(store: SampleStore, cfg: PipelineConfig) -> tuple[Predictor, dict]:
     """Stage 2: fit the MAP on the non-holdout samples; score it on the holdout points."""
-    kinds = ("original", "chain", "mixed") + (("bn_recal",) if cfg.fit_bn_samples else ())
+    kinds = (("original", "chain") + (("mixed",) if cfg.fit_mixed else ())
+             + (("bn_recal",) if cfg.fit_bn_samples else ()))
     train_s = store.samples(kinds=kinds)
     if not train_s:
         raise DwrpruneError(f"no samples in {store.path}; run the collect stage first")
@@ -31,7 +32,7 @@ def fit_samples(store: SampleStore, cfg: PipelineConfig) -> tuple[Predictor, dic
                              cfg.max_rank, cfg.monotone, noise)
     for wmsg in caught:
         tqdm.write(f"warning: {wmsg.message}")
-    hold = store.samples(kinds=("holdout",))
+    hold = store.samples(kinds=("holdout",) + (() if cfg.fit_mixed else ("mixed",)))
     holdout = {"count": len(hold), "points": []}
     if hold:
         errs = []
