@@ -73,3 +73,27 @@ def test_resolution_below_minimum_is_refused():
 def test_bad_num_classes(bad):
     with pytest.raises(DwrpruneError, match="num_classes"):
         create_model("resnet_tiny", num_classes=bad)
+
+
+def test_timm_models_resolve_with_their_input_limits(monkeypatch):
+    from dwrprune.models import get_entry, list_models
+
+    m = create_model("timm/resnet10t", num_classes=7, in_channels=1).eval()
+    assert m(torch.zeros(1, 1, 32, 32)).shape == (1, 7)
+    assert get_entry("timm/resnet10t").min_resolution == 32
+    assert get_entry("timm/vit_tiny_patch16_224").min_resolution == 224  # fixed input size
+    assert "timm/resnet10t" in list_models(include_timm=True)
+    with pytest.raises(DwrpruneError, match="unknown timm model 'not_a_model'"):
+        create_model("timm/not_a_model")
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_timm(name, *args, **kwargs):
+        if name == "timm":
+            raise ImportError("no timm")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_timm)
+    with pytest.raises(DwrpruneError, match=r"pip install 'dwrprune\[timm\]'"):
+        create_model("timm/resnet10t")

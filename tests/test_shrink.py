@@ -22,6 +22,10 @@ MODELS = [
     pytest.param("tv/regnet_x_400mf", 3, 64, marks=_slow),
     pytest.param("tv/densenet121", 1, 64, marks=_slow),
     pytest.param("tv/resnext50_32x4d", 3, 64, marks=_slow),
+    ("timm/resnet10t", 3, 64), ("timm/mobilenetv3_small_050", 3, 64), ("timm/lcnet_050", 3, 64),
+    pytest.param("timm/regnetx_002", 3, 64, marks=_slow),
+    pytest.param("timm/convnext_atto", 3, 64, marks=_slow),
+    pytest.param("timm/efficientnet_b0", 3, 64, marks=_slow),
 ]
 TINY = [("resnet_tiny2", 3, 16), ("vgg_tiny", 3, 16), ("mobilenetv2_tiny", 3, 16)]
 

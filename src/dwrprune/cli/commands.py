@@ -40,12 +40,17 @@ def _info_args(p):
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-@command("models", "list the registered models", lambda p: p.add_argument(
-    "--torchvision", action="store_true", help="also list tv/NAME models"))
+def _models_args(p):
+    p.add_argument("--torchvision", action="store_true", help="also list tv/NAME models")
+    p.add_argument("--timm", action="store_true",
+                   help="also list timm/NAME models (needs the timm extra)")
+
+
+@command("models", "list the registered models", _models_args)
 def cmd_models(args) -> int:
     from ..models import get_entry, list_models
 
-    for name in list_models(include_torchvision=args.torchvision):
+    for name in list_models(include_torchvision=args.torchvision, include_timm=args.timm):
         e = get_entry(name)
         print(f"{name:28s} min {e.min_resolution:3d}px  {e.description}")
     return 0

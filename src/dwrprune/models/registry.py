@@ -3,7 +3,8 @@
 Every constructor takes ``num_classes`` and ``in_channels`` as keywords and returns an
 ``nn.Module``.  Each entry also records the smallest input side the network accepts, so that
 the resolution axis can refuse a point the network cannot run at, with a clear error.
-Names of the form ``tv/NAME`` are resolved lazily to torchvision's classification models.
+Names of the form ``tv/NAME`` are resolved lazily to torchvision's classification models, and
+``timm/NAME`` to timm's (with the optional timm extra).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import nn
 
 from ..errors import DwrpruneError
 from .entry import ModelEntry, ModelFn
+from .timm_models import timm_entry, timm_names
 from .torchvision_models import torchvision_entry, torchvision_names
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -29,12 +31,15 @@ def register_model(name: str, *, min_resolution: int, description: str = "", tin
     return wrap
 
 
-def list_models(include_torchvision: bool = False, include_tiny: bool = True) -> list[str]:
-    """Registered model names; with ``include_torchvision`` also every ``tv/NAME``."""
+def list_models(include_torchvision: bool = False, include_tiny: bool = True,
+                include_timm: bool = False) -> list[str]:
+    """Registered model names; with ``include_torchvision`` also every ``tv/NAME``, with
+    ``include_timm`` every ``timm/NAME``."""
     names = sorted(n for n, e in _REGISTRY.items() if include_tiny or not e.tiny)
     if include_torchvision:
-
         names += [f"tv/{n}" for n in torchvision_names()]
+    if include_timm:
+        names += [f"timm/{n}" for n in timm_names()]
     return names
 
 
@@ -43,12 +48,13 @@ def get_entry(name: str) -> ModelEntry:
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name.startswith("tv/"):
-
         return torchvision_entry(name[3:])
+    if name.startswith("timm/"):
+        return timm_entry(name[5:])
     raise DwrpruneError(
         f"unknown model {name!r}; available: {', '.join(list_models())}, "
         "or any torchvision classification model as 'tv/NAME' (e.g. tv/resnet50; "
-        "`dwrprune models --torchvision` lists them)"
+        "`dwrprune models --torchvision` lists them), or any timm model as 'timm/NAME'"
     )
 
 
