@@ -25,6 +25,7 @@ from .pipeline import (
     one_axis_point,
     solve_budget,
 )
+from .pipeline.points import ranked_one_axis_points
 from .shrink import Shrinker
 from .surgery import record_layer_changes
 
@@ -174,10 +175,7 @@ class ThreeDAnchored(ThreeD):
                 continue
             shr = self.shrinker(model, seed, ctx, ctx.data)
             pred = ctx.prepared[("3d", seed)]["predictor"]
-            pts = [(n, p) for n, axis in (("width-only", "w"), ("depth-only", "d"),
-                                          ("resolution-only", "r"))
-                   if (p := one_axis_point(shr, axis, budget)) is not None]
-            pts = sorted(pts, key=lambda x: -float(pred(*x[1])))[:self.k]
+            pts = ranked_one_axis_points(pred, shr, budget)[:self.k]
             t0, anchors = time.perf_counter(), []
             for name, p in pts:
                 out = shr.shrink(*p, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)

@@ -22,10 +22,8 @@ from ..shrink import Shrinker
 from .config import PipelineConfig
 from .data import DataSource
 from .finetune import finetune_point
-from .points import one_axis_point
+from .points import ranked_one_axis_points
 from .run import Run
-
-AXES = (("width-only", "w"), ("depth-only", "d"), ("resolution-only", "r"))
 
 
 def anchor_points(run: Run, shrinker: Shrinker, cfg: PipelineConfig, budget: float
@@ -33,10 +31,7 @@ def anchor_points(run: Run, shrinker: Shrinker, cfg: PipelineConfig, budget: flo
     """The ``cfg.anchors`` one-axis points under ``budget`` the predictor rates best."""
     if cfg.anchors <= 0:
         return []
-    pred, _ = run.predictor()
-    pts = [(name, p) for name, axis in AXES
-           if (p := one_axis_point(shrinker, axis, budget)) is not None]
-    pts.sort(key=lambda np_: -float(pred(*np_[1])))
+    pts = ranked_one_axis_points(run.predictor()[0], shrinker, budget)
     return pts[:cfg.anchors]
 
 

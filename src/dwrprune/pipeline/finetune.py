@@ -51,15 +51,15 @@ def finetune_point(model: nn.Module, data: DataSource, cfg: PipelineConfig,
         ck = read_model_checkpoint(reuse)
         pruned.load_state_dict(ck["state_dict"])
         history = ck.get("meta", {}).get("history", [])
-    elif train_fn is not None:
-        loader = data.loader("train", res, shuffle=True, subset=cfg.final_subset, seed=cfg.seed)
-        train_fn(pruned, loader, tcfg, copy.deepcopy(model).eval() if cfg.distill > 0 else None)
-        history = []
     else:
         loader = data.loader("train", res, shuffle=True, subset=cfg.final_subset, seed=cfg.seed)
         teacher = copy.deepcopy(model).eval() if cfg.distill > 0 else None
-        history = train(pruned, loader, tcfg, val_loader=val, teacher=teacher,
-                        checkpoint_dir=checkpoint_dir, spec=spec, progress=progress).history
+        if train_fn is not None:
+            train_fn(pruned, loader, tcfg, teacher)
+            history = []
+        else:
+            history = train(pruned, loader, tcfg, val_loader=val, teacher=teacher,
+                            checkpoint_dir=checkpoint_dir, spec=spec, progress=progress).history
     pruned.eval()
     return pruned, spec, before, history
 
