@@ -87,7 +87,7 @@ def cmd_run(args) -> None:
         csv_path = run_oracle(model, data, run_dir, budget, args.seeds, recipe, out,
                               depths=depths, resolutions=resolutions, tol=args.tol,
                               subset=args.finetune_subset, extra_seeds=_extra(args.extra_seeds),
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, choice_tag=args.choice_tag)
     print(f"results: {csv_path}")
     if args.quick:
         args.run, args.update_readme = [str(run_dir)], False
@@ -112,18 +112,26 @@ def render(rows: list[dict], budget: float, runs: list[str]) -> str:
                      f"{100 * p['test_std']:.2f} | {100 * p['regret']:.2f} | "
                      f"{100 * p['predicted']:.2f} |")
     lines += ["", f"Best by mean validation accuracy: {s['best_by_val']}.", ""]
+    regrets: dict[str, list[tuple[float, float]]] = {}
     for rd in runs:
-        lines += judge_run(rows, budget, rd)
+        lines += judge_run(rows, budget, rd, regrets) + [""]
+    if len(runs) > 1:
+        lines += [f"Mean regret over the {len(runs)} run folders (pipeline seeds), where every "
+                  "run's choice is measured:", "", "| decision rule | runs | mean regret, val "
+                  "(pts) | mean regret, test (pts) |", "|---|---|---|---|"]
+        for rule, rs in regrets.items():
+            if len(rs) == len(runs):
+                lines.append(f"| {rule} | {len(rs)} | {100 * sum(v for v, _ in rs) / len(rs):.2f}"
+                             f" | {100 * sum(t for _, t in rs) / len(rs):.2f} |")
     return "\n".join(lines)
 
 
-def judge_run(rows: list[dict], budget: float, rd: str) -> list[str]:
+def judge_run(rows: list[dict], budget: float, rd: str,
+              regrets: dict | None = None) -> list[str]:
     """One run folder's choices at ``budget`` under each decision rule, with regret, and
-    the Spearman correlation of its predictor (plain, and corrected by the oracle's
-    one-axis points as anchors: then over the other points only) with the oracle."""
-    from dwrprune.anchors import HorizonCorrected
+    the Spearman correlation of its predictor with the oracle."""
     from dwrprune.checkpoint import load
-    from dwrprune.oracle import ONE_AXIS, choice_variants, oracle_anchors, summarise_oracle
+    from dwrprune.oracle import choice_variants, summarise_oracle
     from dwrprune.pipeline import Run, build_shrinker
     from dwrprune.pretrained import resolve
 
@@ -136,23 +144,16 @@ def judge_run(rows: list[dict], budget: float, rd: str) -> list[str]:
     mine = summarise_oracle(rows, budget, pred)
     lines = [f"`{rd}`:", "", "| decision rule | chosen (d, w, r) | oracle point | "
              "regret, val (pts) | regret, test (pts) |", "|---|---|---|---|---|"]
-    for label, x in choice_variants(pred, shr, budget, cfg.lower_bounds, rows).items():
-        hit = next((p for p in mine["points"] if (round(p["d"], 6), round(p["r"], 6),
-                                                   round(p["macs_ratio"], 9)) ==
-                    (round(x.d, 6), round(x.r, 6), round(x.macs_ratio, 9))), None)
+    for label, x in choice_variants(pred, shr, budget, cfg.lower_bounds).items():
+        hit = find_point(mine["points"], x)
+        if hit and regrets is not None:
+            regrets.setdefault(label, []).append((hit["val_regret"], hit["regret"]))
         lines.append(f"| {label} | ({x.d:.3f}, {x.w:.3f}, {x.r:.3f}) | "
                      + (f"{hit['label']} | {100 * hit['val_regret']:.2f} | "
                         f"{100 * hit['regret']:.2f} |" if hit else
                         "not measured yet (oracle.py run --run " + rd + ") | | |"))
     lines += ["", f"Spearman(predictor, oracle val) over the iso-cost points: "
               f"{mine['spearman']:.2f}"]
-    anchors = oracle_anchors(rows, budget)
-    if len(anchors) >= 2:
-        rest = [r for r in rows if r["label"] not in ONE_AXIS]
-        if len({r["label"] for r in rest if abs(float(r["budget"]) - budget) < 1e-9}) > 2:
-            corr = summarise_oracle(rest, budget, HorizonCorrected(pred, anchors))
-            lines[-1] += (f"; corrected by the one-axis points as anchors, over the other "
-                          f"points: {corr['spearman']:.2f}")
     return lines + candidate_lines(rows, budget, run, cfg, shr)
 
 
@@ -160,7 +161,8 @@ def candidate_lines(rows, budget, run, cfg, shr) -> list[str]:
     """Predictor candidates fitted to the run's own samples, judged on the oracle: the
     fitted target (validation accuracy, or validation loss: less noisy) and the sample kinds
     used.  Spearman against the oracle's mean validation accuracy (for a loss predictor,
-    of minus the predicted loss), and the regret of each candidate's plain choice."""
+    of minus the predicted loss), and for each decision rule (plain optimum, hedged by one
+    sd) the candidate's choice with its regret on validation and on test."""
     import numpy as np
 
     from dwrprune.oracle import summarise_oracle
@@ -169,11 +171,12 @@ def candidate_lines(rows, budget, run, cfg, shr) -> list[str]:
 
     samples = run.store().samples(kinds=("original", "chain", "mixed"))
     pts = summarise_oracle(rows, budget)["points"]
-    lines = ["", "| predictor candidate | LOO RMSE | Spearman vs oracle val | choice | "
-             "regret, test (pts) |", "|---|---|---|---|---|"]
-    variants = {"accuracy, all samples": lambda: fit_samples(run.store(), cfg)[0],
-                "accuracy, one-axis chains only (fit_mixed: false)":
+    lines = ["", "| predictor candidate | LOO RMSE | Spearman vs oracle val | rule | choice | "
+             "regret, val (pts) | regret, test (pts) |", "|---|---|---|---|---|---|---|"]
+    variants = {"accuracy, one-axis chains only (fit_mixed: false)":
                     lambda: fit_samples(run.store(), cfg.replace(fit_mixed=False))[0],
+                "accuracy, all samples (fit_mixed: true)":
+                    lambda: fit_samples(run.store(), cfg.replace(fit_mixed=True))[0],
                 "-loss, all samples": lambda: fit_predictor(
                     np.array([[s.d, s.w, s.r] for s in samples]),
                     np.array([-s.val_loss for s in samples]), None, cfg.families,
@@ -181,14 +184,22 @@ def candidate_lines(rows, budget, run, cfg, shr) -> list[str]:
     for name, fit in variants.items():
         pred = fit()
         mine = summarise_oracle(rows, budget, pred)
-        x = solve_budget(pred, shr, budget, cfg.lower_bounds, 0.0).best
-        hit = next((p for p in pts if (round(p["d"], 6), round(p["r"], 6),
-                                       round(p["macs_ratio"], 9)) ==
-                    (round(x.d, 6), round(x.r, 6), round(x.macs_ratio, 9))), None)
-        lines.append(f"| {name} ({pred.poly.name()}) | {pred.loo_rmse:.4f} | "
-                     f"{mine['spearman']:.2f} | ({x.d:.3f}, {x.w:.3f}, {x.r:.3f}) | "
-                     + (f"{100 * hit['regret']:.2f} |" if hit else "not measured |"))
+        for z in (0.0, 1.0):
+            x = solve_budget(pred, shr, budget, cfg.lower_bounds, z).best
+            hit = find_point(pts, x)
+            lines.append(f"| {name} ({pred.poly.name()}) | {pred.loo_rmse:.4f} | "
+                         f"{mine['spearman']:.2f} | {'optimum' if z == 0 else f'hedge {z:g} sd'}"
+                         f" | ({x.d:.3f}, {x.w:.3f}, {x.r:.3f}) | "
+                         + (f"{100 * hit['val_regret']:.2f} | {100 * hit['regret']:.2f} |"
+                            if hit else "not measured | |"))
     return lines
+
+
+def find_point(points: list[dict], x) -> dict | None:
+    """The oracle point that realises the same pruned model as candidate ``x``."""
+    key = (round(x.d, 6), round(x.r, 6), round(x.macs_ratio, 9))
+    return next((p for p in points if (round(p["d"], 6), round(p["r"], 6),
+                                       round(p["macs_ratio"], 9)) == key), None)
 
 
 def cmd_render(args) -> None:
@@ -220,6 +231,8 @@ def main() -> None:
     r.add_argument("--lr", type=float, default=0.02)
     r.add_argument("--finetune-subset", type=int, default=None)
     r.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "oracle"))
+    r.add_argument("--choice-tag", default="",
+                   help="suffix for the run's choice labels (choice@TAG): a second run folder")
     r.add_argument("--quick", action="store_true")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=cmd_run)

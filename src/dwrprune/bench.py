@@ -188,8 +188,7 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
     base_res, in_ch = spec["input"]["resolution"], spec["model"]["in_channels"]
     orig = {"original_macs": count_macs(model, base_res, in_ch),
             "original_test_acc": evaluate(model, data.loader("test", base_res)).accuracy}
-    ctx = BenchContext(data, out, pipeline, progress=progress and executor.name == "local",
-                       recipe=recipe, finetune_subset=finetune_subset)
+    ctx = BenchContext(data, out, pipeline, progress=progress and executor.name == "local")
     if latency_target is not None:
         from .latency import measure_ms
 

@@ -12,7 +12,6 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .anchors import Anchor
 from .cost import count_macs
 from .engine import TrainConfig, evaluate, recalibrate_batchnorm, train
 from .pipeline import (
@@ -25,7 +24,6 @@ from .pipeline import (
     one_axis_point,
     solve_budget,
 )
-from .pipeline.points import ranked_one_axis_points
 from .shrink import Shrinker
 from .surgery import record_layer_changes
 
@@ -76,8 +74,6 @@ class BenchContext:
     latency_target: object = None  # a LatencyTarget: budgets are latency fractions
     original_latency_ms: float = 0.0
     prepared: dict = field(default_factory=dict)  # what Method.prepare computed, per job
-    recipe: TrainConfig | None = None  # the benchmark's fine-tune recipe (3d-anchored's too)
-    finetune_subset: int | None = None
 
     def shrinker(self, model: nn.Module) -> Shrinker:
         """The one-axis methods' shrinker: the pipeline's options (criteria, round_to, width
@@ -152,50 +148,6 @@ class ThreeD:
             d, w, r, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
         return Pruned(out.model, out.spec, f"d={d:.3f} w={w:.3f} r={r:.3f}",
                       ctx.prepared[("3d", seed)]["collection_seconds"])
-
-
-class ThreeDAnchored(ThreeD):
-    """The pipeline with ``k`` anchors (:mod:`dwrprune.pipeline.anchor`): before choosing at
-    a budget, the k best-predicted one-axis points are fine-tuned with the benchmark's recipe
-    (the final recipe, here) and scored on validation; the predictor is corrected with them
-    and its optimum must beat the best measured one by ``min_gain_sigmas`` sd.  The anchors'
-    fine-tunes count as collection compute; a kept anchor is the pruned model (the job
-    fine-tunes it again with the same recipe and seed)."""
-
-    name = "3d-anchored"
-
-    def __init__(self, k: int = 1):
-        self.k = k
-
-    def prepare(self, model, todo, ctx, executor) -> None:
-        super().prepare(model, todo, ctx, executor)
-        for budget, seed in todo:
-            key = ("anchors", budget, seed)
-            if key in ctx.prepared:
-                continue
-            shr = self.shrinker(model, seed, ctx, ctx.data)
-            pred = ctx.prepared[("3d", seed)]["predictor"]
-            pts = ranked_one_axis_points(pred, shr, budget)[:self.k]
-            t0, anchors = time.perf_counter(), []
-            for name, p in pts:
-                out = shr.shrink(*p, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
-                score = finetune_and_score(out.model, ctx.data, out.spec["input"]["resolution"],
-                                           ctx.recipe, seed, ctx.finetune_subset)
-                anchors.append(Anchor(name, *p, score["val_acc"]))
-            ctx.prepared[key] = {"anchors": anchors, "seconds": time.perf_counter() - t0}
-
-    def point(self, model, budget, seed, ctx):
-        t0 = time.perf_counter()
-        p, a = ctx.prepared[("3d", seed)], ctx.prepared[("anchors", budget, seed)]
-        cfg = ctx.pipeline.replace(seed=seed)
-        sol = solve_budget(p["predictor"], self.shrinker(model, seed, ctx), budget,
-                           cfg.lower_bounds, cfg.min_gain_sigmas, a["anchors"])
-        return (sol.best.d, sol.best.w, sol.best.r), time.perf_counter() - t0
-
-    def prune(self, model, budget, seed, ctx) -> Pruned:
-        out = self._shrink(model, self.point(model, budget, seed, ctx)[0], seed, ctx)
-        out.collection_seconds += ctx.prepared[("anchors", budget, seed)]["seconds"]
-        return out
 
 
 class ThreeDLatency(ThreeD):
@@ -332,7 +284,7 @@ class AutoBotMethod:
 METHODS: dict[str, Method] = {
     "3d": ThreeD(), "width-only": OneAxis("w"), "depth-only": OneAxis("d"),
     "resolution-only": OneAxis("r"), "torch-pruning": TorchPruningGlobal(),
-    "autobot": AutoBotMethod(), "3d-anchored": ThreeDAnchored(),
+    "autobot": AutoBotMethod(),
 }
 
 
@@ -341,4 +293,4 @@ def latency_methods(names: list[str]) -> dict[str, Method]:
     the latency budget itself; every other method (``3d`` included: its MACs-budget choice)
     is pruned to the largest model that measures within it."""
     return {n: ThreeDLatency() if n == "3d-latency" else UnderLatency(METHODS[n])
-            for n in names if n != "3d-anchored"}  # anchors are for MACs budgets
+            for n in names}

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .anchors import Anchor
 from .bench import append_row, finetune_and_score
 from .engine import TrainConfig
 from .errors import DwrpruneError
@@ -129,33 +128,16 @@ class OracleJob:
 ONE_AXIS = ("width-only", "depth-only", "resolution-only")
 
 
-def oracle_anchors(rows: list[dict], budget: float) -> list[Anchor]:
-    """The oracle's one-axis points at ``budget`` as anchors (mean validation accuracy over
-    their seeds): what the anchor stage of a pipeline run would measure with this recipe."""
-    out = []
-    for name in ONE_AXIS:
-        rs = [r for r in rows if r["label"] == name and abs(float(r["budget"]) - budget) < 1e-9]
-        if rs:
-            out.append(Anchor(name, float(rs[0]["d"]), float(rs[0]["w"]), float(rs[0]["r"]),
-                              _mean([float(r["val_acc"]) for r in rs]), len(rs)))
-    return out
-
-
-def choice_variants(pred, shr: Shrinker, budget: float, lower, rows: list[dict],
+def choice_variants(pred, shr: Shrinker, budget: float, lower,
                     sigmas: tuple[float, ...] = (0.0, 1.0, 2.0)) -> dict:
     """The choices a run's predictor makes at ``budget`` under each decision rule: the plain
-    optimum, the hedged choice at each of ``sigmas`` (> 0) standard deviations, and, once
-    the oracle holds the one-axis points, the same with those points as anchors."""
+    optimum and the hedged choice at each of ``sigmas`` (> 0) standard deviations."""
     out = {}
-    anchors = oracle_anchors(rows, budget)
-    for tag, anc in (("", None), ("anchored", anchors)):
-        if tag and len(anc) < 2:
+    for z in sigmas:
+        if z > 0 and not pred.jackknife and pred.noise_sd is None:
             continue
-        for z in sigmas:
-            if z > 0 and not pred.jackknife and pred.noise_sd is None:
-                continue
-            label = "choice" + (f"-{tag}" if tag else "") + (f"-z{z:g}" if z else "")
-            out[label] = solve_budget(pred, shr, budget, lower, z, anc).best
+        out["choice" + (f"-z{z:g}" if z else "")] = solve_budget(pred, shr, budget, lower,
+                                                                 z).best
     return out
 
 
@@ -171,12 +153,15 @@ def run_oracle(model: nn.Module, data: DataSource, run_dir: str | Path, budget: 
                seeds: list[int], recipe: TrainConfig, out: str | Path, *,
                depths: list[float], resolutions: list[float], tol: float = 0.03,
                subset: int | None = None, extra_seeds: dict[str, list[int]] | None = None,
-               progress: bool = True, executor: Executor | None = None) -> Path:
+               progress: bool = True, executor: Executor | None = None,
+               choice_tag: str = "") -> Path:
     """Fine-tune every surface point of ``budget`` for ``seeds`` (and ``extra_seeds`` per
     label), skipping rows already in ``out/oracle.csv``; the run folder ``run_dir`` gives
     the block ranking, the pipeline config and the predictor (its value at every point is
     recorded, and its choices under each decision rule of :func:`choice_variants` are
-    points; the anchored ones join in a second round, once the one-axis points are in)."""
+    points).
+    ``choice_tag`` suffixes the choices' labels (``choice@TAG``), so the choices of a second
+    run folder (another pipeline seed) are measured beside the first's in one CSV."""
     run = Run(run_dir)
     cfg, _ = run.load_config()
     pred, _ = run.predictor()
@@ -188,36 +173,30 @@ def run_oracle(model: nn.Module, data: DataSource, run_dir: str | Path, budget: 
     job = OracleJob(model, data, cfg, order, criterion, recipe, subset,
                     progress and (executor is None or executor.name == "local"))
 
-    def todo() -> list[tuple[OraclePoint, int]]:
-        rows = read_rows(csv_path)
-        chosen = {label: (c.d, c.w, c.r) for label, c in choice_variants(
-            pred, shr, budget, cfg.lower_bounds, rows).items()}
-        done = {(r["label"], float(r["budget"]), int(r["seed"])) for r in rows}
-        return [(p, s) for p in surface_points(shr, budget, depths, resolutions, tol, chosen)
-                for s in sorted(set(seeds) | set((extra_seeds or {}).get(p.label, [])))
-                if (p.label, budget, s) not in done]
+    rows = read_rows(csv_path)
+    chosen = {label + (f"@{choice_tag}" if choice_tag else ""): (c.d, c.w, c.r)
+              for label, c in choice_variants(pred, shr, budget, cfg.lower_bounds).items()}
+    done = {(r["label"], float(r["budget"]), int(r["seed"])) for r in rows}
+    jobs = [(p, s) for p in surface_points(shr, budget, depths, resolutions, tol, chosen)
+            for s in sorted(set(seeds) | set((extra_seeds or {}).get(p.label, [])))
+            if (p.label, budget, s) not in done]
+    if not jobs:
+        return csv_path
+    bar = tqdm(total=len(jobs), desc=f"oracle {budget:g}", unit="job", disable=not progress)
 
-    # Two rounds: the anchored choices exist only once the one-axis points are measured.
-    for _ in range(2):
-        jobs = todo()
-        if not jobs:
-            break
-        bar = tqdm(total=len(jobs), desc=f"oracle {budget:g}", unit="job",
-                   disable=not progress)
+    def node(p: OraclePoint, seed: int) -> Node:
+        def finished(row):
+            append_row(csv_path, {**row, "budget": budget,
+                                  "predicted": pred(p.d, p.w, p.r)}, FIELDS)
+            bar.update(1)
+            bar.write(f"[oracle] {p.label:18s} s{seed} d={p.d:.3f} w={p.w:.3f} "
+                      f"r={p.r:.3f} MACs {100 * p.macs_ratio:.1f}% val "
+                      f"{100 * row['val_acc']:.2f} test {100 * row['test_acc']:.2f}")
+        return Node(f"{p.label} s{seed}", lambda: (job, (p, seed)), finished)
 
-        def node(p: OraclePoint, seed: int, bar=bar) -> Node:
-            def finished(row):
-                append_row(csv_path, {**row, "budget": budget,
-                                      "predicted": pred(p.d, p.w, p.r)}, FIELDS)
-                bar.update(1)
-                bar.write(f"[oracle] {p.label:18s} s{seed} d={p.d:.3f} w={p.w:.3f} "
-                          f"r={p.r:.3f} MACs {100 * p.macs_ratio:.1f}% val "
-                          f"{100 * row['val_acc']:.2f} test {100 * row['test_acc']:.2f}")
-            return Node(f"{p.label} s{seed}", lambda: (job, (p, seed)), finished)
-
-        failures = run_graph([node(p, s) for p, s in jobs], executor or LocalExecutor())
-        bar.close()
-        raise_failures(failures, "oracle jobs", str(csv_path))
+    failures = run_graph([node(p, s) for p, s in jobs], executor or LocalExecutor())
+    bar.close()
+    raise_failures(failures, "oracle jobs", str(csv_path))
     return csv_path
 
 
@@ -282,5 +261,5 @@ def default_grid(shr: Shrinker) -> tuple[list[float], list[float]]:
 
 
 __all__ = ["FIELDS", "ONE_AXIS", "OraclePoint", "choice_variants", "default_grid",
-           "oracle_anchors", "read_rows", "run_oracle",
+           "read_rows", "run_oracle",
            "solve_width", "summarise_oracle", "surface_points"]

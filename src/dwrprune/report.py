@@ -202,19 +202,11 @@ def _markdown(rep: dict) -> str:
         dec = sol.get("decision")
         if dec:
             a = dec["best_one_axis"]
-            anc = dec.get("anchors")
-            how = "measured with the final recipe" if anc else "predicted"
             lines += ["", f"Best one-axis alternative: {a['name']} (d={a['d']:.3f} "
-                      f"w={a['w']:.3f} r={a['r']:.3f}, {how} {100 * a['predicted']:.2f}%). "
+                      f"w={a['w']:.3f} r={a['r']:.3f}, predicted {100 * a['predicted']:.2f}%). "
                       f"Chosen: {dec['chosen']}, because the {dec['why']} (uncertainty: "
                       "jackknife over the leave-one-out fits, at least the noise of one "
                       "validation accuracy)."]
-            if anc:
-                lines += ["", "Anchors (one-axis points fine-tuned with the final recipe) "
-                          "corrected the predictor to the final horizon: " + ", ".join(
-                              f"{x['name']} {100 * x['measured']:.2f}%" for x in anc["anchors"])
-                          + "; correction per unit log keep-ratio: " + ", ".join(
-                              f"{k} {100 * v:+.2f} pts" for k, v in anc["coef"].items()) + "."]
     f = rep["final"]
     if f:
         lines += ["", "## Final model", "",

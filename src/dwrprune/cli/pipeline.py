@@ -1,4 +1,4 @@
-"""Subcommands on a run folder: prune (everything), collect, fit, anchor, plan, finetune,
+"""Subcommands on a run folder: prune (everything), collect, fit, plan, finetune,
 report."""
 
 from __future__ import annotations
@@ -137,23 +137,6 @@ def cmd_fit(args) -> int:
     return 0
 
 
-@command("anchor", "stage 2b: fine-tune the run's anchors (one-axis points at the budget) "
-         "with the final recipe", _run_args(("anchors", "budget", "final_epochs", "final_lr",
-                                             "final_subset", "distill", "label_smoothing"),
-                                            add_progress_arg), ("run",))
-def cmd_anchor(args) -> int:
-    from ..pipeline import measure_anchors, open_run, run_shrinker
-
-    cfg, model, data, run = open_run(args.run, **_overrides(args))
-    if not cfg.anchors:
-        raise DwrpruneError("this run asks for no anchors; give --anchors N (1 to 3)")
-    for a in measure_anchors(model, data, cfg, run_shrinker(run, model, cfg, data), run,
-                             progress=progress(args)):
-        print(f"anchor {a.name}: d={a.d:.3f} w={a.w:.3f} r={a.r:.3f} val "
-              f"{100 * a.measured:.2f}%")
-    return 0
-
-
 def _plan_extra(p):
     p.add_argument("--budgets", type=_floats, default=None,
                    help="comma-separated MACs budgets (default: the run's budget)")
@@ -162,7 +145,7 @@ def _plan_extra(p):
 
 
 @command("plan", "stage 3: choose (d, w, r) for one or more budgets",
-         _run_args(("lower_bounds", "min_gain_sigmas", "anchors", "latency_batch", "threads",
+         _run_args(("lower_bounds", "min_gain_sigmas", "latency_batch", "threads",
                     "device"),
                    _plan_extra), ("run",))
 def cmd_plan(args) -> int:

@@ -6,7 +6,6 @@
     jobs      the job list of a collection and the sample each job computes
     collect   stage 1: samples into the run's store, resumably
     fit       stage 2: the accuracy predictor (MAP)
-    anchor    stage 2b (optional): one-axis points fine-tuned with the final recipe
     points    realisable one-axis points under a budget
     solve     stage 3: the best realisable (d, w, r) per budget
     finetune  stage 4: prune to the chosen point, fine-tune, test once
@@ -16,7 +15,6 @@
 Samples and choices use the validation split; the test set is touched once, at the end.
 """
 
-from .anchor import measure_anchors, measured_anchors
 from .api import PruneResult, attach_spec, final_stage, open_run, prune, start_run
 from .collect import Collector, collect
 from .config import PRESETS, PipelineConfig, read_options_file, resolve_config
@@ -41,7 +39,7 @@ __all__ = [
     "PipelineConfig", "PruneResult", "Run", "SampleJobs", "attach_spec", "build_shrinker",
     "check_data_matches", "check_validation_split", "collect", "default_finetune",
     "exact_cost_grid", "final_stage", "finetune_final", "fit_run", "fit_samples",
-    "largest_under", "measure_anchors", "measured_anchors", "model_fingerprint",
+    "largest_under", "model_fingerprint",
     "one_axis_point", "open_run", "plan_jobs",
     "plan_run", "prune", "read_options_file", "resolve_config", "run_shrinker",
     "solve_budget", "start_run",

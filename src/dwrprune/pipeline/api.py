@@ -26,7 +26,6 @@ from ..checkpoint import load
 from ..errors import DwrpruneError
 from ..progress import resolve_progress
 from ..spec import ModelSpec, make_spec, spec_of
-from .anchor import measure_anchors
 from .collect import collect
 from .config import PipelineConfig, resolve_config
 from .data import DatasetSource, DataSource, FinetuneFn, check_source
@@ -170,11 +169,7 @@ def prune(model: nn.Module, data: DataSource | str | None = None,
 
         pred, holdout = fit_samples(store, config)
         run.save_predictor(pred, holdout)
-        if config.anchors and config.latency_target is None:
-            measure_anchors(model, source, config, run_shrinker(run, model, config, source),
-                            run, progress=progress, train_fn=train_fn)
-        plan_run(run, run_shrinker(run, model, config), config,
-                 custom_train_fn=train_fn is not None)
+        plan_run(run, run_shrinker(run, model, config), config)
         result = finetune_final(model, source, config, run_shrinker(run, model, config, source),
                                 run.solution(), run.path, progress, train_fn)
         write_report(run.path)

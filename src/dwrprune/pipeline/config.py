@@ -74,8 +74,9 @@ class PipelineConfig:
     max_rank: int = _f(2, "fit")
     monotone: str = _f("prefer", "fit", None, "prefer | require | ignore")
     fit_bn_samples: bool = _f(False, "fit")
-    fit_mixed: bool = _f(True, "fit", None, "fit the predictor on the mixed points too (off: "
-                         "on the one-axis chains only; the mixed points are then held out)")
+    fit_mixed: bool = _f(False, "fit", None, "fit the predictor on the mixed points too "
+                         "(default off: on the one-axis chains only, the mixed points held "
+                         "out; the iso-cost oracle shows the chains-only fit choosing better)")
     # solver
     budget: float = _f(0.5, "plan", F, "fraction of the original MACs")
     lower_bounds: list[float] | None = _f(None, "plan", F, "[d, w, r] (default: sampled range)")
@@ -88,10 +89,6 @@ class PipelineConfig:
     min_gain_sigmas: float = _f(0.0, "plan", F, "leave the best one-axis point only when the "
                                 "predicted gain exceeds this many standard deviations (0: the "
                                 "predictor's optimum, as the paper does)")
-    anchors: int = _f(0, "plan", F, "before choosing, fine-tune this many one-axis points at "
-                      "the budget (best predicted first, at most 3) with the final recipe: they "
-                      "correct the predictor to the final horizon and are the measured "
-                      "alternative the optimum must beat (a kept anchor is the final model)")
     # final fine-tune
     final_epochs: int = _f(10, "final", F)
     final_lr: float = _f(0.02, "final", F)
@@ -212,8 +209,6 @@ def field_defaults() -> dict:
             for f in fields(PipelineConfig)}
 
 
-# The final fine-tune's recipe: what a model fine-tuned at a point depends on besides the point.
-FINAL_RECIPE = ("final_epochs", "final_lr", "final_subset", "distill", "label_smoothing")
 
 PRESETS: dict[str, dict] = {
     # Whole pipeline on the bundled ResNet-20 in a few minutes on 2 cores.

@@ -26,18 +26,17 @@ from .run import Run
 
 
 def final_recipe(cfg: PipelineConfig) -> TrainConfig:
-    """The final fine-tune's recipe (also the anchors': :mod:`dwrprune.pipeline.anchor`)."""
+    """The final fine-tune's recipe."""
     return TrainConfig(epochs=cfg.final_epochs, lr=cfg.final_lr, seed=cfg.seed,
                        kd_alpha=cfg.distill, label_smoothing=cfg.label_smoothing)
 
 
 def finetune_point(model: nn.Module, data: DataSource, cfg: PipelineConfig,
                    shrinker: Shrinker, point, checkpoint_dir, progress: bool = True,
-                   train_fn: Callable | None = None, reuse=None):
+                   train_fn: Callable | None = None):
     """Prune ``model`` to ``point`` (BatchNorm re-calibrated) and fine-tune it with the final
-    recipe (resumable from ``checkpoint_dir``).  ``reuse``: a saved model of the same point
-    and recipe (an anchor's) whose weights are taken instead of training again.  Returns the
-    fine-tuned model, its spec, the validation figures before fine-tuning, the history."""
+    recipe (resumable from ``checkpoint_dir``).  Returns the fine-tuned model, its spec,
+    the validation figures before fine-tuning, the history."""
     out = shrinker.shrink(*point, recalibrate=lambda res: data.loader(
         "train", res, shuffle=True, seed=cfg.seed), recal_batches=max(cfg.recal_batches, 20))
     pruned, spec = out.model, out.spec
@@ -45,21 +44,14 @@ def finetune_point(model: nn.Module, data: DataSource, cfg: PipelineConfig,
     val = data.loader("val", res)
     before = evaluate(pruned, val, progress=progress, desc="val (pruned)")
     tcfg = final_recipe(cfg)
-    if reuse is not None:
-        from ..checkpoint import read_model_checkpoint
-
-        ck = read_model_checkpoint(reuse)
-        pruned.load_state_dict(ck["state_dict"])
-        history = ck.get("meta", {}).get("history", [])
+    loader = data.loader("train", res, shuffle=True, subset=cfg.final_subset, seed=cfg.seed)
+    teacher = copy.deepcopy(model).eval() if cfg.distill > 0 else None
+    if train_fn is not None:
+        train_fn(pruned, loader, tcfg, teacher)
+        history = []
     else:
-        loader = data.loader("train", res, shuffle=True, subset=cfg.final_subset, seed=cfg.seed)
-        teacher = copy.deepcopy(model).eval() if cfg.distill > 0 else None
-        if train_fn is not None:
-            train_fn(pruned, loader, tcfg, teacher)
-            history = []
-        else:
-            history = train(pruned, loader, tcfg, val_loader=val, teacher=teacher,
-                            checkpoint_dir=checkpoint_dir, spec=spec, progress=progress).history
+        history = train(pruned, loader, tcfg, val_loader=val, teacher=teacher,
+                        checkpoint_dir=checkpoint_dir, spec=spec, progress=progress).history
     pruned.eval()
     return pruned, spec, before, history
 
@@ -79,10 +71,8 @@ def finetune_final(model: nn.Module, data: DataSource, cfg: PipelineConfig, shri
                        "(the collection is kept)")
     distributed.barrier()
     b = solution.best
-    reuse = run.anchor_result(run.anchor_settings(cfg, (b.d, b.w, b.r), train_fn is not None))
     pruned, spec, before, history = finetune_point(
-        model, data, cfg, shrinker, (b.d, b.w, b.r), run.final_dir, progress, train_fn,
-        reuse=run.anchor_model_path(reuse) if reuse else None)
+        model, data, cfg, shrinker, (b.d, b.w, b.r), run.final_dir, progress, train_fn)
     res = spec["input"]["resolution"]
     val = data.loader("val", res)
     tcfg = final_recipe(cfg)
@@ -91,8 +81,7 @@ def finetune_final(model: nn.Module, data: DataSource, cfg: PipelineConfig, shri
                                        "distill": cfg.distill,
                                        "label_smoothing": cfg.label_smoothing,
                                        "subset": cfg.final_subset, "seed": cfg.seed,
-                                       "custom_train_fn": train_fn is not None,
-                                       "from_anchor": reuse is not None},
+                                       "custom_train_fn": train_fn is not None},
                           "budget": solution.budget, "predicted_val_acc": b.predicted}
     pruned.dwrprune_spec = spec
     after = evaluate(pruned, val, progress=progress, desc="val (fine-tuned)")

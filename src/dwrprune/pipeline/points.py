@@ -35,12 +35,4 @@ def one_axis_point(shr: Shrinker, axis: str, budget: float) -> tuple[float, floa
 ONE_AXIS = (("width-only", "w"), ("depth-only", "d"), ("resolution-only", "r"))
 
 
-def ranked_one_axis_points(pred, shr: Shrinker, budget: float
-                           ) -> list[tuple[str, tuple[float, float, float]]]:
-    """The one-axis points under ``budget`` that exist, best predicted first."""
-    pts = [(name, p) for name, axis in ONE_AXIS
-           if (p := one_axis_point(shr, axis, budget)) is not None]
-    return sorted(pts, key=lambda x: -float(pred(*x[1])))
-
-
-__all__ = ["ONE_AXIS", "largest_under", "one_axis_point", "ranked_one_axis_points"]
+__all__ = ["ONE_AXIS", "largest_under", "one_axis_point"]

@@ -5,7 +5,6 @@
     run/predictor.json   fitted MAP + LOO record       run/plan.json         chosen point
     run/plans.json       plan for several budgets      run/final/            final fine-tune
     run/final.json       final figures                 run/report/           report + plots
-    run/anchors/<key>/   one-axis points fine-tuned with the final recipe (model + figures)
 
 One process works in a folder at a time: :meth:`Run.lock` is taken before anything is
 written, so a refused second process changes nothing.
@@ -13,7 +12,6 @@ written, so a refused second process changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,7 +27,7 @@ from ..predictor import Predictor
 from ..settings import check_same_settings
 from ..solver import Solution
 from ..store import SampleStore
-from .config import FINAL_RECIPE, PipelineConfig
+from .config import PipelineConfig
 
 
 def check_folder_writable(path: Path, what: str = "folder") -> Path:
@@ -175,39 +173,6 @@ class Run:
 
     def save_latency_model(self, model) -> None:
         save_json(self.latency_model_path(model.target), model.to_dict())
-
-    # ------------------------------------------------------------------ anchors
-    def anchor_settings(self, cfg: PipelineConfig, point, custom_train_fn: bool = False
-                        ) -> dict:
-        """What an anchor's fine-tuned model depends on: its point and the final recipe.
-        The final stage takes an anchor's model when its own point and recipe are these."""
-        return {"point": [round(float(v), 6) for v in point],
-                **{k: getattr(cfg, k) for k in FINAL_RECIPE},
-                "recal_batches": cfg.recal_batches, "seed": cfg.seed,
-                "custom_train_fn": custom_train_fn}
-
-    def anchor_dir(self, settings: dict) -> Path:
-        key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-        return self.path / "anchors" / key
-
-    def anchor_result(self, settings: dict) -> dict | None:
-        """A finished anchor's figures (with its settings), or None."""
-        p = self.anchor_dir(settings) / "result.json"
-        if not p.exists():
-            return None
-        result = json.loads(p.read_text())
-        return result if result.get("settings") == settings else None
-
-    def anchor_model_path(self, result: dict) -> Path:
-        return self.anchor_dir(result["settings"]) / "model.pt"
-
-    def save_anchor(self, result: dict, model, spec: dict) -> None:
-        """An anchor's model, then its figures (the figures mark it finished)."""
-        from ..checkpoint import save_model
-
-        folder = self.anchor_dir(result["settings"])
-        save_model(folder / "model.pt", model, spec, {"history": result.get("history", [])})
-        save_json(folder / "result.json", result)
 
     # ------------------------------------------------------------------ final stage
     @property

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import numpy as np
 
-from ..anchors import Anchor, HorizonCorrected
 from ..errors import DwrpruneError
 from ..predictor import Predictor
 from ..shrink import Shrinker
 from ..solver import Candidate, Solution, solve
-from .anchor import anchor_points, measured_anchors
 from .config import PipelineConfig
 from .points import one_axis_point
 from .run import Run
@@ -35,15 +33,12 @@ def _candidate(pred: Predictor, shr: Shrinker, point) -> Candidate:
 
 
 def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
-                 lower: list[float] | None = None, min_gain_sigmas: float = 0.0,
-                 anchors: list[Anchor] | None = None) -> Solution:
+                 lower: list[float] | None = None, min_gain_sigmas: float = 0.0) -> Solution:
     """Stage 3: the best realisable (d, w, r) under ``budget`` for a fitted predictor.
 
-    ``anchors`` (points fine-tuned with the final recipe, :mod:`dwrprune.anchors`) correct
-    the predictor to the final horizon, and the best *measured* anchor under the budget is
-    the alternative the optimum must beat; without anchors the alternative is the one-axis
-    point (the largest width-, depth- or resolution-only model under the budget, within the
-    bounds) the predictor rates best.
+    The alternative the optimum is compared with is the one-axis point (the largest width-,
+    depth- or resolution-only model under the budget, within the bounds) the predictor rates
+    best.
 
     With ``min_gain_sigmas`` > 0 the choice is uncertainty-aware: the optimum is taken only
     when its predicted gain over the alternative exceeds that many standard deviations of
@@ -56,37 +51,25 @@ def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
     lo[2] = max(lo[2], shrinker.min_resolution / shrinker.base_resolution)
     lo = [min(max(v, 1e-3), 1.0) for v in lo]
     base = shrinker.macs(1, 1, 1)
-    if anchors:
-        pred = HorizonCorrected(pred, anchors)
     sol = solve(pred, shrinker.macs, base, budget, tuple(lo),
                 len(shrinker.blocks), shrinker.base_resolution, shrinker.min_resolution)
-    if anchors:
-        alts = {a.name: _candidate(pred, shrinker, a.point) for a in anchors
-                if shrinker.macs(*a.point) <= budget * base}
-        alts = {k: replace(c, predicted=next(a.measured for a in anchors if a.name == k))
-                for k, c in alts.items()}
-    else:
-        alts = {name: _candidate(pred, shrinker, p) for name, axis in
-                (("width-only", "w"), ("depth-only", "d"), ("resolution-only", "r"))
-                if (p := one_axis_point(shrinker, axis, budget)) is not None
-                and all(v >= low - 1e-9 for v, low in zip(p, lo))}  # where it is fitted
+    alts = {name: _candidate(pred, shrinker, p) for name, axis in
+            (("width-only", "w"), ("depth-only", "d"), ("resolution-only", "r"))
+            if (p := one_axis_point(shrinker, axis, budget)) is not None
+            and all(v >= low - 1e-9 for v, low in zip(p, lo))}  # where it is fitted
     if not alts:
         return sol
     name, alt = max(alts.items(), key=lambda kv: kv[1].predicted)
     b = sol.best
     gain, sd = pred.gain((b.d, b.w, b.r), (alt.d, alt.w, alt.r))
-    if anchors:  # the alternative's value is its measurement, not the corrected prediction
-        gain = b.predicted - alt.predicted
     leave = min_gain_sigmas <= 0 or gain > min_gain_sigmas * sd
-    measured = "measured " if anchors else ""
-    why = (f"predicted gain {100 * gain:+.2f} ± {100 * sd:.2f} points over {measured}{name} "
+    why = (f"predicted gain {100 * gain:+.2f} ± {100 * sd:.2f} points over {name} "
            + (f"exceeds {min_gain_sigmas:g} sd: the predictor's optimum" if leave and
               min_gain_sigmas > 0 else "(the rule is off: the predictor's optimum)" if leave
               else f"is within {min_gain_sigmas:g} sd: {name} is kept"))
     sol.decision = {"rule_sigmas": min_gain_sigmas, "optimum": asdict(b), "best_one_axis":
                     {"name": name, **asdict(alt)}, "gain": gain, "gain_sd": sd,
-                    "chosen": "optimum" if leave else name, "why": why,
-                    "anchors": pred.to_dict() if anchors else None}
+                    "chosen": "optimum" if leave else name, "why": why}
     if not leave:
         sol.runners_up = [b] + [c for c in sol.runners_up if c != alt][:3]
         sol.best = alt
@@ -94,7 +77,7 @@ def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
 
 
 def plan_run(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
-             budgets: list[float] | None = None, custom_train_fn: bool = False) -> list[dict]:
+             budgets: list[float] | None = None) -> list[dict]:
     """Solve every budget (default: the run's own) from one fitted predictor.  Writes
     plans.json (every budget) and, when the run's own budget is among them, plan.json (what
     the final stage prunes to).  Another budget for the final model is a new run setting:
@@ -107,16 +90,7 @@ def plan_run(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     pred, _ = run.predictor()
     rows = []
     for b in budgets:
-        anchors = None
-        if cfg.anchors:
-            anchors = measured_anchors(run, shrinker, cfg, b, custom_train_fn)
-            if b == cfg.budget and len(anchors) < len(anchor_points(run, shrinker, cfg, b)):
-                raise DwrpruneError(
-                    f"the run asks for {cfg.anchors} anchor(s) at budget {b:g} and "
-                    f"{len(anchors)} are measured; run `dwrprune anchor --run {run.path}` "
-                    "first (or `dwrprune prune`, which does), or set anchors: 0")
-        sol = solve_budget(pred, shrinker, b, cfg.lower_bounds, cfg.min_gain_sigmas,
-                           anchors or None)
+        sol = solve_budget(pred, shrinker, b, cfg.lower_bounds, cfg.min_gain_sigmas)
         params = shrinker.shrink(sol.best.d, sol.best.w, sol.best.r).params
         rows.append({"budget": b, "solution": sol, "params": params})
     with run.lock():

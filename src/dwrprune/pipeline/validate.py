@@ -84,8 +84,6 @@ def validate_config(cfg) -> None:
     if cfg.latency_target is not None:
         cfg.latency_target.check()  # cuda on a machine without one, say
     _need(cfg.min_gain_sigmas >= 0, f"min_gain_sigmas must be >= 0, got {cfg.min_gain_sigmas}")
-    _need(0 <= cfg.anchors <= 3, f"anchors must be 0 to 3 (one-axis points to fine-tune), "
-          f"got {cfg.anchors}")
     if cfg.lower_bounds is not None:
         _need(len(cfg.lower_bounds) == 3, f"lower_bounds must be [d, w, r], got "
               f"{cfg.lower_bounds}")
