@@ -122,10 +122,13 @@ class Analysis:
         self.base_resolution = resolution or self.spec["input"]["resolution"]
         self.in_channels = self.spec["model"]["in_channels"]
         name = self.spec["model"]["name"]
+        self._meta: nn.Module | None = None
         if min_resolution is None:
             from .models import get_entry
 
-            min_resolution = get_entry(name).min_resolution if name else 8
+            min_resolution = (get_entry(name).min_resolution if name else
+                              8 if self._runs_at(max(8, self.base_resolution * 3 // 4)) else
+                              self.base_resolution)  # a fixed input size (e.g. ViT)
         self.min_resolution = min_resolution
         # Structure (blocks, channel groups) does not depend on the input size for registry
         # models, which all end in adaptive pooling: trace them at a small input, which makes
@@ -138,7 +141,6 @@ class Analysis:
         self.classifier = output_layer(model, x)
         self._groups: list[GroupInfo] | None = None
         self._geom: dict[int, tuple[list[LayerGeom], int]] = {}
-        self._meta: nn.Module | None = None
         self._costs: dict[tuple[int, bool], ChannelCost] = {}
 
     def example_input(self, resolution: int | None = None) -> torch.Tensor:
@@ -168,6 +170,17 @@ class Analysis:
                 "width": {"groups": groups, "why": why or ("" if groups else
                                                             "no prunable channel group")},
                 "resolution": {"base": self.base_resolution, "min": self.min_resolution}}
+
+    def _runs_at(self, resolution: int) -> bool:
+        """Whether the model accepts a ``resolution`` input (shapes only, on the meta
+        device: no arithmetic)."""
+        try:
+            with torch.no_grad():
+                self._meta_model()(torch.zeros(1, self.in_channels, resolution, resolution,
+                                               device="meta"))
+            return True
+        except Exception:  # any failure means: not at this size
+            return False
 
     def _meta_model(self) -> nn.Module:
         """A weightless copy on the meta device: shapes and FLOPs without any arithmetic."""

@@ -1,9 +1,11 @@
 """Removable blocks, found from the traced autograd graph rather than from class names.
 
 A *residual* block is any sub-module whose output is ``input + branch(input)``, possibly
-followed by an activation.  We find them by running one forward pass with hooks that note
-each module's input and output autograd nodes, then checking whether the output node is an
-addition (behind at most a ReLU-like op) with the input node as one operand.  This catches
+followed by an activation, or a chain of such additions on one stream (a transformer-style
+block: ``x = x + attn(norm(x)); x = x + mlp(norm(x))``).  We find them by running one
+forward pass with hooks that note each module's input and output autograd nodes, then
+checking whether the output node is an addition (behind at most a ReLU-like op) with the
+input node as one operand, directly or through further additions.  This catches
 our CIFAR ResNets, torchvision's BasicBlock / Bottleneck / InvertedResidual / MBConv / RegNet
 blocks, and any user module of that shape.
 
@@ -124,7 +126,7 @@ def find_removable_blocks(model: nn.Module, example_input: torch.Tensor,
         operands = [nf[0] for nf in node.next_functions if nf[0] is not None]
         if len(operands) != 2:
             continue
-        if any(_same_node(op, rec["in"]) for op in operands):
+        if _residual_stream_reaches(node, rec["in"]):
             if rec["in_shape"] == rec["out_shape"]:
                 found.append(Block(name, "residual", post=post))
             continue
@@ -141,6 +143,26 @@ def find_removable_blocks(model: nn.Module, example_input: torch.Tensor,
         found = _plain_units(model, records)
     rank = {n: i for i, n in enumerate(order)}
     return sorted(found, key=lambda b: rank.get(b.name, 0))
+
+
+def _residual_stream_reaches(node, recorded_input, max_adds: int = 4) -> bool:
+    """Whether the chain of additions ending at ``node`` has the block input as an operand:
+    ``x + f(x)`` (a residual block), or ``(x + f(x)) + g(x + f(x))`` and so on (a
+    transformer-style block: attention and MLP branches added in turn onto the stream,
+    with stochastic depth and layer scale inside the branches).  Removing such a block
+    leaves its input, as for any residual block."""
+    frontier = [node]
+    for _ in range(max_adds):
+        nxt = []
+        for n in frontier:
+            ops = [nf[0] for nf in n.next_functions if nf[0] is not None]
+            if any(_same_node(op, recorded_input) for op in ops):
+                return True
+            nxt += [op for op in ops if type(op).__name__ == "AddBackward0"]
+        frontier = nxt
+        if not frontier:
+            return False
+    return False
 
 
 def _innermost(blocks: list[Block]) -> list[Block]:

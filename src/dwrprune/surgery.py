@@ -79,7 +79,23 @@ def build_graph(model: nn.Module, example_input: torch.Tensor, ignored: list[str
         raise DwrpruneError(
             f"Torch-Pruning cannot trace {type(model).__name__} for channel pruning: "
             f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
-    return dg, groups
+    kept = [g for g in groups if not _touches_bare_parameter(g)]
+    if len(kept) < len(groups):
+        names = {m: n for n, m in model.named_modules()}
+        skipped = sorted({names.get(g[0][0].target.module, "?") for g in groups
+                          if _touches_bare_parameter(g)})
+        warnings.warn(f"width pruning leaves {len(groups) - len(kept)} channel group(s) of "
+                      f"{type(model).__name__} whole (they reach a parameter outside any "
+                      f"layer, e.g. a class token): rooted at {', '.join(skipped[:6])}",
+                      stacklevel=1)  # one place: shown once per process
+    return dg, kept
+
+
+def _touches_bare_parameter(group) -> bool:
+    """A group that reaches a parameter owned by no layer (a ViT's class token or position
+    embedding): the model's own code sizes such tensors (``hidden_dim`` in a reshape), so
+    the group is left whole rather than pruned into a model that no longer runs."""
+    return any(isinstance(dep.target.module, nn.Parameter) for dep, _ in group)
 
 
 def describe_groups(model: nn.Module, dg, groups) -> list[GroupInfo]:
