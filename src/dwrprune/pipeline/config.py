@@ -86,9 +86,9 @@ class PipelineConfig:
     latency_batch: int = _f(1, "plan", F, "batch size latency is measured at")
     threads: int = _f(1, "plan", F, "CPU threads latency is measured with")
     device: str = _f("cpu", "plan", F, "where latency is measured: cpu | cuda")
-    min_gain_sigmas: float = _f(0.0, "plan", F, "leave the best one-axis point only when the "
+    min_gain_sigmas: float = _f(1.0, "plan", F, "leave the best one-axis point only when the "
                                 "predicted gain exceeds this many standard deviations (0: the "
-                                "predictor's optimum, as the paper does)")
+                                "predictor's optimum always, as the paper does)")
     # final fine-tune
     final_epochs: int = _f(10, "final", F)
     final_lr: float = _f(0.02, "final", F)

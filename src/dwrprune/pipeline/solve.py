@@ -63,10 +63,13 @@ def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
     b = sol.best
     gain, sd = pred.gain((b.d, b.w, b.r), (alt.d, alt.w, alt.r))
     leave = min_gain_sigmas <= 0 or gain > min_gain_sigmas * sd
-    why = (f"predicted gain {100 * gain:+.2f} ± {100 * sd:.2f} points over {name} "
+    same = shrinker.macs(b.d, b.w, b.r) == alt.macs and (b.d, b.r) == (alt.d, alt.r)
+    why = (f"predictor's optimum is {name} itself" if same else
+           f"predicted gain {100 * gain:+.2f} ± {100 * sd:.2f} points over {name} "
            + (f"exceeds {min_gain_sigmas:g} sd: the predictor's optimum" if leave and
               min_gain_sigmas > 0 else "(the rule is off: the predictor's optimum)" if leave
               else f"is within {min_gain_sigmas:g} sd: {name} is kept"))
+    leave = leave and not same
     sol.decision = {"rule_sigmas": min_gain_sigmas, "optimum": asdict(b), "best_one_axis":
                     {"name": name, **asdict(alt)}, "gain": gain, "gain_sd": sd,
                     "chosen": "optimum" if leave else name, "why": why}
