@@ -113,8 +113,8 @@ def render(rows: list[dict], budget: float, runs: list[str]) -> str:
                      f"{100 * p['predicted']:.2f} |")
     lines += ["", f"Best by mean validation accuracy: {s['best_by_val']}.", ""]
     regrets: dict[str, list[tuple[float, float]]] = {}
-    for rd in runs:
-        lines += judge_run(rows, budget, rd, regrets) + [""]
+    for i, rd in enumerate(runs):  # predictor candidates: for the first run folder only
+        lines += judge_run(rows, budget, rd, regrets, candidates=i == 0) + [""]
     if len(runs) > 1:
         lines += [f"Mean regret over the {len(runs)} run folders (pipeline seeds), where every "
                   "run's choice is measured:", "", "| decision rule | runs | mean regret, val "
@@ -127,7 +127,7 @@ def render(rows: list[dict], budget: float, runs: list[str]) -> str:
 
 
 def judge_run(rows: list[dict], budget: float, rd: str,
-              regrets: dict | None = None) -> list[str]:
+              regrets: dict | None = None, candidates: bool = True) -> list[str]:
     """One run folder's choices at ``budget`` under each decision rule, with regret, and
     the Spearman correlation of its predictor with the oracle."""
     from dwrprune.checkpoint import load
@@ -144,17 +144,19 @@ def judge_run(rows: list[dict], budget: float, rd: str,
     mine = summarise_oracle(rows, budget, pred)
     lines = [f"`{rd}`:", "", "| decision rule | chosen (d, w, r) | oracle point | "
              "regret, val (pts) | regret, test (pts) |", "|---|---|---|---|---|"]
+    default = "choice" + (f"-z{cfg.min_gain_sigmas:g}" if cfg.min_gain_sigmas else "")
     for label, x in choice_variants(pred, shr, budget, cfg.lower_bounds).items():
         hit = find_point(mine["points"], x)
         if hit and regrets is not None:
             regrets.setdefault(label, []).append((hit["val_regret"], hit["regret"]))
-        lines.append(f"| {label} | ({x.d:.3f}, {x.w:.3f}, {x.r:.3f}) | "
+        name = label + (" (the run's rule)" if label == default else "")
+        lines.append(f"| {name} | ({x.d:.3f}, {x.w:.3f}, {x.r:.3f}) | "
                      + (f"{hit['label']} | {100 * hit['val_regret']:.2f} | "
                         f"{100 * hit['regret']:.2f} |" if hit else
                         "not measured yet (oracle.py run --run " + rd + ") | | |"))
     lines += ["", f"Spearman(predictor, oracle val) over the iso-cost points: "
               f"{mine['spearman']:.2f}"]
-    return lines + candidate_lines(rows, budget, run, cfg, shr)
+    return lines + (candidate_lines(rows, budget, run, cfg, shr) if candidates else [])
 
 
 def candidate_lines(rows, budget, run, cfg, shr) -> list[str]:

@@ -22,7 +22,16 @@ from .blocks import resolve_blocks
 from .cost import first_conv_in_channels
 from .errors import DwrpruneError
 from .spec import make_spec
-from .surgery import PRUNABLE, GroupInfo, build_graph, describe_groups, output_layer
+from .surgery import (
+    PRUNABLE,
+    GroupInfo,
+    bare_parameter_roots,
+    build_graph,
+    describe_groups,
+    output_layer,
+    root_name,
+    unprunable_groups,
+)
 
 
 def model_spec(model: nn.Module, resolution: int | None, in_channels: int | None) -> dict:
@@ -140,6 +149,7 @@ class Analysis:
         self.blocks = resolve_blocks(model, x, blocks, transitions)
         self.classifier = output_layer(model, x)
         self._groups: list[GroupInfo] | None = None
+        self._whole: frozenset[str] = frozenset()
         self._geom: dict[int, tuple[list[LayerGeom], int]] = {}
         self._costs: dict[tuple[int, bool], ChannelCost] = {}
 
@@ -150,11 +160,22 @@ class Analysis:
 
     def groups(self) -> list[GroupInfo]:
         if self._groups is None:
+            x = self.example_input(self.trace_resolution)
             probe = copy.deepcopy(self.model)
-            dg, groups = build_graph(probe, self.example_input(self.trace_resolution),
-                                     [self.classifier])
+            dg, groups = build_graph(probe, x, [self.classifier])
+            roots = bare_parameter_roots(probe, groups)
+            if roots:
+                self._whole = unprunable_groups(self.model, x, [self.classifier], roots)
+                groups = [g for g in groups if root_name(probe, g) not in self._whole]
             self._groups = describe_groups(probe, dg, groups)
         return self._groups
+
+    @property
+    def whole_groups(self) -> frozenset[str]:
+        """Roots of the channel groups width pruning leaves whole
+        (:func:`~dwrprune.surgery.unprunable_groups`)."""
+        self.groups()
+        return self._whole
 
     def axes(self) -> dict:
         """Which axes this model offers, and why one is missing: removable blocks (depth),

@@ -67,7 +67,7 @@ class Bottlenecks:
     def __init__(self, model: nn.Module, shrinker: Analysis, init: float = 0.9):
         self.model = model
         x = shrinker.example_input(shrinker.trace_resolution)
-        dg, groups = build_graph(model, x, [shrinker.classifier])
+        dg, groups = build_graph(model, x, [shrinker.classifier], shrinker.whole_groups)
         if not groups:
             raise DwrpruneError(f"{type(model).__name__} has no prunable layers for AutoBot")
         self.infos = describe_groups(model, dg, groups)
@@ -265,7 +265,7 @@ def prune_with_masks(model: nn.Module, shrinker: Analysis, bots: Bottlenecks,
         return torch.nonzero(~keep[gi]).flatten().tolist() if gi is not None else []
 
     prune_groups(pruned, shrinker.example_input(shrinker.trace_resolution),
-                 [shrinker.classifier], choose)
+                 [shrinker.classifier], choose, shrinker.whole_groups)
     return pruned
 
 

@@ -97,7 +97,7 @@ class UniformWidth:
     def apply(self, model: nn.Module, shrinker: Shrinker, plan: Plan) -> nn.Module:
         prune_width(model, shrinker.example_input(shrinker.trace_resolution), plan.w,
                     shrinker.channel_criterion, [shrinker.classifier_after(plan.removed)],
-                    shrinker.round_to)
+                    shrinker.round_to, shrinker.whole_groups)
         return model
 
 

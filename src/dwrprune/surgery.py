@@ -9,6 +9,7 @@ here, by :func:`dwrprune.costmath.kept_channels`, so that the exact cost query i
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass, field
 
@@ -66,8 +67,10 @@ def _channel_groups(group) -> int:
     return cg
 
 
-def build_graph(model: nn.Module, example_input: torch.Tensor, ignored: list[str]):
-    """Torch-Pruning dependency graph and its prunable groups (classifier outputs ignored)."""
+def build_graph(model: nn.Module, example_input: torch.Tensor, ignored: list[str],
+                whole: frozenset[str] = frozenset()):
+    """Torch-Pruning dependency graph and its prunable groups (classifier outputs ignored;
+    groups rooted at a layer named in ``whole`` left out: see :func:`unprunable_groups`)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -79,23 +82,48 @@ def build_graph(model: nn.Module, example_input: torch.Tensor, ignored: list[str
         raise DwrpruneError(
             f"Torch-Pruning cannot trace {type(model).__name__} for channel pruning: "
             f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
-    kept = [g for g in groups if not _touches_bare_parameter(g)]
-    if len(kept) < len(groups):
+    if whole:
         names = {m: n for n, m in model.named_modules()}
-        skipped = sorted({names.get(g[0][0].target.module, "?") for g in groups
-                          if _touches_bare_parameter(g)})
-        warnings.warn(f"width pruning leaves {len(groups) - len(kept)} channel group(s) of "
-                      f"{type(model).__name__} whole (they reach a parameter outside any "
-                      f"layer, e.g. a class token): rooted at {', '.join(skipped[:6])}",
-                      stacklevel=1)  # one place: shown once per process
-    return dg, kept
+        groups = [g for g in groups if names.get(g[0][0].target.module) not in whole]
+    return dg, groups
 
 
-def _touches_bare_parameter(group) -> bool:
-    """A group that reaches a parameter owned by no layer (a ViT's class token or position
-    embedding): the model's own code sizes such tensors (``hidden_dim`` in a reshape), so
-    the group is left whole rather than pruned into a model that no longer runs."""
-    return any(isinstance(dep.target.module, nn.Parameter) for dep, _ in group)
+def bare_parameter_roots(model: nn.Module, groups) -> list[str]:
+    """Roots of the groups (of ``model``'s graph) that reach a parameter owned by no layer
+    (a ViT's class token, a ConvNeXt layer scale)."""
+    return [root_name(model, g) for g in groups
+            if any(isinstance(dep.target.module, nn.Parameter) for dep, _ in g)]
+
+
+def unprunable_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str],
+                      roots: list[str]) -> frozenset[str]:
+    """Of the groups rooted at ``roots`` (:func:`bare_parameter_roots`), those whose pruning
+    leaves a model that no longer runs (the model's own code sizes such tensors, e.g.
+    ``hidden_dim`` in a reshape): each is tried alone, half its channels pruned, on a copy.
+    Width pruning leaves these groups whole, with a warning naming them."""
+    broken = set()
+    for root in roots:
+        trial = copy.deepcopy(model)
+        try:
+            prune_groups(trial, example_input, ignored,
+                         lambda group, dg, n, cg, root=root, t=trial:
+                         list(range(n // 2)) if cg == 1 and root_name(t, group) == root
+                         else [])
+            with torch.no_grad():
+                trial.eval()(example_input)
+        except Exception:  # noqa: BLE001 - any failure: the group is left whole
+            broken.add(root)
+    if broken:
+        warnings.warn(f"width pruning leaves {len(broken)} channel group(s) of "
+                      f"{type(model).__name__} whole (pruned, they reach a parameter outside "
+                      f"any layer that the model's code sizes itself, e.g. a class token): "
+                      f"rooted at {', '.join(sorted(broken)[:6])}", stacklevel=2)
+    return frozenset(broken)
+
+
+def root_name(model: nn.Module, group) -> str | None:
+    target = group[0][0].target.module
+    return next((n for n, m in model.named_modules() if m is target), None)
 
 
 def describe_groups(model: nn.Module, dg, groups) -> list[GroupInfo]:
@@ -126,10 +154,10 @@ def describe_groups(model: nn.Module, dg, groups) -> list[GroupInfo]:
 
 
 def prune_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str],
-                 choose) -> None:
+                 choose, whole: frozenset[str] = frozenset()) -> None:
     """Prune every coupled group; ``choose(group, dg, n, ch_groups)`` returns the channel
     indices to remove (an empty list keeps the group whole)."""
-    dg, groups = build_graph(model, example_input, ignored)
+    dg, groups = build_graph(model, example_input, ignored, whole)
     if not groups:
         raise DwrpruneError(f"{type(model).__name__} has no prunable channel groups")
     plans = []
@@ -143,7 +171,8 @@ def prune_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[st
 
 
 def prune_width(model: nn.Module, example_input: torch.Tensor, w: float, criterion,
-                ignored: list[str], round_to: int | None = None) -> None:
+                ignored: list[str], round_to: int | None = None,
+                whole: frozenset[str] = frozenset()) -> None:
     """Keep ``kept_channels(n, w)`` channels of every coupled group, chosen by ``criterion``."""
     if w >= 1.0:
         return
@@ -166,7 +195,7 @@ def prune_width(model: nn.Module, example_input: torch.Tensor, w: float, criteri
             return [g * per + int(j) for g in range(cg) for j in pos]
         return [int(i) for i in torch.argsort(imp)[:n_pruned]]
 
-    prune_groups(model, example_input, ignored, choose)
+    prune_groups(model, example_input, ignored, choose, whole)
     model.zero_grad(set_to_none=True)
 
 
