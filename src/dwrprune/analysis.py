@@ -25,7 +25,6 @@ from .spec import make_spec
 from .surgery import (
     PRUNABLE,
     GroupInfo,
-    bare_parameter_roots,
     build_graph,
     describe_groups,
     output_layer,
@@ -163,10 +162,9 @@ class Analysis:
             x = self.example_input(self.trace_resolution)
             probe = copy.deepcopy(self.model)
             dg, groups = build_graph(probe, x, [self.classifier])
-            roots = bare_parameter_roots(probe, groups)
-            if roots:
-                self._whole = unprunable_groups(self.model, x, [self.classifier], roots)
-                groups = [g for g in groups if root_name(probe, g) not in self._whole]
+            roots = [root_name(probe, g) for g in groups]
+            self._whole = unprunable_groups(self.model, x, [self.classifier], roots)
+            groups = [g for g in groups if root_name(probe, g) not in self._whole]
             self._groups = describe_groups(probe, dg, groups)
         return self._groups
 

@@ -88,37 +88,35 @@ def build_graph(model: nn.Module, example_input: torch.Tensor, ignored: list[str
     return dg, groups
 
 
-def bare_parameter_roots(model: nn.Module, groups) -> list[str]:
-    """Roots of the groups (of ``model``'s graph) that reach a parameter owned by no layer
-    (a ViT's class token, a ConvNeXt layer scale)."""
-    return [root_name(model, g) for g in groups
-            if any(isinstance(dep.target.module, nn.Parameter) for dep, _ in g)]
-
-
 def unprunable_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str],
                       roots: list[str]) -> frozenset[str]:
-    """Of the groups rooted at ``roots`` (:func:`bare_parameter_roots`), those whose pruning
-    leaves a model that no longer runs (the model's own code sizes such tensors, e.g.
-    ``hidden_dim`` in a reshape): each is tried alone, half its channels pruned, on a copy.
-    Width pruning leaves these groups whole, with a warning naming them."""
-    broken = set()
-    for root in roots:
+    """Of the groups rooted at ``roots``, those whose pruning leaves a model that no longer
+    runs: the model's own code sizes some tensors itself (a ViT's ``hidden_dim`` in a reshape
+    of its class token, an attention's head count in a reshape of q, k and v).  All groups
+    are tried at once, half their channels pruned, on a copy; only if that fails is each
+    tried alone.  Width pruning leaves these groups whole, with a warning naming them."""
+
+    def runs(chosen: set[str]) -> bool:
         trial = copy.deepcopy(model)
         try:
             prune_groups(trial, example_input, ignored,
-                         lambda group, dg, n, cg, root=root, t=trial:
-                         list(range(n // 2)) if cg == 1 and root_name(t, group) == root
-                         else [])
+                         lambda group, dg, n, cg: list(range(n // 2))
+                         if cg == 1 and n > 1 and root_name(trial, group) in chosen else [])
             with torch.no_grad():
                 trial.eval()(example_input)
-        except Exception:  # noqa: BLE001 - any failure: the group is left whole
-            broken.add(root)
+            return True
+        except Exception:  # noqa: BLE001 - any failure: the groups are left whole
+            return False
+
+    if runs(set(roots)):
+        return frozenset()
+    broken = frozenset(r for r in roots if not runs({r}))
     if broken:
         warnings.warn(f"width pruning leaves {len(broken)} channel group(s) of "
-                      f"{type(model).__name__} whole (pruned, they reach a parameter outside "
-                      f"any layer that the model's code sizes itself, e.g. a class token): "
+                      f"{type(model).__name__} whole (pruned, the model no longer runs: its "
+                      f"code sizes them itself, e.g. a class token or attention heads): "
                       f"rooted at {', '.join(sorted(broken)[:6])}", stacklevel=2)
-    return frozenset(broken)
+    return broken
 
 
 def root_name(model: nn.Module, group) -> str | None:
