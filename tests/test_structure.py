@@ -345,11 +345,21 @@ class _PlainNet(nn.Module):
         return self.f(x)
 
 
+def _tiny_densenet():
+    """torchvision's DenseNet, tiny: concatenating dense blocks, no removable block yet."""
+    from torchvision.models.densenet import DenseNet
+
+    return DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2,
+                    num_classes=10)
+
+
 @pytest.mark.slow
-def test_pipeline_runs_over_the_axes_a_model_has_and_the_report_says_so(tmp_path, tiny_options):
+@pytest.mark.parametrize("make", [_PlainNet, _tiny_densenet])
+def test_pipeline_runs_over_the_axes_a_model_has_and_the_report_says_so(tmp_path, tiny_options,
+                                                                         make):
     torch.manual_seed(0)
     opts = {k: v for k, v in tiny_options.items() if k != "data"}
-    res = dwrprune.prune(_PlainNet(), "synthetic", out=tmp_path / "run", progress="never",
+    res = dwrprune.prune(make(), "synthetic", out=tmp_path / "run", progress="never",
                          example_inputs=torch.zeros(2, 3, 16, 16), **opts)
     assert res.point["d"] == 1.0 and res.report["macs"] <= 0.5 * res.report["original_macs"]
     report = res.report_path.read_text()

@@ -263,6 +263,12 @@ class Predictor:
                          d.get("jackknife", []), d.get("noise_sd"))
 
 
+def min_samples(families: list[str]) -> int:
+    """Samples the smallest candidate of ``families`` needs (degree 1, rank 1), room for a
+    held-out sample and an error estimate included."""
+    return min(make_polynomial(f, 1).n_params for f in families) + 2
+
+
 def fit_predictor(X, y, keys: list[str] | None = None, families=FAMILIES, max_degree: int = 3,
                   max_rank: int = 2, monotone: str = "prefer",
                   noise_sd: float | None = None) -> Predictor:
@@ -291,7 +297,7 @@ def fit_predictor(X, y, keys: list[str] | None = None, families=FAMILIES, max_de
                 if p.n_params <= len(y) - 2:  # leave room for the held-out sample and error
                     specs.append((f, k, rk))
     if not specs:
-        smallest = min(make_polynomial(f, 1).n_params for f in families)
+        smallest = min_samples(families) - 2
         raise DwrpruneError(
             f"too few samples to fit the predictor: {len(y)} samples, the smallest candidate "
             f"({', '.join(families)}, degree 1) needs at least {smallest + 2}; collect more "

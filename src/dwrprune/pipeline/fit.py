@@ -8,14 +8,24 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DwrpruneError
-from ..predictor import Predictor, fit_predictor
+from ..predictor import Predictor, fit_predictor, min_samples
 from ..store import SampleStore
 from .config import PipelineConfig
 from .run import Run
 
 
 def fit_samples(store: SampleStore, cfg: PipelineConfig) -> tuple[Predictor, dict]:
-    """Stage 2: fit the MAP on the non-holdout samples; score it on the holdout points."""
+    """Stage 2: fit the MAP on the non-holdout samples; score it on the holdout points.
+    With ``fit_mixed`` off the mixed points are held out too, unless the chains alone are
+    too few for the smallest candidate (then they join the fit, with a warning)."""
+    if not cfg.fit_mixed:
+        chains = store.samples(kinds=("original", "chain") + (
+            ("bn_recal",) if cfg.fit_bn_samples else ()))
+        if chains and len(chains) < min_samples(cfg.families):
+            tqdm.write(f"warning: {len(chains)} chain samples are too few to fit on the chains "
+                       f"alone (at least {min_samples(cfg.families)}); the mixed points join "
+                       "the fit")
+            cfg = cfg.replace(fit_mixed=True)
     kinds = (("original", "chain") + (("mixed",) if cfg.fit_mixed else ())
              + (("bn_recal",) if cfg.fit_bn_samples else ()))
     train_s = store.samples(kinds=kinds)
