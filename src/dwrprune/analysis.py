@@ -137,6 +137,8 @@ class Analysis:
             min_resolution = (get_entry(name).min_resolution if name else
                               8 if self._runs_at(max(8, self.base_resolution * 3 // 4)) else
                               self.base_resolution)  # a fixed input size (e.g. ViT)
+            if min_resolution < self.base_resolution and not self._runs_at(min_resolution):
+                min_resolution = self.base_resolution  # e.g. MaxViT's fixed partitions
         self.min_resolution = min_resolution
         # Structure (blocks, channel groups) does not depend on the input size for registry
         # models, which all end in adaptive pooling: trace them at a small input, which makes
