@@ -25,6 +25,7 @@ from .pipeline import (
     solve_budget,
 )
 from .shrink import Shrinker
+from .solver import BudgetOutOfReach
 from .surgery import record_layer_changes
 
 
@@ -134,8 +135,11 @@ class ThreeD:
         t0 = time.perf_counter()
         p = ctx.prepared[("3d", seed)]
         cfg = ctx.pipeline.replace(seed=seed)
-        sol = solve_budget(p["predictor"], self.shrinker(model, seed, ctx), budget,
-                           cfg.lower_bounds, cfg.min_gain_sigmas)
+        try:
+            sol = solve_budget(p["predictor"], self.shrinker(model, seed, ctx), budget,
+                               cfg.lower_bounds, cfg.min_gain_sigmas)
+        except BudgetOutOfReach:
+            raise Infeasible from None
         return (sol.best.d, sol.best.w, sol.best.r), time.perf_counter() - t0
 
     def prune(self, model, budget, seed, ctx) -> Pruned:

@@ -25,6 +25,9 @@ from .costmath import approx_cost_ratio
 from .errors import DwrpruneError
 
 
+class BudgetOutOfReach(DwrpruneError):
+    """No realisable point within the bounds fits the budget."""
+
 @dataclass
 class ContinuousOptimum:
     d: float
@@ -93,7 +96,7 @@ def solve_continuous(F: Callable[[float, float, float], float], budget: float,
     if approx_cost_ratio(*hi) < budget - 1e-12:
         raise DwrpruneError(f"budget {budget:g} exceeds what the upper bounds allow")
     if approx_cost_ratio(*lo) > budget + 1e-12:
-        raise DwrpruneError(
+        raise BudgetOutOfReach(
             f"budget {budget:g} is below what the bounds allow: at the lower bounds "
             f"d={lo[0]:.2f} w={lo[1]:.2f} r={lo[2]:.2f} the model still costs "
             f"{approx_cost_ratio(*lo):.3f} of its MACs; lower the bounds (collect samples "
@@ -115,7 +118,8 @@ def solve_continuous(F: Callable[[float, float, float], float], budget: float,
         if best is None or -res.fun > -best.fun:
             best = res
     if best is None:
-        raise DwrpruneError(f"no feasible point found for budget {budget:g} within the bounds")
+        raise BudgetOutOfReach(f"no feasible point found for budget {budget:g} within the "
+                               "bounds")
     x = np.clip(best.x, lo, hi)
     gF, gC = _grad(f, x), _grad(lambda z: approx_cost_ratio(*z), x)
     free = (x > lo + 1e-6) & (x < hi - 1e-6)
@@ -180,7 +184,7 @@ def refine(F: Callable, macs_of: Callable[[float, float, float], int], base_macs
             out.append(Candidate(d, a, r, round(d * n_blocks), px, m, m / base_macs,
                                  float(F(d, a, r))))
     if not out:
-        raise DwrpruneError(
+        raise BudgetOutOfReach(
             f"no realisable point near the optimum fits budget {budget:g} (exact MACs); the "
             f"smallest nearby point costs more. Lower the bounds or raise the budget")
     out.sort(key=lambda c: -c.predicted)
