@@ -102,6 +102,8 @@ def _worker(name, points, seed, queue):
 
 
 def cmd_run(args) -> None:
+    from dwrprune.bench import append_row
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "coverage.csv"
@@ -127,12 +129,7 @@ def cmd_run(args) -> None:
             row = queue.get() if not queue.empty() else {"status": "fail",
                                                           "note": f"exit {proc.exitcode}"}
         row = {"model": name, "family": family, **row}
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=FIELDS)
-            if new:
-                w.writeheader()
-            w.writerow({k: row.get(k, "") for k in FIELDS})
+        append_row(path, row, FIELDS)
         print(f"[coverage] {name:30s} {row['status']:8s} axes={row.get('axes', '')} "
               f"exact={row.get('exact', '')}/{row.get('points', '')} "
               f"({time.perf_counter() - t0:.0f} s) {row.get('note', '')[:100]}", flush=True)
