@@ -27,8 +27,8 @@ from .surgery import (
     GroupInfo,
     build_graph,
     describe_groups,
+    group_roots,
     output_layer,
-    root_name,
     unprunable_groups,
 )
 
@@ -164,9 +164,9 @@ class Analysis:
             x = self.example_input(self.trace_resolution)
             probe = copy.deepcopy(self.model)
             dg, groups = build_graph(probe, x, [self.classifier])
-            roots = [root_name(probe, g) for g in groups]
+            roots = group_roots(probe, groups)
             self._whole = unprunable_groups(self.model, x, [self.classifier], roots)
-            groups = [g for g in groups if root_name(probe, g) not in self._whole]
+            groups = [g for g, root in zip(groups, roots) if root not in self._whole]
             self._groups = describe_groups(probe, dg, groups)
         return self._groups
 

@@ -33,6 +33,7 @@ from .engine import TrainConfig
 from .errors import DwrpruneError
 from .executors import Executor, LocalExecutor, Node, PortableModel, raise_failures, run_graph
 from .pipeline import DataSource, Run, build_shrinker, largest_under, one_axis_point, solve_budget
+from .pipeline.points import ONE_AXIS
 from .shrink import Shrinker
 
 FIELDS = ["budget", "label", "kind", "d", "w", "r", "kept_blocks", "resolution", "macs_ratio",
@@ -72,7 +73,7 @@ def surface_points(shr: Shrinker, budget: float, depths: list[float],
                            budget - tol <= ratio <= budget)
 
     pts = []
-    for name, axis in (("width-only", "w"), ("depth-only", "d"), ("resolution-only", "r")):
+    for name, axis in ONE_AXIS:
         p = one_axis_point(shr, axis, budget)
         if p is not None:
             pts.append(point(name, name, *p))
@@ -123,9 +124,6 @@ class OracleJob:
         kept = len(shr.blocks) - len(out.spec["arch"]["removed_blocks"])
         return {**asdict(p), **scores, "seed": seed, "kept_blocks": kept, "resolution": res,
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
-
-
-ONE_AXIS = ("width-only", "depth-only", "resolution-only")
 
 
 def choice_variants(pred, shr: Shrinker, budget: float, lower,
@@ -260,6 +258,6 @@ def default_grid(shr: Shrinker) -> tuple[list[float], list[float]]:
     return depths, res
 
 
-__all__ = ["FIELDS", "ONE_AXIS", "OraclePoint", "choice_variants", "default_grid",
+__all__ = ["FIELDS", "OraclePoint", "choice_variants", "default_grid",
            "read_rows", "run_oracle",
            "solve_width", "summarise_oracle", "surface_points"]

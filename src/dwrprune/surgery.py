@@ -83,9 +83,14 @@ def build_graph(model: nn.Module, example_input: torch.Tensor, ignored: list[str
             f"Torch-Pruning cannot trace {type(model).__name__} for channel pruning: "
             f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
     if whole:
-        names = {m: n for n, m in model.named_modules()}
-        groups = [g for g in groups if names.get(g[0][0].target.module) not in whole]
+        groups = [g for g, root in zip(groups, group_roots(model, groups)) if root not in whole]
     return dg, groups
+
+
+def group_roots(model: nn.Module, groups) -> list[str | None]:
+    """The module path of each group's root layer."""
+    names = {m: n for n, m in model.named_modules()}
+    return [names.get(g[0][0].target.module) for g in groups]
 
 
 def unprunable_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str],
@@ -100,8 +105,8 @@ def unprunable_groups(model: nn.Module, example_input: torch.Tensor, ignored: li
         trial = copy.deepcopy(model)
         try:
             prune_groups(trial, example_input, ignored,
-                         lambda group, dg, n, cg: list(range(n // 2))
-                         if cg == 1 and n > 1 and root_name(trial, group) in chosen else [])
+                         lambda group, dg, n, cg: list(range(n // 2)) if cg == 1 and n > 1
+                         else [], whole=frozenset(roots) - chosen)
             with torch.no_grad():
                 trial.eval()(example_input)
             return True
@@ -117,11 +122,6 @@ def unprunable_groups(model: nn.Module, example_input: torch.Tensor, ignored: li
                       f"code sizes them itself, e.g. a class token or attention heads): "
                       f"rooted at {', '.join(sorted(broken)[:6])}", stacklevel=2)
     return broken
-
-
-def root_name(model: nn.Module, group) -> str | None:
-    target = group[0][0].target.module
-    return next((n for n, m in model.named_modules() if m is target), None)
 
 
 def describe_groups(model: nn.Module, dg, groups) -> list[GroupInfo]:

@@ -18,17 +18,15 @@ def fit_samples(store: SampleStore, cfg: PipelineConfig) -> tuple[Predictor, dic
     """Stage 2: fit the MAP on the non-holdout samples; score it on the holdout points.
     With ``fit_mixed`` off the mixed points are held out too, unless the chains alone are
     too few for the smallest candidate (then they join the fit, with a warning)."""
+    chain_kinds = ("original", "chain") + (("bn_recal",) if cfg.fit_bn_samples else ())
     if not cfg.fit_mixed:
-        chains = store.samples(kinds=("original", "chain") + (
-            ("bn_recal",) if cfg.fit_bn_samples else ()))
+        chains = store.samples(kinds=chain_kinds)
         if chains and len(chains) < min_samples(cfg.families):
             tqdm.write(f"warning: {len(chains)} chain samples are too few to fit on the chains "
                        f"alone (at least {min_samples(cfg.families)}); the mixed points join "
                        "the fit")
             cfg = cfg.replace(fit_mixed=True)
-    kinds = (("original", "chain") + (("mixed",) if cfg.fit_mixed else ())
-             + (("bn_recal",) if cfg.fit_bn_samples else ()))
-    train_s = store.samples(kinds=kinds)
+    train_s = store.samples(kinds=chain_kinds + (("mixed",) if cfg.fit_mixed else ()))
     if not train_s:
         raise DwrpruneError(f"no samples in {store.path}; run the collect stage first")
     X = np.array([[s.d, s.w, s.r] for s in train_s])

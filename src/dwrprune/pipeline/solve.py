@@ -11,7 +11,7 @@ from ..predictor import Predictor
 from ..shrink import Shrinker
 from ..solver import Candidate, Solution, solve
 from .config import PipelineConfig
-from .points import one_axis_point
+from .points import ONE_AXIS, one_axis_point
 from .run import Run
 
 
@@ -53,8 +53,7 @@ def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
     base = shrinker.macs(1, 1, 1)
     sol = solve(pred, shrinker.macs, base, budget, tuple(lo),
                 len(shrinker.blocks), shrinker.base_resolution, shrinker.min_resolution)
-    alts = {name: _candidate(pred, shrinker, p) for name, axis in
-            (("width-only", "w"), ("depth-only", "d"), ("resolution-only", "r"))
+    alts = {name: _candidate(pred, shrinker, p) for name, axis in ONE_AXIS
             if (p := one_axis_point(shrinker, axis, budget)) is not None
             and all(v >= low - 1e-9 for v, low in zip(p, lo))}  # where it is fitted
     if not alts:
@@ -63,7 +62,7 @@ def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
     b = sol.best
     gain, sd = pred.gain((b.d, b.w, b.r), (alt.d, alt.w, alt.r))
     leave = min_gain_sigmas <= 0 or gain > min_gain_sigmas * sd
-    same = shrinker.macs(b.d, b.w, b.r) == alt.macs and (b.d, b.r) == (alt.d, alt.r)
+    same = (b.d, b.r, b.macs) == (alt.d, alt.r, alt.macs)  # the same pruned model
     why = (f"predictor's optimum is {name} itself" if same else
            f"predicted gain {100 * gain:+.2f} ± {100 * sd:.2f} points over {name} "
            + (f"exceeds {min_gain_sigmas:g} sd: the predictor's optimum" if leave and
