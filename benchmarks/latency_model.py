@@ -5,8 +5,10 @@
         [--update-readme]
 
 For each batch size: measure the original and ``fit + heldout`` shrunk models spread over
-the (d, w, r) box (Latin hypercube), fit the model on the first ``fit``, and report its error
-on the held-out ones.  Writes OUT/points.csv (every measured point) and OUT/table.md.
+the (d, w, r) box (Latin hypercube), fit both kinds of latency model (whole-network totals,
+per-layer lookup table) on the first ``fit``, and report each one's leave-one-out error on
+the fit points (what ``kind="auto"`` chooses by) and its error on the held-out ones.  Writes
+OUT/points.csv (every measured point, with both models' values) and OUT/table.md.
 """
 
 from __future__ import annotations
@@ -32,30 +34,36 @@ def main() -> None:
 
     import dwrprune
     from dwrprune.cost import machine_stamp
-    from dwrprune.latency import LatencyTarget, build_latency_model
+    from dwrprune.latency import FEATURES, LatencyTarget, fit_latency_model, measure_design
 
     model = dwrprune.load(dwrprune.pretrained.resolve(args.checkpoint))
     shr = dwrprune.Shrinker(model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    lines = ["| target | original (ms) | fit points | held-out points | held-out median "
-             "error | held-out mean error | worst |", "|---|---|---|---|---|---|---|"]
+    lines = ["| target | latency model | original (ms) | fit points | held-out points | "
+             "LOO median error (fit points) | held-out median error | held-out mean error | "
+             "worst | kept by auto |", "|---|---|---|---|---|---|---|---|---|---|"]
     for b in (int(x) for x in args.batches.split(",")):
         target = LatencyTarget("cpu", b, args.threads)
-        lm = build_latency_model(shr, target, args.fit, args.heldout, repeats=args.repeats,
-                                 progress=print)
-        held = [p for p in lm.points if p["use"] == "heldout"]
-        worst = max(abs(lm(shr, p["d"], p["w"], p["r"]) - p["median_ms"]) / p["median_ms"]
-                    for p in held)
-        for p in lm.points:
+        design = measure_design(shr, target, args.fit, args.heldout, repeats=args.repeats,
+                                progress=print)
+        models = {k: fit_latency_model(shr, target, design, k) for k in FEATURES}
+        kept = min(models, key=lambda k: models[k].errors[k]["loo_median_ape"])
+        for p in design:
             rows.append({"target": target.key(), **{k: p[k] for k in (
                 "d", "w", "r", "resolution", "macs", "activations", "weights", "layers",
                 "median_ms", "p25_ms", "p75_ms", "use")},
-                "modelled_ms": lm(shr, p["d"], p["w"], p["r"])})
-        lines.append(f"| {target.key()} | {lm.original_ms:.2f} | {args.fit} | {len(held)} | "
-                     f"{100 * lm.heldout_median_ape:.1f}% | {100 * lm.heldout_mape:.1f}% | "
-                     f"{100 * worst:.1f}% |")
+                **{f"modelled_ms_{k}": lm(shr, p["d"], p["w"], p["r"])
+                   for k, lm in models.items()}})
+        for k, lm in models.items():
+            e = lm.errors[k]
+            lines.append(f"| {target.key()} | {k} | {lm.original_ms:.2f} | {args.fit} | "
+                         f"{args.heldout} | {100 * e['loo_median_ape']:.1f}% | "
+                         f"{100 * e['heldout_median_ape']:.1f}% | "
+                         f"{100 * e['heldout_mape']:.1f}% | "
+                         f"{100 * e['heldout_worst_ape']:.1f}% | "
+                         f"{'yes' if k == kept else ''} |")
     stamp = machine_stamp()
     lines.append(f"\nMeasured with torch {stamp['torch']} on {stamp['cpu']}, "
                  f"{args.threads} thread(s), median of {args.repeats} runs per point.")

@@ -1,6 +1,8 @@
 """Latency budgets: the structure a latency model is fitted on, the model, the choice under a
 latency budget (stepped down when the measured latency overshoots) and bad input."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -39,15 +41,52 @@ def test_structure_is_exact_on_the_shrunk_model(shr, point):
     assert s["macs"] == out.macs
 
 
-def test_latency_model_fits_and_reports_held_out_error(shr):
-    lm = L.build_latency_model(shr, L.LatencyTarget(), n_fit=8, n_heldout=4, repeats=3)
+@pytest.mark.parametrize("kind", ["auto", "features", "lut"])
+def test_latency_model_fits_and_reports_held_out_error(shr, kind):
+    lm = L.build_latency_model(shr, L.LatencyTarget(), n_fit=8, n_heldout=4, repeats=3,
+                               kind=kind)
     assert len(lm.points) == 12 and lm.heldout_mape is not None
+    kinds = ["features", "lut"] if kind == "auto" else [kind]
+    assert sorted(lm.errors) == kinds and lm.kind in kinds
+    assert lm.errors[lm.kind]["loo_median_ape"] == min(e["loo_median_ape"]
+                                                       for e in lm.errors.values())
+    assert lm.heldout_median_ape == lm.errors[lm.kind]["heldout_median_ape"]
+    assert len(lm.coef) == len(L.FEATURES[lm.kind])
     assert all(c >= 0 for c in lm.coef)  # every cost term adds time
-    assert lm(shr, 1, 1, 1) > lm(shr, 0.5, 0.5, 0.5) > 0
-    again = L.LatencyModel.from_dict(lm.to_dict())
-    assert again(shr, 0.5, 0.6, 0.75) == pytest.approx(lm(shr, 0.5, 0.6, 0.75))
+    value = lm(shr, 0.5, 0.6, 0.75)  # a lut model times the new layer shapes and keeps them
+    again = L.LatencyModel.from_dict(json.loads(json.dumps(lm.to_dict())))
+    assert again.kind == lm.kind and again(shr, 0.5, 0.6, 0.75) == pytest.approx(value)
     with pytest.raises(DwrpruneError, match="built for cpu-b1-t1, not cpu-b64-t1"):
         again.check_target(L.LatencyTarget("cpu", 64, 1))
+
+
+def test_layer_table_times_each_kept_layer_shape_once(shr):
+    table = L.LayerTable(L.LatencyTarget(), repeats=2)
+    res, layers = shr.kept_layers(0.5, 0.5, 0.75)
+    out = shr.shrink(0.5, 0.5, 0.75)
+    convs = [m for m in out.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == len(convs) and res == out.spec["input"]["resolution"]
+    for g, cin, cout in layers:  # the shrunk model keeps the names of the layers it keeps
+        m = out.model.get_submodule(g.name)
+        assert (cin, cout) == ((m.in_channels, m.out_channels) if isinstance(m, nn.Conv2d)
+                               else (m.in_features, m.out_features))
+    total = table.total_ms(shr, 0.5, 0.5, 0.75)
+    keys = {table.key(shr, g, cin, cout, res) for g, cin, cout in layers}
+    assert set(table.entries) == keys and total > 0
+    # a second query of the same point reads the table: same sum, nothing timed again
+    before = dict(table.entries)
+    assert table.total_ms(shr, 0.5, 0.5, 0.75) == total and table.entries == before
+    # the full model has more and larger layers: its sum is larger
+    assert L.LayerTable(L.LatencyTarget(), repeats=5).total_ms(shr, 1, 1, 1) > total
+
+
+def test_latency_model_kind_is_checked(shr):
+    with pytest.raises(DwrpruneError, match="kind must be auto, features or lut"):
+        L.build_latency_model(shr, L.LatencyTarget(), kind="table")
+    bad = {"target": {"device": "cpu", "batch": 1, "threads": 1}, "kind": "lut",
+           "coef": [1.0], "original_ms": 1.0}
+    with pytest.raises(DwrpruneError, match="rebuild it"):
+        L.LatencyModel.from_dict(bad)
 
 
 def _fake_model(shr):

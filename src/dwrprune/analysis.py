@@ -88,6 +88,11 @@ class ChannelCost:
                 per_group = cin // g.groups if isinstance(cin, int) else cin / g.groups
             yield g, cin, cout, per_group
 
+    def kept(self, counts=(), dropped: frozenset[str] | set[str] = frozenset()
+             ) -> list[tuple[LayerGeom, int, int]]:
+        """Each kept layer's geometry with its kept input and output channels."""
+        return [(g, cin, cout) for g, cin, cout, _ in self._layers(counts, dropped)]
+
     def __call__(self, counts=(), dropped: frozenset[str] | set[str] = frozenset()):
         total = 0
         for g, _, cout, per_group in self._layers(counts, dropped):
@@ -152,6 +157,7 @@ class Analysis:
         self._groups: list[GroupInfo] | None = None
         self._whole: frozenset[str] = frozenset()
         self._geom: dict[int, tuple[list[LayerGeom], int]] = {}
+        self._inputs: dict[int, dict[str, tuple[int, ...]]] = {}
         self._costs: dict[tuple[int, bool], ChannelCost] = {}
 
     def example_input(self, resolution: int | None = None) -> torch.Tensor:
@@ -218,9 +224,11 @@ class Analysis:
         if resolution not in self._geom:
             model = self._meta_model()
             layers: list[LayerGeom] = []
+            inputs: dict[str, tuple[int, ...]] = {}
 
             def hook(name):
                 def f(mod, args, out):
+                    inputs[name] = tuple(args[0].shape[1:])
                     if isinstance(mod, nn.Conv2d):
                         layers.append(LayerGeom(name, "conv", mod.in_channels, mod.out_channels,
                                                 mod.groups, math.prod(mod.kernel_size),
@@ -243,7 +251,14 @@ class Analysis:
                     h.remove()
             modelled = ChannelCost(layers, [])()
             self._geom[resolution] = (layers, counter.get_total_flops() // 2 - modelled)
+            self._inputs[resolution] = inputs
         return self._geom[resolution]
+
+    def layer_input(self, resolution: int, name: str) -> tuple[int, ...]:
+        """The input shape (without the batch) of conv/linear layer ``name`` of the unpruned
+        model at ``resolution``."""
+        self.geometry(resolution)
+        return self._inputs[resolution][name]
 
     def channel_cost(self, resolution: int, width_pruned: bool = True) -> ChannelCost:
         """The MACs formula at ``resolution`` (over the channel groups if widths change)."""

@@ -104,6 +104,31 @@ def check_device(device: str) -> torch.device:
 
 
 @torch.inference_mode()
+def time_forward(module: nn.Module, x: torch.Tensor, threads: int = 1, warmup: int = 5,
+                 repeats: int = 20) -> list[float]:
+    """Wall-clock milliseconds of ``repeats`` forward passes of ``module`` on ``x`` (both on
+    the same device) with ``threads`` CPU threads, after ``warmup`` passes; a CUDA device is
+    timed with synchronisation."""
+    if threads < 1 or repeats < 1:
+        raise DwrpruneError(f"threads and repeats must be >= 1, got {threads}, {repeats}")
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(warmup):
+            module(x)
+        sync()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            module(x)
+            sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(old_threads)
+    return times
+
+
 def measure_latency(model: nn.Module, resolution: int, batch_size: int = 1,
                     in_channels: int | None = None, threads: int = 1, warmup: int = 5,
                     repeats: int = 20, device: str = "cpu") -> Latency:
@@ -115,25 +140,13 @@ def measure_latency(model: nn.Module, resolution: int, batch_size: int = 1,
         raise DwrpruneError(f"threads, batch size and repeats must be >= 1, got {threads}, "
                             f"{batch_size}, {repeats}")
     dev = check_device(device)
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     was_training = model.training
     home = next(model.parameters()).device
     model.eval().to(dev)
     x = torch.randn(batch_size, in_channels, resolution, resolution, device=dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     try:
-        for _ in range(warmup):
-            model(x)
-        sync()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            sync()
-            times.append((time.perf_counter() - t0) * 1e3)
+        times = time_forward(model, x, threads, warmup, repeats)
     finally:
-        torch.set_num_threads(old_threads)
         model.to(home).train(was_training)
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return Latency(batch_size, threads, statistics.median(times), min(times), repeats,

@@ -3,33 +3,42 @@
 
 Shrinking is fast, so the latency model is fitted to real shrunk models measured on the
 target (device, batch size, threads): a design of (d, w, r) points spread over the box, each
-shrunk and timed (warm-up, fixed threads, median of repeats).  Latency is modelled as a
-non-negative combination of what a forward pass does, all exact for any (d, w, r) without
-building the model (:meth:`dwrprune.shrink.Shrinker.structure`):
+shrunk and timed (warm-up, fixed threads, median of repeats).  Two kinds of model are fitted
+to the same measurements, each a non-negative combination of terms that are exact for any
+(d, w, r) without building the model (:meth:`dwrprune.shrink.Shrinker.structure`):
 
-    L = t0 + t_mac * MACs + t_act * output elements + t_wt * weights + t_layer * layers
+- ``features``: L = t0 + t_mac * MACs + t_act * output elements + t_wt * weights
+  + t_layer * layers;
+- ``lut``: L = t0 + a * (sum of the kept conv and linear layers' times, each layer shape
+  timed alone on the target and kept in a lookup table, as NetAdapt and HALP do for width)
+  + t_act * output elements + t_layer * layers; the table sees what totals cannot, such as
+  where in the network the work sits and channel counts the kernels handle badly.
 
-times the batch for the per-image terms.  Held-out points report its error.  The three axes
-cost differently on different targets (depth removes whole layers and their overheads,
-resolution shrinks activations, width shrinks both MACs and memory), which is what the fit
-learns per target.
+The kind with the smaller leave-one-out error on the fitted points is kept (``kind="auto"``);
+held-out points report both kinds' error.  The three axes cost differently on different
+targets (depth removes whole layers and their overheads, resolution shrinks activations,
+width shrinks both MACs and memory), which is what the fit learns per target.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 from scipy.optimize import nnls
+from torch import nn
 
-from .cost import check_device, measure_latency
+from .cost import check_device, measure_latency, time_forward
 from .errors import DwrpruneError
 from .shrink import Shrinker
 
-FEATURES = ("bias", "macs", "activations", "weights", "layers")
+FEATURES = {"features": ("bias", "macs", "activations", "weights", "layers"),
+            "lut": ("bias", "layer_table_ms", "activations", "layers")}
 
 
 class LatencyOutOfReach(DwrpruneError):
@@ -63,9 +72,73 @@ def measure_ms(model, resolution: int, target: LatencyTarget, repeats: int = 20,
     return {"median_ms": lat.median_ms, "p25_ms": lat.p25_ms, "p75_ms": lat.p75_ms}
 
 
-def _features(s: dict) -> np.ndarray:
+class LayerTable:
+    """Per-layer lookup table: the time of each conv and linear layer shape on the target,
+    measured alone (median of ``repeats``) the first time a query needs it and kept, so
+    :meth:`total_ms` is a sum of table entries.  Entries are keyed by the layer's full shape
+    (channels, kernel, stride, padding, dilation, groups, bias, input size), so a table is
+    valid for any model on its target."""
+
+    def __init__(self, target: LatencyTarget, entries: dict[str, float] | None = None,
+                 repeats: int = 10):
+        self.target, self.entries, self.repeats = target, dict(entries or {}), repeats
+
+    @staticmethod
+    def key(shr: Shrinker, g, cin: int, cout: int, resolution: int) -> str:
+        mod = shr.model.get_submodule(g.name)
+        shape = shr.layer_input(resolution, g.name)
+        if g.kind == "linear":
+            return json.dumps(["linear", cin, cout, g.positions, mod.bias is not None])
+        groups = cin if g.groups > 1 and g.groups == g.in_ch == g.out_ch else g.groups
+        return json.dumps(["conv", cin, cout, list(mod.kernel_size), list(mod.stride),
+                           mod.padding if isinstance(mod.padding, str) else list(mod.padding),
+                           list(mod.dilation), groups, mod.bias is not None,
+                           list(shape[-2:])])
+
+    def layer_ms(self, key: str) -> float:
+        if key not in self.entries:
+            kind, cin, cout, *rest = json.loads(key)
+            b, dev = self.target.batch, check_device(self.target.device)
+            if kind == "linear":
+                rows, bias = rest
+                layer, x = nn.Linear(cin, cout, bias), torch.randn(b * rows, cin)
+            else:
+                k, stride, pad, dil, groups, bias, hw = rest
+                layer = nn.Conv2d(cin, cout, k, stride, pad, dil, groups, bias)
+                x = torch.randn(b, cin, *hw)
+            layer, x = layer.eval().to(dev), x.to(dev)
+            times = time_forward(layer, x, self.target.threads, warmup=3,
+                                 repeats=self.repeats)
+            self.entries[key] = statistics.median(times)
+        return self.entries[key]
+
+    def total_ms(self, shr: Shrinker, d: float, w: float, r: float) -> float:
+        res, layers = shr.kept_layers(d, w, r)
+        return sum(self.layer_ms(self.key(shr, g, cin, cout, res)) for g, cin, cout in layers)
+
+
+def _features(kind: str, shr: Shrinker, d: float, w: float, r: float,
+              table: LayerTable | None) -> np.ndarray:
+    s = shr.structure(d, w, r)
+    if kind == "lut":
+        return np.array([1.0, table.total_ms(shr, d, w, r), s["activations"] / 1e4,
+                         s["layers"]], float)
     return np.array([1.0, s["macs"] / 1e6, s["activations"] / 1e4, s["weights"] / 1e4,
                      s["layers"]], float)
+
+
+def _fit(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares (every cost term adds time), on scaled columns."""
+    scale = np.maximum(np.abs(A).max(0), 1e-12)
+    coef, _ = nnls(A / scale, y)
+    return coef / scale
+
+
+def _loo_ape(A: np.ndarray, y: np.ndarray) -> float:
+    """Median absolute percentage error of leave-one-out refits."""
+    idx = np.arange(len(y))
+    return float(np.median([abs(A[i] @ _fit(A[idx != i], y[idx != i]) - y[i]) / y[i]
+                            for i in idx]))
 
 
 @dataclass
@@ -78,29 +151,38 @@ class LatencyModel:
     points: list[dict] = field(default_factory=list)  # the measured design (fit + held out)
     heldout_mape: float | None = None
     heldout_median_ape: float | None = None
+    kind: str = "features"
+    table: LayerTable | None = None
+    errors: dict = field(default_factory=dict)  # per kind: LOO and held-out errors
 
     def __call__(self, shr: Shrinker, d: float, w: float, r: float) -> float:
-        return float(_features(shr.structure(d, w, r)) @ np.asarray(self.coef))
+        return float(_features(self.kind, shr, d, w, r, self.table) @ np.asarray(self.coef))
 
     def to_dict(self) -> dict:
-        return {"target": asdict(self.target), "features": list(FEATURES), "coef": self.coef,
+        return {"target": asdict(self.target), "kind": self.kind,
+                "features": list(FEATURES[self.kind]), "coef": self.coef,
                 "original_ms": self.original_ms, "points": self.points,
                 "heldout_mape": self.heldout_mape,
-                "heldout_median_ape": self.heldout_median_ape}
+                "heldout_median_ape": self.heldout_median_ape, "errors": self.errors,
+                "layer_table": None if self.table is None else self.table.entries}
 
     @staticmethod
     def from_dict(d: dict) -> LatencyModel:
-        return LatencyModel(LatencyTarget(**d["target"]), d["coef"], d["original_ms"],
-                            d.get("points", []), d.get("heldout_mape"),
-                            d.get("heldout_median_ape"))
+        target = LatencyTarget(**d["target"])
+        kind = d.get("kind", "features")
+        if kind not in FEATURES or len(d["coef"]) != len(FEATURES[kind]):
+            raise DwrpruneError(f"latency model of unknown kind {kind!r} or with "
+                                f"{len(d['coef'])} coefficients; rebuild it")
+        table = LayerTable(target, d.get("layer_table")) if kind == "lut" else None
+        return LatencyModel(target, d["coef"], d["original_ms"], d.get("points", []),
+                            d.get("heldout_mape"), d.get("heldout_median_ape"), kind, table,
+                            d.get("errors", {}))
 
     def check_target(self, target: LatencyTarget) -> None:
         if self.target != target:
             raise DwrpruneError(f"this latency model was built for {self.target.key()}, not "
                                 f"{target.key()}; build one for the target (or use its "
                                 "settings)")
-
-
 def design(shr: Shrinker, n: int, lower: tuple[float, float, float], seed: int = 0
            ) -> list[tuple[float, float, float]]:
     """``n`` realisable (d, w, r) spread over the box (Latin hypercube, rounded to whole
@@ -120,11 +202,12 @@ def design(shr: Shrinker, n: int, lower: tuple[float, float, float], seed: int =
     return pts
 
 
-def build_latency_model(shr: Shrinker, target: LatencyTarget, n_fit: int = 16,
-                        n_heldout: int = 10, lower=(0.3, 0.3, 0.5), repeats: int = 20,
-                        seed: int = 0, progress=None) -> LatencyModel:
-    """Measure ``n_fit + n_heldout`` shrunk models on ``target``, fit on the first, report
-    the error on the rest (no BatchNorm re-calibration: weights do not change timing)."""
+def measure_design(shr: Shrinker, target: LatencyTarget, n_fit: int = 16,
+                   n_heldout: int = 10, lower=(0.3, 0.3, 0.5), repeats: int = 20,
+                   seed: int = 0, progress=None) -> list[dict]:
+    """The original and ``n_fit + n_heldout - 1`` shrunk models spread over the box, each
+    measured on ``target`` (no BatchNorm re-calibration: weights do not change timing); rows
+    marked ``use`` fit (the first ``n_fit``) or heldout."""
     target.check()
     lower = tuple(max(lo, shr.min_resolution / shr.base_resolution) if i == 2 else lo
                   for i, lo in enumerate(lower))
@@ -138,19 +221,49 @@ def build_latency_model(shr: Shrinker, target: LatencyTarget, n_fit: int = 16,
         if progress:
             progress(f"[latency] {i + 1}/{len(pts)} d={d:.3f} w={w:.3f} r={r:.3f} "
                      f"{m['median_ms']:.3f} ms")
+    return rows
+
+
+def fit_latency_model(shr: Shrinker, target: LatencyTarget, rows: list[dict], kind: str,
+                      table: LayerTable | None = None) -> LatencyModel:
+    """Fit a ``kind`` model to the measured design ``rows``' fit points; its ``errors``
+    give the leave-one-out error there and the error on the held-out points."""
+    if kind not in FEATURES:
+        raise DwrpruneError(f"latency model kind must be auto, {' or '.join(FEATURES)}; got "
+                            f"{kind!r}")
+    table = (table or LayerTable(target)) if kind == "lut" else None
     fit = [x for x in rows if x["use"] == "fit"]
-    A = np.array([_features(x) for x in fit])
-    y = np.array([x["median_ms"] for x in fit])
-    scale = np.maximum(A.max(0), 1e-12)
-    coef, _ = nnls(A / scale, y)  # every cost term adds time: non-negative
-    model = LatencyModel(target, (coef / scale).tolist(), rows[0]["median_ms"], rows)
     held = [x for x in rows if x["use"] == "heldout"]
+    A = np.array([_features(kind, shr, x["d"], x["w"], x["r"], table) for x in fit])
+    y = np.array([x["median_ms"] for x in fit])
+    lm = LatencyModel(target, _fit(A, y).tolist(), rows[0]["median_ms"], rows, kind=kind,
+                      table=table)
+    err = {"loo_median_ape": _loo_ape(A, y)}
     if held:
-        ape = [abs(model(shr, x["d"], x["w"], x["r"]) - x["median_ms"]) / x["median_ms"]
+        ape = [abs(lm(shr, x["d"], x["w"], x["r"]) - x["median_ms"]) / x["median_ms"]
                for x in held]
-        model.heldout_mape = float(np.mean(ape))
-        model.heldout_median_ape = float(statistics.median(ape))
-    return model
+        err.update(heldout_median_ape=float(statistics.median(ape)),
+                   heldout_mape=float(np.mean(ape)), heldout_worst_ape=float(max(ape)))
+        lm.heldout_median_ape, lm.heldout_mape = err["heldout_median_ape"], err["heldout_mape"]
+    lm.errors = {kind: err}
+    return lm
+
+
+def build_latency_model(shr: Shrinker, target: LatencyTarget, n_fit: int = 16,
+                        n_heldout: int = 10, lower=(0.3, 0.3, 0.5), repeats: int = 20,
+                        seed: int = 0, progress=None, kind: str = "auto") -> LatencyModel:
+    """:func:`measure_design`, then a model of each kind fitted to it (``kind="auto"``
+    keeps the one with the smaller leave-one-out error on the fit points); ``errors`` holds
+    every fitted kind's errors."""
+    if kind not in ("auto", *FEATURES):
+        raise DwrpruneError(f"latency model kind must be auto, {' or '.join(FEATURES)}; got "
+                            f"{kind!r}")
+    rows = measure_design(shr, target, n_fit, n_heldout, lower, repeats, seed, progress)
+    models = [fit_latency_model(shr, target, rows, k)
+              for k in (FEATURES if kind == "auto" else (kind,))]
+    best = min(models, key=lambda m: m.errors[m.kind]["loo_median_ape"])
+    best.errors = {m.kind: m.errors[m.kind] for m in models}
+    return best
 
 
 def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,

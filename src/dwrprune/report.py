@@ -188,7 +188,9 @@ def _markdown(rep: dict) -> str:
                          f"w={c['w']:.3f} r={c['r']:.3f}, predicted {100 * c['predicted']:.2f}%, "
                          f"mu={c['mu']:.4f}.")
         if lat:
-            lines.append(f"Latency model (measured on the target): held-out median error "
+            how = {"lut": "per-layer lookup table", "features": "whole-network totals"}.get(
+                lat.get("latency_model", "features"), "whole-network totals")
+            lines.append(f"Latency model ({how}, measured on the target): held-out median error "
                          f"{100 * (lat['heldout_median_ape'] or 0):.1f}%; the choice measured "
                          f"{lat['measured']['median_ms']:.3f} ms (quartiles "
                          f"{lat['measured']['p25_ms']:.3f}-{lat['measured']['p75_ms']:.3f}) "

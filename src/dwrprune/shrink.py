@@ -216,31 +216,36 @@ class Shrinker(Analysis):
         removed = self.block_order()[: n - keep] if keep < n else []
         return Plan(d, w, r, res, keep, list(removed))
 
+    def _formula(self, d: float, w: float, r: float):
+        """The plan of (d, w, r), the MACs formula at its resolution, the kept channel count
+        of each group (none when w is 1: the Torch-Pruning graph is not even built) and the
+        layers removed with the blocks."""
+        plan = self.plan(d, w, r)
+        dropped = self._dropped_layers(plan.removed)
+        if w >= 1.0:
+            return plan, self.channel_cost(plan.resolution, False), (), dropped
+        counts = [kept_channels(g.size, w, g.ch_groups, self.round_to) for g in self.groups()]
+        return plan, self.channel_cost(plan.resolution), counts, dropped
+
     def macs(self, d: float, w: float, r: float) -> int:
         """Exact MACs of ``shrink(d, w, r)``'s model, without building it."""
-        plan = self.plan(d, w, r)
-        layers, unmodelled = self.geometry(plan.resolution)
-        if unmodelled:  # ops outside conv/linear (e.g. attention matmuls): build and count
-            return self.shrink(d, w, r, recalibrate=None).macs
-        if w >= 1.0:  # no channel groups needed: the Torch-Pruning graph is not even built
-            return self.channel_cost(plan.resolution, False)(
-                dropped=self._dropped_layers(plan.removed))
-        counts = [kept_channels(g.size, w, g.ch_groups, self.round_to) for g in self.groups()]
-        return self.channel_cost(plan.resolution)(counts, self._dropped_layers(plan.removed))
+        plan, cost, counts, dropped = self._formula(d, w, r)
+        if self.geometry(plan.resolution)[1]:  # ops outside conv/linear (e.g. attention
+            return self.shrink(d, w, r, recalibrate=None).macs  # matmuls): build and count
+        return cost(counts, dropped)
 
     def structure(self, d: float, w: float, r: float) -> dict:
         """Exact MACs and structure (output elements, weights, layers) of ``shrink(d, w,
         r)``'s model, without building it: the features of a latency model."""
-        plan = self.plan(d, w, r)
-        dropped = self._dropped_layers(plan.removed)
-        if w >= 1.0:
-            cost, counts = self.channel_cost(plan.resolution, False), ()
-        else:
-            cost = self.channel_cost(plan.resolution)
-            counts = [kept_channels(g.size, w, g.ch_groups, self.round_to)
-                      for g in self.groups()]
+        plan, cost, counts, dropped = self._formula(d, w, r)
         return {"macs": self.macs(d, w, r), "resolution": plan.resolution,
                 **cost.structure(counts, dropped)}
+
+    def kept_layers(self, d: float, w: float, r: float) -> tuple[int, list]:
+        """The input side of ``shrink(d, w, r)``'s model and its conv and linear layers, each
+        as (geometry in the unpruned model, kept input channels, kept output channels)."""
+        plan, cost, counts, dropped = self._formula(d, w, r)
+        return plan.resolution, cost.kept(counts, dropped)
 
     def _dropped_layers(self, removed: list[Block]) -> set[str]:
         names = [g.name for g in self.geometry(self.base_resolution)[0]]

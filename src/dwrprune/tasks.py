@@ -40,9 +40,13 @@ def output_file(path: str | os.PathLike, force: bool = False) -> Path:
 def train_model(name: str, data: DatasetSource, out: str | os.PathLike, *,
                 resolution: int | None = None, config: TrainConfig | None = None,
                 subset: int | None = None, augment: bool | None = None,
-                progress: bool = True, command: str = "") -> dict:
-    """Train registered model ``name`` from scratch into folder ``out`` (resumable from its
-    last.pt); writes model.pt, history.json and card.json (rank 0 only); returns the card."""
+                progress: bool = True, command: str = "",
+                init: str | os.PathLike | None = None) -> dict:
+    """Train registered model ``name`` into folder ``out`` (resumable from its last.pt), from
+    scratch or, with ``init``, from the weights of an unpruned checkpoint of the same model
+    (a warm restart: a new schedule from trained weights; the card keeps the checkpoint's
+    own card under ``init``); writes model.pt, history.json and card.json (rank 0 only);
+    returns the card."""
     from .models import check_resolution, create_model
 
     config = config or TrainConfig()
@@ -57,12 +61,15 @@ def train_model(name: str, data: DatasetSource, out: str | os.PathLike, *,
     model = create_model(name, num_classes=info.num_classes, in_channels=info.in_channels)
     spec = make_spec(name, info.num_classes, info.in_channels, res, info.name, info.mean,
                      info.std)
+    init_card = _warm_start(model, name, info, init) if init is not None else None
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_json(out / "config.json", {"command": command, "model": name,
                                         "data": data.name, "data_dir": data.data_dir,
                                         "resolution": resolution, "subset": subset,
-                                        "augment": augment, **vars(config)})
+                                        "augment": augment,
+                                        "init": None if init is None else str(init),
+                                        **vars(config)})
     result = train(model, train_loader, config, val_loader=data.loader("val", res),
                    checkpoint_dir=out, spec=spec, progress=progress)
     test = evaluate(model, data.loader("test", res), progress=progress)
@@ -71,11 +78,34 @@ def train_model(name: str, data: DatasetSource, out: str | os.PathLike, *,
             "epochs": len(result.history), "train_seconds": result.seconds,
             "dwrprune_version": __version__, "torch": torch.__version__,
             "processes": distributed.world_size()}
+    if init_card is not None:
+        card["init"] = init_card
     if distributed.is_main():
         save_model(out / "model.pt", model, spec, card)
         save_json(out / "history.json", result.history)
         save_json(out / "card.json", {**card, "history": result.history})
     return card
+
+
+def _warm_start(model, name: str, info, init: str | os.PathLike) -> dict:
+    """Load the weights of checkpoint ``init`` into ``model`` (registered model ``name``, for
+    the dataset ``info``); returns ``{"checkpoint": path, "card": its card}``.  Only an
+    unpruned checkpoint of the same model, classes and input channels is accepted."""
+    from .checkpoint import read_model_checkpoint
+    from .spec import ModelSpec
+
+    obj = read_model_checkpoint(init)
+    s = ModelSpec.from_dict(obj["spec"])
+    want = (name, info.num_classes, info.in_channels)
+    if (s.name, s.num_classes, s.in_channels) != want or s.arch:
+        raise DwrpruneError(
+            f"--init {init} holds {'a pruned ' if s.arch else ''}{s.name or 'an unnamed model'} "
+            f"with {s.num_classes} classes and {s.in_channels} input channels; training "
+            f"{name} on {info.name} needs an unpruned {name} with {info.num_classes} classes "
+            f"and {info.in_channels} input channels")
+    load(init, model=model)
+    model.train()
+    return {"checkpoint": str(init), "card": obj.get("meta", {})}
 
 
 def _source_for(spec, data: DatasetSource | None) -> DatasetSource | None:

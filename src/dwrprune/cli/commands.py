@@ -104,11 +104,15 @@ def _train_args(p):
     p.add_argument("--seed", type=NONNEG, default=0)
     p.add_argument("--no-augment", action="store_true",
                    help="train without random crops and flips")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from this unpruned checkpoint's weights (a warm restart with a "
+                        "new schedule) instead of from scratch")
     p.add_argument("--out", help="output folder (resumes if it has last.pt)")
     add_progress_arg(p)
 
 
-@command("train", "train a registered model from scratch (resumable)", _train_args,
+@command("train", "train a registered model, from scratch or --init weights (resumable)",
+         _train_args,
          ("model", "out"))
 def cmd_train(args) -> int:
     from ..engine import TrainConfig
@@ -119,7 +123,7 @@ def cmd_train(args) -> int:
                       seed=args.seed)
     card = train_model(args.model, data_source(args), args.out, resolution=args.resolution,
                        config=cfg, subset=args.subset, augment=False if args.no_augment
-                       else None, progress=progress(args),
+                       else None, progress=progress(args), init=args.init,
                        command="dwrprune " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     if distributed.is_main():
         print(f"test accuracy {card['test_acc'] * 100:.2f}%  -> {args.out}/model.pt")

@@ -142,7 +142,8 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
                  for c in [res["best"], *res["runners_up"]]]
         info = {"target": target.key(), "budget_ms": ms, "original_ms": lat.original_ms,
                 "fraction": ms / lat.original_ms, "measured": res["measured"],
-                "steps": res["steps"], "heldout_median_ape": lat.heldout_median_ape}
+                "steps": res["steps"], "latency_model": lat.kind,
+                "heldout_median_ape": lat.heldout_median_ape}
         rows.append({"budget": ms / lat.original_ms, "latency": info,
                      "solution": Solution(ms / lat.original_ms, base, None, cands[0],
                                           cands[1:])})
@@ -152,6 +153,8 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     elif cfg.latency_budget is not None:
         own = next((r for r in rows if abs(r["budget"] - cfg.latency_budget) < 1e-12), None)
     with run.lock():
+        if lat.table is not None:  # the layer shapes the solver timed join the cached table
+            run.save_latency_model(lat)
         run.save_plans([{**r, "solution": r["solution"].to_dict()} for r in rows])
         if own is not None:
             run.save_plan(own["budget"], own["solution"], exact_cost_grid(
