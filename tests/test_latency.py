@@ -157,3 +157,36 @@ def test_pipeline_under_a_latency_budget(tmp_path, tiny_checkpoint, tiny_options
     assert result.report["measured_latency_ms"]["median_ms"] <= plan["latency"]["budget_ms"] * 1.03
     assert (tmp_path / "run" / "latency" / "cpu-b1-t1.json").exists()
     assert "latency budget" in result.report_path.read_text()
+
+
+class _AlignedTable(L.LayerTable):
+    """A target whose kernels run output channel counts that are multiples of 4 twice as
+    fast per channel as other counts (the "round the channels" effect)."""
+
+    def layer_ms(self, key):
+        cout = json.loads(key)[2]
+        return cout * (1.0 if cout % 4 == 0 else 2.0)
+
+
+def test_latency_choice_finds_wider_models_that_run_faster(shr):
+    lm = L.LatencyModel(L.LatencyTarget(), [0, 1, 0, 0], 1.0, kind="lut",
+                        table=_AlignedTable(L.LatencyTarget()))
+    budget = lm(shr, 1, 0.7, 1)
+    assert lm(shr, 1, 0.75, 1) < budget  # wider, yet faster: bisection alone cannot see it
+    w = L._wider_within(shr, lm, 1, 0.7, 1, budget)
+    assert w >= 0.75 and lm(shr, 1, w, 1) <= budget
+    sol = L.solve_latency(lambda d, w, r: w, shr, lm, budget, (1.0, 0.25, 1.0))
+    assert sol["best"]["w"] >= 0.75 and sol["best"]["latency_ms"] <= budget
+
+
+def test_latency_terms_follow_channel_rounding():
+    m = dwrprune.create_model("resnet_tiny2", num_classes=10, in_channels=3)
+    m.dwrprune_spec = dwrprune.make_spec("resnet_tiny2", 10, 3, 16)
+    rounded = dwrprune.Shrinker(m, round_to=4)
+    res, layers = rounded.kept_layers(1, 0.7, 1)
+    out = rounded.shrink(1, 0.7, 1)
+    for g, cin, cout in layers:
+        mod = out.model.get_submodule(g.name)
+        if isinstance(mod, nn.Conv2d):
+            assert (cin, cout) == (mod.in_channels, mod.out_channels)
+            assert cout % 4 == 0 or cout < 4

@@ -266,6 +266,21 @@ def build_latency_model(shr: Shrinker, target: LatencyTarget, n_fit: int = 16,
     return best
 
 
+def _wider_within(shr: Shrinker, lat: LatencyModel, d: float, w: float, r: float,
+                  budget_ms: float, span: float = 0.15) -> float:
+    """The widest w in [w, w + span] whose modelled latency is within the budget.  Latency is
+    not always monotone in width: a lookup table sees that kernels can run a channel count
+    that is a multiple of 8 or 16 faster than one channel fewer (the "round the channels"
+    effect), which bisection alone would miss.  Steps of one channel of the widest group."""
+    step = 1.0 / max((g.size for g in shr.groups()), default=1)
+    best, x = w, w + step
+    while x <= min(1.0, w + span) + 1e-12:
+        if lat(shr, d, min(x, 1.0), r) <= budget_ms:
+            best = min(x, 1.0)
+        x += step
+    return best
+
+
 def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
                   lower: tuple[float, float, float]) -> dict:
     """The realisable (d, w, r) with the highest predicted accuracy whose modelled latency
@@ -289,6 +304,8 @@ def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
                 for _ in range(14):
                     mid = (a + b) / 2
                     a, b = (mid, b) if lat(shr, d, mid, r) <= budget_ms else (a, mid)
+                if lat.kind == "lut":  # a totals model is monotone in w: nothing to find
+                    a = _wider_within(shr, lat, d, a, r, budget_ms)
             cands.append({"d": d, "w": a, "r": r, "resolution": p,
                           "predicted": float(pred(d, a, r)),
                           "latency_ms": lat(shr, d, a, r), "macs": shr.macs(d, a, r)})
