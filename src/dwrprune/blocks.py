@@ -13,6 +13,13 @@ A *transition* block has the same form with a projection module on the shortcut
 (``proj(input) + branch(input)``); removing it leaves ``act(proj(input))``.  A *plain* unit is
 a conv-BN-activation run inside an ``nn.Sequential`` whose output has its input's shape
 (VGG); removing it deletes the three layers.
+
+A *dense* layer (DenseNet) is a module whose output is only ever concatenated onto the
+features before it: every consumer of its output is a concatenation, never as the first
+operand, and never alone.  Removing it removes its channels from every concatenation; the
+layers that read them lose those input channels
+(:func:`dwrprune.surgery.drop_blocks`), and the layer itself becomes
+:class:`EmptyFeatures`, which adds no channels.
 """
 
 from __future__ import annotations
@@ -33,8 +40,9 @@ class Block:
     """One removable unit.  ``name`` is the module path (for plain units, the conv's path)."""
 
     name: str
-    kind: str  # "residual" | "transition" | "plain"
-    members: tuple[str, ...] = field(default_factory=tuple)  # plain: layers to delete
+    kind: str  # "residual" | "transition" | "plain" | "dense"
+    # plain: layers to delete; dense: the layer producing the channels it concatenates
+    members: tuple[str, ...] = field(default_factory=tuple)
     shortcut: str | None = None  # transition: projection module path
     post: tuple[str, ...] = field(default_factory=tuple)  # activations after the add
 
@@ -47,6 +55,15 @@ class Block:
     def from_dict(cls, d: dict) -> Block:
         return cls(d["name"], d["kind"], tuple(d.get("members", ())), d.get("shortcut"),
                    tuple(d.get("post", ())))
+
+
+class EmptyFeatures(nn.Module):
+    """What a removed dense layer becomes: no channels, at its input's batch and size (its
+    input may be the list of features before it)."""
+
+    def forward(self, x):
+        t = x[0] if isinstance(x, (list, tuple)) else x
+        return t.new_zeros(t.shape[0], 0, *t.shape[2:])
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
@@ -84,17 +101,26 @@ def find_removable_blocks(model: nn.Module, example_input: torch.Tensor,
     order: list[str] = []
     handles = []
 
+    lists: dict[str, dict] = {}  # modules called on a list of tensors (dense layers)
+
     def pre_hook(name):
         def f(mod, args):
             if len(args) == 1 and isinstance(args[0], torch.Tensor):
                 records[name] = {"in": _input_node(args[0]), "in_shape": tuple(args[0].shape),
                                  "in_id": id(args[0])}
+            elif (len(args) == 1 and isinstance(args[0], (list, tuple)) and args[0]
+                  and all(isinstance(t, torch.Tensor) for t in args[0])):
+                lists[name] = {"in_shape": tuple(args[0][0].shape)}
         return f
 
     def post_hook(name):
         def f(mod, args, out):
-            if name in records and isinstance(out, torch.Tensor):
-                records[name].update(out=out.grad_fn, out_shape=tuple(out.shape))
+            if not isinstance(out, torch.Tensor):
+                return
+            for rec in (records, lists):
+                if name in rec:
+                    rec[name].update(out=out.grad_fn, out_shape=tuple(out.shape))
+            if name in records:
                 order.append(name)
         return f
 
@@ -107,7 +133,7 @@ def find_removable_blocks(model: nn.Module, example_input: torch.Tensor,
     x = example_input.detach().clone().requires_grad_(True)
     try:
         with torch.enable_grad():
-            model(x)
+            y = model(x)
     finally:
         for h in handles:
             h.remove()
@@ -139,6 +165,10 @@ def find_removable_blocks(model: nn.Module, example_input: torch.Tensor,
         if shortcut is not None:  # a child module on the shortcut, fed by the block input
             found.append(Block(name, "transition", shortcut=shortcut, post=post))
     found = _innermost(found)
+    if isinstance(y, torch.Tensor) and y.grad_fn is not None:
+        taken = {b.name for b in found}
+        found += [b for b in _dense_layers(model, {**records, **lists}, y.grad_fn)
+                  if not any(b.name == t or b.name.startswith(t + ".") for t in taken)]
     if not found:  # plain networks only: inside residual nets such units are branch parts
         found = _plain_units(model, records)
     rank = {n: i for i, n in enumerate(order)}
@@ -163,6 +193,40 @@ def _residual_stream_reaches(node, recorded_input, max_adds: int = 4) -> bool:
         if not frontier:
             return False
     return False
+
+
+def _dense_layers(model: nn.Module, records: dict, output_node) -> list[Block]:
+    """Modules whose output only ever joins concatenations after other features (see the
+    module docstring), keeping their input's spatial size, with a conv producing it."""
+    consumers: dict = {}
+    seen, stack = set(), [output_node]
+    while stack:  # who reads each autograd node, over the whole graph
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for nf, _ in node.next_functions:
+            if nf is not None:
+                consumers.setdefault(nf, []).append(node)
+                stack.append(nf)
+    by_node: dict = {}
+    for name, rec in records.items():
+        if rec.get("out") is not None:
+            by_node.setdefault(rec["out"], []).append(name)
+    found = []
+    for node, names in by_node.items():
+        cons = consumers.get(node, [])
+        if not cons or not all(
+                type(c).__name__ == "CatBackward0" and len(c.next_functions) >= 2
+                and c.next_functions[0][0] is not node for c in cons):
+            continue
+        outer = min(names, key=lambda n: n.count("."))
+        producer = max(names, key=lambda n: n.count("."))
+        rec = records[outer]
+        if (isinstance(get_module(model, producer), nn.Conv2d) and producer != outer
+                and rec["in_shape"][2:] == rec["out_shape"][2:]):
+            found.append(Block(outer, "dense", members=(producer,)))
+    return found
 
 
 def _innermost(blocks: list[Block]) -> list[Block]:
@@ -214,7 +278,9 @@ def resolve_blocks(model: nn.Module, example_input: torch.Tensor,
 
 
 def remove_blocks(model: nn.Module, blocks: list[Block]) -> None:
-    """Physically remove ``blocks`` from ``model`` (in place)."""
+    """Physically remove ``blocks`` from ``model`` (in place).  The layers reading a dense
+    layer's channels are not resized here: :func:`dwrprune.surgery.drop_blocks` does that on
+    a live model, and a spec's layer changes do it when a model is rebuilt."""
     acts = {"relu": nn.ReLU, "relu6": nn.ReLU6}
     for b in blocks:
         if b.kind == "residual":
@@ -225,5 +291,7 @@ def remove_blocks(model: nn.Module, blocks: list[Block]) -> None:
         elif b.kind == "plain":
             for m in b.members:
                 set_module(model, m, nn.Identity())
+        elif b.kind == "dense":  # the readers of its channels: surgery.drop_blocks
+            set_module(model, b.name, EmptyFeatures())
         else:
             raise DwrpruneError(f"unknown block kind {b.kind!r}")

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .autobot import AutoBotCriterion
-from .blocks import Block, get_module, remove_blocks
+from .blocks import Block, get_module
 from .errors import DwrpruneError
 
 
@@ -178,11 +178,14 @@ class LossIncreaseDepth:
         return evaluate(model, self.val_loader, max_batches=self.eval_batches).loss
 
     def block_scores(self, model: nn.Module, blocks: list[Block]) -> list[float]:
+        from .surgery import drop_blocks
+
         base = self._loss(copy.deepcopy(model))
+        example = next(iter(self.val_loader))[0][:1].to(next(model.parameters()).device)
         scores = []
         for b in blocks:
             m = copy.deepcopy(model)
-            remove_blocks(m, [b])
+            drop_blocks(m, [b], example)
             scores.append(self._loss(m) - base)
         return scores
 

@@ -38,7 +38,7 @@ from .criteria import (
 )
 from .engine import recalibrate_batchnorm
 from .errors import DwrpruneError
-from .surgery import layer_snapshot, prune_width, record_layer_changes
+from .surgery import drop_blocks, layer_snapshot, prune_width, record_layer_changes
 
 
 @dataclass
@@ -222,10 +222,23 @@ class Shrinker(Analysis):
         layers removed with the blocks."""
         plan = self.plan(d, w, r)
         dropped = self._dropped_layers(plan.removed)
-        if w >= 1.0:
+        dense = [b for b in plan.removed if b.kind == "dense"]
+        if w >= 1.0 and not dense:
             return plan, self.channel_cost(plan.resolution, False), (), dropped
-        counts = [kept_channels(g.size, w, g.ch_groups, self.round_to) for g in self.groups()]
+        groups = self.groups()
+        counts = [kept_channels(g.size, w, g.ch_groups, self.round_to) if w < 1.0 else g.size
+                  for g in groups]
+        for b in dense:  # a removed dense layer's channels leave every layer that read them
+            counts[self._group_of(b.members[0], groups)] = 0
         return plan, self.channel_cost(plan.resolution), counts, dropped
+
+    @staticmethod
+    def _group_of(layer: str, groups) -> int:
+        for i, g in enumerate(groups):
+            if any(name == layer and side == "out" for name, side, _ in g.members):
+                return i
+        raise DwrpruneError(f"the channels of dense layer output {layer!r} form no channel "
+                            "group Torch-Pruning can trace, so removing it cannot be costed")
 
     def macs(self, d: float, w: float, r: float) -> int:
         """Exact MACs of ``shrink(d, w, r)``'s model, without building it."""
@@ -276,8 +289,12 @@ class Shrinker(Analysis):
                                 f"{recal_batches!r}")
         plan = self.plan(d, w, r)
         model = copy.deepcopy(self.model)
-        remove_blocks(model, plan.removed)
-        depth_only = layer_snapshot(model)
+        before = layer_snapshot(model)
+        drop_blocks(model, plan.removed, self.example_input(self.trace_resolution))
+        # the reference the spec's layer changes are recorded against: the blocks removed,
+        # every remaining layer as built (a dense layer's readers, resized, are changes)
+        depth_only = {n: before[n] if n in before and before[n][0] is v[0] else v
+                      for n, v in layer_snapshot(model).items()}
         alloc = self.width_allocation
         if plan.w < 1.0:
             try:

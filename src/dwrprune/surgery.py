@@ -93,6 +93,27 @@ def group_roots(model: nn.Module, groups) -> list[str | None]:
     return [names.get(g[0][0].target.module) for g in groups]
 
 
+def drop_blocks(model: nn.Module, blocks: list[Block], example_input: torch.Tensor) -> None:
+    """Remove ``blocks`` from a live model (in place): :func:`~dwrprune.blocks.remove_blocks`,
+    and for a dense layer first the input channels its output fed, cut from every layer that
+    read them through a concatenation (Torch-Pruning's dependency graph maps the
+    concatenation offsets; the dense layer's own layers go with it)."""
+    for b in blocks:
+        if b.kind == "dense":
+            names = {m: n for n, m in model.named_modules()}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+            conv = get_module(model, b.members[0])
+            group = dg.get_pruning_group(conv, tp.prune_conv_out_channels,
+                                         idxs=list(range(conv.out_channels)))
+            for dep, idxs in group:
+                n = names.get(dep.target.module)  # None: Torch-Pruning's own concat/split ops
+                if n is not None and n != b.name and not n.startswith(b.name + "."):
+                    dep(idxs)
+        remove_blocks(model, [b])
+
+
 def unprunable_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str],
                       roots: list[str]) -> frozenset[str]:
     """Of the groups rooted at ``roots``, those whose pruning leaves a model that no longer
@@ -237,7 +258,7 @@ def record_layer_changes(before: nn.Module | dict, after: nn.Module) -> dict[str
     return changes
 
 
-_BLOCK_KINDS = ("residual", "transition", "plain")
+_BLOCK_KINDS = ("residual", "transition", "plain", "dense")
 _POST_ACTS = ("relu", "relu6")
 
 
