@@ -81,3 +81,29 @@ def test_densenet_pruned_twice_keeps_one_spec(tmp_path):
     with torch.no_grad():
         assert torch.equal(again(x), twice.model(x))
     assert isinstance(again, nn.Module)
+
+
+class _Concat(nn.Module):
+    """``cat([x, f(x)])`` written by hand (dense), or ``cat([a(x), b(x)])`` (inception)."""
+
+    def __init__(self, dense: bool):
+        super().__init__()
+        self.dense = dense
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.a = nn.Sequential(nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1))
+        self.b = nn.Sequential(nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 1))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(10 if dense else 8, 5))
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(torch.cat([x, self.a(x)] if self.dense else [self.a(x), self.b(x)], 1))
+
+
+def test_a_hand_written_dense_layer_is_found_and_inception_branches_are_not():
+    dense = dwrprune.Shrinker(_Concat(True).eval(), resolution=12)
+    assert [(b.name, b.kind, b.members) for b in dense.blocks] == [("a", "dense", ("a.2",))]
+    out = dense.shrink(0.4, 1.0, 1.0)  # no block of one kept
+    assert isinstance(out.model.a, EmptyFeatures) and out.model.head[2].in_features == 6
+    assert out.macs == _macs(out.model, 12)
+    assert dwrprune.Shrinker(_Concat(False).eval(), resolution=12).blocks == []

@@ -15,11 +15,11 @@ a conv-BN-activation run inside an ``nn.Sequential`` whose output has its input'
 (VGG); removing it deletes the three layers.
 
 A *dense* layer (DenseNet) is a module whose output is only ever concatenated onto the
-features before it: every consumer of its output is a concatenation, never as the first
-operand, and never alone.  Removing it removes its channels from every concatenation; the
-layers that read them lose those input channels
-(:func:`dwrprune.surgery.drop_blocks`), and the layer itself becomes
-:class:`EmptyFeatures`, which adds no channels.
+features it read: every consumer of its output is a concatenation that also holds (some of)
+the layer's input, with the layer's output never first.  Removing it removes its channels
+from every concatenation; the layers that read them lose those input channels
+(:func:`dwrprune.surgery.drop_blocks`), and the layer itself becomes :class:`EmptyFeatures`,
+which adds no channels.
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ def find_removable_blocks(model: nn.Module, example_input: torch.Tensor,
                                  "in_id": id(args[0])}
             elif (len(args) == 1 and isinstance(args[0], (list, tuple)) and args[0]
                   and all(isinstance(t, torch.Tensor) for t in args[0])):
-                lists[name] = {"in_shape": tuple(args[0][0].shape)}
+                lists[name] = {"in_shape": tuple(args[0][0].shape),
+                               "ins": [_input_node(t) for t in args[0]]}
         return f
 
     def post_hook(name):
@@ -196,8 +197,9 @@ def _residual_stream_reaches(node, recorded_input, max_adds: int = 4) -> bool:
 
 
 def _dense_layers(model: nn.Module, records: dict, output_node) -> list[Block]:
-    """Modules whose output only ever joins concatenations after other features (see the
-    module docstring), keeping their input's spatial size, with a conv producing it."""
+    """Modules whose output only ever joins concatenations after their own input features
+    (see the module docstring), keeping their input's spatial size, with a conv producing
+    it."""
     consumers: dict = {}
     seen, stack = set(), [output_node]
     while stack:  # who reads each autograd node, over the whole graph
@@ -215,16 +217,19 @@ def _dense_layers(model: nn.Module, records: dict, output_node) -> list[Block]:
             by_node.setdefault(rec["out"], []).append(name)
     found = []
     for node, names in by_node.items():
-        cons = consumers.get(node, [])
-        if not cons or not all(
-                type(c).__name__ == "CatBackward0" and len(c.next_functions) >= 2
-                and c.next_functions[0][0] is not node for c in cons):
-            continue
         outer = min(names, key=lambda n: n.count("."))
         producer = max(names, key=lambda n: n.count("."))
         rec = records[outer]
-        if (isinstance(get_module(model, producer), nn.Conv2d) and producer != outer
-                and rec["in_shape"][2:] == rec["out_shape"][2:]):
+        ins = rec.get("ins", [rec.get("in")])
+        cons = consumers.get(node, [])
+        # every reader a concatenation onto (some of) the layer's own input features; an
+        # inception branch is concatenated with its siblings, not with its input: not dense
+        if cons and all(type(c).__name__ == "CatBackward0" and len(c.next_functions) >= 2
+                        and c.next_functions[0][0] is not node
+                        and any(_same_node(op, i) for op, _ in c.next_functions
+                                if op is not None for i in ins) for c in cons) \
+                and isinstance(get_module(model, producer), nn.Conv2d) and producer != outer \
+                and rec["in_shape"][2:] == rec["out_shape"][2:]:
             found.append(Block(outer, "dense", members=(producer,)))
     return found
 
