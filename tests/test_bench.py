@@ -92,3 +92,30 @@ def test_compare_at_equal_measured_latency(tmp_path):
     assert all(x["budget_kind"] == "latency-cpu-b1-t1" for x in rows)
     assert all(x["status"] in ("ok", "infeasible") for x in rows)
     assert "measured latency" in r.stdout
+
+
+def test_the_same_pruned_model_gets_the_same_row_whatever_ran_before(tmp_path):
+    """Common random numbers: a method's row depends on the model it chose and the seed,
+    not on the random numbers its own choosing used (3d's choice equal to width-only's must
+    tie)."""
+    import torch
+
+    import dwrprune
+    from dwrprune.bench import BenchJob
+    from dwrprune.bench_methods import BenchContext, OneAxis
+    from dwrprune.pipeline import DatasetSource, resolve_config
+
+    class Busy(OneAxis):  # chooses like width-only, after using random numbers
+        def prune(self, model, budget, seed, ctx):
+            torch.rand(12345)
+            return super().prune(model, budget, seed, ctx)
+
+    model = dwrprune.create_model("resnet_tiny", num_classes=10, in_channels=3)
+    model.dwrprune_spec = dwrprune.checkpoint.make_spec("resnet_tiny", 10, 3, 16)
+    data = DatasetSource("synthetic", batch_size=32)
+    ctx = BenchContext(data, tmp_path, resolve_config(None, data="synthetic"), recal_batches=3)
+    job = BenchJob(model, ctx, dwrprune.TrainConfig(steps=3), None, {"original_macs": 1},
+                   methods={"width-only": OneAxis("w"), "busy": Busy("w")})
+    a, b = job("width-only", 0.5, 0)[0], job("busy", 0.5, 0)[0]
+    for key in ("test_acc_pruned", "test_acc", "val_acc", "val_loss"):
+        assert a[key] == b[key]

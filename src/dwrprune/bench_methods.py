@@ -84,7 +84,10 @@ class BenchContext:
                               self.data)
 
     def recal(self, res: int):
-        return self.data.loader("train", res, shuffle=True)
+        """BatchNorm re-calibration images: the same for every method and seed (a seeded
+        order, no random augmentation), so two methods that choose the same pruned model
+        get the same model, and the same row (fine-tunes are seeded per epoch)."""
+        return self.data.loader("train", res, shuffle=True, augment=False)
 
 
 class OneAxis:
