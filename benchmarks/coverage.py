@@ -3,7 +3,7 @@ exact there: for each model, the removable blocks and channel groups found, then
 shrinking at random (d, w, r) with the shrunk model's MACs from `torch.utils.flop_counter`
 compared with `Shrinker.macs`, and the time each shrink took.
 
-    python benchmarks/coverage.py run [--models tv/resnet18,timm/lcnet_050] [--points 3]
+    python benchmarks/coverage.py run [--models tv/resnet18,timm/lcnet_050 [--redo]] [--points 3]
     python benchmarks/coverage.py render --update-readme
 
 Each model runs in its own process under a time limit (a model Torch-Pruning cannot trace in
@@ -45,6 +45,7 @@ MODELS = [
     ("timm/mixnet_s", "MixNet"), ("timm/repvgg_a0", "RepVGG"), ("timm/cspresnet50", "CSPNet"),
     ("timm/dla34", "DLA"), ("timm/vit_tiny_patch16_224", "ViT"),
     ("timm/deit_tiny_patch16_224", "DeiT"), ("timm/mobilevit_xxs", "MobileViT"),
+    ("timm/densenet121", "DenseNet"),
 ]
 
 
@@ -107,11 +108,19 @@ def cmd_run(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "coverage.csv"
+    wanted = [(n, fam) for n, fam in MODELS if not args.models or n in args.models]
     done = set()
     if path.exists():
         with open(path, newline="") as f:
-            done = {r["model"] for r in csv.DictReader(f)}
-    wanted = [(n, fam) for n, fam in MODELS if not args.models or n in args.models]
+            rows = list(csv.DictReader(f))
+        if args.redo:  # the named models are checked again: their old rows go
+            names = {n for n, _ in wanted}
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=FIELDS)
+                w.writeheader()
+                w.writerows(r for r in rows if r["model"] not in names)
+            rows = [r for r in rows if r["model"] not in names]
+        done = {r["model"] for r in rows}
     ctx = mp.get_context("spawn")
     for name, family in wanted:
         if name in done:
@@ -173,6 +182,8 @@ def main() -> None:
     r.add_argument("--points", type=int, default=3)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--timeout", type=int, default=240, help="seconds per model")
+    r.add_argument("--redo", action="store_true",
+                   help="check the --models again, replacing their rows")
     r.add_argument("--out", default=str(OUT))
     r.set_defaults(func=cmd_run)
     d = sub.add_parser("render")
