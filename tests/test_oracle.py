@@ -49,6 +49,12 @@ def test_regret_and_rank_correlation():
     assert by["c"]["regret"] == pytest.approx(0.011)
     assert by["a"]["val_std"] == pytest.approx(0.001414, rel=1e-3)
     assert s["spearman"] == pytest.approx(1.0)  # predictor order b > a > c, as measured
+    assert s["split_half_points"] == 3 and s["split_half"] == pytest.approx(1.0)
+    noisy = _rows()
+    for r in noisy:  # the second seed ranks the points the other way round
+        if r["seed"] == "1":
+            r["val_acc"] = str(1.8 - float(r["val_acc"]))
+    assert summarise_oracle(noisy, 0.5)["split_half"] == pytest.approx(-1.0)
     flipped = summarise_oracle(_rows(), 0.5, predictor=lambda d, w, r: 0.0 if d else 1.0)
     assert flipped["points"][0]["predicted"] == 0.0
     with pytest.raises(dwrprune.DwrpruneError, match="no oracle rows"):

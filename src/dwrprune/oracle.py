@@ -241,9 +241,16 @@ def summarise_oracle(rows: list[dict], budget: float, predictor=None) -> dict:
         p["val_regret"] = best_val_acc - p["val"]  # what rules may be selected by
     rho = spearmanr([p["predicted"] for p in iso], [p["val"] for p in iso]).statistic \
         if len(iso) > 2 else float("nan")
+    # the oracle's own rank reliability: two seeds of the same points, ranked against each
+    # other (a predictor is judged against means that are this noisy)
+    pairs = [sorted(by[p["label"]], key=lambda x: int(x["seed"]))[:2] for p in iso
+             if p["seeds"] >= 2]
+    split = spearmanr([float(a["val_acc"]) for a, _ in pairs],
+                      [float(b["val_acc"]) for _, b in pairs]).statistic \
+        if len(pairs) > 2 else float("nan")
     return {"budget": budget, "points": sorted(pts, key=lambda p: -p["val"]),
             "best_by_val": best_val["label"], "best_test": best_test,
-            "spearman": float(rho)}
+            "spearman": float(rho), "split_half": float(split), "split_half_points": len(pairs)}
 
 
 def default_grid(shr: Shrinker) -> tuple[list[float], list[float]]:
