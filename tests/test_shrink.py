@@ -300,3 +300,52 @@ def test_onnx_export_matches_pytorch(tmp_path):
         want = out.model(x).numpy()
     assert got.shape == (5, 10)
     assert abs(got - want).max() < 1e-4
+
+
+class _LeakyNet(nn.Module):
+    """Residual blocks that end in ``act(x + f(x))`` with a LeakyReLU or SiLU (CSPNet)."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), act())
+        self.blocks = nn.Sequential(*(_LeakyBlock(act) for _ in range(3)))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+class _LeakyBlock(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.act = act()
+
+    def forward(self, x):
+        return self.act(self.f(x) + x)
+
+
+@pytest.mark.parametrize("act,post", [(lambda: nn.LeakyReLU(0.1), "leaky_relu:0.1"),
+                                      (nn.SiLU, "silu")])
+def test_blocks_ending_in_another_activation_remove_to_that_activation(tmp_path, act, post):
+    torch.manual_seed(0)
+    net = _LeakyNet(act).eval()
+    net.dwrprune_spec = make_spec(None, 4, 3, 8)
+    with torch.no_grad():  # block 1 adds nothing: removing it must leave act(x), not x
+        net.blocks[1].f[1].weight.zero_()
+        net.blocks[1].f[1].bias.zero_()
+    shr = Shrinker(net)
+    assert [(b.name, b.post) for b in shr.blocks] == [(f"blocks.{i}", (post,)) for i in range(3)]
+    shr.block_order = lambda: [b for b in shr.blocks if b.name == "blocks.1"]
+    out = shr.shrink(0.67, 1.0, 1.0)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(out.model(x), net(x))
+    save_model(tmp_path / "m.pt", out.model, out.spec)
+    again = load(tmp_path / "m.pt", model=_LeakyNet(act))
+    with torch.no_grad():
+        assert torch.equal(again(x), out.model(x))
+    out.spec["arch"]["removed_blocks"][0]["post"] = ["leaky_relu:7"]
+    save_model(tmp_path / "bad.pt", out.model, out.spec)
+    with pytest.raises(DwrpruneError, match="leaky_relu needs a slope"):
+        load(tmp_path / "bad.pt", model=_LeakyNet(act))

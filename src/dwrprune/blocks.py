@@ -1,7 +1,8 @@
 """Removable blocks, found from the traced autograd graph rather than from class names.
 
 A *residual* block is any sub-module whose output is ``input + branch(input)``, possibly
-followed by an activation, or a chain of such additions on one stream (a transformer-style
+followed by an activation (ReLU, ReLU6, SiLU, LeakyReLU; removing the block keeps a
+non-ReLU one: ``act(input)``), or a chain of such additions on one stream (a transformer-style
 block: ``x = x + attn(norm(x)); x = x + mlp(norm(x))``).  We find them by running one
 forward pass with hooks that note each module's input and output autograd nodes, then
 checking whether the output node is an addition (behind at most a ReLU-like op) with the
@@ -32,7 +33,29 @@ from torch import nn
 from .errors import DwrpruneError
 
 _ACTIVATIONS = {"ReluBackward0": "relu", "Relu6Backward0": "relu6",
-                "HardtanhBackward0": "relu6"}
+                "HardtanhBackward0": "relu6", "LeakyReluBackward0": "leaky_relu",
+                "SiluBackward0": "silu"}
+# ReLU after the add is left out when a block goes: its input is a ReLU's output already.
+# Others are kept: removing act(x + f(x)) leaves act(x) (the block with f = 0).
+_IDEMPOTENT = ("relu", "relu6")
+
+
+def activation(name: str) -> nn.Module:
+    """The module for an activation record: relu, relu6, silu or leaky_relu:SLOPE."""
+    kind, _, arg = name.partition(":")
+    if kind == "leaky_relu":
+        try:
+            slope = float(arg)
+        except ValueError:
+            slope = float("nan")
+        if not 0 <= slope < 1:
+            raise DwrpruneError(f"activation {name!r}: leaky_relu needs a slope in [0, 1)")
+        return nn.LeakyReLU(slope)
+    acts = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU}
+    if kind not in acts or arg:
+        raise DwrpruneError(f"unknown activation {name!r}; known: relu, relu6, silu, "
+                            "leaky_relu:SLOPE")
+    return acts[kind]()
 
 
 @dataclass(frozen=True)
@@ -78,7 +101,10 @@ def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
 def _strip_post(node):
     post = []
     while node is not None and type(node).__name__ in _ACTIVATIONS:
-        post.append(_ACTIVATIONS[type(node).__name__])
+        name = _ACTIVATIONS[type(node).__name__]
+        if name == "leaky_relu":
+            name += f":{float(node._saved_negative_slope):g}"
+        post.append(name)
         node = node.next_functions[0][0]
     return node, tuple(reversed(post))
 
@@ -286,13 +312,14 @@ def remove_blocks(model: nn.Module, blocks: list[Block]) -> None:
     """Physically remove ``blocks`` from ``model`` (in place).  The layers reading a dense
     layer's channels are not resized here: :func:`dwrprune.surgery.drop_blocks` does that on
     a live model, and a spec's layer changes do it when a model is rebuilt."""
-    acts = {"relu": nn.ReLU, "relu6": nn.ReLU6}
     for b in blocks:
         if b.kind == "residual":
-            set_module(model, b.name, nn.Identity())
+            kept = [activation(p) for p in b.post if p not in _IDEMPOTENT]
+            set_module(model, b.name, nn.Sequential(*kept) if kept else nn.Identity())
         elif b.kind == "transition":
             shortcut = get_module(model, b.shortcut)
-            set_module(model, b.name, nn.Sequential(shortcut, *(acts[p]() for p in b.post)))
+            set_module(model, b.name,
+                       nn.Sequential(shortcut, *(activation(p) for p in b.post)))
         elif b.kind == "plain":
             for m in b.members:
                 set_module(model, m, nn.Identity())

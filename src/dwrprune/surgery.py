@@ -17,7 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .blocks import Block, get_module, remove_blocks
+from .blocks import Block, activation, get_module, remove_blocks
 from .costmath import kept_channels
 from .errors import DwrpruneError
 
@@ -259,7 +259,6 @@ def record_layer_changes(before: nn.Module | dict, after: nn.Module) -> dict[str
 
 
 _BLOCK_KINDS = ("residual", "transition", "plain", "dense")
-_POST_ACTS = ("relu", "relu6")
 
 
 def _module(model: nn.Module, name, what: str) -> nn.Module:
@@ -286,10 +285,12 @@ def _blocks_from_spec(model: nn.Module, records) -> list[Block]:
             raise DwrpruneError(f"spec block {rec['name']!r} has kind {rec.get('kind')!r}; "
                                 f"known: {', '.join(_BLOCK_KINDS)}")
         members, post = rec.get("members", []), rec.get("post", [])
-        if not isinstance(members, list) or not isinstance(post, list) or any(
-                p not in _POST_ACTS for p in post):
-            raise DwrpruneError(f"spec block {rec['name']!r}: members must be layer names "
-                                f"and post one of {_POST_ACTS}")
+        if not isinstance(members, list) or not isinstance(post, list) or not all(
+                isinstance(p, str) for p in post):
+            raise DwrpruneError(f"spec block {rec['name']!r}: members and post must be lists "
+                                "of names")
+        for p in post:
+            activation(p)  # a known activation, or a one-line error naming it
         _module(model, rec["name"], "arch.removed_blocks")
         for m in members:
             _module(model, m, f"block {rec['name']!r} member")
