@@ -72,6 +72,20 @@ def measure_ms(model, resolution: int, target: LatencyTarget, repeats: int = 20,
     return {"median_ms": lat.median_ms, "p25_ms": lat.p25_ms, "p75_ms": lat.p75_ms}
 
 
+def _round_robin(calls: list, target: LatencyTarget, repeats: int, warmup: int = 3
+                 ) -> list[list[float]]:
+    """Time each ``(module, input)`` once per round, ``repeats`` rounds, after ``warmup``
+    passes of each: drift in the machine's speed (a shared host) then spreads over every
+    item alike instead of favouring whichever was timed in a quiet moment."""
+    for module, x in calls:
+        time_forward(module, x, target.threads, warmup=warmup, repeats=1)
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for i, (module, x) in enumerate(calls):
+            times[i] += time_forward(module, x, target.threads, warmup=0, repeats=1)
+    return times
+
+
 class LayerTable:
     """Per-layer lookup table: the time of each conv and linear layer shape on the target,
     measured alone (median of ``repeats``) the first time a query needs it and kept, so
@@ -95,26 +109,37 @@ class LayerTable:
                            list(mod.dilation), groups, mod.bias is not None,
                            list(shape[-2:])])
 
+    def _call(self, key: str):
+        """The layer a key describes, with random weights, and an input for it."""
+        kind, cin, cout, *rest = json.loads(key)
+        b, dev = self.target.batch, check_device(self.target.device)
+        if kind == "linear":
+            rows, bias = rest
+            layer, x = nn.Linear(cin, cout, bias), torch.randn(b * rows, cin)
+        else:
+            k, stride, pad, dil, groups, bias, hw = rest
+            layer = nn.Conv2d(cin, cout, k, stride, pad, dil, groups, bias)
+            x = torch.randn(b, cin, *hw)
+        return layer.eval().to(dev), x.to(dev)
+
+    def fill(self, keys) -> None:
+        """Time every key not in the table yet, round-robin (see :func:`_round_robin`)."""
+        todo = sorted(set(keys) - set(self.entries))
+        if todo:
+            times = _round_robin([self._call(k) for k in todo], self.target, self.repeats)
+            self.entries.update((k, statistics.median(t)) for k, t in zip(todo, times))
+
     def layer_ms(self, key: str) -> float:
         if key not in self.entries:
-            kind, cin, cout, *rest = json.loads(key)
-            b, dev = self.target.batch, check_device(self.target.device)
-            if kind == "linear":
-                rows, bias = rest
-                layer, x = nn.Linear(cin, cout, bias), torch.randn(b * rows, cin)
-            else:
-                k, stride, pad, dil, groups, bias, hw = rest
-                layer = nn.Conv2d(cin, cout, k, stride, pad, dil, groups, bias)
-                x = torch.randn(b, cin, *hw)
-            layer, x = layer.eval().to(dev), x.to(dev)
-            times = time_forward(layer, x, self.target.threads, warmup=3,
-                                 repeats=self.repeats)
-            self.entries[key] = statistics.median(times)
+            self.fill([key])
         return self.entries[key]
 
-    def total_ms(self, shr: Shrinker, d: float, w: float, r: float) -> float:
+    def keys(self, shr: Shrinker, d: float, w: float, r: float) -> list[str]:
         res, layers = shr.kept_layers(d, w, r)
-        return sum(self.layer_ms(self.key(shr, g, cin, cout, res)) for g, cin, cout in layers)
+        return [self.key(shr, g, cin, cout, res) for g, cin, cout in layers]
+
+    def total_ms(self, shr: Shrinker, d: float, w: float, r: float) -> float:
+        return sum(self.layer_ms(k) for k in self.keys(shr, d, w, r))
 
 
 def _features(kind: str, shr: Shrinker, d: float, w: float, r: float,
@@ -212,15 +237,24 @@ def measure_design(shr: Shrinker, target: LatencyTarget, n_fit: int = 16,
     lower = tuple(max(lo, shr.min_resolution / shr.base_resolution) if i == 2 else lo
                   for i, lo in enumerate(lower))
     pts = [(1.0, 1.0, 1.0)] + design(shr, n_fit + n_heldout - 1, lower, seed)
-    rows = []
-    for i, (d, w, r) in enumerate(pts):
+    dev = check_device(target.device)
+    calls = []
+    for d, w, r in pts:
         out = shr.shrink(d, w, r)
-        m = measure_ms(out.model, out.spec["input"]["resolution"], target, repeats)
-        rows.append({"d": d, "w": w, "r": r, **shr.structure(d, w, r), **m,
+        px = out.spec["input"]["resolution"]
+        calls.append((out.model.eval().to(dev),
+                      torch.randn(target.batch, shr.in_channels, px, px, device=dev)))
+    if progress:
+        progress(f"[latency] timing {len(pts)} shrunk models on {target.key()}, "
+                 f"{repeats} rounds")
+    with torch.inference_mode():
+        times = _round_robin(calls, target, repeats)
+    rows = []
+    for i, ((d, w, r), t) in enumerate(zip(pts, times)):
+        q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
+        rows.append({"d": d, "w": w, "r": r, **shr.structure(d, w, r),
+                     "median_ms": statistics.median(t), "p25_ms": q[0], "p75_ms": q[2],
                      "use": "fit" if i < n_fit else "heldout"})
-        if progress:
-            progress(f"[latency] {i + 1}/{len(pts)} d={d:.3f} w={w:.3f} r={r:.3f} "
-                     f"{m['median_ms']:.3f} ms")
     return rows
 
 
@@ -232,6 +266,8 @@ def fit_latency_model(shr: Shrinker, target: LatencyTarget, rows: list[dict], ki
         raise DwrpruneError(f"latency model kind must be auto, {' or '.join(FEATURES)}; got "
                             f"{kind!r}")
     table = (table or LayerTable(target)) if kind == "lut" else None
+    if table is not None:  # every layer shape of the design, timed together
+        table.fill([k for x in rows for k in table.keys(shr, x["d"], x["w"], x["r"])])
     fit = [x for x in rows if x["use"] == "fit"]
     held = [x for x in rows if x["use"] == "heldout"]
     A = np.array([_features(kind, shr, x["d"], x["w"], x["r"], table) for x in fit])
