@@ -37,18 +37,22 @@ def test_dense_layers_are_found_and_nothing_else():
     assert shr.axes()["depth"] == {"blocks": 5, "kinds": ["dense"], "why": ""}
 
 
-@pytest.mark.parametrize("layer", ["features.denseblock1.denselayer1",
-                                   "features.denseblock1.denselayer3",
-                                   "features.denseblock2.denselayer2"])
-def test_a_dense_layer_that_adds_nothing_removes_with_unchanged_outputs(layer):
+@pytest.mark.parametrize("layers", [["features.denseblock1.denselayer1"],
+                                    ["features.denseblock1.denselayer3"],
+                                    ["features.denseblock2.denselayer2"],
+                                    ["features.denseblock1.denselayer1",
+                                     "features.denseblock1.denselayer2",
+                                     "features.denseblock2.denselayer1"]])
+def test_dense_layers_that_add_nothing_remove_with_unchanged_outputs(layers):
     model = _densenet()
-    with torch.no_grad():  # its output is all zeros: the rest of the network ignores it
-        model.get_submodule(layer + ".conv2").weight.zero_()
-    block = next(b for b in dwrprune.Shrinker(model, resolution=16).blocks if b.name == layer)
+    with torch.no_grad():  # their outputs are all zeros: the rest of the network ignores them
+        for layer in layers:
+            model.get_submodule(layer + ".conv2").weight.zero_()
+    blocks = [b for b in dwrprune.Shrinker(model, resolution=16).blocks if b.name in layers]
     x = torch.randn(2, 3, 16, 16)
     reduced = copy.deepcopy(model)
-    drop_blocks(reduced, [block], torch.zeros(1, 3, 16, 16))
-    assert isinstance(reduced.get_submodule(layer), EmptyFeatures)
+    drop_blocks(reduced, blocks, torch.zeros(1, 3, 16, 16))
+    assert all(isinstance(reduced.get_submodule(n), EmptyFeatures) for n in layers)
     with torch.no_grad():
         torch.testing.assert_close(reduced(x), model(x), atol=1e-5, rtol=1e-5)
     assert _macs(reduced, 16) < _macs(model, 16)

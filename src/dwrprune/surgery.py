@@ -98,20 +98,21 @@ def drop_blocks(model: nn.Module, blocks: list[Block], example_input: torch.Tens
     and for a dense layer first the input channels its output fed, cut from every layer that
     read them through a concatenation (Torch-Pruning's dependency graph maps the
     concatenation offsets; the dense layer's own layers go with it)."""
-    for b in blocks:
-        if b.kind == "dense":
-            names = {m: n for n, m in model.named_modules()}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    dense = [b for b in blocks if b.kind == "dense"]
+    if dense:  # one dependency graph for all: its concatenation records are kept up to date
+        names = {m: n for n, m in model.named_modules()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        for b in dense:
             conv = get_module(model, b.members[0])
             group = dg.get_pruning_group(conv, tp.prune_conv_out_channels,
                                          idxs=list(range(conv.out_channels)))
             for dep, idxs in group:
                 n = names.get(dep.target.module)  # None: Torch-Pruning's own concat/split ops
-                if n is not None and n != b.name and not n.startswith(b.name + "."):
+                if n is None or (n != b.name and not n.startswith(b.name + ".")):
                     dep(idxs)
-        remove_blocks(model, [b])
+    remove_blocks(model, blocks)
 
 
 def unprunable_groups(model: nn.Module, example_input: torch.Tensor, ignored: list[str],
