@@ -171,14 +171,18 @@ class Analysis:
             probe = copy.deepcopy(self.model)
             dg, groups = build_graph(probe, x, [self.classifier])
             roots = group_roots(probe, groups)
-            self._whole = unprunable_groups(self.model, x, [self.classifier], roots)
-            groups = [g for g, root in zip(groups, roots) if root not in self._whole]
-            self._groups = describe_groups(probe, dg, groups)
+            broken = unprunable_groups(self.model, x, [self.classifier], roots)
+            infos = describe_groups(probe, dg, groups)
+            # every layer whose output channels a broken group holds, so the group is still
+            # left whole when a removed block took its root
+            self._whole = frozenset(n for info, root in zip(infos, roots) if root in broken
+                                    for n, side, _ in info.members if side == "out")
+            self._groups = [i for i, root in zip(infos, roots) if root not in broken]
         return self._groups
 
     @property
     def whole_groups(self) -> frozenset[str]:
-        """Roots of the channel groups width pruning leaves whole
+        """The layers whose output channels belong to a group width pruning leaves whole
         (:func:`~dwrprune.surgery.unprunable_groups`)."""
         self.groups()
         return self._whole

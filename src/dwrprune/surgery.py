@@ -82,8 +82,11 @@ def build_graph(model: nn.Module, example_input: torch.Tensor, ignored: list[str
         raise DwrpruneError(
             f"Torch-Pruning cannot trace {type(model).__name__} for channel pruning: "
             f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
-    if whole:
-        groups = [g for g, root in zip(groups, group_roots(model, groups)) if root not in whole]
+    if whole:  # by out-channel membership: removing blocks may give a group another root
+        names = {m: n for n, m in model.named_modules()}
+        groups = [g for g in groups if not any(
+            dg.is_out_channel_pruning_fn(dep.handler) and names.get(dep.target.module) in whole
+            for dep, _ in g)]
     return dg, groups
 
 
