@@ -349,3 +349,34 @@ def test_blocks_ending_in_another_activation_remove_to_that_activation(tmp_path,
     save_model(tmp_path / "bad.pt", out.model, out.spec)
     with pytest.raises(DwrpruneError, match="leaky_relu needs a slope"):
         load(tmp_path / "bad.pt", model=_LeakyNet(act))
+
+
+class _FixedStream(nn.Module):
+    """Residual blocks straight on an 8-channel input, and a head that hard-codes the
+    stream's 8 channels: the stream's channel group cannot be pruned, and its root (the
+    first block's last conv) lies in a removable block."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(*(_LeakyBlock(nn.ReLU) for _ in range(3)))
+        self.mix = nn.Conv2d(8, 6, 1)
+        self.head = nn.Linear(8 + 6, 4)
+
+    def forward(self, x):
+        x = self.blocks(x)
+        pooled = x.reshape(x.shape[0], 8, -1).mean(-1)  # the model's own code sizes it
+        return self.head(torch.cat([pooled, self.mix(x).mean((2, 3))], 1))
+
+
+def test_a_group_left_whole_stays_whole_when_its_root_block_is_removed():
+    torch.manual_seed(0)
+    net = _FixedStream().eval()
+    net.dwrprune_spec = make_spec(None, 4, 8, 8)
+    with pytest.warns(UserWarning, match="leaves 1 channel group"):
+        shr = Shrinker(net)
+        shr.groups()
+    assert "blocks.0.f.0" in shr.whole_groups and "blocks.1.f.0" in shr.whole_groups
+    shr.block_order = lambda: [b for b in shr.blocks if b.name == "blocks.0"]
+    out = shr.shrink(0.67, 0.5, 1.0)  # the stream's root went with blocks.0
+    assert out.model(torch.randn(2, 8, 8, 8)).shape == (2, 4)
+    assert out.model.mix.out_channels == 3 and out.macs == shr.macs(0.67, 0.5, 1.0)
