@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 import dwrprune
 from dwrprune.cli import main
@@ -46,6 +47,28 @@ def test_train_eval_and_yaml_config(tmp_path, capsys):
     ev = dwrprune.evaluate(model, dwrprune.make_loader(val, 64))
     assert res["split"] == "val" and res["count"] == len(val) == 51
     assert res["accuracy"] == pytest.approx(ev.accuracy)  # the real figure, not just a range
+
+
+def test_train_warm_restart_from_a_checkpoint(tmp_path, capsys):
+    first = tmp_path / "first"
+    base = ["--data", "synthetic", "--steps", "2", "--batch-size", "16", "--no-progress"]
+    assert main(["train", "--model", "resnet_tiny", *base, "--out", str(first)]) == 0
+    start = dwrprune.load(first / "model.pt").state_dict()
+    again = tmp_path / "again"
+    assert main(["train", "--model", "resnet_tiny", *base, "--lr", "1e-12", "--init",
+                 str(first / "model.pt"), "--out", str(again)]) == 0
+    card = json.loads((again / "card.json").read_text())
+    assert card["init"]["checkpoint"] == str(first / "model.pt")
+    assert card["init"]["card"]["test_acc"] == json.loads(
+        (first / "card.json").read_text())["test_acc"]
+    after = dwrprune.load(again / "model.pt").state_dict()  # lr ~0: the weights it started from
+    assert all(torch.allclose(after[k], v, atol=1e-6) for k, v in start.items()
+               if "running" not in k and "num_batches" not in k)
+    capsys.readouterr()
+    assert main(["train", "--model", "resnet_tiny2", *base, "--init", str(first / "model.pt"),
+                 "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "needs an unpruned resnet_tiny2" in err and "\n" not in err.strip()
 
 
 def test_yaml_unknown_option(tmp_path, capsys):

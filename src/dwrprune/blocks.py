@@ -248,16 +248,21 @@ def _dense_layers(model: nn.Module, records: dict, output_node) -> list[Block]:
         rec = records[outer]
         ins = rec.get("ins", [rec.get("in")])
         cons = consumers.get(node, [])
-        # every reader a concatenation onto (some of) the layer's own input features; an
-        # inception branch is concatenated with its siblings, not with its input: not dense
-        if cons and all(type(c).__name__ == "CatBackward0" and len(c.next_functions) >= 2
-                        and c.next_functions[0][0] is not node
-                        and any(_same_node(op, i) for op, _ in c.next_functions
-                                if op is not None for i in ins) for c in cons) \
+        if cons and all(_joins_own_features(c, node, ins) for c in cons) \
                 and isinstance(get_module(model, producer), nn.Conv2d) and producer != outer \
                 and rec["in_shape"][2:] == rec["out_shape"][2:]:
             found.append(Block(outer, "dense", members=(producer,)))
     return found
+
+
+def _joins_own_features(cat, node, ins) -> bool:
+    """Whether autograd node ``cat`` concatenates ``node`` (not first) onto (some of) the
+    features ``ins`` it was computed from.  An inception branch is concatenated with its
+    siblings, not with its own input: not dense."""
+    ops = [op for op, _ in cat.next_functions if op is not None]
+    return (type(cat).__name__ == "CatBackward0" and len(cat.next_functions) >= 2
+            and cat.next_functions[0][0] is not node
+            and any(_same_node(op, i) for op in ops for i in ins))
 
 
 def _innermost(blocks: list[Block]) -> list[Block]:

@@ -208,6 +208,15 @@ class LatencyModel:
             raise DwrpruneError(f"this latency model was built for {self.target.key()}, not "
                                 f"{target.key()}; build one for the target (or use its "
                                 "settings)")
+
+
+def _check_kind(kind: str, auto: bool) -> None:
+    kinds = (("auto",) if auto else ()) + tuple(FEATURES)
+    if kind not in kinds:
+        raise DwrpruneError(f"latency model kind must be {', '.join(kinds[:-1])} or "
+                            f"{kinds[-1]}; got {kind!r}")
+
+
 def design(shr: Shrinker, n: int, lower: tuple[float, float, float], seed: int = 0
            ) -> list[tuple[float, float, float]]:
     """``n`` realisable (d, w, r) spread over the box (Latin hypercube, rounded to whole
@@ -262,9 +271,7 @@ def fit_latency_model(shr: Shrinker, target: LatencyTarget, rows: list[dict], ki
                       table: LayerTable | None = None) -> LatencyModel:
     """Fit a ``kind`` model to the measured design ``rows``' fit points; its ``errors``
     give the leave-one-out error there and the error on the held-out points."""
-    if kind not in FEATURES:
-        raise DwrpruneError(f"latency model kind must be auto, {' or '.join(FEATURES)}; got "
-                            f"{kind!r}")
+    _check_kind(kind, auto=False)
     table = (table or LayerTable(target)) if kind == "lut" else None
     if table is not None:  # every layer shape of the design, timed together
         table.fill([k for x in rows for k in table.keys(shr, x["d"], x["w"], x["r"])])
@@ -291,9 +298,7 @@ def build_latency_model(shr: Shrinker, target: LatencyTarget, n_fit: int = 16,
     """:func:`measure_design`, then a model of each kind fitted to it (``kind="auto"``
     keeps the one with the smaller leave-one-out error on the fit points); ``errors`` holds
     every fitted kind's errors."""
-    if kind not in ("auto", *FEATURES):
-        raise DwrpruneError(f"latency model kind must be auto, {' or '.join(FEATURES)}; got "
-                            f"{kind!r}")
+    _check_kind(kind, auto=True)
     rows = measure_design(shr, target, n_fit, n_heldout, lower, repeats, seed, progress)
     models = [fit_latency_model(shr, target, rows, k)
               for k in (FEATURES if kind == "auto" else (kind,))]

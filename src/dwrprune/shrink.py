@@ -242,17 +242,19 @@ class Shrinker(Analysis):
 
     def macs(self, d: float, w: float, r: float) -> int:
         """Exact MACs of ``shrink(d, w, r)``'s model, without building it."""
-        plan, cost, counts, dropped = self._formula(d, w, r)
+        return self._macs((d, w, r), *self._formula(d, w, r))
+
+    def _macs(self, point, plan, cost, counts, dropped) -> int:
         if self.geometry(plan.resolution)[1]:  # ops outside conv/linear (e.g. attention
-            return self.shrink(d, w, r, recalibrate=None).macs  # matmuls): build and count
+            return self.shrink(*point, recalibrate=None).macs  # matmuls): build and count
         return cost(counts, dropped)
 
     def structure(self, d: float, w: float, r: float) -> dict:
         """Exact MACs and structure (output elements, weights, layers) of ``shrink(d, w,
         r)``'s model, without building it: the features of a latency model."""
         plan, cost, counts, dropped = self._formula(d, w, r)
-        return {"macs": self.macs(d, w, r), "resolution": plan.resolution,
-                **cost.structure(counts, dropped)}
+        return {"macs": self._macs((d, w, r), plan, cost, counts, dropped),
+                "resolution": plan.resolution, **cost.structure(counts, dropped)}
 
     def kept_layers(self, d: float, w: float, r: float) -> tuple[int, list]:
         """The input side of ``shrink(d, w, r)``'s model and its conv and linear layers, each

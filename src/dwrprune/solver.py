@@ -28,6 +28,7 @@ from .errors import DwrpruneError
 class BudgetOutOfReach(DwrpruneError):
     """No realisable point within the bounds fits the budget."""
 
+
 @dataclass
 class ContinuousOptimum:
     d: float

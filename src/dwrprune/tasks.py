@@ -91,7 +91,7 @@ def _warm_start(model, name: str, info, init: str | os.PathLike) -> dict:
     """Load the weights of checkpoint ``init`` into ``model`` (registered model ``name``, for
     the dataset ``info``); returns ``{"checkpoint": path, "card": its card}``.  Only an
     unpruned checkpoint of the same model, classes and input channels is accepted."""
-    from .checkpoint import read_model_checkpoint
+    from .checkpoint import load_state_dict_checked, read_model_checkpoint
     from .spec import ModelSpec
 
     obj = read_model_checkpoint(init)
@@ -103,8 +103,7 @@ def _warm_start(model, name: str, info, init: str | os.PathLike) -> dict:
             f"with {s.num_classes} classes and {s.in_channels} input channels; training "
             f"{name} on {info.name} needs an unpruned {name} with {info.num_classes} classes "
             f"and {info.in_channels} input channels")
-    load(init, model=model)
-    model.train()
+    load_state_dict_checked(model, obj["state_dict"], str(init))  # the file, read once
     return {"checkpoint": str(init), "card": obj.get("meta", {})}
 
 
