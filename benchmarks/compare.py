@@ -6,12 +6,14 @@
 
 `run` appends one CSV row per (method, budget, seed) to OUT/results.csv as each finishes
 (a stopped run resumes).  `render` turns the CSV into a Markdown table (mean +- std over
-seeds) and OUT/compare.png (accuracy vs MACs, latency vs MACs per method).
+seeds) and OUT/compare.png (accuracy vs MACs, latency vs MACs per method; for a comparison
+at equal measured latency, accuracy vs measured latency).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -88,8 +90,12 @@ def table(summary: list[dict]) -> str:
         return f"{orig / lat:.2f}x" if lat and orig else "-"
 
     kind = summary[0].get("budget_kind") if summary else None
-    note = ([f"Budgets are fractions of the original's measured latency ({kind}).", ""]
-            if kind and kind.startswith("latency") else [])
+    note = []
+    if kind and kind.startswith("latency"):
+        ms = {s["budget"]: s["latency_budget_ms"] for s in summary if s["latency_budget_ms"]}
+        note = [f"Budgets are fractions of the original's measured latency on the target "
+                f"({kind}): " + ", ".join(f"{b:g} = {v:.2f} ms" for b, v in sorted(ms.items()))
+                + ".", ""]
     lines = note + [
         "| budget | method | seeds | MACs ratio | MACs cut | test acc pruned (%) | test acc "
         "fine-tuned (%) | latency b1 (ms) | speed-up b1 | latency b64 (ms) | speed-up b64 "
@@ -114,23 +120,52 @@ def table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def target_batch(summary: list[dict]) -> int | None:
+    """The batch size of a latency comparison (its budget kind names the target:
+    ``latency-cpu-b1-t1``), None for a MACs comparison."""
+    kind = summary[0].get("budget_kind", "macs") if summary else "macs"
+    m = re.fullmatch(r"latency-\w+-b(\d+)-t\d+", kind or "")
+    return int(m.group(1)) if m else None
+
+
 def plot(summary: list[dict], path: Path) -> None:
+    """MACs comparison: accuracy and batch-1 latency against the MACs ratio.  Latency
+    comparison: accuracy against the latency measured at the target's batch size, with
+    each budget as a vertical line (a method left of its line is within budget)."""
     from dwrprune.report import plt, save_figure  # pyplot on the non-interactive backend
 
+    batch = target_batch(summary)
+    lat_key = f"latency_b{batch if batch in (1, 64) else 1}_ms"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method in sorted({s["method"] for s in summary}):
         pts = [s for s in summary if s["method"] == method and s["status"] == "ok"]
         if not pts:
             continue
-        x = [s["macs_ratio"] for s in pts]
-        axes[0].errorbar(x, [100 * s["test_acc"] for s in pts],
-                         yerr=[100 * s["test_acc_std"] for s in pts], fmt="o-", label=method,
-                         capsize=3)
-        axes[1].plot(x, [s["latency_b1_ms"] for s in pts], "o-", label=method)
-    axes[0].set_ylabel("test accuracy after fine-tuning (%)")
-    axes[1].set_ylabel("CPU latency, batch 1 (ms)")
+        acc = [100 * s["test_acc"] for s in pts]
+        err = [100 * s["test_acc_std"] for s in pts]
+        if batch is None:
+            x = [s["macs_ratio"] for s in pts]
+            axes[0].errorbar(x, acc, yerr=err, fmt="o-", label=method, capsize=3)
+            axes[1].plot(x, [s["latency_b1_ms"] for s in pts], "o-", label=method)
+        else:
+            x = [s[lat_key] for s in pts]
+            axes[0].errorbar(x, acc, yerr=err, xerr=[s[lat_key + "_std"] for s in pts],
+                             fmt="o", label=method, capsize=3)
+            axes[1].plot(x, [s["macs_ratio"] for s in pts], "o", label=method)
+    if batch is None:
+        axes[0].set_ylabel("test accuracy after fine-tuning (%)")
+        axes[1].set_ylabel("CPU latency, batch 1 (ms)")
+        for ax in axes:
+            ax.set_xlabel("MACs / original MACs")
+    else:
+        for b in sorted({s["latency_budget_ms"] for s in summary if s["latency_budget_ms"]}):
+            for ax in axes:
+                ax.axvline(b, color="grey", ls=":", lw=1)
+        axes[0].set_ylabel("test accuracy after fine-tuning (%)")
+        axes[1].set_ylabel("MACs / original MACs")
+        for ax in axes:
+            ax.set_xlabel(f"measured latency, batch {batch} (ms; dotted: budgets)")
     for ax in axes:
-        ax.set_xlabel("MACs / original MACs")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     save_figure(fig, path)
@@ -148,7 +183,8 @@ def cmd_render(args) -> None:
     if args.update_readme:
         from readme_block import update_readme
 
-        update_readme("compare-table", text)
+        batch = target_batch(summary)
+        update_readme("compare-table" if batch is None else f"compare-latency-b{batch}", text)
 
 
 def cmd_latency(args) -> None:

@@ -91,7 +91,8 @@ def test_compare_at_equal_measured_latency(tmp_path):
     assert {x["method"] for x in rows} == {"width-only", "3d", "3d-latency"}
     assert all(x["budget_kind"] == "latency-cpu-b1-t1" for x in rows)
     assert all(x["status"] in ("ok", "infeasible") for x in rows)
-    assert "measured latency" in r.stdout
+    assert "measured latency" in r.stdout and "0.97 = " in r.stdout  # the budget in ms
+    assert (tmp_path / "compare.png").stat().st_size > 0  # accuracy vs measured latency
 
 
 def test_the_same_pruned_model_gets_the_same_row_whatever_ran_before(tmp_path):

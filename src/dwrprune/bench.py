@@ -290,7 +290,7 @@ def summarise(csv_path: str | Path) -> list[dict]:
             groups.setdefault((r["method"], float(r["budget"])), []).append(r)
 
     def stat(rows, key):
-        vals = [float(r[key]) for r in rows if r["status"] == "ok" and r[key] != ""]
+        vals = [float(r[key]) for r in rows if r["status"] == "ok" and r.get(key, "") != ""]
         if not vals:
             return None, None
         mean = sum(vals) / len(vals)
@@ -305,7 +305,8 @@ def summarise(csv_path: str | Path) -> list[dict]:
              "status": "ok" if any(r["status"] == "ok" for r in rows) else rows[0]["status"]}
         for key in ("test_acc", "test_acc_pruned", "macs_ratio", "params", "latency_b1_ms",
                     "latency_b64_ms", "prune_seconds", "finetune_seconds", "collection_seconds",
-                    "original_test_acc", "original_latency_b1_ms", "original_latency_b64_ms"):
+                    "original_test_acc", "original_latency_b1_ms", "original_latency_b64_ms",
+                    "latency_budget_ms"):
             s[key], s[key + "_std"] = stat(rows, key)
         out.append(s)
     return out
