@@ -135,7 +135,8 @@ def plot(summary: list[dict], path: Path) -> None:
     from dwrprune.report import plt, save_figure  # pyplot on the non-interactive backend
 
     batch = target_batch(summary)
-    lat_key = f"latency_b{batch if batch in (1, 64) else 1}_ms"
+    shown = batch if batch in (1, 64) else 1  # the rows measure batches 1 and 64 only
+    lat_key = f"latency_b{shown}_ms"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method in sorted({s["method"] for s in summary}):
         pts = [s for s in summary if s["method"] == method and s["status"] == "ok"]
@@ -152,8 +153,8 @@ def plot(summary: list[dict], path: Path) -> None:
             axes[0].errorbar(x, acc, yerr=err, xerr=[s[lat_key + "_std"] for s in pts],
                              fmt="o", label=method, capsize=3)
             axes[1].plot(x, [s["macs_ratio"] for s in pts], "o", label=method)
+    axes[0].set_ylabel("test accuracy after fine-tuning (%)")
     if batch is None:
-        axes[0].set_ylabel("test accuracy after fine-tuning (%)")
         axes[1].set_ylabel("CPU latency, batch 1 (ms)")
         for ax in axes:
             ax.set_xlabel("MACs / original MACs")
@@ -161,10 +162,9 @@ def plot(summary: list[dict], path: Path) -> None:
         for b in sorted({s["latency_budget_ms"] for s in summary if s["latency_budget_ms"]}):
             for ax in axes:
                 ax.axvline(b, color="grey", ls=":", lw=1)
-        axes[0].set_ylabel("test accuracy after fine-tuning (%)")
         axes[1].set_ylabel("MACs / original MACs")
         for ax in axes:
-            ax.set_xlabel(f"measured latency, batch {batch} (ms; dotted: budgets)")
+            ax.set_xlabel(f"measured latency, batch {shown} (ms; dotted: budgets)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
