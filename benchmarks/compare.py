@@ -13,7 +13,6 @@ at equal measured latency, accuracy vs measured latency).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -123,9 +122,10 @@ def table(summary: list[dict]) -> str:
 def target_batch(summary: list[dict]) -> int | None:
     """The batch size of a latency comparison (its budget kind names the target:
     ``latency-cpu-b1-t1``), None for a MACs comparison."""
-    kind = summary[0].get("budget_kind", "macs") if summary else "macs"
-    m = re.fullmatch(r"latency-\w+-b(\d+)-t\d+", kind or "")
-    return int(m.group(1)) if m else None
+    from dwrprune.latency import LatencyTarget
+
+    kind = (summary[0].get("budget_kind") or "macs") if summary else "macs"
+    return LatencyTarget.from_key(kind.removeprefix("latency-")).batch if kind != "macs" else None
 
 
 def plot(summary: list[dict], path: Path) -> None:

@@ -131,6 +131,17 @@ def test_bad_latency_options(opts, match):
         resolve_config("quick", **opts)
 
 
+@pytest.mark.parametrize("target", [L.LatencyTarget(), L.LatencyTarget("cuda", 64, 4)])
+def test_target_key_round_trips(target):
+    assert L.LatencyTarget.from_key(target.key()) == target
+
+
+@pytest.mark.parametrize("key", ["cpu", "cpu-b1", "cpu-bx-t1", "-b1-t1", "macs"])
+def test_bad_target_key_is_a_clear_error(key):
+    with pytest.raises(DwrpruneError, match="not a latency target key"):
+        L.LatencyTarget.from_key(key)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU machine")
 def test_cuda_target_without_a_gpu_is_a_clear_error():
     with pytest.raises(DwrpruneError, match="no CUDA GPU"):

@@ -64,6 +64,15 @@ class LatencyTarget:
     def key(self) -> str:
         return f"{self.device}-b{self.batch}-t{self.threads}"
 
+    @classmethod
+    def from_key(cls, key: str) -> LatencyTarget:
+        """The target :meth:`key` names (``cpu-b64-t1``)."""
+        device, sep, rest = key.rpartition("-b")
+        batch, _, threads = rest.partition("-t")
+        if not (sep and batch.isdigit() and threads.isdigit() and device):
+            raise DwrpruneError(f"not a latency target key: {key!r} (expected like cpu-b1-t1)")
+        return cls(device, int(batch), int(threads))
+
 
 def measure_ms(model, resolution: int, target: LatencyTarget, repeats: int = 20,
                warmup: int = 5) -> dict:
