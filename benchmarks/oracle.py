@@ -111,10 +111,13 @@ def render(rows: list[dict], budget: float, runs: list[str]) -> str:
                      f"{100 * p['val_std']:.2f} | {100 * p['test']:.2f} ± "
                      f"{100 * p['test_std']:.2f} | {100 * p['regret']:.2f} | "
                      f"{100 * p['predicted']:.2f} |")
+    pairs = "; ".join(f"seeds {a} and {b}: {rho:.2f} over {n} points"
+                      for a, b, n, rho in s["seed_pairs"])
     lines += ["", f"Best by mean validation accuracy: {s['best_by_val']}.  The oracle's own "
-              f"rank reliability: over the {s['split_half_points']} iso-cost points with two "
-              "seeds, the Spearman correlation between the first and the second seed's "
-              f"validation accuracies is {s['split_half']:.2f}.", ""]
+              "rank reliability, the Spearman correlation between two seeds' validation "
+              "accuracies over the iso-cost points both have"
+              + (f" (mean over seed pairs: {pairs})" if len(s["seed_pairs"]) > 1 else "")
+              + f": {s['split_half']:.2f}.", ""]
     regrets: dict[str, list[tuple[float, float]]] = {}
     for i, rd in enumerate(runs):  # predictor candidates: for the first run folder only
         lines += judge_run(rows, budget, rd, regrets, candidates=i == 0) + [""]

@@ -41,6 +41,17 @@ def _rows(budget=0.5):
     return rows
 
 
+def test_rank_reliability_averages_every_pair_of_seeds():
+    rows = _rows()
+    third = [dict(r, seed="2", val_acc=str(1.8 - float(r["val_acc"]))) for r in rows
+             if r["seed"] == "0"]
+    s = summarise_oracle(rows + third, 0.5)  # seed 2 ranks the points the other way round
+    assert [(a, b, n) for a, b, n, _ in s["seed_pairs"]] == [(0, 1, 3), (0, 2, 3), (1, 2, 3)]
+    assert s["split_half"] == pytest.approx((1 - 1 - 1) / 3)
+    partial = summarise_oracle(rows + third[:2], 0.5)  # two points only: no rank to take
+    assert [(a, b) for a, b, _, _ in partial["seed_pairs"]] == [(0, 1)]
+
+
 def test_regret_and_rank_correlation():
     s = summarise_oracle(_rows(), 0.5)
     by = {p["label"]: p for p in s["points"]}

@@ -242,15 +242,23 @@ def summarise_oracle(rows: list[dict], budget: float, predictor=None) -> dict:
     rho = spearmanr([p["predicted"] for p in iso], [p["val"] for p in iso]).statistic \
         if len(iso) > 2 else float("nan")
     # the oracle's own rank reliability: two seeds of the same points, ranked against each
-    # other (a predictor is judged against means that are this noisy)
-    pairs = [sorted(by[p["label"]], key=lambda x: int(x["seed"]))[:2] for p in iso
-             if p["seeds"] >= 2]
-    split = spearmanr([float(a["val_acc"]) for a, _ in pairs],
-                      [float(b["val_acc"]) for _, b in pairs]).statistic \
-        if len(pairs) > 2 else float("nan")
+    # other (a predictor is judged against means that are this noisy); with a third seed,
+    # the mean over every pair of seeds that share at least three points
+    seeds = sorted({int(x["seed"]) for p in iso for x in by[p["label"]]})
+    pairs = []
+    for i, a in enumerate(seeds):
+        for b in seeds[i + 1:]:
+            both = [(v[a], v[b]) for v in ({int(x["seed"]): float(x["val_acc"])
+                                            for x in by[p["label"]]} for p in iso)
+                    if a in v and b in v]
+            if len(both) > 2:
+                pairs.append((a, b, len(both),
+                              float(spearmanr(*zip(*both, strict=True)).statistic)))
+    split = _mean([p[3] for p in pairs]) if pairs else float("nan")
     return {"budget": budget, "points": sorted(pts, key=lambda p: -p["val"]),
             "best_by_val": best_val["label"], "best_test": best_test,
-            "spearman": float(rho), "split_half": float(split), "split_half_points": len(pairs)}
+            "spearman": float(rho), "split_half": float(split),
+            "split_half_points": max((p[2] for p in pairs), default=0), "seed_pairs": pairs}
 
 
 def default_grid(shr: Shrinker) -> tuple[list[float], list[float]]:
