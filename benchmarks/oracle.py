@@ -117,7 +117,9 @@ def render(rows: list[dict], budget: float, runs: list[str]) -> str:
               "rank reliability, the Spearman correlation between two seeds' validation "
               "accuracies over the iso-cost points both have"
               + (f" (mean over seed pairs: {pairs})" if len(s["seed_pairs"]) > 1 else "")
-              + f": {s['split_half']:.2f}.", ""]
+              + f": {s['split_half']:.2f}.  Noise ceiling: a perfect predictor would rank "
+              f"these means at a Spearman correlation of about {s['noise_ceiling']:.2f} "
+              "(`rank_noise_ceiling`).", ""]
     regrets: dict[str, list[tuple[float, float]]] = {}
     for i, rd in enumerate(runs):  # predictor candidates: for the first run folder only
         lines += judge_run(rows, budget, rd, regrets, candidates=i == 0) + [""]

@@ -1,6 +1,7 @@
 """The iso-cost oracle: points on a budget's surface, and regret / rank correlation."""
 
 import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,18 @@ def test_rank_reliability_averages_every_pair_of_seeds():
     assert s["split_half"] == pytest.approx((1 - 1 - 1) / 3)
     partial = summarise_oracle(rows + third[:2], 0.5)  # two points only: no rank to take
     assert [(a, b) for a, b, _, _ in partial["seed_pairs"]] == [(0, 1)]
+
+
+def test_rank_noise_ceiling_falls_as_points_get_closer():
+    from dwrprune.oracle import rank_noise_ceiling
+
+    def points(gap):
+        return [[0.9 + i * gap + e for e in (-0.001, 0.001, 0.0)] for i in range(8)]
+
+    far, near = rank_noise_ceiling(points(0.01)), rank_noise_ceiling(points(0.0005))
+    assert far > 0.99 and 0.0 < near < 0.9
+    assert rank_noise_ceiling([[0.9, 0.9], [0.9, 0.9], [0.9, 0.9]]) == 0.0  # nothing to rank
+    assert math.isnan(rank_noise_ceiling([[0.9], [0.8], [0.7]]))  # no point measured twice
 
 
 def test_regret_and_rank_correlation():

@@ -209,6 +209,30 @@ def _std(xs: list[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
+def rank_noise_ceiling(values: list[list[float]], draws: int = 2000, seed: int = 0) -> float:
+    """The Spearman correlation a perfect predictor would be expected to reach against the
+    means of ``values`` (one list of seed accuracies per point): the points' true values are
+    estimated by shrinking their means toward the grand mean (between-point variance minus
+    the seeds' pooled variance), then redrawn with that noise ``draws`` times.  NaN without
+    a point measured twice."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    dof = sum(len(v) - 1 for v in values)
+    if dof == 0 or len(values) < 3:
+        return float("nan")
+    s2 = sum((x - _mean(v)) ** 2 for v in values for x in v) / dof
+    means = np.array([_mean(v) for v in values])
+    noise = s2 / np.array([len(v) for v in values])
+    true_var = max(float(means.var(ddof=1) - noise.mean()), 0.0)
+    if true_var == 0.0:
+        return 0.0
+    truth = means.mean() + (means - means.mean()) * true_var / (true_var + noise)
+    rng = np.random.default_rng(seed)
+    return float(np.mean([spearmanr(truth, truth + rng.normal(0, np.sqrt(noise))).statistic
+                          for _ in range(draws)]))
+
+
 def summarise_oracle(rows: list[dict], budget: float, predictor=None) -> dict:
     """Per point: mean and std over seeds of validation and test accuracy; the best point by
     mean validation accuracy; regrets of the recorded choice and of every one-axis point
@@ -255,10 +279,12 @@ def summarise_oracle(rows: list[dict], budget: float, predictor=None) -> dict:
                 pairs.append((a, b, len(both),
                               float(spearmanr(*zip(*both, strict=True)).statistic)))
     split = _mean([p[3] for p in pairs]) if pairs else float("nan")
+    ceiling = rank_noise_ceiling([[float(x["val_acc"]) for x in by[p["label"]]] for p in iso])
     return {"budget": budget, "points": sorted(pts, key=lambda p: -p["val"]),
             "best_by_val": best_val["label"], "best_test": best_test,
             "spearman": float(rho), "split_half": float(split),
-            "split_half_points": max((p[2] for p in pairs), default=0), "seed_pairs": pairs}
+            "split_half_points": max((p[2] for p in pairs), default=0), "seed_pairs": pairs,
+            "noise_ceiling": ceiling}
 
 
 def default_grid(shr: Shrinker) -> tuple[list[float], list[float]]:
