@@ -84,8 +84,11 @@ def table(summary: list[dict]) -> str:
             return "-"
         return (fmt.format(s[key] * scale) + " ± " + fmt.format(s[key + "_std"] * scale))
 
-    def speedup(s, b):
-        lat, orig = s[f"latency_{b}_ms"], s[f"original_latency_{b}_ms"]
+    def speedup(s, b):  # against the original timed beside each model, where it was
+        ratio, lat, orig = (s[f"latency_{b}_ratio"], s[f"latency_{b}_ms"],
+                            s[f"original_latency_{b}_ms"])
+        if ratio:
+            return f"{1 / ratio:.2f}x"
         return f"{orig / lat:.2f}x" if lat and orig else "-"
 
     kind = summary[0].get("budget_kind") if summary else None

@@ -75,6 +75,10 @@ def test_latency_pass_fills_rows_and_keeps_rows_appended_meanwhile(tmp_path, mon
     rows = list(csv.DictReader(open(csv_path)))
     assert [r["method"] for r in rows] == ["width-only", "depth-only", "3d"]
     assert float(rows[0]["latency_b1_ms"]) > 0
+    for b in (1, 64):  # timed beside the original: ms scaled to the pass's original time
+        ratio = float(rows[0][f"latency_b{b}_ratio"])
+        orig = float(rows[0][f"original_latency_b{b}_ms"])
+        assert float(rows[0][f"latency_b{b}_ms"]) == pytest.approx(ratio * orig)
     assert float(rows[0]["original_latency_b64_ms"]) > 0 and rows[1]["latency_b1_ms"] == ""
     assert measure_latencies(tmp_path, model, repeats=2) == 0  # 3d has no model file here
     assert measure_latencies(tmp_path, model, repeats=2, remeasure=True) == 1

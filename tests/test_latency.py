@@ -100,7 +100,7 @@ def test_choice_under_latency_steps_down_when_measurement_overshoots(shr, monkey
     lm = _fake_model(shr)
     calls = []
 
-    def measure(model, res, target, repeats=20, warmup=5):
+    def measure(model, res, target, repeats=20, warmup=5, reference=None):
         ms = dwrprune.count_macs(model, res, 3) / shr.macs(1, 1, 1)
         ms *= 1.6 if not calls else 1.0  # the first measurement is 60% over the model
         calls.append(ms)
@@ -116,6 +116,16 @@ def test_choice_under_latency_steps_down_when_measurement_overshoots(shr, monkey
     assert all(c["predicted"] <= sol["best"]["predicted"] for c in sol["runners_up"])
     with pytest.raises(DwrpruneError, match="no model in the searched box reaches"):
         L.solve_latency(pred, shr, lm, 0.001, (0.25, 0.25, 0.5))
+
+
+def test_measure_beside_a_reference_scales_to_the_reference_time(shr):
+    small = shr.shrink(0.5, 0.5, 0.75).model.train()
+    ref = L.Reference(shr.model, shr.base_resolution, ms=10.0)
+    m = L.measure_ms(small, 12, L.LatencyTarget(), repeats=3, warmup=1, reference=ref)
+    assert m["ratio"] > 0 and m["median_ms"] == pytest.approx(10.0 * m["ratio"])
+    assert m["median_ms"] == pytest.approx(m["raw_median_ms"] * 10.0 / m["reference_now_ms"])
+    assert m["p25_ms"] <= m["median_ms"] <= m["p75_ms"]
+    assert small.training and not shr.model.training  # each model's mode is given back
 
 
 @pytest.mark.parametrize("opts,match", [
@@ -156,9 +166,10 @@ def test_pipeline_under_a_latency_budget(tmp_path, tiny_checkpoint, tiny_options
     shr0 = dwrprune.Shrinker(model)
     base = shr0.macs(1, 1, 1)
 
-    def measure(m, res, target, repeats=20, warmup=5):
+    def measure(m, res, target, repeats=20, warmup=5, reference=None):
         ms = dwrprune.count_macs(m, res, 3) / base
-        return {"median_ms": ms, "p25_ms": ms, "p75_ms": ms}
+        out = {"median_ms": ms, "p25_ms": ms, "p75_ms": ms}
+        return out | ({"ratio": ms / 1.0, "median_ms": ms * reference.ms} if reference else {})
 
     def round_robin(calls, target, repeats, warmup=3):  # the design and the layer table
         times = []
@@ -178,7 +189,9 @@ def test_pipeline_under_a_latency_budget(tmp_path, tiny_checkpoint, tiny_options
     assert plan["latency"]["target"] == "cpu-b1-t1"
     assert result.report["measured_latency_ms"]["median_ms"] <= plan["latency"]["budget_ms"] * 1.03
     assert (tmp_path / "run" / "latency" / "cpu-b1-t1.json").exists()
-    assert "latency budget" in result.report_path.read_text()
+    assert result.report["measured_latency_vs_original"]["ratio"] <= 0.6 * 1.03
+    report = result.report_path.read_text()
+    assert "latency budget" in report and "timed beside the original" in report
 
 
 class _AlignedTable(L.LayerTable):

@@ -41,6 +41,7 @@ from .executors import (
     raise_failures,
     run_graph,
 )
+from .latency import LatencyTarget, Reference, measure_ms
 from .pipeline import (
     DataSource,
     PipelineConfig,
@@ -52,7 +53,7 @@ FIELDS = ["method", "budget", "seed", "status", "note", "macs", "macs_ratio", "p
           "latency_b64_ms", "prune_seconds", "finetune_seconds", "collection_seconds",
           "original_macs", "original_test_acc", "original_latency_b1_ms",
           "original_latency_b64_ms", "torch", "cpu", "threads", "timestamp", "budget_kind",
-          "latency_budget_ms"]
+          "latency_budget_ms", "latency_b1_ratio", "latency_b64_ratio"]
 
 
 def _bind_settings(out: Path, model: nn.Module, recipe: TrainConfig,
@@ -190,10 +191,9 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
             "original_test_acc": evaluate(model, data.loader("test", base_res)).accuracy}
     ctx = BenchContext(data, out, pipeline, progress=progress and executor.name == "local")
     if latency_target is not None:
-        from .latency import measure_ms
-
         ctx.latency_target = latency_target.check()
         ctx.original_latency_ms = measure_ms(model, base_res, latency_target)["median_ms"]
+        ctx.latency_reference = Reference(model, base_res, ctx.original_latency_ms)
     todo = [(name, float(b), int(s)) for b in budgets for s in seeds for name in methods
             if (name, float(b), int(s)) not in done]
     for name in dict.fromkeys(n for n, _, _ in todo):
@@ -247,7 +247,10 @@ def measure_latencies(out: str | Path, original: nn.Module, repeats: int = 20,
                       threads: int = 1) -> int:
     """Fill in the latency columns (batch 1 and 64, the unpruned model too) of the rows that
     lack them, or of every row with ``remeasure``: one model at a time, in this process, with
-    the same threads, warm-up and repeats, so the figures are comparable with each other.
+    the same threads, warm-up and repeats, each timed round-robin beside the unpruned model
+    (``latency_bN_ratio``: the model's time over the original's, taken together; the ms
+    columns scaled to the original's time at the start of the pass), so the figures are
+    comparable with each other however the machine's speed drifts during the pass.
     Returns the number of rows measured."""
     out = Path(out)
     csv_path = out / "results.csv"
@@ -267,6 +270,7 @@ def measure_latencies(out: str | Path, original: nn.Module, repeats: int = 20,
 
     base = {"original_latency_b1_ms": median_ms(original, base_res, 1),
             "original_latency_b64_ms": median_ms(original, base_res, 64)}
+    refs = {b: Reference(original, base_res, base[f"original_latency_b{b}_ms"]) for b in (1, 64)}
     from .checkpoint import load
 
     updates = {}
@@ -276,8 +280,12 @@ def measure_latencies(out: str | Path, original: nn.Module, repeats: int = 20,
             continue  # a row from another machine whose model file is not here
         m = load(path)
         res = m.dwrprune_spec["input"]["resolution"]
-        updates[_key(r)] = {**r, **base, **stamp, "latency_b1_ms": median_ms(m, res, 1),
-                            "latency_b64_ms": median_ms(m, res, 64)}
+        row = {**r, **base, **stamp}
+        for b in (1, 64):  # timed round-robin beside the original: drift cancels
+            ms = measure_ms(m, res, LatencyTarget("cpu", b, threads), repeats,
+                            reference=refs[b])
+            row[f"latency_b{b}_ms"], row[f"latency_b{b}_ratio"] = ms["median_ms"], ms["ratio"]
+        updates[_key(r)] = row
     _update_rows(csv_path, updates)
     return len(updates)
 
@@ -306,7 +314,7 @@ def summarise(csv_path: str | Path) -> list[dict]:
         for key in ("test_acc", "test_acc_pruned", "macs_ratio", "params", "latency_b1_ms",
                     "latency_b64_ms", "prune_seconds", "finetune_seconds", "collection_seconds",
                     "original_test_acc", "original_latency_b1_ms", "original_latency_b64_ms",
-                    "latency_budget_ms"):
+                    "latency_budget_ms", "latency_b1_ratio", "latency_b64_ratio"):
             s[key], s[key + "_std"] = stat(rows, key)
         out.append(s)
     return out

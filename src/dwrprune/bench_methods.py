@@ -74,6 +74,7 @@ class BenchContext:
     progress: bool = False
     latency_target: object = None  # a LatencyTarget: budgets are latency fractions
     original_latency_ms: float = 0.0
+    latency_reference: object = None  # a latency.Reference: the original, timed beside
     prepared: dict = field(default_factory=dict)  # what Method.prepare computed, per job
 
     def shrinker(self, model: nn.Module) -> Shrinker:
@@ -182,7 +183,8 @@ class ThreeDLatency(ThreeD):
         lo[2] = max(lo[2], shr.min_resolution / shr.base_resolution)
         try:
             res = choose_under_latency(p["predictor"], shr, lat,
-                                       budget * ctx.original_latency_ms, tuple(lo))
+                                       budget * ctx.original_latency_ms, tuple(lo),
+                                       reference=ctx.latency_reference)
         except LatencyOutOfReach:
             raise Infeasible from None
         return self._shrink(model, tuple(res["best"][k] for k in "dwr"), seed, ctx)
@@ -191,7 +193,8 @@ class ThreeDLatency(ThreeD):
 class UnderLatency:
     """Any MACs-budget method pruned to the largest model whose measured latency on
     ``ctx.latency_target`` is within ``budget`` x the original's: bisection over the MACs
-    budget it is given (measured, as the latency pass measures)."""
+    budget it is given, each candidate timed round-robin beside the original (so the
+    machine's drift since the budget was set does not move the limit)."""
 
     def __init__(self, inner: Method, steps: int = 7):
         self.inner, self.name, self.steps = inner, inner.name, steps
@@ -212,7 +215,8 @@ class UnderLatency:
             except Infeasible:
                 lo = mid
                 continue
-            ms = measure_ms(p.model, p.spec["input"]["resolution"], ctx.latency_target)
+            ms = measure_ms(p.model, p.spec["input"]["resolution"], ctx.latency_target,
+                            reference=ctx.latency_reference)
             if ms["median_ms"] <= limit:
                 best, lo = p, mid
                 best.note = f"{p.note}; MACs budget {mid:.3f}: {ms['median_ms']:.3f} ms"

@@ -33,7 +33,7 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
-from .cost import check_device, measure_latency, time_forward
+from .cost import check_device, first_conv_in_channels, measure_latency, time_forward
 from .errors import DwrpruneError
 from .shrink import Shrinker
 
@@ -74,11 +74,43 @@ class LatencyTarget:
         return cls(device, int(batch), int(threads))
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The original model and its latency when the budget was set (``ms``).  Timed
+    round-robin beside a candidate, it turns the candidate's time into milliseconds of that
+    moment: drift in the machine's speed (a shared host) cancels out of a budget check."""
+
+    model: nn.Module
+    resolution: int
+    ms: float
+
+
 def measure_ms(model, resolution: int, target: LatencyTarget, repeats: int = 20,
-               warmup: int = 5) -> dict:
-    lat = measure_latency(model, resolution, target.batch, threads=target.threads,
-                          warmup=warmup, repeats=repeats, device=target.device)
-    return {"median_ms": lat.median_ms, "p25_ms": lat.p25_ms, "p75_ms": lat.p75_ms}
+               warmup: int = 5, reference: Reference | None = None) -> dict:
+    """Median and quartiles (ms) of ``model`` on ``target``.  With a ``reference``, the
+    model and the reference are timed round-robin and the figures scaled by
+    ``reference.ms`` over the reference's median now (``ratio``: model / reference)."""
+    if reference is None:
+        lat = measure_latency(model, resolution, target.batch, threads=target.threads,
+                              warmup=warmup, repeats=repeats, device=target.device)
+        return {"median_ms": lat.median_ms, "p25_ms": lat.p25_ms, "p75_ms": lat.p75_ms}
+    dev = check_device(target.device)
+    pairs = ((model, resolution), (reference.model, reference.resolution))
+    homes = [(m, next(m.parameters()).device, m.training) for m, _ in pairs]
+    try:
+        calls = [(m.eval().to(dev), torch.randn(target.batch, first_conv_in_channels(m), px,
+                                                px, device=dev)) for m, px in pairs]
+        with torch.inference_mode():
+            times, ref = _round_robin(calls, target, repeats, warmup)
+    finally:
+        for m, home, training in homes:
+            m.to(home).train(training)
+    ratio = statistics.median(times) / statistics.median(ref)
+    scale = reference.ms / statistics.median(ref)
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {"median_ms": statistics.median(times) * scale, "p25_ms": q[0] * scale,
+            "p75_ms": q[2] * scale, "ratio": ratio, "raw_median_ms": statistics.median(times),
+            "reference_now_ms": statistics.median(ref)}
 
 
 def _round_robin(calls: list, target: LatencyTarget, repeats: int, warmup: int = 3
@@ -370,16 +402,20 @@ def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
 
 def choose_under_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
                          lower: tuple[float, float, float], tolerance: float = 0.03,
-                         repeats: int = 20, attempts: int = 4) -> dict:
-    """:func:`solve_latency`, then the choice measured for real; while it exceeds the budget
-    by more than ``tolerance``, the modelled budget is stepped down by the overshoot and the
-    choice made again.  Returns the choice with its measured latency and the steps taken."""
+                         repeats: int = 20, attempts: int = 4,
+                         reference: Reference | None = None) -> dict:
+    """:func:`solve_latency`, then the choice measured for real (beside ``reference`` when
+    the budget is a fraction of the original's latency, see :func:`measure_ms`); while it
+    exceeds the budget by more than ``tolerance``, the modelled budget is stepped down by
+    the overshoot and the choice made again.  Returns the choice with its measured latency
+    and the steps taken."""
     steps, model_budget = [], budget_ms
     for _ in range(attempts):
         sol = solve_latency(pred, shr, lat, model_budget, lower)
         b = sol["best"]
         out = shr.shrink(b["d"], b["w"], b["r"])
-        m = measure_ms(out.model, out.spec["input"]["resolution"], lat.target, repeats)
+        m = measure_ms(out.model, out.spec["input"]["resolution"], lat.target, repeats,
+                       reference=reference)
         steps.append({"model_budget_ms": model_budget, **{k: b[k] for k in "dwr"},
                       "modelled_ms": b["latency_ms"], **m})
         if m["median_ms"] <= budget_ms * (1 + tolerance):

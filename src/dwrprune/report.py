@@ -225,6 +225,13 @@ def _markdown(rep: dict) -> str:
                   f"after pruning {100 * f['val_acc_before_finetune']:.2f}%, after fine-tuning "
                   f"{100 * f['val_acc']:.2f}%. Removed blocks: "
                   f"{', '.join(f['removed_blocks']) or 'none'}."]
+        if f.get("measured_latency_ms") and f.get("latency_budget_ms"):
+            m, vs = f["measured_latency_ms"], f.get("measured_latency_vs_original")
+            lines.append(f"\nOn the latency target {f['latency_target']}: the final model "
+                         f"measures {m['median_ms']:.3f} ms (quartiles {m['p25_ms']:.3f}-"
+                         f"{m['p75_ms']:.3f}) against a budget of {f['latency_budget_ms']:.3f} ms"
+                         + (f"; timed beside the original, {vs['ratio']:.3f} of its latency "
+                            f"({vs['median_ms']:.3f} ms at the budget's time)." if vs else "."))
     lines += ["", "![per-axis](axes.png)", "", "![slice](slice.png)", "",
               "![accuracy vs MACs](acc_vs_macs.png)", ""]
     return "\n".join(lines)

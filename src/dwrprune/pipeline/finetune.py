@@ -109,12 +109,15 @@ def finetune_final(model: nn.Module, data: DataSource, cfg: PipelineConfig, shri
     }
     target = cfg.latency_target
     if target is not None:  # the budget was latency: measure the final model on the target
-        from ..latency import measure_ms
+        from ..latency import Reference, measure_ms
 
         lat = (run.plan().get("latency") or {})
         result["latency_target"] = target.key()
         result["latency_budget_ms"] = lat.get("budget_ms")
         result["measured_latency_ms"] = measure_ms(pruned, res, target)
+        if lat.get("original_ms"):  # beside the original: the fraction of its latency
+            result["measured_latency_vs_original"] = measure_ms(
+                pruned, res, target, reference=Reference(model, base_res, lat["original_ms"]))
     with run.lock():
         save_model(run.final_dir / "model.pt", pruned, spec,
                    {k: v for k, v in result.items() if k != "history"})
