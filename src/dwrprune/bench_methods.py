@@ -187,14 +187,17 @@ class ThreeDLatency(ThreeD):
                                        reference=ctx.latency_reference)
         except LatencyOutOfReach:
             raise Infeasible from None
-        return self._shrink(model, tuple(res["best"][k] for k in "dwr"), seed, ctx)
+        out = self._shrink(model, tuple(res["best"][k] for k in "dwr"), seed, ctx)
+        out.note += f"; measured {res['measured']['median_ms']:.3f} ms"
+        return out
 
 
 class UnderLatency:
     """Any MACs-budget method pruned to the largest model whose measured latency on
-    ``ctx.latency_target`` is within ``budget`` x the original's: bisection over the MACs
-    budget it is given, each candidate timed round-robin beside the original (so the
-    machine's drift since the budget was set does not move the limit)."""
+    ``ctx.latency_target`` is within ``budget`` x the original's, with the tolerance
+    ``3d-latency``'s own check allows (:data:`~dwrprune.latency.TOLERANCE`): bisection over
+    the MACs budget it is given, each candidate timed round-robin beside the original (so
+    the machine's drift since the budget was set does not move the limit)."""
 
     def __init__(self, inner: Method, steps: int = 7):
         self.inner, self.name, self.steps = inner, inner.name, steps
@@ -204,9 +207,9 @@ class UnderLatency:
             self.inner.prepare(model, todo, ctx, executor)
 
     def prune(self, model, budget, seed, ctx) -> Pruned:
-        from .latency import measure_ms
+        from .latency import TOLERANCE, measure_ms
 
-        limit = budget * ctx.original_latency_ms
+        limit = budget * ctx.original_latency_ms * (1 + TOLERANCE)
         lo, hi, best = 0.02, 0.98, None
         for _ in range(self.steps):
             mid = (lo + hi) / 2

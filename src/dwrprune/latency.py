@@ -41,6 +41,9 @@ FEATURES = {"features": ("bias", "macs", "activations", "weights", "layers"),
             "lut": ("bias", "layer_table_ms", "activations", "layers")}
 
 
+TOLERANCE = 0.03  # a model measured within budget x (1 + TOLERANCE) meets the budget
+
+
 class LatencyOutOfReach(DwrpruneError):
     """No model in the searched box reaches the latency budget."""
 
@@ -401,7 +404,7 @@ def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
 
 
 def choose_under_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
-                         lower: tuple[float, float, float], tolerance: float = 0.03,
+                         lower: tuple[float, float, float], tolerance: float = TOLERANCE,
                          repeats: int = 20, attempts: int = 4,
                          reference: Reference | None = None) -> dict:
     """:func:`solve_latency`, then the choice measured for real (beside ``reference`` when
