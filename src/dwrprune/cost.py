@@ -129,6 +129,12 @@ def time_forward(module: nn.Module, x: torch.Tensor, threads: int = 1, warmup: i
     return times
 
 
+def quartiles(times: list[float]) -> tuple[float, float]:
+    """First and third quartile of timed repeats (both the one time, for a single repeat)."""
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return q[0], q[2]
+
+
 def measure_latency(model: nn.Module, resolution: int, batch_size: int = 1,
                     in_channels: int | None = None, threads: int = 1, warmup: int = 5,
                     repeats: int = 20, device: str = "cpu") -> Latency:
@@ -148,9 +154,8 @@ def measure_latency(model: nn.Module, resolution: int, batch_size: int = 1,
         times = time_forward(model, x, threads, warmup, repeats)
     finally:
         model.to(home).train(was_training)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return Latency(batch_size, threads, statistics.median(times), min(times), repeats,
-                   q[0], q[2], device)
+                   *quartiles(times), device)
 
 
 @dataclass

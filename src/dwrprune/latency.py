@@ -33,7 +33,13 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
-from .cost import check_device, first_conv_in_channels, measure_latency, time_forward
+from .cost import (
+    check_device,
+    first_conv_in_channels,
+    measure_latency,
+    quartiles,
+    time_forward,
+)
 from .errors import DwrpruneError
 from .shrink import Shrinker
 
@@ -110,9 +116,9 @@ def measure_ms(model, resolution: int, target: LatencyTarget, repeats: int = 20,
             m.to(home).train(training)
     ratio = statistics.median(times) / statistics.median(ref)
     scale = reference.ms / statistics.median(ref)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"median_ms": statistics.median(times) * scale, "p25_ms": q[0] * scale,
-            "p75_ms": q[2] * scale, "ratio": ratio, "raw_median_ms": statistics.median(times),
+    p25, p75 = quartiles(times)
+    return {"median_ms": statistics.median(times) * scale, "p25_ms": p25 * scale,
+            "p75_ms": p75 * scale, "ratio": ratio, "raw_median_ms": statistics.median(times),
             "reference_now_ms": statistics.median(ref)}
 
 
@@ -304,9 +310,9 @@ def measure_design(shr: Shrinker, target: LatencyTarget, n_fit: int = 16,
         times = _round_robin(calls, target, repeats)
     rows = []
     for i, ((d, w, r), t) in enumerate(zip(pts, times)):
-        q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
+        p25, p75 = quartiles(t)
         rows.append({"d": d, "w": w, "r": r, **shr.structure(d, w, r),
-                     "median_ms": statistics.median(t), "p25_ms": q[0], "p75_ms": q[2],
+                     "median_ms": statistics.median(t), "p25_ms": p25, "p75_ms": p75,
                      "use": "fit" if i < n_fit else "heldout"})
     return rows
 
