@@ -73,9 +73,13 @@ class BenchContext:
     recal_batches: int = 20
     progress: bool = False
     latency_target: object = None  # a LatencyTarget: budgets are latency fractions
-    original_latency_ms: float = 0.0
     latency_reference: object = None  # a latency.Reference: the original, timed beside
     prepared: dict = field(default_factory=dict)  # what Method.prepare computed, per job
+
+    @property
+    def original_latency_ms(self) -> float:
+        """The original's latency on the target when the budgets were set."""
+        return self.latency_reference.ms
 
     def shrinker(self, model: nn.Module) -> Shrinker:
         """The one-axis methods' shrinker: the pipeline's options (criteria, round_to, width
