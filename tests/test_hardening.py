@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -59,7 +60,10 @@ def test_crafted_checkpoint_never_runs_code(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
         pickle.dump({"format": "dwrprune", "spec": _RunsCode(marker)}, f)
-    assert main(["eval", "--checkpoint", str(path)]) == 2
+    with warnings.catch_warnings(record=True) as caught:  # a user sees warnings on stderr
+        warnings.simplefilter("always")
+        assert main(["eval", "--checkpoint", str(path)]) == 2
+    assert not caught, [str(w.message) for w in caught]
     err = _one_error_line(capsys, str(path))
     assert "weights_only" not in err  # no advice to load it unsafely
     assert not marker.exists()

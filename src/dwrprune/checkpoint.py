@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,11 @@ def load_torch(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise DwrpruneError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # a file pickled outside torch.save (protocol != 2) makes torch warn before it
+            # refuses or accepts it; the user gets our one line instead
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure here means "not a usable checkpoint"
         raise DwrpruneError(
             f"{path} is not a readable checkpoint (corrupt, truncated, or it holds pickled "
