@@ -109,13 +109,32 @@ def test_choice_under_latency_steps_down_when_measurement_overshoots(shr, monkey
     monkeypatch.setattr(L, "measure_ms", measure)
     pred = lambda d, w, r: d + w + r  # noqa: E731
     res = L.choose_under_latency(pred, shr, lm, 0.5, (0.25, 0.25, 0.5))
-    assert len(res["steps"]) == 2 and res["steps"][1]["model_budget_ms"] < 0.5
+    assert res["steps"][0]["median_ms"] > 0.5 * 1.03
+    # never again at or past a modelled budget measured over
+    assert all(s["model_budget_ms"] < 0.5 for s in res["steps"][1:])
     assert res["measured"]["median_ms"] <= 0.5 * 1.03
     sol = L.solve_latency(pred, shr, lm, 0.5, (0.25, 0.25, 0.5))
     assert sol["best"]["latency_ms"] <= 0.5
     assert all(c["predicted"] <= sol["best"]["predicted"] for c in sol["runners_up"])
     with pytest.raises(DwrpruneError, match="no model in the searched box reaches"):
         L.solve_latency(pred, shr, lm, 0.001, (0.25, 0.25, 0.5))
+
+
+def test_choice_under_latency_steps_up_when_the_model_overrates_latency(shr, monkeypatch):
+    lm = _fake_model(shr)  # the target runs everything at 60% of the modelled time
+
+    def measure(model, res, target, repeats=20, warmup=5, reference=None):
+        ms = 0.6 * dwrprune.count_macs(model, res, 3) / shr.macs(1, 1, 1)
+        return {"median_ms": ms, "p25_ms": ms, "p75_ms": ms}
+
+    monkeypatch.setattr(L, "measure_ms", measure)
+    pred = lambda d, w, r: d + w + r  # noqa: E731
+    res = L.choose_under_latency(pred, shr, lm, 0.5, (0.25, 0.25, 0.5))
+    first = res["steps"][0]
+    assert first["median_ms"] < 0.5 * 0.97  # the model's own choice gives time away
+    assert max(s["model_budget_ms"] for s in res["steps"]) > 0.5  # so it stepped up
+    assert first["median_ms"] < res["measured"]["median_ms"] <= 0.5 * 1.03
+    assert res["best"]["predicted"] > pred(first["d"], first["w"], first["r"])
 
 
 def test_measure_beside_a_reference_scales_to_the_reference_time(shr):

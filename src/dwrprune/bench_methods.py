@@ -4,6 +4,7 @@ model at or just under the budget (exact MACs), or says it is infeasible."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,14 +186,17 @@ class ThreeDLatency(ThreeD):
         lo = list(ctx.pipeline.lower_bounds or p["predictor"].lower)
         shr = self.shrinker(model, seed, ctx)
         lo[2] = max(lo[2], shr.min_resolution / shr.base_resolution)
+        # the latency model's milliseconds are those of the moment it was fitted: the
+        # budget in them, and the check beside the original scaled to them too
+        ref = dataclasses.replace(ctx.latency_reference, ms=lat.original_ms)
         try:
-            res = choose_under_latency(p["predictor"], shr, lat,
-                                       budget * ctx.original_latency_ms, tuple(lo),
-                                       reference=ctx.latency_reference)
+            res = choose_under_latency(p["predictor"], shr, lat, budget * lat.original_ms,
+                                       tuple(lo), reference=ref)
         except LatencyOutOfReach:
             raise Infeasible from None
         out = self._shrink(model, tuple(res["best"][k] for k in "dwr"), seed, ctx)
-        out.note += f"; measured {res['measured']['median_ms']:.3f} ms"
+        out.note += (f"; measured {res['measured']['ratio']:.3f} of the original "
+                     f"({len(res['steps'])} steps)")
         return out
 
 

@@ -411,26 +411,44 @@ def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
 
 def choose_under_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
                          lower: tuple[float, float, float], tolerance: float = TOLERANCE,
-                         repeats: int = 20, attempts: int = 4,
+                         repeats: int = 20, attempts: int = 6,
                          reference: Reference | None = None) -> dict:
     """:func:`solve_latency`, then the choice measured for real (beside ``reference`` when
-    the budget is a fraction of the original's latency, see :func:`measure_ms`); while it
-    exceeds the budget by more than ``tolerance``, the modelled budget is stepped down by
-    the overshoot and the choice made again.  Returns the choice with its measured latency
-    and the steps taken."""
+    the budget is a fraction of the original's latency, see :func:`measure_ms`).  The
+    latency model only steers: while the choice measures more than ``tolerance`` over the
+    budget, the modelled budget is stepped down by the overshoot; while it measures more
+    than ``tolerance`` under, stepped up (a model that overrates latency would otherwise
+    give away accuracy the budget allows), never past a modelled budget already measured
+    over.  Returns the feasible choice with the highest predicted accuracy, with its
+    measured latency and the steps taken."""
     steps, model_budget = [], budget_ms
+    under, over, best = 0.0, math.inf, None  # modelled budgets measured within / over
+    measured: dict[tuple, dict] = {}
     for _ in range(attempts):
         sol = solve_latency(pred, shr, lat, model_budget, lower)
         b = sol["best"]
-        out = shr.shrink(b["d"], b["w"], b["r"])
-        m = measure_ms(out.model, out.spec["input"]["resolution"], lat.target, repeats,
-                       reference=reference)
-        steps.append({"model_budget_ms": model_budget, **{k: b[k] for k in "dwr"},
+        key = tuple(b[k] for k in "dwr")
+        if key not in measured:  # the modelled budget moved but not always the choice
+            out = shr.shrink(*key)
+            measured[key] = measure_ms(out.model, out.spec["input"]["resolution"],
+                                       lat.target, repeats, reference=reference)
+        m = measured[key]
+        steps.append({"model_budget_ms": model_budget, **dict(zip("dwr", key, strict=True)),
                       "modelled_ms": b["latency_ms"], **m})
         if m["median_ms"] <= budget_ms * (1 + tolerance):
-            return {**sol, "measured": m, "steps": steps, "budget_ms": budget_ms}
+            under = max(under, model_budget)
+            if best is None or b["predicted"] > best[0]["best"]["predicted"]:
+                best = (sol, m)
+            if m["median_ms"] >= budget_ms * (1 - tolerance):
+                break  # within the tolerance either side: as close as timing can tell
+        else:
+            over = min(over, model_budget)
         model_budget *= budget_ms / m["median_ms"]
-    raise DwrpruneError(f"after {attempts} tries the chosen model still measures "
-                        f"{steps[-1]['median_ms']:.3f} ms, over the {budget_ms:.3f} ms budget "
-                        f"(+{100 * tolerance:.0f}%); the target's timing may be too noisy "
-                        "(a busy machine?), or the budget too tight")
+        if not under < model_budget < over:  # stay inside the bracket measured so far
+            model_budget = (under + over) / 2 if over < math.inf else model_budget
+    if best is None:
+        raise DwrpruneError(f"after {attempts} tries the chosen model still measures "
+                            f"{steps[-1]['median_ms']:.3f} ms, over the {budget_ms:.3f} ms "
+                            f"budget (+{100 * tolerance:.0f}%); the target's timing may be "
+                            "too noisy (a busy machine?), or the budget too tight")
+    return {**best[0], "measured": best[1], "steps": steps, "budget_ms": budget_ms}
