@@ -2,6 +2,8 @@
 
     python benchmarks/oracle.py run --budget 0.5 --seeds 0,1 --run RUN --out OUT
     python benchmarks/oracle.py render --out OUT --budget 0.5 --run RUN [--run RUN2 ...]
+    python benchmarks/oracle.py candidates --out OUT --run RUN [--run RUN2 ...] \
+        [--short-run SHORT ...]
     python benchmarks/oracle.py run --quick        # tiny model, synthetic data (CI)
 
 `run` fine-tunes every point on the budget's surface (one-axis points, the run's choice, a
@@ -11,7 +13,9 @@ appending one row per (point, seed) to OUT/oracle.csv (a stopped run resumes; ad
 accuracy, and for each run folder given: its choice at the budget, the regret of that choice
 (best mean test accuracy on the surface minus the choice's) and the Spearman correlation of its
 predictor with the oracle's mean validation accuracy.  The run folder's block ranking and
-pipeline options are used to prune every point.
+pipeline options are used to prune every point.  `candidates` judges predictors that need
+more than one collection: the run folders' chain samples pooled, and extrapolated along a
+learning curve from a shorter-horizon collection of the same seed.
 """
 
 from __future__ import annotations
@@ -216,6 +220,61 @@ def find_point(points: list[dict], x) -> dict | None:
                                        round(p["macs_ratio"], 9)) == key), None)
 
 
+def _chain_samples(rd: str) -> tuple[dict, object]:
+    from dwrprune.pipeline import Run
+
+    run = Run(rd)
+    cfg, _ = run.load_config()
+    return {s.key: s for s in run.store().samples(kinds=("original", "chain"))}, cfg
+
+
+def cmd_candidates(args) -> None:
+    """Predictor candidates that cost more collections than one, judged on the oracle by
+    Spearman: each run's own chain samples; the chain samples of all runs pooled (k
+    collections: a lower-noise target); and, with ``--short-run`` folders (the same seeds at
+    a shorter collection horizon), each sample's accuracy extrapolated along a learning
+    curve to the oracle's horizon (multi-fidelity)."""
+    import numpy as np
+
+    from dwrprune.oracle import extrapolate_horizon, read_rows, summarise_oracle
+    from dwrprune.predictor import fit_predictor
+
+    rows = read_rows(Path(args.out) / "oracle.csv")
+    if args.short_run and len(args.short_run) != len(args.run):
+        sys.exit("oracle.py: error: give one --short-run per --run (the same seeds, in order)")
+    longs = [_chain_samples(rd) for rd in args.run]
+    cfg = longs[0][1]
+    sets = {"own chain samples": [{k: s.val_acc for k, s in ss.items()} for ss, _ in longs]}
+    for power in args.powers if args.short_run else []:
+        per_run = []
+        for (ss, c), rd in zip(longs, args.short_run, strict=True):
+            short, cs = _chain_samples(rd)
+            per_run.append({k: extrapolate_horizon(short[k].val_acc, s.val_acc,
+                                                   cs.finetune_steps, c.finetune_steps,
+                                                   args.target_steps, power)
+                            for k, s in ss.items() if k in short})
+        sets[f"extrapolated to {args.target_steps} steps (power {power:g})"] = per_run
+    xyz = {k: [s.d, s.w, s.r] for ss, _ in longs for k, s in ss.items()}
+
+    def rho(targets: list[dict]) -> list[float]:
+        X = np.array([xyz[k] for t in targets for k in t])
+        y = np.array([v for t in targets for v in t.values()])
+        pred = fit_predictor(X, y, None, args.families or cfg.families, cfg.max_degree,
+                             cfg.max_rank, cfg.monotone)
+        return [summarise_oracle(rows, b, pred)["spearman"] for b in args.budgets]
+
+    head = " | ".join(f"Spearman {b:g}: per run | mean | pooled" for b in args.budgets)
+    lines = [f"| candidate | {head} |", "|---|" + "---|---|---|" * len(args.budgets)]
+    for name, per_run in sets.items():
+        each = np.array([rho([t]) for t in per_run])
+        pooled = rho(per_run)
+        cells = [f"{', '.join(f'{x:.2f}' for x in each[:, i])} | {each[:, i].mean():.2f} | "
+                 f"{pooled[i]:.2f}" for i in range(len(args.budgets))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    print("\n".join(lines))
+
+
 def cmd_render(args) -> None:
     from dwrprune.oracle import read_rows
 
@@ -256,6 +315,20 @@ def main() -> None:
     d.add_argument("--run", action="append", help="run folder whose choice to judge")
     d.add_argument("--update-readme", action="store_true")
     d.set_defaults(func=cmd_render)
+    c = sub.add_parser("candidates", help="pooled and extrapolated predictor candidates")
+    c.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "oracle"))
+    c.add_argument("--budgets", type=_floats, default=[0.5, 0.3])
+    c.add_argument("--run", action="append", required=True,
+                   help="run folder (one per pipeline seed)")
+    c.add_argument("--short-run", action="append",
+                   help="the same seed's run folder at a shorter collection horizon")
+    c.add_argument("--target-steps", type=int, default=1266,
+                   help="the oracle recipe's fine-tune steps (3 epochs of 422)")
+    c.add_argument("--powers", type=_floats, default=[0.5, 1.0],
+                   help="learning-curve exponents to extrapolate with")
+    c.add_argument("--families", type=lambda x: x.split(","), default=None,
+                   help="predictor families (default: the run's; cp is slow on pooled samples)")
+    c.set_defaults(func=cmd_candidates)
     args = ap.parse_args()
     if args.cmd == "run" and not args.quick and not args.run:
         sys.exit("oracle.py: error: run needs --run RUN (or --quick)")

@@ -98,3 +98,17 @@ def test_oracle_quick_runs_resumes_and_renders(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0
     assert len(list(csv.DictReader(open(tmp_path / "oracle.csv")))) == len(rows)  # resumed
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0, 2.0])
+def test_extrapolate_horizon_follows_the_learning_curve(power):
+    from dwrprune.oracle import extrapolate_horizon
+
+    def curve(t):
+        return 0.93 - 0.4 * t ** -power
+
+    got = extrapolate_horizon(curve(150), curve(400), 150, 400, 1266, power)
+    assert got == pytest.approx(curve(1266))
+    assert curve(400) < got < 0.93  # beyond the longer horizon, short of the asymptote
+    with pytest.raises(dwrprune.DwrpruneError, match="t_short < t_long"):
+        extrapolate_horizon(0.9, 0.91, 400, 150, 1266)

@@ -233,6 +233,18 @@ def rank_noise_ceiling(values: list[list[float]], draws: int = 2000, seed: int =
                           for _ in range(draws)]))
 
 
+def extrapolate_horizon(short: float, long: float, t_short: int, t_long: int, t_target: int,
+                        power: float = 0.5) -> float:
+    """Accuracy at ``t_target`` fine-tune steps from the same point measured after
+    ``t_short`` and ``t_long`` steps, on the learning curve a - b * t**-power through both
+    (a multi-fidelity candidate: the target the user gets, read off two cheaper horizons)."""
+    if not 0 < t_short < t_long or power <= 0:
+        raise DwrpruneError(f"extrapolation needs 0 < t_short < t_long and power > 0, got "
+                            f"{t_short}, {t_long}, {power}")
+    g = [t ** -power for t in (t_short, t_long, t_target)]
+    return long + (long - short) * (g[1] - g[2]) / (g[0] - g[1])
+
+
 def summarise_oracle(rows: list[dict], budget: float, predictor=None) -> dict:
     """Per point: mean and std over seeds of validation and test accuracy; the best point by
     mean validation accuracy; regrets of the recorded choice and of every one-axis point
@@ -299,6 +311,6 @@ def default_grid(shr: Shrinker) -> tuple[list[float], list[float]]:
     return depths, res
 
 
-__all__ = ["FIELDS", "OraclePoint", "choice_variants", "default_grid",
+__all__ = ["FIELDS", "OraclePoint", "choice_variants", "default_grid", "extrapolate_horizon",
            "read_rows", "run_oracle",
            "solve_width", "summarise_oracle", "surface_points"]
