@@ -273,6 +273,7 @@ def cmd_candidates(args) -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     print("\n".join(lines))
+    (Path(args.out) / "candidates.md").write_text("\n".join(lines) + "\n")
 
 
 def cmd_render(args) -> None:
