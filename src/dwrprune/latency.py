@@ -413,17 +413,14 @@ def choose_under_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: floa
                          lower: tuple[float, float, float], tolerance: float = TOLERANCE,
                          repeats: int = 20, attempts: int = 6,
                          reference: Reference | None = None) -> dict:
-    """:func:`solve_latency`, then the choice measured for real (beside ``reference`` when
-    the budget is a fraction of the original's latency, see :func:`measure_ms`).  The
-    latency model only steers: while the choice measures more than ``tolerance`` over the
-    budget, the modelled budget is stepped down by the overshoot; while it measures more
-    than ``tolerance`` under, stepped up (a model that overrates latency would otherwise
-    give away accuracy the budget allows), never past a modelled budget already measured
-    over.  Returns the feasible choice with the highest predicted accuracy, with its
-    measured latency and the steps taken."""
-    steps, model_budget = [], budget_ms
+    """:func:`solve_latency`, then the choice measured for real (beside ``reference`` for a
+    fraction of the original's latency, see :func:`measure_ms`).  The model only steers:
+    while the choice measures over the budget by more than ``tolerance``, the modelled
+    budget is stepped down by the overshoot; while under by more, up (never past one
+    measured over).  Returns the feasible choice with the best predicted accuracy, its
+    measured latency and the steps."""
+    steps, model_budget, measured = [], budget_ms, {}  # measured: (d, w, r) -> timing
     under, over, best = 0.0, math.inf, None  # modelled budgets measured within / over
-    measured: dict[tuple, dict] = {}
     for _ in range(attempts):
         sol = solve_latency(pred, shr, lat, model_budget, lower)
         b = sol["best"]
@@ -444,11 +441,10 @@ def choose_under_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: floa
         else:
             over = min(over, model_budget)
         model_budget *= budget_ms / m["median_ms"]
-        if not under < model_budget < over:  # stay inside the bracket measured so far
-            model_budget = (under + over) / 2 if over < math.inf else model_budget
+        if not under < model_budget < over and over < math.inf:  # stay inside the bracket
+            model_budget = (under + over) / 2
     if best is None:
-        raise DwrpruneError(f"after {attempts} tries the chosen model still measures "
-                            f"{steps[-1]['median_ms']:.3f} ms, over the {budget_ms:.3f} ms "
-                            f"budget (+{100 * tolerance:.0f}%); the target's timing may be "
-                            "too noisy (a busy machine?), or the budget too tight")
+        raise DwrpruneError(f"after {attempts} tries the choice still measures "
+                            f"{steps[-1]['median_ms']:.3f} ms, over {budget_ms:.3f} ms + "
+                            f"{100 * tolerance:.0f}%: too noisy a target, or too tight a budget")
     return {**best[0], "measured": best[1], "steps": steps, "budget_ms": budget_ms}
