@@ -245,10 +245,10 @@ def cmd_candidates(args) -> None:
     longs = [_chain_samples(rd) for rd in args.run]
     cfg = longs[0][1]
     sets = {"own chain samples": [{k: s.val_acc for k, s in ss.items()} for ss, _ in longs]}
-    for power in args.powers if args.short_run else []:
+    shorts = [_chain_samples(rd) for rd in args.short_run or []]  # read once, every power
+    for power in args.powers if shorts else []:
         per_run = []
-        for (ss, c), rd in zip(longs, args.short_run, strict=True):
-            short, cs = _chain_samples(rd)
+        for (ss, c), (short, cs) in zip(longs, shorts, strict=True):
             per_run.append({k: extrapolate_horizon(short[k].val_acc, s.val_acc,
                                                    cs.finetune_steps, c.finetune_steps,
                                                    args.target_steps, power)

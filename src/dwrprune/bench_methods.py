@@ -4,9 +4,8 @@ model at or just under the budget (exact MACs), or says it is infeasible."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -188,7 +187,7 @@ class ThreeDLatency(ThreeD):
         lo[2] = max(lo[2], shr.min_resolution / shr.base_resolution)
         # the latency model's milliseconds are those of the moment it was fitted: the
         # budget in them, and the check beside the original scaled to them too
-        ref = dataclasses.replace(ctx.latency_reference, ms=lat.original_ms)
+        ref = replace(ctx.latency_reference, ms=lat.original_ms)
         try:
             res = choose_under_latency(p["predictor"], shr, lat, budget * lat.original_ms,
                                        tuple(lo), reference=ref)
