@@ -1,7 +1,7 @@
 """Three-dimensional pruning vs one-dimensional pruning vs Torch-Pruning, at equal MACs.
 
     python benchmarks/compare.py run [--budgets 0.5,0.3] [--seeds 0,1,2] [--epochs 3] ...
-    python benchmarks/compare.py render [--out benchmarks/results] [--update-readme]
+    python benchmarks/compare.py render [--out benchmarks/results] [--update-readme [--block B]]
     python benchmarks/compare.py run --quick        # tiny model, synthetic data (CI)
 
 `run` appends one CSV row per (method, budget, seed) to OUT/results.csv as each finishes
@@ -13,7 +13,6 @@ at equal measured latency, accuracy vs measured latency).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,9 +115,10 @@ def table(summary: list[dict]) -> str:
             f"{pm(s, 'latency_b64_ms', fmt='{:.1f}')} | {speedup(s, 'b64')} | {cost:.0f} |")
     if summary and summary[0].get("original_test_acc") is not None:
         s = summary[0]
-        lines.append(f"\nUnpruned: test accuracy {100 * s['original_test_acc']:.2f}%, latency "
-                     f"{s['original_latency_b1_ms']:.2f} ms (b1), "
-                     f"{s['original_latency_b64_ms']:.1f} ms (b64).")
+        lat = (f", latency {s['original_latency_b1_ms']:.2f} ms (b1), "
+               f"{s['original_latency_b64_ms']:.1f} ms (b64)"
+               if s["original_latency_b64_ms"] is not None else " (latency not measured yet)")
+        lines.append(f"\nUnpruned: test accuracy {100 * s['original_test_acc']:.2f}%{lat}.")
     return "\n".join(lines)
 
 
@@ -177,9 +177,12 @@ def plot(summary: list[dict], path: Path) -> None:
 
 
 def cmd_render(args) -> None:
+    from dwrprune import DwrpruneError
     from dwrprune.bench import summarise
 
     out = Path(args.out)
+    if not (out / "results.csv").is_file():
+        raise DwrpruneError(f"no results.csv in {out}; run `compare.py run --out {out}` first")
     summary = summarise(out / "results.csv")
     text = table(summary)
     print(text)
@@ -189,7 +192,8 @@ def cmd_render(args) -> None:
         from readme_block import update_readme
 
         batch = target_batch(summary)
-        update_readme("compare-table" if batch is None else f"compare-latency-b{batch}", text)
+        update_readme(args.block or ("compare-table" if batch is None
+                                     else f"compare-latency-b{batch}"), text)
 
 
 def cmd_latency(args) -> None:
@@ -240,6 +244,9 @@ def main() -> None:
     d = sub.add_parser("render")
     d.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     d.add_argument("--update-readme", action="store_true")
+    d.add_argument("--block", default=None,
+                   help="README block to write (default: compare-table, or compare-latency-bN "
+                        "for a comparison at equal latency)")
     d.set_defaults(func=cmd_render)
     args = ap.parse_args()
     from dwrprune import DwrpruneError
@@ -247,7 +254,7 @@ def main() -> None:
     try:
         args.func(args)
     except DwrpruneError as e:
-        sys.exit(f"compare.py: error: {e}")
+        ap.exit(2, f"compare.py: error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ learning curve from a shorter-horizon collection of the same seed.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,12 +235,13 @@ def cmd_candidates(args) -> None:
     curve to the oracle's horizon (multi-fidelity)."""
     import numpy as np
 
+    from dwrprune import DwrpruneError
     from dwrprune.oracle import extrapolate_horizon, read_rows, summarise_oracle
     from dwrprune.predictor import fit_predictor
 
     rows = read_rows(Path(args.out) / "oracle.csv")
     if args.short_run and len(args.short_run) != len(args.run):
-        sys.exit("oracle.py: error: give one --short-run per --run (the same seeds, in order)")
+        raise DwrpruneError("give one --short-run per --run (the same seeds, in order)")
     longs = [_chain_samples(rd) for rd in args.run]
     cfg = longs[0][1]
     sets = {"own chain samples": [{k: s.val_acc for k, s in ss.items()} for ss, _ in longs]}
@@ -332,13 +332,13 @@ def main() -> None:
     c.set_defaults(func=cmd_candidates)
     args = ap.parse_args()
     if args.cmd == "run" and not args.quick and not args.run:
-        sys.exit("oracle.py: error: run needs --run RUN (or --quick)")
+        ap.error("run needs --run RUN (or --quick)")
     from dwrprune import DwrpruneError
 
     try:
         args.func(args)
     except DwrpruneError as e:
-        sys.exit(f"oracle.py: error: {e}")
+        ap.exit(2, f"oracle.py: error: {e}\n")
 
 
 if __name__ == "__main__":

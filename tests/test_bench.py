@@ -124,3 +124,26 @@ def test_the_same_pruned_model_gets_the_same_row_whatever_ran_before(tmp_path):
     a, b = job("width-only", 0.5, 0)[0], job("busy", 0.5, 0)[0]
     for key in ("test_acc_pruned", "test_acc", "val_acc", "val_loss"):
         assert a[key] == b[key]
+
+
+def test_render_before_latency_and_without_results(tmp_path):
+    """A CSV whose rows are not timed yet renders (rows mid-run are committed so), and a
+    folder without one is one clear line, exit 2."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "render", "--out"]
+    missing = subprocess.run(cmd + [str(tmp_path / "none")], capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().startswith("compare.py: error: no results.csv in")
+    assert len(missing.stderr.strip().splitlines()) == 1
+    fields = ["method", "budget", "seed", "status", "macs_ratio", "test_acc", "test_acc_pruned",
+              "prune_seconds", "collection_seconds", "original_test_acc", "latency_b1_ms",
+              "latency_b64_ms", "original_latency_b1_ms", "original_latency_b64_ms"]
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerow({"method": "width-only", "budget": 0.5, "seed": 0, "status": "ok",
+                    "macs_ratio": 0.48, "test_acc": 0.93, "test_acc_pruned": 0.9,
+                    "prune_seconds": 1, "collection_seconds": 0, "original_test_acc": 0.94})
+    ok = subprocess.run(cmd + [str(tmp_path)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "| 0.5 | width-only | 1 | 0.480 |" in ok.stdout
+    assert "Unpruned: test accuracy 94.00% (latency not measured yet)." in ok.stdout
