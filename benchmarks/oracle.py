@@ -236,7 +236,13 @@ def cmd_candidates(args) -> None:
     import numpy as np
 
     from dwrprune import DwrpruneError
-    from dwrprune.oracle import extrapolate_horizon, read_rows, summarise_oracle
+    from dwrprune.oracle import (
+        corrected_predictor,
+        extrapolate_horizon,
+        read_rows,
+        summarise_oracle,
+    )
+    from dwrprune.pipeline import Run
     from dwrprune.predictor import fit_predictor
 
     rows = read_rows(Path(args.out) / "oracle.csv")
@@ -256,18 +262,27 @@ def cmd_candidates(args) -> None:
         sets[f"extrapolated to {args.target_steps} steps (power {power:g})"] = per_run
     xyz = {k: [s.d, s.w, s.r] for ss, _ in longs for k, s in ss.items()}
 
-    def rho(targets: list[dict]) -> list[float]:
+    final = None
+    if args.final_run:  # its pruned samples, at the oracle's horizon
+        fs = Run(args.final_run).store().samples(kinds=("chain", "mixed"))
+        final = (np.array([[s.d, s.w, s.r] for s in fs]), np.array([s.val_acc for s in fs]))
+        for k in list(sets):
+            sets[f"{k}, corrected by {Path(args.final_run).name} (linear)"] = sets[k]
+
+    def rho(targets: list[dict], name: str) -> list[float]:
         X = np.array([xyz[k] for t in targets for k in t])
         y = np.array([v for t in targets for v in t.values()])
         pred = fit_predictor(X, y, None, args.families or cfg.families, cfg.max_degree,
                              cfg.max_rank, cfg.monotone)
+        if "corrected by" in name:
+            pred = corrected_predictor(pred, *final)
         return [summarise_oracle(rows, b, pred)["spearman"] for b in args.budgets]
 
     head = " | ".join(f"Spearman {b:g}: per run | mean | pooled" for b in args.budgets)
     lines = [f"| candidate | {head} |", "|---|" + "---|---|---|" * len(args.budgets)]
     for name, per_run in sets.items():
-        each = np.array([rho([t]) for t in per_run])
-        pooled = rho(per_run)
+        each = np.array([rho([t], name) for t in per_run])
+        pooled = rho(per_run, name)
         cells = [f"{', '.join(f'{x:.2f}' for x in each[:, i])} | {each[:, i].mean():.2f} | "
                  f"{pooled[i]:.2f}" for i in range(len(args.budgets))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -327,6 +342,9 @@ def main() -> None:
                    help="the oracle recipe's fine-tune steps (3 epochs of 422)")
     c.add_argument("--powers", type=_floats, default=[0.5, 1.0],
                    help="learning-curve exponents to extrapolate with")
+    c.add_argument("--final-run", default=None,
+                   help="a collection at the oracle's horizon (a few samples): each candidate "
+                        "also corrected by a linear fit to what it misses there")
     c.add_argument("--families", type=lambda x: x.split(","), default=None,
                    help="predictor families (default: the run's; cp is slow on pooled samples)")
     c.set_defaults(func=cmd_candidates)

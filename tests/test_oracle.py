@@ -112,3 +112,25 @@ def test_extrapolate_horizon_follows_the_learning_curve(power):
     assert curve(400) < got < 0.93  # beyond the longer horizon, short of the asymptote
     with pytest.raises(dwrprune.DwrpruneError, match="t_short < t_long"):
         extrapolate_horizon(0.9, 0.91, 400, 150, 1266)
+
+
+def test_corrected_predictor_recovers_a_linear_miss():
+    """Cheap samples biased by a linear function of (d, w, r): a few final-horizon samples
+    put the correction back exactly (away from them too); too few are refused."""
+    import numpy as np
+
+    from dwrprune.oracle import corrected_predictor
+
+    def truth(d, w, r):
+        return 0.93 - 0.05 * (1 - d) ** 2 - 0.08 * (1 - w) ** 2 - 0.1 * (1 - r) ** 2
+
+    def cheap(d, w, r):  # a shorter horizon: lower, and depth cuts flattered
+        return truth(d, w, r) - 0.01 + 0.02 * (1 - d) - 0.03 * (1 - w)
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.4, 1.0, (6, 3))
+    fixed = corrected_predictor(cheap, X, [truth(*x) for x in X], ridge=0.0)
+    for x in rng.uniform(0.4, 1.0, (5, 3)):
+        assert fixed(*x) == pytest.approx(truth(*x), abs=1e-9)
+    with pytest.raises(dwrprune.DwrpruneError, match="at least 4 final-horizon samples"):
+        corrected_predictor(cheap, X[:3], [truth(*x) for x in X[:3]])

@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -215,7 +216,6 @@ def rank_noise_ceiling(values: list[list[float]], draws: int = 2000, seed: int =
     estimated by shrinking their means toward the grand mean (between-point variance minus
     the seeds' pooled variance), then redrawn with that noise ``draws`` times.  NaN without
     a point measured twice."""
-    import numpy as np
     from scipy.stats import spearmanr
 
     dof = sum(len(v) - 1 for v in values)
@@ -243,6 +243,21 @@ def extrapolate_horizon(short: float, long: float, t_short: int, t_long: int, t_
                             f"{t_short}, {t_long}, {power}")
     g = [t ** -power for t in (t_short, t_long, t_target)]
     return long + (long - short) * (g[1] - g[2]) / (g[0] - g[1])
+
+
+def corrected_predictor(base, X, y, ridge: float = 1e-3):
+    """``base`` (a predictor of cheap, short-horizon accuracies) plus a linear correction
+    c0 + c . (1 - x) fitted by ridge least squares to what it misses at a few final-horizon
+    samples ``X`` (n, 3), ``y`` (a multi-fidelity candidate: many cheap samples corrected by
+    a few expensive ones).  Returns a callable (d, w, r) -> accuracy."""
+    X, y = np.asarray(X, float), np.asarray(y, float)
+    if X.ndim != 2 or X.shape[1] != 3 or len(X) != len(y) or len(X) < 4:
+        raise DwrpruneError(f"a linear correction needs at least 4 final-horizon samples as "
+                            f"an (n, 3) array and n accuracies, got {X.shape} and {y.shape}")
+    A = np.hstack([np.ones((len(X), 1)), 1 - X])
+    miss = y - np.array([base(*x) for x in X])
+    coef = np.linalg.solve(A.T @ A + ridge * np.eye(4), A.T @ miss)
+    return lambda d, w, r: float(base(d, w, r) + coef @ [1.0, 1 - d, 1 - w, 1 - r])
 
 
 def summarise_oracle(rows: list[dict], budget: float, predictor=None) -> dict:
