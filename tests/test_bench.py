@@ -147,3 +147,32 @@ def test_render_before_latency_and_without_results(tmp_path):
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "| 0.5 | width-only | 1 | 0.480 |" in ok.stdout
     assert "Unpruned: test accuracy 94.00% (latency not measured yet)." in ok.stdout
+
+
+def test_an_identical_model_reuses_the_finished_fine_tune(tmp_path):
+    """Two budgets that round to the same pruned model (the case of 3d choosing width-only):
+    the second row takes the first's fine-tuned figures and model file instead of
+    fine-tuning the same model again, and says so; a resumed run reuses across processes."""
+    import dwrprune
+    from dwrprune.bench import model_path, run_benchmark
+    from dwrprune.pipeline import DatasetSource, resolve_config
+
+    model = dwrprune.create_model("resnet_tiny", num_classes=10, in_channels=3)
+    model.dwrprune_spec = dwrprune.checkpoint.make_spec("resnet_tiny", 10, 3, 16)
+    data = DatasetSource("synthetic", batch_size=32)
+    pipe = resolve_config(None, data="synthetic", recal_batches=2)
+    args = (dwrprune.TrainConfig(steps=2), pipe, tmp_path)
+    run_benchmark(model, data, ["width-only"], [0.5], [0], *args, progress=False,
+                  latency_repeats=2)
+    run_benchmark(model, data, ["width-only"], [0.5001, 0.3], [0], *args, progress=False,
+                  latency_repeats=2)
+    rows = {float(r["budget"]): r for r in csv.DictReader(open(tmp_path / "results.csv"))}
+    first, same, other = rows[0.5], rows[0.5001], rows[0.3]
+    assert first["model_key"] == same["model_key"] != other["model_key"]
+    assert "its fine-tune reused" in same["note"] and "width-only b0.5" in same["note"]
+    assert same["test_acc"] == first["test_acc"] and same["val_acc"] == first["val_acc"]
+    assert same["finetune_seconds"] == "" and first["finetune_seconds"] != ""
+    assert "reused" not in other["note"] and other["finetune_seconds"] != ""
+    assert model_path(tmp_path, "width-only", 0.5001, 0).read_bytes() == \
+        model_path(tmp_path, "width-only", 0.5, 0).read_bytes()
+    assert same["latency_b1_ms"] != ""  # timed like any row, from the copied file

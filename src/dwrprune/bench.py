@@ -10,8 +10,11 @@ timed; its row is appended to a CSV as soon as it is done, so a stopped benchmar
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -53,7 +56,15 @@ FIELDS = ["method", "budget", "seed", "status", "note", "macs", "macs_ratio", "p
           "latency_b64_ms", "prune_seconds", "finetune_seconds", "collection_seconds",
           "original_macs", "original_test_acc", "original_latency_b1_ms",
           "original_latency_b64_ms", "torch", "cpu", "threads", "timestamp", "budget_kind",
-          "latency_budget_ms", "latency_b1_ratio", "latency_b64_ratio"]
+          "latency_budget_ms", "latency_b1_ratio", "latency_b64_ratio", "model_key"]
+REUSED = ("test_acc", "val_acc", "val_loss")  # what an identical model's fine-tune gave
+
+
+def model_key(spec: dict) -> str:
+    """Identifies a pruned architecture (base model, blocks and channels kept, input):
+    two rows with the same key and seed are the same model fine-tuned the same way."""
+    arch = {k: spec.get(k) for k in ("model", "arch", "input")}
+    return hashlib.sha1(json.dumps(arch, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _bind_settings(out: Path, model: nn.Module, recipe: TrainConfig,
@@ -126,6 +137,9 @@ class BenchJob:
         self.original, self.ctx, self.recipe = PortableModel(model), ctx, recipe
         self.finetune_subset, self.orig = finetune_subset, original
         self.methods = methods or METHODS
+        # (model_key, seed) -> a finished row whose model file exists: the same pruned model
+        # with the same seed gets the same fine-tune (common random numbers), so it is reused
+        self.finished: dict[tuple[str, int], dict] = {}
 
     def __call__(self, name: str, budget: float, seed: int) -> tuple[dict, PortableModel | None]:
         model, data = self.original.model, self.ctx.data
@@ -149,6 +163,13 @@ class BenchJob:
                    params=count_params(m))
         row["macs_ratio"] = row["macs"] / self.orig["original_macs"]
         row["test_acc_pruned"] = evaluate(m, data.loader("test", res)).accuracy
+        row["model_key"] = model_key(pruned.spec)
+        same = self.finished.get((row["model_key"], seed))
+        if same is not None:  # the fine-tune is already done: its figures, not a repeat
+            row.update({k: same[k] for k in REUSED if k in same},
+                       note=f"{pruned.note}; the same model as {same['method']} "
+                            f"b{float(same['budget']):g}: its fine-tune reused")
+            return {**row, "status": "ok"}, None
         row.update(finetune_and_score(m, data, res, self.recipe, seed, self.finetune_subset,
                                       self.ctx.progress, f"{name} {budget:g} s{seed}"))
         return {**row, "status": "ok"}, PortableModel(m)
@@ -201,16 +222,22 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
             table[name].prepare(model, [(b, s) for n, b, s in todo if n == name], ctx,
                                 executor)
     job = BenchJob(model, ctx, recipe, finetune_subset, orig, table)
+    job.finished = reusable_rows(out)
     bar = tqdm(total=len(todo), desc="benchmark", unit="job", disable=not progress)
 
     def node(name, budget, seed) -> Node:
         def finished(result):
             row, pruned = result
+            path = model_path(out, name, budget, seed)
             if pruned is not None:
-                save_model(model_path(out, name, budget, seed), pruned.model,
-                           pruned.model.dwrprune_spec,
+                save_model(path, pruned.model, pruned.model.dwrprune_spec,
                            {k: row[k] for k in ("macs", "test_acc", "val_acc")})
+            elif row["status"] == "ok":  # reused: the identical fine-tuned model's file
+                same = job.finished[(row["model_key"], seed)]
+                shutil.copyfile(model_path(out, *_key(same)), path)
             append_row(csv_path, row)
+            if row["status"] == "ok" and (row["model_key"], seed) not in job.finished:
+                job.finished[(row["model_key"], seed)] = row
             bar.update(1)
 
         return Node(f"{name} b{budget:g} s{seed}", lambda: (job, (name, budget, seed)),
@@ -222,6 +249,18 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
     measure_latencies(out, model, repeats=latency_repeats)
     raise_failures(failures, "benchmark jobs", str(csv_path))
     return csv_path
+
+
+def reusable_rows(out: Path) -> dict[tuple[str, int], dict]:
+    """The finished rows of ``out`` whose fine-tuned model file is here, by (model_key,
+    seed): what :class:`BenchJob` reuses instead of fine-tuning the same model again."""
+    csv_path = out / "results.csv"
+    if not csv_path.exists():
+        return {}
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "ok" and r.get("model_key")
+                and r.get("test_acc") and model_path(out, *_key(r)).exists()]
+    return {(r["model_key"], int(r["seed"])): r for r in reversed(rows)}  # the first wins
 
 
 def _key(r: dict) -> tuple[str, float, int]:
