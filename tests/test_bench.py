@@ -176,3 +176,20 @@ def test_an_identical_model_reuses_the_finished_fine_tune(tmp_path):
     assert model_path(tmp_path, "width-only", 0.5001, 0).read_bytes() == \
         model_path(tmp_path, "width-only", 0.5, 0).read_bytes()
     assert same["latency_b1_ms"] != ""  # timed like any row, from the copied file
+
+
+def test_model_key_tells_apart_the_same_widths_of_other_channels():
+    import copy
+
+    import torch
+
+    import dwrprune
+    from dwrprune.bench import model_key
+
+    model = dwrprune.create_model("resnet_tiny", num_classes=10, in_channels=3)
+    model.dwrprune_spec = dwrprune.checkpoint.make_spec("resnet_tiny", 10, 3, 16)
+    twin = copy.deepcopy(model)
+    assert model_key(twin) == model_key(model)
+    with torch.no_grad():
+        next(twin.parameters())[0].mul_(-1)  # same architecture, other weights
+    assert model_key(twin) != model_key(model)

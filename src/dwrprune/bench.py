@@ -60,11 +60,17 @@ FIELDS = ["method", "budget", "seed", "status", "note", "macs", "macs_ratio", "p
 REUSED = ("test_acc", "val_acc", "val_loss")  # what an identical model's fine-tune gave
 
 
-def model_key(spec: dict) -> str:
-    """Identifies a pruned architecture (base model, blocks and channels kept, input):
-    two rows with the same key and seed are the same model fine-tuned the same way."""
-    arch = {k: spec.get(k) for k in ("model", "arch", "input")}
-    return hashlib.sha1(json.dumps(arch, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def model_key(model: nn.Module) -> str:
+    """Identifies a pruned model: its architecture (base model, blocks and channels kept,
+    input) and its weights, so two methods that keep the same counts of different channels
+    differ.  Two rows with the same key and seed are the same model fine-tuned the same way."""
+    spec = model.dwrprune_spec
+    h = hashlib.sha1(json.dumps({k: spec.get(k) for k in ("model", "arch", "input")},
+                                sort_keys=True, default=str).encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _bind_settings(out: Path, model: nn.Module, recipe: TrainConfig,
@@ -163,7 +169,7 @@ class BenchJob:
                    params=count_params(m))
         row["macs_ratio"] = row["macs"] / self.orig["original_macs"]
         row["test_acc_pruned"] = evaluate(m, data.loader("test", res)).accuracy
-        row["model_key"] = model_key(pruned.spec)
+        row["model_key"] = model_key(m)
         same = self.finished.get((row["model_key"], seed))
         if same is not None:  # the fine-tune is already done: its figures, not a repeat
             row.update({k: same[k] for k in REUSED if k in same},
