@@ -266,23 +266,25 @@ def cmd_candidates(args) -> None:
     if args.final_run:  # its pruned samples, at the oracle's horizon
         fs = Run(args.final_run).store().samples(kinds=("chain", "mixed"))
         final = (np.array([[s.d, s.w, s.r] for s in fs]), np.array([s.val_acc for s in fs]))
-        for k in list(sets):
-            sets[f"{k}, corrected by {Path(args.final_run).name} (linear)"] = sets[k]
+    variants = [(name, per_run, None) for name, per_run in sets.items()]
+    if final is not None:  # each candidate again, corrected at the final horizon
+        variants += [(f"{name}, corrected by {Path(args.final_run).name} (linear)", per_run,
+                      final) for name, per_run in sets.items()]
 
-    def rho(targets: list[dict], name: str) -> list[float]:
+    def rho(targets: list[dict], correction) -> list[float]:
         X = np.array([xyz[k] for t in targets for k in t])
         y = np.array([v for t in targets for v in t.values()])
         pred = fit_predictor(X, y, None, args.families or cfg.families, cfg.max_degree,
                              cfg.max_rank, cfg.monotone)
-        if "corrected by" in name:
-            pred = corrected_predictor(pred, *final)
+        if correction is not None:
+            pred = corrected_predictor(pred, *correction)
         return [summarise_oracle(rows, b, pred)["spearman"] for b in args.budgets]
 
     head = " | ".join(f"Spearman {b:g}: per run | mean | pooled" for b in args.budgets)
     lines = [f"| candidate | {head} |", "|---|" + "---|---|---|" * len(args.budgets)]
-    for name, per_run in sets.items():
-        each = np.array([rho([t], name) for t in per_run])
-        pooled = rho(per_run, name)
+    for name, per_run, correction in variants:
+        each = np.array([rho([t], correction) for t in per_run])
+        pooled = rho(per_run, correction)
         cells = [f"{', '.join(f'{x:.2f}' for x in each[:, i])} | {each[:, i].mean():.2f} | "
                  f"{pooled[i]:.2f}" for i in range(len(args.budgets))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -190,6 +190,9 @@ def test_model_key_tells_apart_the_same_widths_of_other_channels():
     model.dwrprune_spec = dwrprune.checkpoint.make_spec("resnet_tiny", 10, 3, 16)
     twin = copy.deepcopy(model)
     assert model_key(twin) == model_key(model)
+    twin.dwrprune_spec = {**model.dwrprune_spec, "arch": {"depth_criterion": "loss"},
+                          "provenance": {"depth_criterion": None}}  # how it was chosen
+    assert model_key(twin) == model_key(model)
     with torch.no_grad():
         next(twin.parameters())[0].mul_(-1)  # same architecture, other weights
     assert model_key(twin) != model_key(model)

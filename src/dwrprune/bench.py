@@ -10,7 +10,6 @@ timed; its row is appended to a CSV as soon as it is done, so a stopped benchmar
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -48,6 +47,7 @@ from .latency import LatencyTarget, Reference, measure_ms
 from .pipeline import (
     DataSource,
     PipelineConfig,
+    model_fingerprint,
 )
 from .settings import check_same_settings
 
@@ -61,16 +61,13 @@ REUSED = ("test_acc", "val_acc", "val_loss")  # what an identical model's fine-t
 
 
 def model_key(model: nn.Module) -> str:
-    """Identifies a pruned model: its architecture (base model, blocks and channels kept,
-    input) and its weights, so two methods that keep the same counts of different channels
-    differ.  Two rows with the same key and seed are the same model fine-tuned the same way."""
-    spec = model.dwrprune_spec
-    h = hashlib.sha1(json.dumps({k: spec.get(k) for k in ("model", "arch", "input")},
-                                sort_keys=True, default=str).encode())
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """Identifies a pruned model as built: base model, input, and the weights by name (the
+    blocks and channels kept are their names and shapes), so two methods that keep the same
+    counts of different channels differ, but not how it was chosen (the spec's ``arch`` and
+    ``provenance`` record the request and criteria: 3d's choice of width-only, ranked by
+    loss, is width-only's model).  Two rows with the same key and seed are the same model
+    fine-tuned the same way."""
+    return model_fingerprint(model, ("model", "input"))[:16]
 
 
 def _bind_settings(out: Path, model: nn.Module, recipe: TrainConfig,
@@ -78,10 +75,7 @@ def _bind_settings(out: Path, model: nn.Module, recipe: TrainConfig,
                    latency_target=None) -> None:
     """Rows of one CSV must share a recipe: store it, and refuse to resume with another.
     (Methods, budgets and seeds may be added later; they are columns of the rows.)"""
-    import json
     from dataclasses import asdict
-
-    from .pipeline import model_fingerprint
 
     settings = {"recipe": asdict(recipe) | {"seed": None}, "finetune_subset": finetune_subset,
                 "pipeline": pipeline.collect_config() | {"seed": None},
@@ -242,8 +236,8 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
                 same = job.finished[(row["model_key"], seed)]
                 shutil.copyfile(model_path(out, *_key(same)), path)
             append_row(csv_path, row)
-            if row["status"] == "ok" and (row["model_key"], seed) not in job.finished:
-                job.finished[(row["model_key"], seed)] = row
+            if row["status"] == "ok":
+                job.finished.setdefault((row["model_key"], seed), row)
             bar.update(1)
 
         return Node(f"{name} b{budget:g} s{seed}", lambda: (job, (name, budget, seed)),

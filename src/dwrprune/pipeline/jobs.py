@@ -30,9 +30,12 @@ from .data import DataSource, FinetuneFn, default_finetune
 from .shrinker import build_shrinker
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    h = hashlib.sha256(json.dumps(getattr(model, "dwrprune_spec", None), sort_keys=True,
-                                  default=str).encode())
+def model_fingerprint(model: nn.Module, spec_keys: tuple[str, ...] | None = None) -> str:
+    """A hash of the model's spec (only ``spec_keys`` of it, when given) and weights."""
+    spec = getattr(model, "dwrprune_spec", None)
+    if spec_keys is not None:
+        spec = {k: spec.get(k) for k in spec_keys}
+    h = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
     for k, v in model.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
