@@ -215,6 +215,10 @@ def test_failing_job_is_reported_and_the_rest_kept(tmp_path, tiny_checkpoint, ra
     assert sorted(kept) == ["d/0", "d/1", "mix/0", "mix/1", "orig", "r/0", "r/1"]
 
 
+def base_note(row: dict) -> str:
+    return row["note"].split("; the same model as ")[0]
+
+
 @pytest.mark.slow
 def test_benchmark_on_ray_matches_local(tmp_path, tiny_checkpoint, ray_cluster, tiny_options):
     import csv
@@ -240,7 +244,10 @@ def test_benchmark_on_ray_matches_local(tmp_path, tiny_checkpoint, ray_cluster, 
     for method in ("3d", "width-only"):
         a, b = rows["local"][method], rows["ray"][method]
         assert a["status"] == b["status"] == "ok"
-        assert (a["note"], a["macs"]) == (b["note"], b["macs"])
+        # run one after the other, local reuses 3d's fine-tune when both chose the same
+        # model; Ray runs them at once, so it fine-tunes twice: the same figures either way
+        assert (base_note(a), a["macs"], a["model_key"]) == (base_note(b), b["macs"],
+                                                             b["model_key"])
         assert abs(float(a["test_acc"]) - float(b["test_acc"])) < 1e-6
         assert float(b["latency_b1_ms"]) > 0 and float(b["original_latency_b1_ms"]) > 0
         assert (tmp_path / "ray" / "models" / f"{method}_b0.5_s0.pt").exists()
