@@ -244,3 +244,33 @@ def test_latency_terms_follow_channel_rounding():
         if isinstance(mod, nn.Conv2d):
             assert (cin, cout) == (mod.in_channels, mod.out_channels)
             assert cout % 4 == 0 or cout < 4
+
+
+def test_side_by_side_cost_reports_take_turns(shr):
+    """An original and its pruned model are timed in alternating passes (so a drifting
+    machine slows both alike); the counts are those of one report each."""
+    from dwrprune.cost import cost_report, cost_reports_side_by_side
+
+    small = shr.shrink(0.5, 0.5, 0.75)
+    pair = [(shr.model, 16), (small.model, small.spec["input"]["resolution"])]
+    calls = []
+    hooks = [m.register_forward_hook(lambda mod, a, y, i=i: calls.append((i, a[0].shape[0])))
+             for i, (m, _) in enumerate(pair)]
+    try:
+        reports = cost_reports_side_by_side(pair, latency_batches=(1, 2), repeats=3)
+    finally:
+        for h in hooks:
+            h.remove()
+    # per batch size: each model warmed (five passes and one timed), then three rounds of
+    # one pass each, in turn; counting the MACs runs one batch-1 pass of each at the end
+    turns = [0] * 6 + [1] * 6 + [0, 1] * 3
+    assert [i for i, bs in calls if bs == 2] == turns
+    assert [i for i, bs in calls if bs == 1] == turns + [0, 1]
+    for (m, res), rep in zip(pair, reports):
+        one = cost_report(m, res, latency_batches=(), repeats=1)
+        assert (rep.macs, rep.params, rep.resolution) == (one.macs, one.params, one.resolution)
+        assert [x.batch_size for x in rep.latency] == [1, 2]
+        assert all(x.repeats == 3 and 0 < x.min_ms <= x.p25_ms <= x.median_ms <= x.p75_ms
+                   for x in rep.latency)
+    with pytest.raises(DwrpruneError, match="repeats"):
+        cost_reports_side_by_side(pair, repeats=0)

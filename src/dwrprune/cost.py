@@ -180,6 +180,28 @@ def cost_report(model: nn.Module, resolution: int, in_channels: int | None = Non
                       resolution, lat)
 
 
+def cost_reports_side_by_side(models: list[tuple[nn.Module, int]],
+                              latency_batches: tuple[int, ...] = (1, 64), threads: int = 1,
+                              repeats: int = 20) -> list[CostReport]:
+    """:func:`cost_report` of models to be compared (an original and its pruned model, each
+    with its resolution), their timed passes taking turns: a machine whose speed drifts
+    slows them alike, so their ratio stays honest where two reports timed one after the
+    other can show a pruned model slower than its original."""
+    if repeats < 1:
+        raise DwrpruneError(f"repeats must be >= 1, got {repeats}")
+    lat: list[list[Latency]] = [[] for _ in models]
+    for b in latency_batches:
+        for m, res in models:  # warm-up, then one timed pass of each model a round
+            measure_latency(m, res, b, threads=threads, repeats=1)
+        rounds = [[measure_latency(m, res, b, threads=threads, warmup=0, repeats=1).median_ms
+                   for m, res in models] for _ in range(repeats)]
+        for out, times in zip(lat, zip(*rounds)):
+            out.append(Latency(b, threads, statistics.median(times), min(times), repeats,
+                               *quartiles(list(times))))
+    return [CostReport(count_macs(m, res), count_params(m), res, ls)
+            for (m, res), ls in zip(models, lat)]
+
+
 def machine_stamp() -> dict:
     """Where a measurement was taken: torch version, CPU model, thread count."""
     cpu = platform.processor() or platform.machine()

@@ -12,7 +12,7 @@ import torch
 
 from . import __version__, distributed
 from .checkpoint import load, save_json, save_model
-from .cost import CostReport, cost_report
+from .cost import CostReport, cost_report, cost_reports_side_by_side
 from .engine import TrainConfig, evaluate, train
 from .errors import DwrpruneError
 from .pipeline.data import DatasetSource, check_data_matches
@@ -145,8 +145,9 @@ def shrink_checkpoint(checkpoint: str | os.PathLike, d: float, w: float, r: floa
                 return source.loader("train", res, shuffle=True)
     shr = Shrinker(model, criterion_data=loaders, **shrinker_options)
     res = shr.shrink(d, w, r, recalibrate=recal, recal_batches=recal_batches)
-    before = cost_report(model, spec.resolution, threads=threads)
-    after = cost_report(res.model, res.spec["input"]["resolution"], threads=threads)
+    before, after = cost_reports_side_by_side(
+        [(model, spec.resolution), (res.model, res.spec["input"]["resolution"])],
+        threads=threads)
     save_model(out, res.model, res.spec, {"source": str(checkpoint), "macs": res.macs,
                                           "params": res.params})
     return before, after, res, shr
@@ -171,8 +172,8 @@ def autobot_checkpoint(checkpoint: str | os.PathLike, data: DatasetSource, budge
     result = autobot_prune(model, train_loader, budget, config, progress=progress,
                            recal_loader=train_loader, recal_batches=recal_batches)
     val = data.loader("val", spec.resolution)
-    before, after = cost_report(model, spec.resolution), cost_report(result.model,
-                                                                     spec.resolution)
+    before, after = cost_reports_side_by_side([(model, spec.resolution),
+                                               (result.model, spec.resolution)])
     acc0, acc1 = evaluate(model, val).accuracy, evaluate(result.model, val).accuracy
     save_model(out, result.model, result.spec, {"source": str(checkpoint),
                                                 "macs": result.macs})

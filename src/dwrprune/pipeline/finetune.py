@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..checkpoint import save_model
-from ..cost import cost_report
+from ..cost import cost_reports_side_by_side
 from ..engine import TrainConfig, evaluate, train
 from ..shrink import Shrinker
 from ..solver import Solution
@@ -91,8 +91,7 @@ def finetune_final(model: nn.Module, data: DataSource, cfg: PipelineConfig, shri
                          desc="test (original)")
     if not distributed.is_main():  # under torchrun: rank 0 measures and writes
         return {"val_acc": after.accuracy, "test_acc": test.accuracy}
-    orig_cost = cost_report(model, base_res, threads=1)
-    new_cost = cost_report(pruned, res, threads=1)
+    orig_cost, new_cost = cost_reports_side_by_side([(model, base_res), (pruned, res)])
     result = {
         "point": {"d": b.d, "w": b.w, "r": b.r, "kept_blocks": b.kept_blocks,
                   "resolution": res},
