@@ -12,6 +12,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -104,29 +105,40 @@ def check_device(device: str) -> torch.device:
 
 
 @torch.inference_mode()
-def time_forward(module: nn.Module, x: torch.Tensor, threads: int = 1, warmup: int = 5,
-                 repeats: int = 20) -> list[float]:
-    """Wall-clock milliseconds of ``repeats`` forward passes of ``module`` on ``x`` (both on
-    the same device) with ``threads`` CPU threads, after ``warmup`` passes; a CUDA device is
-    timed with synchronisation."""
+def time_in_turns(calls: list[tuple[nn.Module, torch.Tensor]], threads: int = 1,
+                  warmup: int = 5, repeats: int = 20) -> list[list[float]]:
+    """Wall-clock milliseconds of forward passes of each ``(module, input)`` (both on the
+    same device) with ``threads`` CPU threads: ``warmup`` untimed passes of each, then
+    ``repeats`` rounds of one timed pass of each in turn, so that drift in the machine's
+    speed (a shared host) slows every item alike instead of favouring whichever was timed
+    in a quiet moment.  A CUDA device is timed with synchronisation."""
     if threads < 1 or repeats < 1:
         raise DwrpruneError(f"threads and repeats must be >= 1, got {threads}, {repeats}")
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    cuda = any(x.device.type == "cuda" for _, x in calls)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for _ in range(warmup):
-            module(x)
+        for module, x in calls:
+            for _ in range(warmup):
+                module(x)
         sync()
-        times = []
+        times: list[list[float]] = [[] for _ in calls]
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            module(x)
-            sync()
-            times.append((time.perf_counter() - t0) * 1e3)
+            for out, (module, x) in zip(times, calls):
+                t0 = time.perf_counter()
+                module(x)
+                sync()
+                out.append((time.perf_counter() - t0) * 1e3)
     finally:
         torch.set_num_threads(old_threads)
     return times
+
+
+def time_forward(module: nn.Module, x: torch.Tensor, threads: int = 1, warmup: int = 5,
+                 repeats: int = 20) -> list[float]:
+    """:func:`time_in_turns` of one module."""
+    return time_in_turns([(module, x)], threads, warmup, repeats)[0]
 
 
 def quartiles(times: list[float]) -> tuple[float, float]:
@@ -135,27 +147,44 @@ def quartiles(times: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def measure_latency(model: nn.Module, resolution: int, batch_size: int = 1,
-                    in_channels: int | None = None, threads: int = 1, warmup: int = 5,
-                    repeats: int = 20, device: str = "cpu") -> Latency:
-    """Median wall-clock of one forward pass with ``threads`` CPU threads (on ``device``:
-    the CPU, or a CUDA GPU timed with synchronisation), after ``warmup`` passes."""
-    if in_channels is None:
-        in_channels = first_conv_in_channels(model)
+@contextmanager
+def timing_inputs(models: list[tuple[nn.Module, int]], batch_size: int, device: str = "cpu",
+                  in_channels: int | None = None):
+    """``(module, input)`` pairs to time each ``(model, resolution)``: the model in eval
+    mode on ``device`` and a random batch for it; each model goes back to its device and
+    mode afterwards."""
+    dev = check_device(device)
+    homes = [(m, next(m.parameters()).device, m.training) for m, _ in models]
+    try:
+        yield [(m.eval().to(dev),
+                torch.randn(batch_size, in_channels or first_conv_in_channels(m), px, px,
+                            device=dev)) for m, px in models]
+    finally:
+        for m, home, training in homes:
+            m.to(home).train(training)
+
+
+def measure_latencies(models: list[tuple[nn.Module, int]], batch_size: int = 1,
+                      in_channels: int | None = None, threads: int = 1, warmup: int = 5,
+                      repeats: int = 20, device: str = "cpu") -> list[Latency]:
+    """Median wall-clock of one forward pass of each ``(model, resolution)``, timed in turns
+    (:func:`time_in_turns`) with ``threads`` CPU threads on ``device`` (the CPU, or a CUDA
+    GPU timed with synchronisation)."""
     if threads < 1 or batch_size < 1 or repeats < 1:
         raise DwrpruneError(f"threads, batch size and repeats must be >= 1, got {threads}, "
                             f"{batch_size}, {repeats}")
-    dev = check_device(device)
-    was_training = model.training
-    home = next(model.parameters()).device
-    model.eval().to(dev)
-    x = torch.randn(batch_size, in_channels, resolution, resolution, device=dev)
-    try:
-        times = time_forward(model, x, threads, warmup, repeats)
-    finally:
-        model.to(home).train(was_training)
-    return Latency(batch_size, threads, statistics.median(times), min(times), repeats,
-                   *quartiles(times), device)
+    with timing_inputs(models, batch_size, device, in_channels) as calls:
+        times = time_in_turns(calls, threads, warmup, repeats)
+    return [Latency(batch_size, threads, statistics.median(t), min(t), repeats, *quartiles(t),
+                    device) for t in times]
+
+
+def measure_latency(model: nn.Module, resolution: int, batch_size: int = 1,
+                    in_channels: int | None = None, threads: int = 1, warmup: int = 5,
+                    repeats: int = 20, device: str = "cpu") -> Latency:
+    """:func:`measure_latencies` of one model."""
+    return measure_latencies([(model, resolution)], batch_size, in_channels, threads, warmup,
+                             repeats, device)[0]
 
 
 @dataclass
@@ -171,35 +200,26 @@ class CostReport:
         return d
 
 
+def cost_reports_side_by_side(models: list[tuple[nn.Module, int]],
+                              latency_batches: tuple[int, ...] = (1, 64), threads: int = 1,
+                              repeats: int = 20, in_channels: int | None = None
+                              ) -> list[CostReport]:
+    """The cost of models to be compared (an original and its pruned model, each with its
+    resolution), their timed passes taking turns: a machine whose speed drifts slows them
+    alike, so their ratio stays honest where two reports timed one after the other can show
+    a pruned model slower than its original."""
+    per_batch = [measure_latencies(models, b, in_channels, threads, repeats=repeats)
+                 for b in latency_batches]
+    return [CostReport(count_macs(m, res, in_channels), count_params(m), res,
+                       [lat[i] for lat in per_batch]) for i, (m, res) in enumerate(models)]
+
+
 def cost_report(model: nn.Module, resolution: int, in_channels: int | None = None,
                 latency_batches: tuple[int, ...] = (1, 64), threads: int = 1,
                 repeats: int = 20) -> CostReport:
-    lat = [measure_latency(model, resolution, b, in_channels, threads, repeats=repeats)
-           for b in latency_batches]
-    return CostReport(count_macs(model, resolution, in_channels), count_params(model),
-                      resolution, lat)
-
-
-def cost_reports_side_by_side(models: list[tuple[nn.Module, int]],
-                              latency_batches: tuple[int, ...] = (1, 64), threads: int = 1,
-                              repeats: int = 20) -> list[CostReport]:
-    """:func:`cost_report` of models to be compared (an original and its pruned model, each
-    with its resolution), their timed passes taking turns: a machine whose speed drifts
-    slows them alike, so their ratio stays honest where two reports timed one after the
-    other can show a pruned model slower than its original."""
-    if repeats < 1:
-        raise DwrpruneError(f"repeats must be >= 1, got {repeats}")
-    lat: list[list[Latency]] = [[] for _ in models]
-    for b in latency_batches:
-        for m, res in models:  # warm-up, then one timed pass of each model a round
-            measure_latency(m, res, b, threads=threads, repeats=1)
-        rounds = [[measure_latency(m, res, b, threads=threads, warmup=0, repeats=1).median_ms
-                   for m, res in models] for _ in range(repeats)]
-        for out, times in zip(lat, zip(*rounds)):
-            out.append(Latency(b, threads, statistics.median(times), min(times), repeats,
-                               *quartiles(list(times))))
-    return [CostReport(count_macs(m, res), count_params(m), res, ls)
-            for (m, res), ls in zip(models, lat)]
+    """:func:`cost_reports_side_by_side` of one model."""
+    return cost_reports_side_by_side([(model, resolution)], latency_batches, threads, repeats,
+                                     in_channels)[0]
 
 
 def machine_stamp() -> dict:

@@ -35,10 +35,10 @@ from torch import nn
 
 from .cost import (
     check_device,
-    first_conv_in_channels,
     measure_latency,
     quartiles,
-    time_forward,
+    time_in_turns,
+    timing_inputs,
 )
 from .errors import DwrpruneError
 from .shrink import Shrinker
@@ -103,37 +103,15 @@ def measure_ms(model, resolution: int, target: LatencyTarget, repeats: int = 20,
         lat = measure_latency(model, resolution, target.batch, threads=target.threads,
                               warmup=warmup, repeats=repeats, device=target.device)
         return {"median_ms": lat.median_ms, "p25_ms": lat.p25_ms, "p75_ms": lat.p75_ms}
-    dev = check_device(target.device)
-    pairs = ((model, resolution), (reference.model, reference.resolution))
-    homes = [(m, next(m.parameters()).device, m.training) for m, _ in pairs]
-    try:
-        calls = [(m.eval().to(dev), torch.randn(target.batch, first_conv_in_channels(m), px,
-                                                px, device=dev)) for m, px in pairs]
-        with torch.inference_mode():
-            times, ref = _round_robin(calls, target, repeats, warmup)
-    finally:
-        for m, home, training in homes:
-            m.to(home).train(training)
+    pairs = [(model, resolution), (reference.model, reference.resolution)]
+    with timing_inputs(pairs, target.batch, target.device) as calls:
+        times, ref = time_in_turns(calls, target.threads, warmup, repeats)
     ratio = statistics.median(times) / statistics.median(ref)
     scale = reference.ms / statistics.median(ref)
     p25, p75 = quartiles(times)
     return {"median_ms": statistics.median(times) * scale, "p25_ms": p25 * scale,
             "p75_ms": p75 * scale, "ratio": ratio, "raw_median_ms": statistics.median(times),
             "reference_now_ms": statistics.median(ref)}
-
-
-def _round_robin(calls: list, target: LatencyTarget, repeats: int, warmup: int = 3
-                 ) -> list[list[float]]:
-    """Time each ``(module, input)`` once per round, ``repeats`` rounds, after ``warmup``
-    passes of each: drift in the machine's speed (a shared host) then spreads over every
-    item alike instead of favouring whichever was timed in a quiet moment."""
-    for module, x in calls:
-        time_forward(module, x, target.threads, warmup=warmup, repeats=1)
-    times: list[list[float]] = [[] for _ in calls]
-    for _ in range(repeats):
-        for i, (module, x) in enumerate(calls):
-            times[i] += time_forward(module, x, target.threads, warmup=0, repeats=1)
-    return times
 
 
 class LayerTable:
@@ -173,10 +151,11 @@ class LayerTable:
         return layer.eval().to(dev), x.to(dev)
 
     def fill(self, keys) -> None:
-        """Time every key not in the table yet, round-robin (see :func:`_round_robin`)."""
+        """Time every key not in the table yet, in turns (see :func:`time_in_turns`)."""
         todo = sorted(set(keys) - set(self.entries))
         if todo:
-            times = _round_robin([self._call(k) for k in todo], self.target, self.repeats)
+            times = time_in_turns([self._call(k) for k in todo], self.target.threads,
+                                  warmup=3, repeats=self.repeats)
             self.entries.update((k, statistics.median(t)) for k, t in zip(todo, times))
 
     def layer_ms(self, key: str) -> float:
@@ -306,8 +285,7 @@ def measure_design(shr: Shrinker, target: LatencyTarget, n_fit: int = 16,
     if progress:
         progress(f"[latency] timing {len(pts)} shrunk models on {target.key()}, "
                  f"{repeats} rounds")
-    with torch.inference_mode():
-        times = _round_robin(calls, target, repeats)
+    times = time_in_turns(calls, target.threads, warmup=3, repeats=repeats)
     rows = []
     for i, ((d, w, r), t) in enumerate(zip(pts, times)):
         p25, p75 = quartiles(t)
