@@ -262,14 +262,22 @@ def cmd_candidates(args) -> None:
         sets[f"extrapolated to {args.target_steps} steps (power {power:g})"] = per_run
     xyz = {k: [s.d, s.w, s.r] for ss, _ in longs for k, s in ss.items()}
 
-    final = None
+    final, source = None, None
     if args.final_run:  # its pruned samples, at the oracle's horizon
         fs = Run(args.final_run).store().samples(kinds=("chain", "mixed"))
         final = (np.array([[s.d, s.w, s.r] for s in fs]), np.array([s.val_acc for s in fs]))
+        source = Path(args.final_run).name
+    elif args.final_oracle is not None:  # a diagnostic: another budget's ground truth
+        fr = [r for r in rows if abs(float(r["budget"]) - args.final_oracle) < 1e-9]
+        if not fr:
+            raise DwrpruneError(f"no oracle rows at budget {args.final_oracle:g}")
+        final = (np.array([[float(r[k]) for k in "dwr"] for r in fr]),
+                 np.array([float(r["val_acc"]) for r in fr]))
+        source = f"the oracle's {len(fr)} rows at {args.final_oracle:g}"
     variants = [(name, per_run, None) for name, per_run in sets.items()]
     if final is not None:  # each candidate again, corrected at the final horizon
-        variants += [(f"{name}, corrected by {Path(args.final_run).name} (linear)", per_run,
-                      final) for name, per_run in sets.items()]
+        variants += [(f"{name}, corrected by {source} (linear)", per_run, final)
+                     for name, per_run in sets.items()]
 
     def rho(targets: list[dict], correction) -> list[float]:
         X = np.array([xyz[k] for t in targets for k in t])
@@ -278,7 +286,8 @@ def cmd_candidates(args) -> None:
                              cfg.max_rank, cfg.monotone)
         if correction is not None:
             pred = corrected_predictor(pred, *correction)
-        return [summarise_oracle(rows, b, pred)["spearman"] for b in args.budgets]
+        return [float("nan") if correction is not None and b == args.final_oracle  # its own
+                else summarise_oracle(rows, b, pred)["spearman"] for b in args.budgets]
 
     head = " | ".join(f"Spearman {b:g}: per run | mean | pooled" for b in args.budgets)
     lines = [f"| candidate | {head} |", "|---|" + "---|---|---|" * len(args.budgets)]
@@ -290,7 +299,9 @@ def cmd_candidates(args) -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     print("\n".join(lines))
-    (Path(args.out) / "candidates.md").write_text("\n".join(lines) + "\n")
+    name = ("candidates.md" if args.final_oracle is None or args.final_run else
+            f"candidates-corrected-by-oracle-{args.final_oracle:g}.md")
+    (Path(args.out) / name).write_text("\n".join(lines) + "\n")
 
 
 def cmd_render(args) -> None:
@@ -347,6 +358,10 @@ def main() -> None:
     c.add_argument("--final-run", default=None,
                    help="a collection at the oracle's horizon (a few samples): each candidate "
                         "also corrected by a linear fit to what it misses there")
+    c.add_argument("--final-oracle", type=float, default=None,
+                   help="a diagnostic in place of --final-run: correct each candidate by the "
+                        "oracle's own rows at this budget (far over the 4x cost rule), "
+                        "judged at the other budgets only")
     c.add_argument("--families", type=lambda x: x.split(","), default=None,
                    help="predictor families (default: the run's; cp is slow on pooled samples)")
     c.set_defaults(func=cmd_candidates)
