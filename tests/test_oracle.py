@@ -98,6 +98,20 @@ def test_oracle_quick_runs_resumes_and_renders(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0
     assert len(list(csv.DictReader(open(tmp_path / "oracle.csv")))) == len(rows)  # resumed
+    budget = rows[0]["budget"]
+    cand = [sys.executable, str(ROOT / "benchmarks" / "oracle.py"), "candidates", "--out",
+            str(tmp_path), "--run", str(tmp_path / "run"), "--budgets", budget]
+    r = subprocess.run(cand + ["--final-oracle", budget], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = (tmp_path / f"candidates-corrected-by-oracle-{float(budget):g}.md").read_text()
+    own, corrected = table.splitlines()[2:4]
+    assert "nan" not in own and f"{len(rows)} rows" in corrected
+    assert corrected.count("nan") == 3  # never judged on the rows it was fitted to
+    r = subprocess.run(cand + ["--final-oracle", "0.99"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 2 and r.stderr.strip() == ("oracle.py: error: no oracle rows at "
+                                                      "budget 0.99")
 
 
 @pytest.mark.parametrize("power", [0.5, 1.0, 2.0])
