@@ -299,7 +299,7 @@ def cmd_candidates(args) -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     print("\n".join(lines))
-    name = ("candidates.md" if args.final_oracle is None or args.final_run else
+    name = ("candidates.md" if args.final_oracle is None else
             f"candidates-corrected-by-oracle-{args.final_oracle:g}.md")
     (Path(args.out) / name).write_text("\n".join(lines) + "\n")
 
@@ -355,11 +355,12 @@ def main() -> None:
                    help="the oracle recipe's fine-tune steps (3 epochs of 422)")
     c.add_argument("--powers", type=_floats, default=[0.5, 1.0],
                    help="learning-curve exponents to extrapolate with")
-    c.add_argument("--final-run", default=None,
+    final = c.add_mutually_exclusive_group()
+    final.add_argument("--final-run", default=None,
                    help="a collection at the oracle's horizon (a few samples): each candidate "
                         "also corrected by a linear fit to what it misses there")
-    c.add_argument("--final-oracle", type=float, default=None,
-                   help="a diagnostic in place of --final-run: correct each candidate by the "
+    final.add_argument("--final-oracle", type=float, default=None,
+                   help="a diagnostic instead of --final-run: correct each candidate by the "
                         "oracle's own rows at this budget (far over the 4x cost rule), "
                         "judged at the other budgets only")
     c.add_argument("--families", type=lambda x: x.split(","), default=None,

@@ -35,7 +35,7 @@ from torch import nn
 
 from .cost import (
     check_device,
-    measure_latency,
+    measure_latencies,
     quartiles,
     time_in_turns,
     timing_inputs,
@@ -99,19 +99,18 @@ def measure_ms(model, resolution: int, target: LatencyTarget, repeats: int = 20,
     """Median and quartiles (ms) of ``model`` on ``target``.  With a ``reference``, the
     model and the reference are timed round-robin and the figures scaled by
     ``reference.ms`` over the reference's median now (``ratio``: model / reference)."""
+    pairs = [(model, resolution)] + ([(reference.model, reference.resolution)]
+                                     if reference is not None else [])
+    lat = measure_latencies(pairs, target.batch, threads=target.threads, warmup=warmup,
+                            repeats=repeats, device=target.device)
     if reference is None:
-        lat = measure_latency(model, resolution, target.batch, threads=target.threads,
-                              warmup=warmup, repeats=repeats, device=target.device)
-        return {"median_ms": lat.median_ms, "p25_ms": lat.p25_ms, "p75_ms": lat.p75_ms}
-    pairs = [(model, resolution), (reference.model, reference.resolution)]
-    with timing_inputs(pairs, target.batch, target.device) as calls:
-        times, ref = time_in_turns(calls, target.threads, warmup, repeats)
-    ratio = statistics.median(times) / statistics.median(ref)
-    scale = reference.ms / statistics.median(ref)
-    p25, p75 = quartiles(times)
-    return {"median_ms": statistics.median(times) * scale, "p25_ms": p25 * scale,
-            "p75_ms": p75 * scale, "ratio": ratio, "raw_median_ms": statistics.median(times),
-            "reference_now_ms": statistics.median(ref)}
+        return {"median_ms": lat[0].median_ms, "p25_ms": lat[0].p25_ms,
+                "p75_ms": lat[0].p75_ms}
+    mine, ref = lat
+    scale = reference.ms / ref.median_ms
+    return {"median_ms": mine.median_ms * scale, "p25_ms": mine.p25_ms * scale,
+            "p75_ms": mine.p75_ms * scale, "ratio": mine.median_ms / ref.median_ms,
+            "raw_median_ms": mine.median_ms, "reference_now_ms": ref.median_ms}
 
 
 class LayerTable:
@@ -275,17 +274,15 @@ def measure_design(shr: Shrinker, target: LatencyTarget, n_fit: int = 16,
     lower = tuple(max(lo, shr.min_resolution / shr.base_resolution) if i == 2 else lo
                   for i, lo in enumerate(lower))
     pts = [(1.0, 1.0, 1.0)] + design(shr, n_fit + n_heldout - 1, lower, seed)
-    dev = check_device(target.device)
-    calls = []
+    models = []
     for d, w, r in pts:
         out = shr.shrink(d, w, r)
-        px = out.spec["input"]["resolution"]
-        calls.append((out.model.eval().to(dev),
-                      torch.randn(target.batch, shr.in_channels, px, px, device=dev)))
+        models.append((out.model, out.spec["input"]["resolution"]))
     if progress:
         progress(f"[latency] timing {len(pts)} shrunk models on {target.key()}, "
                  f"{repeats} rounds")
-    times = time_in_turns(calls, target.threads, warmup=3, repeats=repeats)
+    with timing_inputs(models, target.batch, target.device, shr.in_channels) as calls:
+        times = time_in_turns(calls, target.threads, warmup=3, repeats=repeats)
     rows = []
     for i, ((d, w, r), t) in enumerate(zip(pts, times)):
         p25, p75 = quartiles(t)
