@@ -4,6 +4,7 @@
     python benchmarks/oracle.py render --out OUT --budget 0.5 --run RUN [--run RUN2 ...]
     python benchmarks/oracle.py candidates --out OUT --run RUN [--run RUN2 ...] \
         [--short-run SHORT ...]
+    python benchmarks/oracle.py proxy --out OUT --run RUN
     python benchmarks/oracle.py run --quick        # tiny model, synthetic data (CI)
 
 `run` fine-tunes every point on the budget's surface (one-axis points, the run's choice, a
@@ -15,7 +16,8 @@ accuracy, and for each run folder given: its choice at the budget, the regret of
 predictor with the oracle's mean validation accuracy.  The run folder's block ranking and
 pipeline options are used to prune every point.  `candidates` judges predictors that need
 more than one collection: the run folders' chain samples pooled, and extrapolated along a
-learning curve from a shorter-horizon collection of the same seed.
+learning curve from a shorter-horizon collection of the same seed.  `proxy` ranks the
+points by EagleEye's adaptive-BN accuracy (no fine-tune) instead of a predictor.
 """
 
 from __future__ import annotations
@@ -304,6 +306,42 @@ def cmd_candidates(args) -> None:
     (Path(args.out) / name).write_text("\n".join(lines) + "\n")
 
 
+def cmd_proxy(args) -> None:
+    """EagleEye's adaptive-BN proxy (prune, re-calibrate BatchNorm, score on validation, no
+    fine-tune) at every iso-cost point, ranked against the oracle's mean validation
+    accuracy: does the proxy that ranks width allocations also rank depth and resolution?"""
+    from scipy.stats import spearmanr
+
+    import dwrprune
+    from dwrprune.oracle import adaptive_bn_scores, read_rows, summarise_oracle
+    from dwrprune.pipeline import DatasetSource, Run
+
+    out = Path(args.out)
+    rows = read_rows(out / "oracle.csv")
+    cfg, checkpoint = Run(args.run).load_config()
+    model = dwrprune.load(dwrprune.pretrained.resolve(checkpoint))
+    data = DatasetSource.from_config(cfg)
+    lines = []
+    for budget in args.budgets:
+        iso = [p for p in summarise_oracle(rows, budget)["points"] if p["iso"]]
+        scores = adaptive_bn_scores(model, data, args.run, iso, args.recal_batches)
+        oracle = [p["val"] for p in iso]
+        rho_acc = spearmanr([s["val_acc"] for s in scores], oracle).statistic
+        rho_loss = spearmanr([-s["val_loss"] for s in scores], oracle).statistic
+        lines += [f"Budget {budget:g}: adaptive-BN proxy ({args.recal_batches} batches) at "
+                  f"the {len(iso)} iso-cost points; Spearman against the oracle's mean "
+                  f"validation accuracy: {rho_acc:.2f} (proxy accuracy), {rho_loss:.2f} "
+                  "(minus proxy loss).", "",
+                  "| point | d | w | r | oracle val (%) | proxy val acc (%) | proxy val loss |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {p['label']} | {p['d']:.3f} | {p['w']:.3f} | {p['r']:.3f} | "
+                  f"{100 * p['val']:.2f} | {100 * s['val_acc']:.2f} | {s['val_loss']:.3f} |"
+                  for p, s in zip(iso, scores, strict=True)]
+        lines.append("")
+        print("\n".join(lines[-len(iso) - 5:]), flush=True)
+    (out / "proxy-adaptive-bn.md").write_text("\n".join(lines))
+
+
 def cmd_render(args) -> None:
     from dwrprune.oracle import read_rows
 
@@ -366,6 +404,13 @@ def main() -> None:
     c.add_argument("--families", type=lambda x: x.split(","), default=None,
                    help="predictor families (default: the run's; cp is slow on pooled samples)")
     c.set_defaults(func=cmd_candidates)
+    x = sub.add_parser("proxy", help="EagleEye's adaptive-BN proxy ranked against the oracle")
+    x.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "oracle"))
+    x.add_argument("--run", required=True, help="run folder (model, data, block ranking)")
+    x.add_argument("--budgets", type=_floats, default=[0.5, 0.3])
+    x.add_argument("--recal-batches", type=int, default=50,
+                   help="training batches BatchNorm is re-calibrated on (EagleEye: 50)")
+    x.set_defaults(func=cmd_proxy)
     args = ap.parse_args()
     if args.cmd == "run" and not args.quick and not args.run:
         ap.error("run needs --run RUN (or --quick)")

@@ -112,6 +112,16 @@ def test_oracle_quick_runs_resumes_and_renders(tmp_path):
                        timeout=600)
     assert r.returncode == 2 and r.stderr.strip() == ("oracle.py: error: no oracle rows at "
                                                       "budget 0.99")
+    proxy = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "oracle.py"), "proxy",
+                            "--out", str(tmp_path), "--run", str(tmp_path / "run"),
+                            "--budgets", budget, "--recal-batches", "2"],
+                           capture_output=True, text=True, timeout=600)
+    assert proxy.returncode == 0, proxy.stderr[-2000:]
+    table = (tmp_path / "proxy-adaptive-bn.md").read_text()
+    iso = {x["label"] for x in rows if x["iso"] == "True"}
+    assert "Spearman" in table and sum(f"| {lab} |" in table for lab in iso) == len(iso)
+    assert all(0 <= float(line.split("|")[6]) <= 100 for line in table.splitlines()
+               if line.startswith("| ") and not line.startswith("| point"))
 
 
 @pytest.mark.parametrize("power", [0.5, 1.0, 2.0])

@@ -314,6 +314,28 @@ def summarise_oracle(rows: list[dict], budget: float, predictor=None) -> dict:
             "noise_ceiling": ceiling}
 
 
+def adaptive_bn_scores(model: nn.Module, data: DataSource, run_dir: str | Path,
+                       points: list[dict], batches: int = 50, seed: int = 0) -> list[dict]:
+    """EagleEye's adaptive-BN proxy at each of ``points`` (dicts with d, w, r): pruned from
+    the original as the oracle prunes it (the run's block ranking and options), BatchNorm
+    re-calibrated on ``batches`` training batches, then scored on the validation split with
+    no fine-tune at all.  A candidate ranking that costs seconds per point."""
+    from .engine import evaluate
+
+    run = Run(run_dir)
+    cfg, _ = run.load_config()
+    order, criterion = run.block_ranking()
+    shr = build_shrinker(model, cfg, data, block_order=order, block_order_criterion=criterion)
+    scores = []
+    for p in points:
+        torch.manual_seed(seed)
+        out = shr.shrink(p["d"], p["w"], p["r"], recalibrate=lambda res: data.loader(
+            "train", res, shuffle=True, seed=seed), recal_batches=batches)
+        ev = evaluate(out.model, data.loader("val", out.spec["input"]["resolution"]))
+        scores.append({"val_acc": ev.accuracy, "val_loss": ev.loss})
+    return scores
+
+
 def default_grid(shr: Shrinker) -> tuple[list[float], list[float]]:
     """A spread over (d, r): about four realisable depths down to 55% of the blocks, and
     input sides down to about 85% in steps of two pixels."""
@@ -326,6 +348,6 @@ def default_grid(shr: Shrinker) -> tuple[list[float], list[float]]:
     return depths, res
 
 
-__all__ = ["FIELDS", "OraclePoint", "choice_variants", "default_grid", "extrapolate_horizon",
-           "read_rows", "run_oracle",
-           "solve_width", "summarise_oracle", "surface_points"]
+__all__ = ["FIELDS", "OraclePoint", "adaptive_bn_scores", "choice_variants", "default_grid",
+           "extrapolate_horizon", "read_rows", "run_oracle", "solve_width", "summarise_oracle",
+           "surface_points"]
