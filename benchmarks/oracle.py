@@ -328,17 +328,17 @@ def cmd_proxy(args) -> None:
         oracle = [p["val"] for p in iso]
         rho_acc = spearmanr([s["val_acc"] for s in scores], oracle).statistic
         rho_loss = spearmanr([-s["val_loss"] for s in scores], oracle).statistic
-        lines += [f"Budget {budget:g}: adaptive-BN proxy ({args.recal_batches} batches) at "
-                  f"the {len(iso)} iso-cost points; Spearman against the oracle's mean "
-                  f"validation accuracy: {rho_acc:.2f} (proxy accuracy), {rho_loss:.2f} "
-                  "(minus proxy loss).", "",
-                  "| point | d | w | r | oracle val (%) | proxy val acc (%) | proxy val loss |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {p['label']} | {p['d']:.3f} | {p['w']:.3f} | {p['r']:.3f} | "
+        block = [f"Budget {budget:g}: adaptive-BN proxy ({args.recal_batches} batches) at "
+                 f"the {len(iso)} iso-cost points; Spearman against the oracle's mean "
+                 f"validation accuracy: {rho_acc:.2f} (proxy accuracy), {rho_loss:.2f} "
+                 "(minus proxy loss).", "",
+                 "| point | d | w | r | oracle val (%) | proxy val acc (%) | proxy val loss |",
+                 "|---|---|---|---|---|---|---|"]
+        block += [f"| {p['label']} | {p['d']:.3f} | {p['w']:.3f} | {p['r']:.3f} | "
                   f"{100 * p['val']:.2f} | {100 * s['val_acc']:.2f} | {s['val_loss']:.3f} |"
-                  for p, s in zip(iso, scores, strict=True)]
-        lines.append("")
-        print("\n".join(lines[-len(iso) - 5:]), flush=True)
+                  for p, s in zip(iso, scores, strict=True)] + [""]
+        print("\n".join(block), flush=True)
+        lines += block
     (out / "proxy-adaptive-bn.md").write_text("\n".join(lines))
 
 
