@@ -118,12 +118,19 @@ def render(rows: list[dict], budget: float, runs: list[str]) -> str:
                      f"{100 * p['predicted']:.2f} |")
     pairs = "; ".join(f"seeds {a} and {b}: {rho:.2f} over {n} points"
                       for a, b, n, rho in s["seed_pairs"])
-    lines += ["", f"Best by mean validation accuracy: {s['best_by_val']}.  The oracle's own "
-              "rank reliability, the Spearman correlation between two seeds' validation "
-              "accuracies over the iso-cost points both have"
-              + (f" (mean over seed pairs: {pairs})" if len(s["seed_pairs"]) > 1 else "")
-              + f": {s['split_half']:.2f}.  Noise ceiling: a perfect predictor would rank "
-              f"these means at a Spearman correlation of about {s['noise_ceiling']:.2f} "
+    note = (f"Best by mean validation accuracy: {s['best_by_val']}.  The oracle's own rank "
+            "reliability, the Spearman correlation between two seeds' validation accuracies "
+            "over the iso-cost points both have"
+            + (f" (mean over seed pairs: {pairs})" if len(s["seed_pairs"]) > 1 else "")
+            + f": {s['split_half']:.2f}.")
+    held = s["held_out_seeds"]
+    if len(s["seed_pairs"]) > 1:  # with two seeds this is the pair above
+        note += ("  Each seed against the mean of the other seeds (what one more measurement "
+                 "of exactly the oracle's quantity, one seed per point, reaches; "
+                 + "; ".join(f"seed {a}: {rho:.2f} over {n} points" for a, n, rho in held)
+                 + f"): mean {sum(x[2] for x in held) / len(held):.2f}.")
+    lines += ["", note + "  Noise ceiling: a perfect predictor would rank these means at a "
+              f"Spearman correlation of about {s['noise_ceiling']:.2f} "
               "(`rank_noise_ceiling`).", ""]
     regrets: dict[str, list[tuple[float, float]]] = {}
     for i, rd in enumerate(runs):  # predictor candidates: for the first run folder only

@@ -49,6 +49,8 @@ def test_rank_reliability_averages_every_pair_of_seeds():
     s = summarise_oracle(rows + third, 0.5)  # seed 2 ranks the points the other way round
     assert [(a, b, n) for a, b, n, _ in s["seed_pairs"]] == [(0, 1, 3), (0, 2, 3), (1, 2, 3)]
     assert s["split_half"] == pytest.approx((1 - 1 - 1) / 3)
+    held = {a: (n, rho) for a, n, rho in s["held_out_seeds"]}  # each seed against the others
+    assert set(held) == {0, 1, 2} and held[2] == (3, pytest.approx(-1.0))
     partial = summarise_oracle(rows + third[:2], 0.5)  # two points only: no rank to take
     assert [(a, b) for a, b, _, _ in partial["seed_pairs"]] == [(0, 1)]
 

@@ -303,22 +303,30 @@ def summarise_oracle(rows: list[dict], budget: float, predictor=None) -> dict:
     # the oracle's own rank reliability: two seeds of the same points, ranked against each
     # other (a predictor is judged against means that are this noisy); with a third seed,
     # the mean over every pair of seeds that share at least three points
-    seeds = sorted({int(x["seed"]) for p in iso for x in by[p["label"]]})
+    vals = [{int(x["seed"]): float(x["val_acc"]) for x in by[p["label"]]} for p in iso]
+    seeds = sorted({s for v in vals for s in v})
     pairs = []
     for i, a in enumerate(seeds):
         for b in seeds[i + 1:]:
-            both = [(v[a], v[b]) for v in ({int(x["seed"]): float(x["val_acc"])
-                                            for x in by[p["label"]]} for p in iso)
-                    if a in v and b in v]
+            both = [(v[a], v[b]) for v in vals if a in v and b in v]
             if len(both) > 2:
                 pairs.append((a, b, len(both),
                               float(spearmanr(*zip(*both, strict=True)).statistic)))
+    # each seed against the mean of the others: what one more measurement of exactly the
+    # oracle's quantity, one seed per point, reaches against means like the predictor's
+    held_out = []
+    for a in seeds:
+        both = [(v[a], _mean([x for s, x in v.items() if s != a])) for v in vals
+                if a in v and len(v) > 1]
+        if len(both) > 2:
+            held_out.append((a, len(both), float(spearmanr(*zip(*both, strict=True)).statistic)))
     split = _mean([p[3] for p in pairs]) if pairs else float("nan")
-    ceiling = rank_noise_ceiling([[float(x["val_acc"]) for x in by[p["label"]]] for p in iso])
+    ceiling = rank_noise_ceiling([list(v.values()) for v in vals])
     return {"budget": budget, "points": sorted(pts, key=lambda p: -p["val"]),
             "best_by_val": best_val["label"], "best_test": best_test,
             "spearman": float(rho), "split_half": float(split),
             "split_half_points": max((p[2] for p in pairs), default=0), "seed_pairs": pairs,
+            "held_out_seeds": held_out,
             "noise_ceiling": ceiling}
 
 
