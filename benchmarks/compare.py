@@ -198,9 +198,14 @@ def cmd_render(args) -> None:
 
 def cmd_latency(args) -> None:
     import dwrprune
-    from dwrprune.bench import measure_latencies
+    from dwrprune.bench import bundled_original, measure_latencies
 
-    model = dwrprune.load(dwrprune.pretrained.resolve(args.checkpoint))
+    checkpoint = args.checkpoint or bundled_original(args.out)
+    if checkpoint is None:
+        raise dwrprune.DwrpruneError(f"{args.out} was not filled from a bundled checkpoint "
+                                     "(or has no bench_settings.json): give --checkpoint, the "
+                                     "model its rows were pruned from")
+    model = dwrprune.load(dwrprune.pretrained.resolve(checkpoint))
     n = measure_latencies(args.out, model, repeats=args.repeats, remeasure=args.all,
                           progress=True)
     print(f"measured {n} rows in {Path(args.out) / 'results.csv'}")
@@ -237,7 +242,9 @@ def main() -> None:
     r.set_defaults(func=cmd_run)
     la = sub.add_parser("latency", help="(re-)measure the latency columns on a quiet machine")
     la.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    la.add_argument("--checkpoint", default="resnet20-fashion-mnist")
+    la.add_argument("--checkpoint", default=None,
+                    help="the model the rows were pruned from (default: the bundled one the "
+                         "folder was filled from)")
     la.add_argument("--repeats", type=int, default=30)
     la.add_argument("--all", action="store_true", help="every row, not only rows without")
     la.set_defaults(func=cmd_latency)

@@ -1,4 +1,5 @@
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,25 @@ def test_latency_pass_fills_rows_and_keeps_rows_appended_meanwhile(tmp_path, mon
     assert float(rows[0]["original_latency_b64_ms"]) > 0 and rows[1]["latency_b1_ms"] == ""
     assert measure_latencies(tmp_path, model, repeats=2) == 0  # 3d has no model file here
     assert measure_latencies(tmp_path, model, repeats=2, remeasure=True) == 1
+    settings = tmp_path / "bench_settings.json"  # filled from another original: refused
+    settings.write_text(json.dumps({"model": "0" * 64}))
+    with pytest.raises(dwrprune.DwrpruneError, match="another model"):
+        measure_latencies(tmp_path, model, repeats=2, remeasure=True)
+
+
+def test_a_benchmark_folder_names_the_bundled_original_it_was_filled_from(tmp_path):
+    import dwrprune
+    from dwrprune.bench import bundled_original
+    from dwrprune.pipeline import model_fingerprint
+
+    settings = tmp_path / "bench_settings.json"
+    assert bundled_original(tmp_path) is None  # no record
+    for name in dwrprune.pretrained.available():
+        fp = model_fingerprint(dwrprune.load(dwrprune.pretrained.path(name)))
+        settings.write_text(json.dumps({"model": fp}))
+        assert bundled_original(tmp_path) == name
+    settings.write_text(json.dumps({"model": "0" * 64}))  # a user's own model
+    assert bundled_original(tmp_path) is None
 
 
 @pytest.mark.slow

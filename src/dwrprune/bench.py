@@ -90,6 +90,22 @@ def _bind_settings(out: Path, model: nn.Module, recipe: TrainConfig,
         path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
+def settings_model(out: str | Path) -> str | None:
+    """The fingerprint of the original a benchmark folder was filled from (None: no record)."""
+    path = Path(out) / "bench_settings.json"
+    return json.loads(path.read_text()).get("model") if path.is_file() else None
+
+
+def bundled_original(out: str | Path) -> str | None:
+    """The name of the bundled checkpoint a benchmark folder was filled from, if it was."""
+    from . import pretrained
+    from .checkpoint import load
+
+    want = settings_model(out)
+    return next((name for name in pretrained.available()
+                 if want == model_fingerprint(load(pretrained.path(name)))), None)
+
+
 def done_keys(csv_path: Path) -> set[tuple[str, float, int]]:
     if not csv_path.exists():
         return set()
@@ -300,6 +316,11 @@ def measure_latencies(out: str | Path, original: nn.Module, repeats: int = 20,
     todo = [r for r in rows if r["status"] == "ok" and (remeasure or r["latency_b1_ms"] == "")]
     if not todo:
         return 0
+    filled_from = settings_model(out)
+    if filled_from is not None and filled_from != model_fingerprint(original):
+        raise DwrpruneError(f"benchmark folder {out} was filled from another model than the "
+                            "one given: its speed-ups would be against the wrong original; "
+                            "give the checkpoint its rows were pruned from")
     spec = original.dwrprune_spec
     base_res = spec["input"]["resolution"]
     stamp = machine_stamp() | {"threads": threads}  # the threads latency is measured with
