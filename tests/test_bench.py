@@ -146,14 +146,21 @@ def test_the_same_pruned_model_gets_the_same_row_whatever_ran_before(tmp_path):
         assert a[key] == b[key]
 
 
-def test_render_before_latency_and_without_results(tmp_path):
+def test_render_before_latency_and_without_results(tmp_path, monkeypatch, capsys):
     """A CSV whose rows are not timed yet renders (rows mid-run are committed so), and a
-    folder without one is one clear line, exit 2."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "render", "--out"]
-    missing = subprocess.run(cmd + [str(tmp_path / "none")], capture_output=True, text=True)
-    assert missing.returncode == 2
-    assert missing.stderr.strip().startswith("compare.py: error: no results.csv in")
-    assert len(missing.stderr.strip().splitlines()) == 1
+    folder without one is one clear line, exit 2 (the script's main, in this process)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import compare
+
+    def render(out):
+        monkeypatch.setattr(sys, "argv", ["compare.py", "render", "--out", str(out)])
+        compare.main()
+
+    with pytest.raises(SystemExit) as missing:
+        render(tmp_path / "none")
+    err = capsys.readouterr().err.strip()
+    assert missing.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("compare.py: error: no results.csv in")
     fields = ["method", "budget", "seed", "status", "macs_ratio", "test_acc", "test_acc_pruned",
               "prune_seconds", "collection_seconds", "original_test_acc", "latency_b1_ms",
               "latency_b64_ms", "original_latency_b1_ms", "original_latency_b64_ms"]
@@ -163,10 +170,11 @@ def test_render_before_latency_and_without_results(tmp_path):
         w.writerow({"method": "width-only", "budget": 0.5, "seed": 0, "status": "ok",
                     "macs_ratio": 0.48, "test_acc": 0.93, "test_acc_pruned": 0.9,
                     "prune_seconds": 1, "collection_seconds": 0, "original_test_acc": 0.94})
-    ok = subprocess.run(cmd + [str(tmp_path)], capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "| 0.5 | width-only | 1 | 0.480 |" in ok.stdout
-    assert "Unpruned: test accuracy 94.00% (latency not measured yet)." in ok.stdout
+    render(tmp_path)
+    out = capsys.readouterr().out
+    assert "| 0.5 | width-only | 1 | 0.480 |" in out
+    assert "Unpruned: test accuracy 94.00% (latency not measured yet)." in out
+    assert (tmp_path / "compare.png").is_file() and (tmp_path / "table.md").is_file()
 
 
 def test_an_identical_model_reuses_the_finished_fine_tune(tmp_path):
