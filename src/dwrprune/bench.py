@@ -102,6 +102,8 @@ def bundled_original(out: str | Path) -> str | None:
     from .checkpoint import load
 
     want = settings_model(out)
+    if want is None:  # no record: nothing to match, so no checkpoint to load
+        return None
     return next((name for name in pretrained.available()
                  if want == model_fingerprint(load(pretrained.path(name)))), None)
 
