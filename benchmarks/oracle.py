@@ -130,7 +130,8 @@ def render(rows: list[dict], budget: float, runs: list[str]) -> str:
                  + "; ".join(f"seed {a}: {rho:.2f} over {n} points" for a, n, rho in held)
                  + f"): mean {sum(x[2] for x in held) / len(held):.2f}.")
     lines += ["", note + "  Noise ceiling: a perfect predictor would rank these means at a "
-              f"Spearman correlation of about {s['noise_ceiling']:.2f} "
+              f"Spearman correlation of about {s['noise_ceiling']:.2f}, and reach 0.8 in "
+              f"{100 * s['noise_ceiling_pass']:.0f}% of redraws of their noise "
               "(`rank_noise_ceiling`).", ""]
     regrets: dict[str, list[tuple[float, float]]] = {}
     for i, rd in enumerate(runs):  # predictor candidates: for the first run folder only

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import dwrprune
@@ -61,10 +62,26 @@ def test_rank_noise_ceiling_falls_as_points_get_closer():
     def points(gap):
         return [[0.9 + i * gap + e for e in (-0.001, 0.001, 0.0)] for i in range(8)]
 
-    far, near = rank_noise_ceiling(points(0.01)), rank_noise_ceiling(points(0.0005))
-    assert far > 0.99 and 0.0 < near < 0.9
-    assert rank_noise_ceiling([[0.9, 0.9], [0.9, 0.9], [0.9, 0.9]]) == 0.0  # nothing to rank
-    assert math.isnan(rank_noise_ceiling([[0.9], [0.8], [0.7]]))  # no point measured twice
+    (far, far_pass), (near, near_pass) = (rank_noise_ceiling(points(g)) for g in (0.01, 0.0005))
+    assert far > 0.99 and far_pass == 1.0 and 0.0 < near < 0.9 and near_pass < far_pass
+    assert rank_noise_ceiling([[0.9, 0.9], [0.9, 0.9], [0.9, 0.9]]) == (0.0, 0.0)  # all equal
+    assert all(map(math.isnan, rank_noise_ceiling([[0.9], [0.8], [0.7]])))  # one seed each
+
+
+def test_a_far_point_does_not_lift_the_ceiling_of_a_flat_cluster():
+    """One point far below a flat cluster is ranked last by every redraw, so it adds only its
+    own (exact) share to the Spearman correlation: with it last in both rankings, the rank
+    differences are the cluster's, and rho(n + 1) = 1 - (1 - rho(n)) * n(n^2 - 1) /
+    ((n + 1)((n + 1)^2 - 1)).  A plain variance of the means, inflated by the far point,
+    would leave the cluster's means unshrunk and overstate the ceiling."""
+    from dwrprune.oracle import rank_noise_ceiling
+
+    rng = np.random.default_rng(0)
+    cluster = [[0.93 + 0.0003 * i + e for e in rng.normal(0, 0.002, 3)] for i in range(11)]
+    alone, _ = rank_noise_ceiling(cluster)
+    with_far, _ = rank_noise_ceiling(cluster + [[0.906, 0.9075]])
+    exact = 1 - (1 - alone) * (11 * 120) / (12 * 143)
+    assert 0.3 < alone < 0.95 and with_far == pytest.approx(exact, abs=0.03)
 
 
 def test_regret_and_rank_correlation():

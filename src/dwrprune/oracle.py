@@ -218,27 +218,45 @@ def _std(xs: list[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
-def rank_noise_ceiling(values: list[list[float]], draws: int = 2000, seed: int = 0) -> float:
-    """The Spearman correlation a perfect predictor would be expected to reach against the
-    means of ``values`` (one list of seed accuracies per point): the points' true values are
-    estimated by shrinking their means toward the grand mean (between-point variance minus
-    the seeds' pooled variance), then redrawn with that noise ``draws`` times.  NaN without
-    a point measured twice."""
+def _perfect_predictor_draws(values: list[list[float]], draws: int, seed: int) -> np.ndarray:
+    """Spearman correlations of the points' estimated true values against ``draws`` redraws
+    of their noisy means (one list of seed accuracies per point; empty: nothing to rank).
+    True values: each mean shrunk toward the median of the means by the between-point
+    variance over the variance of that mean.  The between-point variance is taken from the
+    median absolute deviation of the means (less the seeds' pooled variance), so that one
+    far point (a one-axis point a few points below the rest) cannot make a flat cluster
+    look spread out, which would leave the cluster's noisy means unshrunk and overstate how
+    well they can be ranked."""
     from scipy.stats import spearmanr
 
-    dof = sum(len(v) - 1 for v in values)
-    if dof == 0 or len(values) < 3:
-        return float("nan")
-    s2 = sum((x - _mean(v)) ** 2 for v in values for x in v) / dof
     means = np.array([_mean(v) for v in values])
+    s2 = sum((x - _mean(v)) ** 2 for v in values for x in v) / sum(len(v) - 1 for v in values)
     noise = s2 / np.array([len(v) for v in values])
-    true_var = max(float(means.var(ddof=1) - noise.mean()), 0.0)
+    centre = float(np.median(means))
+    spread = (1.4826 * float(np.median(np.abs(means - centre)))) ** 2
+    if spread == 0.0:  # more than half the means equal: the MAD says nothing; use them all
+        spread = float(means.var(ddof=1))
+    true_var = max(spread - float(noise.mean()), 0.0)
     if true_var == 0.0:
-        return 0.0
-    truth = means.mean() + (means - means.mean()) * true_var / (true_var + noise)
+        return np.zeros(0)
+    truth = centre + (means - centre) * true_var / (true_var + noise)
     rng = np.random.default_rng(seed)
-    return float(np.mean([spearmanr(truth, truth + rng.normal(0, np.sqrt(noise))).statistic
-                          for _ in range(draws)]))
+    return np.array([spearmanr(truth, truth + rng.normal(0, np.sqrt(noise))).statistic
+                     for _ in range(draws)])
+
+
+def rank_noise_ceiling(values: list[list[float]], draws: int = 2000, seed: int = 0,
+                       target: float = 0.8) -> tuple[float, float]:
+    """What a perfect predictor would reach against the means of ``values`` (one list of
+    seed accuracies per point): its expected Spearman correlation with them, and the
+    probability that it reaches ``target`` (see :func:`_perfect_predictor_draws`).
+    (0, 0) when the points cannot be told apart; NaNs without a point measured twice."""
+    if sum(len(v) - 1 for v in values) == 0 or len(values) < 3:
+        return float("nan"), float("nan")
+    rho = _perfect_predictor_draws(values, draws, seed)
+    if rho.size == 0:
+        return 0.0, 0.0
+    return float(rho.mean()), float((rho >= target - 1e-12).mean())
 
 
 def extrapolate_horizon(short: float, long: float, t_short: int, t_long: int, t_target: int,
@@ -321,13 +339,13 @@ def summarise_oracle(rows: list[dict], budget: float, predictor=None) -> dict:
         if len(both) > 2:
             held_out.append((a, len(both), float(spearmanr(*zip(*both, strict=True)).statistic)))
     split = _mean([p[3] for p in pairs]) if pairs else float("nan")
-    ceiling = rank_noise_ceiling([list(v.values()) for v in vals])
+    ceiling, ceiling_pass = rank_noise_ceiling([list(v.values()) for v in vals])
     return {"budget": budget, "points": sorted(pts, key=lambda p: -p["val"]),
             "best_by_val": best_val["label"], "best_test": best_test,
             "spearman": float(rho), "split_half": float(split),
             "split_half_points": max((p[2] for p in pairs), default=0), "seed_pairs": pairs,
             "held_out_seeds": held_out,
-            "noise_ceiling": ceiling}
+            "noise_ceiling": ceiling, "noise_ceiling_pass": ceiling_pass}
 
 
 def adaptive_bn_scores(model: nn.Module, data: DataSource, run_dir: str | Path,
