@@ -50,8 +50,8 @@ def cmd_run(args) -> None:
     else:
         model = dwrprune.load(dwrprune.pretrained.resolve(args.checkpoint))
         data = DatasetSource(args.data, args.data_dir, batch_size=args.batch_size)
-        pipe = resolve_config(args.preset, data=args.data, data_dir=args.data_dir,
-                              batch_size=args.batch_size)
+        pipe = resolve_config(args.preset, args.config, data=args.data,
+                              data_dir=args.data_dir, batch_size=args.batch_size)
         recipe = dwrprune.TrainConfig(epochs=args.epochs, lr=args.lr, seed=0)
         budgets, seeds, subset = args.budgets, args.seeds, args.finetune_subset
     target = None
@@ -226,6 +226,9 @@ def main() -> None:
     r.add_argument("--lr", type=float, default=0.02)
     r.add_argument("--finetune-subset", type=int, default=None)
     r.add_argument("--preset", default="full", help="pipeline preset for the 3d method")
+    r.add_argument("--config", default=None,
+                   help="YAML of pipeline options over the preset for the 3d methods (as "
+                        "`dwrprune prune --config`; e.g. the collection's fine-tune steps)")
     r.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     r.add_argument("--quick", action="store_true")
     r.add_argument("--no-progress", action="store_true")
