@@ -34,17 +34,17 @@ def cmd_run(args) -> None:
     if args.quick:  # a tiny model trained on the spot: exercises every code path in seconds
         from dwrprune.cli import main as cli
 
+        pipe = resolve_config(None, args.config, data="synthetic",
+                              depth_criterion="weight_norm", depth_steps=[0.75, 0.5],
+                              width_steps=[0.75, 0.5], resolution_steps=[0.75, 0.5],
+                              mixed_points=[[0.75, 0.75, 0.75]], holdout_points=[],
+                              finetune_steps=2, batch_size=32, recal_batches=2, max_degree=1)
         ck = Path(args.out) / "tiny"
         if not (ck / "model.pt").exists():
             cli(["train", "--model", "resnet_tiny2", "--data", "synthetic", "--steps", "40",
                  "--lr", "0.05", "--out", str(ck), "--no-progress"])
         model = dwrprune.load(ck / "model.pt")
         data = DatasetSource("synthetic", batch_size=32)
-        pipe = resolve_config(None, data="synthetic", depth_criterion="weight_norm",
-                              depth_steps=[0.75, 0.5], width_steps=[0.75, 0.5],
-                              resolution_steps=[0.75, 0.5], mixed_points=[[0.75, 0.75, 0.75]],
-                              holdout_points=[], finetune_steps=2, batch_size=32,
-                              recal_batches=2, max_degree=1)
         recipe = dwrprune.TrainConfig(steps=3, lr=0.01)
         budgets, seeds, subset = [0.5], [0, 1], None
     else:
@@ -228,7 +228,8 @@ def main() -> None:
     r.add_argument("--preset", default="full", help="pipeline preset for the 3d method")
     r.add_argument("--config", default=None,
                    help="YAML of pipeline options over the preset for the 3d methods (as "
-                        "`dwrprune prune --config`; e.g. the collection's fine-tune steps)")
+                        "`dwrprune prune --config`; e.g. the collection's fine-tune steps; "
+                        "--quick keeps its own tiny steps)")
     r.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     r.add_argument("--quick", action="store_true")
     r.add_argument("--no-progress", action="store_true")

@@ -177,6 +177,26 @@ def test_render_before_latency_and_without_results(tmp_path, monkeypatch, capsys
     assert (tmp_path / "compare.png").is_file() and (tmp_path / "table.md").is_file()
 
 
+@pytest.mark.parametrize("text, says", [(None, "cannot read config"),
+                                         ("finetune_steps: [1", "is not valid YAML"),
+                                         ("max_rank: 9", "max_rank must be in [1, 6]")])
+def test_a_bad_pipeline_config_is_one_line_before_any_work(tmp_path, monkeypatch, capsys,
+                                                          text, says):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import compare
+
+    cfg = tmp_path / "collect.yaml"
+    if text is not None:
+        cfg.write_text(text)
+    monkeypatch.setattr(sys, "argv", ["compare.py", "run", "--quick", "--config", str(cfg),
+                                      "--out", str(tmp_path / "out"), "--no-progress"])
+    with pytest.raises(SystemExit) as bad:
+        compare.main()
+    err = capsys.readouterr().err.strip()
+    assert bad.value.code == 2 and len(err.splitlines()) == 1 and says in err
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
 def test_an_identical_model_reuses_the_finished_fine_tune(tmp_path):
     """Two budgets that round to the same pruned model (the case of 3d choosing width-only):
     the second row takes the first's fine-tuned figures and model file instead of
