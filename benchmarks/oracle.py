@@ -102,7 +102,7 @@ def cmd_run(args) -> None:
 
 
 def render(rows: list[dict], budget: float, runs: list[str]) -> str:
-    from dwrprune.oracle import summarise_oracle
+    from dwrprune.oracle import RANK_TARGET, summarise_oracle
 
     s = summarise_oracle(rows, budget)
     lines = [f"Budget {budget:g}: {len(s['points'])} points, ranked by mean validation "
@@ -130,7 +130,7 @@ def render(rows: list[dict], budget: float, runs: list[str]) -> str:
                  + "; ".join(f"seed {a}: {rho:.2f} over {n} points" for a, n, rho in held)
                  + f"): mean {sum(x[2] for x in held) / len(held):.2f}.")
     lines += ["", note + "  Noise ceiling: a perfect predictor would rank these means at a "
-              f"Spearman correlation of about {s['noise_ceiling']:.2f}, and reach 0.8 in "
+              f"Spearman correlation of about {s['noise_ceiling']:.2f}, and reach {RANK_TARGET} in "
               f"{100 * s['noise_ceiling_pass']:.0f}% of redraws of their noise "
               "(`rank_noise_ceiling`).", ""]
     regrets: dict[str, list[tuple[float, float]]] = {}

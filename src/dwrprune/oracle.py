@@ -218,6 +218,9 @@ def _std(xs: list[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
+RANK_TARGET = 0.8  # the Spearman correlation the decision issue asks of a predictor
+
+
 def _perfect_predictor_draws(values: list[list[float]], draws: int, seed: int) -> np.ndarray:
     """Spearman correlations of the points' estimated true values against ``draws`` redraws
     of their noisy means (one list of seed accuracies per point; empty: nothing to rank).
@@ -246,7 +249,7 @@ def _perfect_predictor_draws(values: list[list[float]], draws: int, seed: int) -
 
 
 def rank_noise_ceiling(values: list[list[float]], draws: int = 2000, seed: int = 0,
-                       target: float = 0.8) -> tuple[float, float]:
+                       target: float = RANK_TARGET) -> tuple[float, float]:
     """What a perfect predictor would reach against the means of ``values`` (one list of
     seed accuracies per point): its expected Spearman correlation with them, and the
     probability that it reaches ``target`` (see :func:`_perfect_predictor_draws`).
