@@ -146,18 +146,24 @@ def test_the_same_pruned_model_gets_the_same_row_whatever_ran_before(tmp_path):
         assert a[key] == b[key]
 
 
-def test_render_before_latency_and_without_results(tmp_path, monkeypatch, capsys):
-    """A CSV whose rows are not timed yet renders (rows mid-run are committed so), and a
-    folder without one is one clear line, exit 2 (the script's main, in this process)."""
+@pytest.fixture
+def compare_main(monkeypatch):
+    """``benchmarks/compare.py``'s main with the given arguments, in this process."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import compare
 
-    def render(out):
-        monkeypatch.setattr(sys, "argv", ["compare.py", "render", "--out", str(out)])
+    def main(*argv):
+        monkeypatch.setattr(sys, "argv", ["compare.py", *map(str, argv)])
         compare.main()
 
+    return main
+
+
+def test_render_before_latency_and_without_results(tmp_path, compare_main, capsys):
+    """A CSV whose rows are not timed yet renders (rows mid-run are committed so), and a
+    folder without one is one clear line, exit 2 (the script's main, in this process)."""
     with pytest.raises(SystemExit) as missing:
-        render(tmp_path / "none")
+        compare_main("render", "--out", tmp_path / "none")
     err = capsys.readouterr().err.strip()
     assert missing.value.code == 2 and len(err.splitlines()) == 1
     assert err.startswith("compare.py: error: no results.csv in")
@@ -170,7 +176,7 @@ def test_render_before_latency_and_without_results(tmp_path, monkeypatch, capsys
         w.writerow({"method": "width-only", "budget": 0.5, "seed": 0, "status": "ok",
                     "macs_ratio": 0.48, "test_acc": 0.93, "test_acc_pruned": 0.9,
                     "prune_seconds": 1, "collection_seconds": 0, "original_test_acc": 0.94})
-    render(tmp_path)
+    compare_main("render", "--out", tmp_path)
     out = capsys.readouterr().out
     assert "| 0.5 | width-only | 1 | 0.480 |" in out
     assert "Unpruned: test accuracy 94.00% (latency not measured yet)." in out
@@ -180,18 +186,14 @@ def test_render_before_latency_and_without_results(tmp_path, monkeypatch, capsys
 @pytest.mark.parametrize("text, says", [(None, "cannot read config"),
                                          ("finetune_steps: [1", "is not valid YAML"),
                                          ("max_rank: 9", "max_rank must be in [1, 6]")])
-def test_a_bad_pipeline_config_is_one_line_before_any_work(tmp_path, monkeypatch, capsys,
+def test_a_bad_pipeline_config_is_one_line_before_any_work(tmp_path, compare_main, capsys,
                                                           text, says):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import compare
-
     cfg = tmp_path / "collect.yaml"
     if text is not None:
         cfg.write_text(text)
-    monkeypatch.setattr(sys, "argv", ["compare.py", "run", "--quick", "--config", str(cfg),
-                                      "--out", str(tmp_path / "out"), "--no-progress"])
     with pytest.raises(SystemExit) as bad:
-        compare.main()
+        compare_main("run", "--quick", "--config", cfg, "--out", tmp_path / "out",
+                     "--no-progress")
     err = capsys.readouterr().err.strip()
     assert bad.value.code == 2 and len(err.splitlines()) == 1 and says in err
     assert not (tmp_path / "out").exists()  # nothing trained, nothing written
