@@ -13,16 +13,21 @@ from dwrprune.shrink import Shrinker, shrink
 from dwrprune.surgery import build_graph
 
 # (name, in_channels, base resolution); torchvision models need >= 32 px after shrinking.
+# The quick loop keeps one model of each kind (plain residual, VGG, inverted residual, a
+# torchvision and two timm models); the larger ones, and the other mobile variants, run
+# with the slow tests (CI runs every one).
 _slow = pytest.mark.slow
 MODELS = [
     ("resnet20", 1, 28), ("resnet56", 3, 32), ("vgg16_bn", 3, 32), ("mobilenetv2", 3, 32),
     ("tv/resnet18", 3, 64), pytest.param("tv/resnet50", 3, 64, marks=_slow),
-    ("tv/mobilenet_v2", 3, 64), ("tv/mobilenet_v3_small", 3, 64),
+    pytest.param("tv/mobilenet_v2", 3, 64, marks=_slow),
+    pytest.param("tv/mobilenet_v3_small", 3, 64, marks=_slow),
     pytest.param("tv/efficientnet_b0", 3, 64, marks=_slow),
     pytest.param("tv/regnet_x_400mf", 3, 64, marks=_slow),
     pytest.param("tv/densenet121", 1, 64, marks=_slow),
     pytest.param("tv/resnext50_32x4d", 3, 64, marks=_slow),
-    ("timm/resnet10t", 3, 64), ("timm/mobilenetv3_small_050", 3, 64), ("timm/lcnet_050", 3, 64),
+    ("timm/resnet10t", 3, 64), pytest.param("timm/mobilenetv3_small_050", 3, 64, marks=_slow),
+    ("timm/lcnet_050", 3, 64),
     pytest.param("timm/regnetx_002", 3, 64, marks=_slow),
     pytest.param("timm/convnext_atto", 3, 64, marks=_slow),
     pytest.param("timm/efficientnet_b0", 3, 64, marks=_slow),
