@@ -101,6 +101,10 @@ def cmd_run(args) -> None:
             cmd_render(args)
 
 
+def _span(ns: list[int]) -> str:
+    return f"{min(ns)}" if min(ns) == max(ns) else f"{min(ns)} to {max(ns)}"
+
+
 def render(rows: list[dict], budget: float, runs: list[str]) -> str:
     from dwrprune.oracle import RANK_TARGET, summarise_oracle
 
@@ -116,8 +120,12 @@ def render(rows: list[dict], budget: float, runs: list[str]) -> str:
                      f"{100 * p['val_std']:.2f} | {100 * p['test']:.2f} ± "
                      f"{100 * p['test_std']:.2f} | {100 * p['regret']:.2f} | "
                      f"{100 * p['predicted']:.2f} |")
-    pairs = "; ".join(f"seeds {a} and {b}: {rho:.2f} over {n} points"
-                      for a, b, n, rho in s["seed_pairs"])
+    sp = s["seed_pairs"]
+    if len(sp) > 3:  # beyond three seeds, every pair is too long a list: their range
+        pairs = (f"{len(sp)} pairs over {_span([n for *_, n, _ in sp])} points, from "
+                 f"{min(x[3] for x in sp):.2f} to {max(x[3] for x in sp):.2f}")
+    else:
+        pairs = "; ".join(f"seeds {a} and {b}: {rho:.2f} over {n} points" for a, b, n, rho in sp)
     note = (f"Best by mean validation accuracy: {s['best_by_val']}.  The oracle's own rank "
             "reliability, the Spearman correlation between two seeds' validation accuracies "
             "over the iso-cost points both have"
@@ -127,7 +135,11 @@ def render(rows: list[dict], budget: float, runs: list[str]) -> str:
     if len(s["seed_pairs"]) > 1:  # with two seeds this is the pair above
         note += ("  Each seed against the mean of the other seeds (what one more measurement "
                  "of exactly the oracle's quantity, one seed per point, reaches; "
-                 + "; ".join(f"seed {a}: {rho:.2f} over {n} points" for a, n, rho in held)
+                 + ("seeds " + ", ".join(str(a) for a, _, _ in held) + ": "
+                    + ", ".join(f"{rho:.2f}" for *_, rho in held)
+                    + f" over {_span([n for _, n, _ in held])} points"
+                    if len(held) > 3 else
+                    "; ".join(f"seed {a}: {rho:.2f} over {n} points" for a, n, rho in held))
                  + f"): mean {sum(x[2] for x in held) / len(held):.2f}.")
     lines += ["", note + "  Noise ceiling: a perfect predictor would rank these means at a "
               f"Spearman correlation of about {s['noise_ceiling']:.2f}, and reach {RANK_TARGET} in "
