@@ -141,6 +141,13 @@ def render(rows: list[dict], budget: float, runs: list[str]) -> str:
                     if len(held) > 3 else
                     "; ".join(f"seed {a}: {rho:.2f} over {n} points" for a, n, rho in held))
                  + f"): mean {sum(x[2] for x in held) / len(held):.2f}.")
+    rem = s["remeasure"]
+    if len(rem) > 1:  # one seed is the held-out figure above
+        note += ("  Every point measured again at the final horizon, k seeds each, against "
+                 "the mean of its other seeds (mean over the choices of k seeds; how often "
+                 f"it reaches {RANK_TARGET}): "
+                 + ", ".join(f"k={k}: {rho:.2f} ({100 * ok:.0f}%)" for k, rho, ok, _ in rem)
+                 + ".")
     lines += ["", note + "  Noise ceiling: a perfect predictor would rank these means at a "
               f"Spearman correlation of about {s['noise_ceiling']:.2f}, and reach {RANK_TARGET} in "
               f"{100 * s['noise_ceiling_pass']:.0f}% of redraws of their noise "

@@ -177,3 +177,18 @@ def test_corrected_predictor_recovers_a_linear_miss():
         assert fixed(*x) == pytest.approx(truth(*x), abs=1e-9)
     with pytest.raises(dwrprune.DwrpruneError, match="at least 4 final-horizon samples"):
         corrected_predictor(cheap, X[:3], [truth(*x) for x in X[:3]])
+
+
+def test_remeasure_reliability_ranks_k_seeds_against_the_others():
+    from dwrprune.oracle import remeasure_reliability
+
+    agree = [{s: base + 0.001 * s for s in range(4)} for base in (0.90, 0.91, 0.92)]
+    assert remeasure_reliability(agree, 1) == (pytest.approx(1.0), 1.0, 4)
+    assert remeasure_reliability(agree, 2) == (pytest.approx(1.0), 1.0, 6)
+    # seed 3 ranks the points backwards: the three choices of one seed that leave it among
+    # the others still agree (its reversal is outvoted), the one that picks it disagrees
+    flip = [{**v, 3: 1.82 - v[0]} for v in agree]
+    rho, ok, n = remeasure_reliability(flip, 1)
+    assert n == 4 and ok == 0.75 and rho == pytest.approx((3 * 1.0 - 1.0) / 4)
+    assert math.isnan(remeasure_reliability(agree, 4)[0])  # no seed left to compare with
+    assert remeasure_reliability(agree[:2], 1)[2] == 0  # two points: no rank to take

@@ -262,6 +262,30 @@ def rank_noise_ceiling(values: list[list[float]], draws: int = 2000, seed: int =
     return float(rho.mean()), float((rho >= target - 1e-12).mean())
 
 
+def remeasure_reliability(vals: list[dict[int, float]], k: int,
+                          target: float = RANK_TARGET) -> tuple[float, float, int]:
+    """What measuring every point again at the final horizon ranks: the mean of ``k`` seeds
+    of each point (``vals``: seed -> accuracy per point) against the mean of its other
+    seeds, over every choice of ``k`` of the seeds that all points have.  Returns the mean
+    Spearman correlation, the fraction of choices reaching ``target`` and their number;
+    NaNs and 0 without at least ``k`` + 1 shared seeds and three points."""
+    from itertools import combinations
+
+    from scipy.stats import spearmanr
+
+    shared = sorted(set.intersection(*(set(v) for v in vals))) if vals else []
+    if len(vals) < 3 or k < 1 or len(shared) < k + 1:
+        return float("nan"), float("nan"), 0
+    rhos = []
+    for sub in combinations(shared, k):
+        mine = [sum(v[s] for s in sub) / k for v in vals]
+        rest = [sum(x for s, x in v.items() if s not in sub) / (len(v) - k) for v in vals]
+        rho = spearmanr(mine, rest).statistic
+        rhos.append(0.0 if math.isnan(rho) else float(rho))
+    return (sum(rhos) / len(rhos), sum(r >= target - 1e-12 for r in rhos) / len(rhos),
+            len(rhos))
+
+
 def extrapolate_horizon(short: float, long: float, t_short: int, t_long: int, t_target: int,
                         power: float = 0.5) -> float:
     """Accuracy at ``t_target`` fine-tune steps from the same point measured after
@@ -343,11 +367,13 @@ def summarise_oracle(rows: list[dict], budget: float, predictor=None) -> dict:
             held_out.append((a, len(both), float(spearmanr(*zip(*both, strict=True)).statistic)))
     split = _mean([p[3] for p in pairs]) if pairs else float("nan")
     ceiling, ceiling_pass = rank_noise_ceiling([list(v.values()) for v in vals])
+    remeasure = [(k, *remeasure_reliability(vals, k)) for k in (1, 2, 3)]
     return {"budget": budget, "points": sorted(pts, key=lambda p: -p["val"]),
             "best_by_val": best_val["label"], "best_test": best_test,
             "spearman": float(rho), "split_half": float(split),
             "split_half_points": max((p[2] for p in pairs), default=0), "seed_pairs": pairs,
             "held_out_seeds": held_out,
+            "remeasure": [x for x in remeasure if x[3]],
             "noise_ceiling": ceiling, "noise_ceiling_pass": ceiling_pass}
 
 
