@@ -88,11 +88,20 @@ def cmd_run(args) -> None:
     depths, resolutions = default_grid(shr)
     depths = args.depths or depths
     resolutions = args.resolutions or resolutions
-    for budget in args.budgets:
-        csv_path = run_oracle(model, data, run_dir, budget, args.seeds, recipe, out,
-                              depths=depths, resolutions=resolutions, tol=args.tol,
-                              subset=args.finetune_subset, extra_seeds=_extra(args.extra_seeds),
-                              progress=not args.no_progress, choice_tag=args.choice_tag)
+    from dwrprune.executors import Resources, create_executor
+
+    executor = create_executor(args.executor, args.ray_address)
+    try:
+        for budget in args.budgets:
+            csv_path = run_oracle(model, data, run_dir, budget, args.seeds, recipe, out,
+                                  depths=depths, resolutions=resolutions, tol=args.tol,
+                                  subset=args.finetune_subset,
+                                  extra_seeds=_extra(args.extra_seeds),
+                                  progress=not args.no_progress, choice_tag=args.choice_tag,
+                                  executor=executor,
+                                  resources=Resources(args.job_cpus, args.job_gpus))
+    finally:
+        executor.close()
     print(f"results: {csv_path}")
     if args.quick:
         args.run, args.update_readme = [str(run_dir)], False
@@ -402,6 +411,13 @@ def main() -> None:
                    help="suffix for the run's choice labels (choice@TAG): a second run folder")
     r.add_argument("--quick", action="store_true")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where the fine-tunes run (ray: side by side; --ray-address, or a "
+                        "local Ray instance)")
+    r.add_argument("--ray-address", default=None)
+    r.add_argument("--job-cpus", type=float, default=1.0, help="CPUs each fine-tune asks Ray for")
+    r.add_argument("--job-gpus", type=float, default=0.0,
+                   help="GPUs each fine-tune asks Ray for (0.125: eight share one GPU)")
     r.set_defaults(func=cmd_run)
     d = sub.add_parser("render")
     d.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "oracle"))

@@ -105,6 +105,19 @@ def test_regret_and_rank_correlation():
 
 
 @pytest.mark.slow
+def test_oracle_fine_tunes_side_by_side_on_ray(tmp_path):
+    pytest.importorskip("ray")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "oracle.py"), "run", "--quick",
+           "--out", str(tmp_path), "--no-progress", "--executor", "ray", "--job-cpus", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "oracle.csv")))
+    keys = [(x["label"], x["seed"]) for x in rows]  # every (point, seed) once: one writer
+    assert len(keys) == len(set(keys)) == 2 * len({x["label"] for x in rows}) > 2
+    assert all(0 <= float(x["val_acc"]) <= 1 for x in rows)
+
+
+@pytest.mark.slow
 def test_oracle_quick_runs_resumes_and_renders(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "oracle.py"), "run", "--quick",
            "--out", str(tmp_path), "--no-progress"]

@@ -32,7 +32,15 @@ from tqdm.auto import tqdm
 from .bench import append_row, finetune_and_score
 from .engine import TrainConfig
 from .errors import DwrpruneError
-from .executors import Executor, LocalExecutor, Node, PortableModel, raise_failures, run_graph
+from .executors import (
+    Executor,
+    LocalExecutor,
+    Node,
+    PortableModel,
+    Resources,
+    raise_failures,
+    run_graph,
+)
 from .pipeline import DataSource, Run, build_shrinker, largest_under, one_axis_point, solve_budget
 from .pipeline.points import ONE_AXIS
 from .shrink import Shrinker
@@ -161,14 +169,16 @@ def run_oracle(model: nn.Module, data: DataSource, run_dir: str | Path, budget: 
                depths: list[float], resolutions: list[float], tol: float = 0.03,
                subset: int | None = None, extra_seeds: dict[str, list[int]] | None = None,
                progress: bool = True, executor: Executor | None = None,
-               choice_tag: str = "") -> Path:
+               choice_tag: str = "", resources: Resources | None = None) -> Path:
     """Fine-tune every surface point of ``budget`` for ``seeds`` (and ``extra_seeds`` per
     label), skipping rows already in ``out/oracle.csv``; the run folder ``run_dir`` gives
     the block ranking, the pipeline config and the predictor (its value at every point is
     recorded, and its choices under each decision rule of :func:`choice_variants` are
     points).
     ``choice_tag`` suffixes the choices' labels (``choice@TAG``), so the choices of a second
-    run folder (another pipeline seed) are measured beside the first's in one CSV."""
+    run folder (another pipeline seed) are measured beside the first's in one CSV.
+    ``executor`` runs the fine-tunes (Ray: side by side, each asking for ``resources``, a
+    fraction of a GPU to share one); rows are appended by the driver alone."""
     run = Run(run_dir)
     cfg, _ = run.load_config()
     pred, _ = run.predictor()
@@ -199,7 +209,8 @@ def run_oracle(model: nn.Module, data: DataSource, run_dir: str | Path, budget: 
             bar.write(f"[oracle] {p.label:18s} s{seed} d={p.d:.3f} w={p.w:.3f} "
                       f"r={p.r:.3f} MACs {100 * p.macs_ratio:.1f}% val "
                       f"{100 * row['val_acc']:.2f} test {100 * row['test_acc']:.2f}")
-        return Node(f"{p.label} s{seed}", lambda: (job, (p, seed)), finished)
+        return Node(f"{p.label} s{seed}", lambda: (job, (p, seed)), finished,
+                    resources=resources or Resources())
 
     failures = run_graph([node(p, s) for p, s in jobs], executor or LocalExecutor())
     bar.close()
