@@ -457,6 +457,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.cmd == "run" and not args.quick and not args.run:
         ap.error("run needs --run RUN (or --quick)")
+    if args.cmd == "run" and not (args.job_cpus > 0 and args.job_gpus >= 0):
+        ap.error(f"--job-cpus must be > 0 and --job-gpus >= 0, got {args.job_cpus:g} and "
+                 f"{args.job_gpus:g}")
     from dwrprune import DwrpruneError
 
     try:
