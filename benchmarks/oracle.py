@@ -5,6 +5,7 @@
     python benchmarks/oracle.py candidates --out OUT --run RUN [--run RUN2 ...] \
         [--short-run SHORT ...]
     python benchmarks/oracle.py proxy --out OUT --run RUN
+    python benchmarks/oracle.py shift --out OUT --first 0,1,2 --second 3,4,5,6,7
     python benchmarks/oracle.py run --quick        # tiny model, synthetic data (CI)
 
 `run` fine-tunes every point on the budget's surface (one-axis points, the run's choice, a
@@ -17,7 +18,8 @@ predictor with the oracle's mean validation accuracy.  The run folder's block ra
 pipeline options are used to prune every point.  `candidates` judges predictors that need
 more than one collection: the run folders' chain samples pooled, and extrapolated along a
 learning curve from a shorter-horizon collection of the same seed.  `proxy` ranks the
-points by EagleEye's adaptive-BN accuracy (no fine-tune) instead of a predictor.
+points by EagleEye's adaptive-BN accuracy (no fine-tune) instead of a predictor.  `shift`
+checks that two groups of seeds (run on two machines, say) measure the same quantity.
 """
 
 from __future__ import annotations
@@ -391,6 +393,22 @@ def cmd_render(args) -> None:
         update_readme(f"oracle-{args.budget:g}", text)
 
 
+def cmd_shift(args) -> None:
+    from dwrprune.oracle import read_rows, seed_group_shift
+
+    rows = read_rows(Path(args.out) / "oracle.csv")
+    for budget in args.budgets:
+        s = seed_group_shift(rows, budget, set(args.first), set(args.second))
+        print(f"budget {budget:g}: seeds {_join(args.second)} minus seeds {_join(args.first)}, "
+              f"per point, mean ± standard error over {s['val'][2]} points: validation "
+              f"{100 * s['val'][0]:+.2f} ± {100 * s['val'][1]:.2f}, test "
+              f"{100 * s['test'][0]:+.2f} ± {100 * s['test'][1]:.2f} points")
+
+
+def _join(xs: list[int]) -> str:
+    return ",".join(map(str, xs))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -425,6 +443,12 @@ def main() -> None:
     d.add_argument("--run", action="append", help="run folder whose choice to judge")
     d.add_argument("--update-readme", action="store_true")
     d.set_defaults(func=cmd_render)
+    h = sub.add_parser("shift", help="do two groups of seeds measure the same quantity?")
+    h.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "oracle"))
+    h.add_argument("--budgets", type=_floats, default=[0.5, 0.3])
+    h.add_argument("--first", type=_ints, required=True, help="seeds, e.g. 0,1,2")
+    h.add_argument("--second", type=_ints, required=True, help="seeds, e.g. 3,4,5,6,7")
+    h.set_defaults(func=cmd_shift)
     c = sub.add_parser("candidates", help="pooled and extrapolated predictor candidates")
     c.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "oracle"))
     c.add_argument("--budgets", type=_floats, default=[0.5, 0.3])

@@ -205,3 +205,16 @@ def test_remeasure_reliability_ranks_k_seeds_against_the_others():
     assert n == 4 and ok == 0.75 and rho == pytest.approx((3 * 1.0 - 1.0) / 4)
     assert math.isnan(remeasure_reliability(agree, 4)[0])  # no seed left to compare with
     assert remeasure_reliability(agree[:2], 1)[2] == 0  # two points: no rank to take
+
+
+def test_seed_group_shift_is_the_mean_per_point_difference():
+    from dwrprune.oracle import seed_group_shift
+
+    rows = [{"budget": "0.5", "label": lab, "seed": str(s), "val_acc": str(base + 0.01 * (s >= 2)
+             + 0.001 * s), "test_acc": str(base)}
+            for lab, base in (("a", 0.90), ("b", 0.92), ("c", 0.93)) for s in range(4)]
+    rows.append({"budget": "0.3", "label": "a", "seed": "3", "val_acc": "0", "test_acc": "0"})
+    s = seed_group_shift(rows, 0.5, {0, 1}, {2, 3})
+    assert s["val"] == (pytest.approx(0.012), pytest.approx(0.0), 3)  # 0.01 + 0.002 each
+    assert s["test"] == (pytest.approx(0.0), pytest.approx(0.0), 3)
+    assert math.isnan(seed_group_shift(rows, 0.5, {0}, {9})["val"][0])  # no point has seed 9

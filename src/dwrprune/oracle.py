@@ -297,6 +297,29 @@ def remeasure_reliability(vals: list[dict[int, float]], k: int,
             len(rhos))
 
 
+def seed_group_shift(rows: list[dict], budget: float, first: set[int], second: set[int]
+                     ) -> dict[str, tuple[float, float, int]]:
+    """Whether two groups of seeds measure the same quantity (seeds run on another machine,
+    say): per point that has seeds of both, the mean of ``second``'s accuracies minus that
+    of ``first``'s; for ``val`` and ``test``, the mean of those differences over the points,
+    its standard error and the number of points (NaNs with fewer than two)."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        if float(r["budget"]) == budget:
+            by.setdefault(r["label"], []).append(r)
+    out = {}
+    for key in ("val", "test"):
+        diffs = []
+        for rs in by.values():
+            a = [float(r[f"{key}_acc"]) for r in rs if int(r["seed"]) in first]
+            b = [float(r[f"{key}_acc"]) for r in rs if int(r["seed"]) in second]
+            if a and b:
+                diffs.append(_mean(b) - _mean(a))
+        out[key] = ((_mean(diffs), _std(diffs) / math.sqrt(len(diffs)), len(diffs))
+                    if len(diffs) > 1 else (float("nan"), float("nan"), len(diffs)))
+    return out
+
+
 def extrapolate_horizon(short: float, long: float, t_short: int, t_long: int, t_target: int,
                         power: float = 0.5) -> float:
     """Accuracy at ``t_target`` fine-tune steps from the same point measured after
