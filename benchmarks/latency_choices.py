@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     from dwrprune.checkpoint import load
-    from dwrprune.latency import LatencyTarget, fit_latency_model, solve_latency
-    from dwrprune.pipeline import Run, build_shrinker, fit_samples
+    from dwrprune.latency import LatencyTarget, fit_latency_model, search_box, solve_latency
+    from dwrprune.pipeline import Run, fit_samples, run_shrinker
     from dwrprune.pretrained import resolve
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,19 +47,16 @@ def main() -> None:
     for rd in args.run:
         run = Run(rd)
         cfg, checkpoint = run.load_config()
-        order, criterion = run.block_ranking()
-        shr = build_shrinker(load(resolve(checkpoint)), cfg, None, block_order=order,
-                             block_order_criterion=criterion)
+        shr = run_shrinker(run, load(resolve(checkpoint)), cfg)
         lat = fit_latency_model(shr, target, design, args.kind)
         preds = {"run's predictor": run.predictor()[0],
                  "linear": fit_samples(run.store(), cfg.replace(fit_mixed=False,
                                                                 max_degree=1))[0]}
         for name, pred in preds.items():
-            lo = list(cfg.lower_bounds or pred.lower)  # as compare.py's 3d-latency bounds it
-            lo[2] = max(lo[2], shr.min_resolution / shr.base_resolution)
+            lo = search_box(cfg.lower_bounds, pred, shr)  # as compare.py's 3d-latency
             out = []
             for b in args.budgets:
-                c = solve_latency(pred, shr, lat, b * lat.original_ms, tuple(lo))["best"]
+                c = solve_latency(pred, shr, lat, b * lat.original_ms, lo)["best"]
                 out.append(f"{b:g}: d={c['d']:.3f} w={c['w']:.3f} r={c['r']:.3f} "
                            f"(predicted {100 * c['predicted']:.2f})")
             print(f"{Path(rd).name} | {name} | " + " | ".join(out))

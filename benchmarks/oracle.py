@@ -70,7 +70,7 @@ def _quick(out: Path):
 def cmd_run(args) -> None:
     import dwrprune
     from dwrprune.oracle import default_grid, run_oracle
-    from dwrprune.pipeline import DatasetSource, Run, build_shrinker
+    from dwrprune.pipeline import DatasetSource, Run, run_shrinker
 
     out = Path(args.out)
     if args.quick:
@@ -85,8 +85,7 @@ def cmd_run(args) -> None:
         recipe = dwrprune.TrainConfig(epochs=args.epochs, lr=args.lr, seed=0)
     run = Run(run_dir)
     cfg, _ = run.load_config()
-    order, criterion = run.block_ranking()
-    shr = build_shrinker(model, cfg, None, block_order=order, block_order_criterion=criterion)
+    shr = run_shrinker(run, model, cfg)
     depths, resolutions = default_grid(shr)
     depths = args.depths or depths
     resolutions = args.resolutions or resolutions
@@ -183,15 +182,13 @@ def judge_run(rows: list[dict], budget: float, rd: str,
     the Spearman correlation of its predictor with the oracle."""
     from dwrprune.checkpoint import load
     from dwrprune.oracle import choice_variants, summarise_oracle
-    from dwrprune.pipeline import Run, build_shrinker
+    from dwrprune.pipeline import Run, run_shrinker
     from dwrprune.pretrained import resolve
 
     run = Run(rd)
     cfg, checkpoint = run.load_config()
     pred, _ = run.predictor()
-    order, criterion = run.block_ranking()
-    shr = build_shrinker(load(resolve(checkpoint)), cfg, None, block_order=order,
-                         block_order_criterion=criterion)
+    shr = run_shrinker(run, load(resolve(checkpoint)), cfg)
     mine = summarise_oracle(rows, budget, pred)
     lines = [f"`{rd}`:", "", "| decision rule | chosen (d, w, r) | oracle point | "
              "regret, val (pts) | regret, test (pts) |", "|---|---|---|---|---|"]

@@ -179,18 +179,17 @@ class ThreeDLatency(ThreeD):
                                                         ctx.latency_target)
 
     def prune(self, model, budget, seed, ctx) -> Pruned:
-        from .latency import LatencyOutOfReach, choose_under_latency
+        from .latency import LatencyOutOfReach, choose_under_latency, search_box
 
         p, lat = ctx.prepared[("3d", seed)], ctx.prepared[("latency-model", seed)]
-        lo = list(ctx.pipeline.lower_bounds or p["predictor"].lower)
         shr = self.shrinker(model, seed, ctx)
-        lo[2] = max(lo[2], shr.min_resolution / shr.base_resolution)
+        lo = search_box(ctx.pipeline.lower_bounds, p["predictor"], shr)
         # the latency model's milliseconds are those of the moment it was fitted: the
         # budget in them, and the check beside the original scaled to them too
         ref = replace(ctx.latency_reference, ms=lat.original_ms)
         try:
             res = choose_under_latency(p["predictor"], shr, lat, budget * lat.original_ms,
-                                       tuple(lo), reference=ref)
+                                       lo, reference=ref)
         except LatencyOutOfReach:
             raise Infeasible from None
         out = self._shrink(model, tuple(res["best"][k] for k in "dwr"), seed, ctx)

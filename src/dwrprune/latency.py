@@ -347,6 +347,15 @@ def _wider_within(shr: Shrinker, lat: LatencyModel, d: float, w: float, r: float
     return best
 
 
+def search_box(lower, pred, shr: Shrinker) -> tuple[float, float, float]:
+    """The lower corner of the (d, w, r) box a latency solve searches: ``lower`` (the
+    pipeline's ``lower_bounds``) or else the predictor's sampled range, with r never below
+    the smallest input the model runs at."""
+    lo = list(lower) if lower else list(pred.lower)
+    lo[2] = max(lo[2], shr.min_resolution / shr.base_resolution)
+    return tuple(lo)
+
+
 def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
                   lower: tuple[float, float, float]) -> dict:
     """The realisable (d, w, r) with the highest predicted accuracy whose modelled latency

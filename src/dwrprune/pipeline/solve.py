@@ -122,7 +122,7 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     """Choose (d, w, r) under latency budgets on the config's target, from the same
     predictor as MACs budgets: ``fractions`` of the original model's measured latency (default:
     the config's own budget).  The run's own budget also writes plan.json."""
-    from ..latency import Reference, choose_under_latency
+    from ..latency import Reference, choose_under_latency, search_box
 
     target = cfg.latency_target or cfg.replace(latency_budget=0.5).latency_target
     for f in fractions or []:  # every budget checked before any work
@@ -131,8 +131,7 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     lat = latency_model_for(run, shrinker, target, progress)
     budgets = ([f * lat.original_ms for f in fractions] if fractions else
                [cfg.latency_ms if cfg.latency_ms else cfg.latency_budget * lat.original_ms])
-    lo = list(cfg.lower_bounds) if cfg.lower_bounds else list(pred.lower)
-    lo[2] = max(lo[2], shrinker.min_resolution / shrinker.base_resolution)
+    lo = search_box(cfg.lower_bounds, pred, shrinker)
     base = shrinker.macs(1, 1, 1)
     rows = []
     # a fraction of the original's latency is checked beside the original (drift cancels);
@@ -140,7 +139,7 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     ref = (None if cfg.latency_ms and not fractions else
            Reference(shrinker.model, shrinker.base_resolution, lat.original_ms))
     for ms in budgets:
-        res = choose_under_latency(pred, shrinker, lat, ms, tuple(lo), reference=ref)
+        res = choose_under_latency(pred, shrinker, lat, ms, lo, reference=ref)
         cands = [Candidate(c["d"], c["w"], c["r"], round(c["d"] * len(shrinker.blocks)),
                            c["resolution"], c["macs"], c["macs"] / base, c["predicted"])
                  for c in [res["best"], *res["runners_up"]]]
