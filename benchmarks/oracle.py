@@ -210,30 +210,33 @@ def judge_run(rows: list[dict], budget: float, rd: str,
 def candidate_lines(rows, budget, run, cfg, shr) -> list[str]:
     """Predictor candidates fitted to the run's own samples, judged on the oracle: the
     fitted target (validation accuracy, or validation loss: less noisy), the sample kinds
-    used and the polynomial degree (the run's own, or linear).  Spearman against the
-    oracle's mean validation accuracy (for a loss predictor, of minus the predicted loss),
-    and for each decision rule (plain optimum, hedged by one sd) the candidate's choice
-    with its regret on validation and on test."""
+    used and the model (monotone interpolation, the polynomials, or linear ones).  Spearman
+    against the oracle's mean validation accuracy (for a loss predictor, of minus the
+    predicted loss), and for each decision rule (plain optimum, hedged by one sd) the
+    candidate's choice with its regret on validation and on test."""
     import numpy as np
 
     from dwrprune.oracle import summarise_oracle
     from dwrprune.pipeline import fit_samples, solve_budget
-    from dwrprune.predictor import fit_predictor
+    from dwrprune.predictor import POLYNOMIALS, fit_predictor
 
     samples = run.store().samples(kinds=("original", "chain", "mixed"))
     pts = summarise_oracle(rows, budget)["points"]
     lines = ["", "| predictor candidate | LOO RMSE | Spearman vs oracle val | rule | choice | "
              "regret, val (pts) | regret, test (pts) |", "|---|---|---|---|---|---|---|"]
-    variants = {"accuracy, one-axis chains only (fit_mixed: false)":
-                    lambda: fit_samples(run.store(), cfg.replace(fit_mixed=False))[0],
+    poly = cfg.replace(families=list(POLYNOMIALS), fit_mixed=False)
+    variants = {"accuracy, one-axis chains only, monotone interpolation (families: pchip)":
+                    lambda: fit_samples(run.store(), cfg.replace(families=["pchip"],
+                                                                 fit_mixed=False))[0],
+                "accuracy, one-axis chains only, polynomial (families: separable, cp, full)":
+                    lambda: fit_samples(run.store(), poly)[0],
                 "accuracy, one-axis chains only, linear (max_degree: 1)":
-                    lambda: fit_samples(run.store(), cfg.replace(fit_mixed=False,
-                                                                 max_degree=1))[0],
-                "accuracy, all samples (fit_mixed: true)":
-                    lambda: fit_samples(run.store(), cfg.replace(fit_mixed=True))[0],
-                "-loss, all samples": lambda: fit_predictor(
+                    lambda: fit_samples(run.store(), poly.replace(max_degree=1))[0],
+                "accuracy, all samples, polynomial (fit_mixed: true)":
+                    lambda: fit_samples(run.store(), poly.replace(fit_mixed=True))[0],
+                "-loss, all samples, polynomial": lambda: fit_predictor(
                     np.array([[s.d, s.w, s.r] for s in samples]),
-                    np.array([-s.val_loss for s in samples]), None, cfg.families,
+                    np.array([-s.val_loss for s in samples]), None, POLYNOMIALS,
                     cfg.max_degree, cfg.max_rank, cfg.monotone)}
     for name, fit in variants.items():
         pred = fit()

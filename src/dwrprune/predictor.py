@@ -1,6 +1,6 @@
 """The Model Accuracy Predictor (MAP): polynomial regression of accuracy on (d, w, r).
 
-Three families, all polynomials of degree K in each variable:
+Four families.  Three are polynomials of degree K in each variable:
 
 * ``full``: every coefficient of the (K+1)^3 tensor, F = sum lambda_ijk d^i w^j r^k
   (least squares; needs many samples, and axis-only samples cannot pin its cross terms);
@@ -8,6 +8,14 @@ Three families, all polynomials of degree K in each variable:
   i.e. F = sum_s p_s(d) q_s(w) t_s(r) (nonlinear least squares, several fixed starts);
 * ``separable``: F = F0 * f(d) g(w) h(r) with f(1) = g(1) = h(1) = 1, so F(1, 1, 1) is the
   unpruned accuracy by construction; each factor is identifiable from one axis's samples.
+
+The fourth, ``pchip`` (the default), keeps the separable form but makes no global shape
+assumption: each factor is SciPy's monotone piecewise-cubic Hermite interpolant through that
+axis's one-axis samples (isotonic-regressed first, so it never rises as the axis is pruned),
+so the predictor between two samples follows those two samples, not a curve bent by the
+deepest cuts.  It uses only one-axis samples (and the unpruned one); it is C1, so the KKT
+solver's gradients exist.  Against the iso-cost oracle it ranks the budget surfaces best
+(README, "Choosing right").
 
 Degree and rank are chosen by leave-one-out cross-validation.  The fitted predictor is
 checked for monotonicity (accuracy should not rise as any dimension is pruned) on a grid over
@@ -22,11 +30,13 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.interpolate import PchipInterpolator
+from scipy.optimize import isotonic_regression, least_squares
 
 from .errors import DwrpruneError
 
-FAMILIES = ("full", "cp", "separable")
+POLYNOMIALS = ("full", "cp", "separable")
+FAMILIES = ("pchip",) + POLYNOMIALS
 
 
 def _powers(x: np.ndarray, k: int) -> np.ndarray:
@@ -57,6 +67,8 @@ class Polynomial:
 
     @staticmethod
     def from_dict(d: dict) -> Polynomial:
+        if d["family"] == "pchip":
+            return MonotoneInterpolant.from_knots(d["coef"])
         cls = {"full": FullPolynomial, "cp": CPPolynomial, "separable": SeparablePolynomial}
         p = cls[d["family"]](d["degree"], d.get("rank", 1))
         p.coef = np.asarray(d["coef"], float)
@@ -152,8 +164,86 @@ class SeparablePolynomial(Polynomial):
         return self._eval(self.coef, np.atleast_2d(np.asarray(X, float)))
 
 
+class MonotoneInterpolant(Polynomial):
+    """F0 * f(d) g(w) h(r); each factor the PCHIP interpolant through the isotonic fit of
+    that axis's one-axis samples (mean accuracy per value / F0), equal to 1 at x = 1.  Beyond
+    the outermost samples (leave-one-out only: the solver searches inside them) it goes on
+    linearly with the end slope.  ``coef`` holds F0 and each axis's knots."""
+
+    family = "pchip"
+
+    def __init__(self, degree: int = 0, rank: int = 1):
+        super().__init__(0, 1)
+
+    @property
+    def n_params(self) -> int:
+        return 4  # F0 and one shape per axis; the knots come from the samples
+
+    @staticmethod
+    def usable(X: np.ndarray) -> bool:
+        """Whether ``X`` holds the unpruned point and, on every axis the samples prune, a
+        one-axis sample (what the interpolant is built from)."""
+        X = np.asarray(X, float)
+        if not np.any(np.all(X == 1, axis=1)):
+            return False
+        return all(np.all(X[:, i] == 1) or np.any((X[:, i] < 1) & on_axis(X, i))
+                   for i in range(3))
+
+    def fit(self, X, y):
+        X, y = np.asarray(X, float), np.asarray(y, float)
+        if not self.usable(X):
+            raise DwrpruneError("the pchip predictor needs the unpruned sample and one-axis "
+                                "samples on every pruned axis; use a polynomial family "
+                                "(separable, cp, full) for other samples")
+        f0 = float(np.mean(y[np.all(X == 1, axis=1)]))
+        knots = []
+        for i in range(3):
+            xi, yi = X[on_axis(X, i), i], y[on_axis(X, i)] / f0
+            xs = np.unique(xi)
+            mean = np.array([yi[xi == v].mean() for v in xs])
+            weight = np.array([np.sum(xi == v) for v in xs], float)
+            weight[-1] = 1e9  # the unpruned point stays at 1
+            knots.append([xs.tolist(), isotonic_regression(mean, weights=weight).x.tolist()])
+        return self._set({"f0": f0, "knots": knots})
+
+    def _set(self, coef: dict) -> MonotoneInterpolant:
+        self.coef = coef
+        self._f = [PchipInterpolator(xs, ys) if len(xs) > 1 else None
+                   for xs, ys in coef["knots"]]
+        return self
+
+    @staticmethod
+    def from_knots(coef: dict) -> MonotoneInterpolant:
+        return MonotoneInterpolant()._set(coef)
+
+    def predict(self, X):
+        X = np.atleast_2d(np.asarray(X, float))
+        out = np.full(len(X), self.coef["f0"])
+        for i, f in enumerate(self._f):
+            if f is None:
+                continue
+            lo, hi = f.x[0], f.x[-1]
+            x = np.clip(X[:, i], lo, hi)
+            ends = np.where(X[:, i] < lo, f(lo, 1) * (X[:, i] - lo),
+                            np.where(X[:, i] > hi, f(hi, 1) * (X[:, i] - hi), 0.0))
+            out = out * (f(x) + ends)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, "degree": 0, "rank": 1, "coef": self.coef}
+
+    def name(self) -> str:
+        return "pchip(monotone, separable)"
+
+
+def on_axis(X: np.ndarray, i: int) -> np.ndarray:
+    """Rows of ``X`` that prune axis ``i`` alone (or nothing)."""
+    return np.all(np.delete(X, i, axis=1) == 1, axis=1)
+
+
 def make_polynomial(family: str, degree: int, rank: int = 1) -> Polynomial:
-    cls = {"full": FullPolynomial, "cp": CPPolynomial, "separable": SeparablePolynomial}
+    cls = {"full": FullPolynomial, "cp": CPPolynomial, "separable": SeparablePolynomial,
+           "pchip": MonotoneInterpolant}
     if family not in cls:
         raise DwrpruneError(f"unknown predictor family {family!r}; available: {FAMILIES}")
     return cls[family](degree, rank)
@@ -162,13 +252,17 @@ def make_polynomial(family: str, degree: int, rank: int = 1) -> Polynomial:
 # ---------------------------------------------------------------------------- model selection
 def loo_fits(poly_factory, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, list]:
     """Leave-one-out prediction errors (predicted - measured) for every sample, and the
-    leave-one-out fits themselves (the jackknife the predictor's uncertainty comes from)."""
-    errs, fits = np.empty(len(y)), []
+    leave-one-out fits themselves (the jackknife the predictor's uncertainty comes from).
+    A sample whose removal leaves nothing to fit (pchip's unpruned sample) gets NaN."""
+    errs, fits = np.full(len(y), np.nan), []
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            p = poly_factory().fit(X[keep], y[keep])
+            try:
+                p = poly_factory().fit(X[keep], y[keep])
+            except DwrpruneError:  # pchip without its only unpruned sample: no error there
+                continue
         errs[i] = p.predict(X[i : i + 1])[0] - y[i]
         fits.append(p)
     return errs, fits
@@ -213,7 +307,7 @@ class Predictor:
     poly: Polynomial
     loo_rmse: float
     loo_mae: float
-    residuals: list[float]
+    residuals: list[float | None]
     keys: list[str]
     lower: list[float]
     upper: list[float]
@@ -291,11 +385,20 @@ def fit_predictor(X, y, keys: list[str] | None = None, families=FAMILIES, max_de
     lo, hi = X.min(0), X.max(0)
     specs = []
     for f in families:
+        if f == "pchip":
+            if MonotoneInterpolant.usable(X) and len(y) >= min_samples(["pchip"]):
+                specs.append((f, 0, 1))
+            continue
         for k in range(1, max_degree + 1):
             for rk in (range(1, max_rank + 1) if f == "cp" else [1]):
                 p = make_polynomial(f, k, rk)
                 if p.n_params <= len(y) - 2:  # leave room for the held-out sample and error
                     specs.append((f, k, rk))
+    if not specs and list(families) == ["pchip"]:
+        raise DwrpruneError("the pchip predictor needs the unpruned sample and one-axis "
+                            f"samples on every pruned axis, {min_samples(['pchip'])} samples "
+                            "at least; collect chains along each axis, or choose a polynomial "
+                            "family (separable, cp, full)")
     if not specs:
         smallest = min_samples(families) - 2
         raise DwrpruneError(
@@ -310,10 +413,10 @@ def fit_predictor(X, y, keys: list[str] | None = None, families=FAMILIES, max_de
             p = make_polynomial(f, k, rk).fit(X, y)
         mono = monotonicity(p, lo, hi)
         cands.append({"family": f, "degree": k, "rank": rk, "n_params": p.n_params,
-                      "loo_rmse": float(np.sqrt(np.mean(errs ** 2))),
-                      "loo_mae": float(np.mean(np.abs(errs))), "monotone": mono["monotone"],
+                      "loo_rmse": float(np.sqrt(np.nanmean(errs ** 2))),
+                      "loo_mae": float(np.nanmean(np.abs(errs))), "monotone": mono["monotone"],
                       "_poly": p, "_errs": errs, "_mono": mono,
-                      "_jack": [np.asarray(q.coef).tolist() for q in fits]})
+                      "_jack": [q.to_dict()["coef"] for q in fits]})
     cands.sort(key=lambda c: c["loo_rmse"])
     pool = cands
     if monotone != "ignore":
@@ -335,5 +438,5 @@ def fit_predictor(X, y, keys: list[str] | None = None, families=FAMILIES, max_de
                       stacklevel=2)
     table = [{k: v for k, v in c.items() if not k.startswith("_")} for c in cands]
     return Predictor(best["_poly"], best["loo_rmse"], best["loo_mae"],
-                     best["_errs"].tolist(), keys, lo.tolist(), hi.tolist(), best["_mono"],
-                     table, best["_jack"], noise_sd)
+                     [None if np.isnan(e) else float(e) for e in best["_errs"]], keys,
+                     lo.tolist(), hi.tolist(), best["_mono"], table, best["_jack"], noise_sd)

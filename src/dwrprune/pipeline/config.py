@@ -69,7 +69,9 @@ class PipelineConfig:
     recal_batches: int = _f(20, "collect", C, "BatchNorm re-calibration batches")
     seed: int = _f(0, "collect", C)
     # predictor
-    families: list[str] = _f(["separable", "cp", "full"], "fit")
+    families: list[str] = _f(["pchip"], "fit", None, "pchip (monotone interpolation of the "
+                             "one-axis samples; ranks the iso-cost oracle best) or polynomials "
+                             "chosen by leave-one-out error: separable, cp, full")
     max_degree: int = _f(3, "fit")
     max_rank: int = _f(2, "fit")
     monotone: str = _f("prefer", "fit", None, "prefer | require | ignore")
