@@ -1,4 +1,4 @@
-"""What each run folder's predictor, and its linear candidate, would choose under latency
+"""What each run folder's predictor, and its polynomial candidates, would choose under latency
 budgets, with no timing: the latency model is fitted to a committed, measured design.
 
     python benchmarks/latency_choices.py --run RUN [--run RUN2 ...] [--budgets 0.5,0.7]
@@ -9,7 +9,8 @@ For every run folder: the block ranking, the options and the bundled checkpoint 
 build the shrinker; the latency model of ``--kind`` is fitted to the design's fit points for
 ``--target`` (`benchmarks/latency_model.py` measured them); then :func:`solve_latency` gives
 the best point under each budget (a fraction of the design's original latency) for the run's
-own predictor and for the degree-1 fit of its one-axis chains (`max_degree: 1`).  Only the
+own predictor, for the polynomial fit of its one-axis chains (`families: separable, cp,
+full`) and for the degree-1 polynomial (`max_degree: 1`).  Only the
 model's choice: `compare.py` measures the choice and steps it to the real budget, so on
 another day's timings it can land elsewhere.  Prints one line per (run, predictor).
 """
@@ -28,6 +29,7 @@ def main() -> None:
     from dwrprune.checkpoint import load
     from dwrprune.latency import LatencyTarget, fit_latency_model, search_box, solve_latency
     from dwrprune.pipeline import Run, fit_samples, run_shrinker
+    from dwrprune.predictor import POLYNOMIALS
     from dwrprune.pretrained import resolve
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,9 +51,10 @@ def main() -> None:
         cfg, checkpoint = run.load_config()
         shr = run_shrinker(run, load(resolve(checkpoint)), cfg)
         lat = fit_latency_model(shr, target, design, args.kind)
+        poly = cfg.replace(families=list(POLYNOMIALS), fit_mixed=False)
         preds = {"run's predictor": run.predictor()[0],
-                 "linear": fit_samples(run.store(), cfg.replace(fit_mixed=False,
-                                                                max_degree=1))[0]}
+                 "polynomial": fit_samples(run.store(), poly)[0],
+                 "linear": fit_samples(run.store(), poly.replace(max_degree=1))[0]}
         for name, pred in preds.items():
             lo = search_box(cfg.lower_bounds, pred, shr)  # as compare.py's 3d-latency
             out = []

@@ -225,9 +225,8 @@ def candidate_lines(rows, budget, run, cfg, shr) -> list[str]:
     lines = ["", "| predictor candidate | LOO RMSE | Spearman vs oracle val | rule | choice | "
              "regret, val (pts) | regret, test (pts) |", "|---|---|---|---|---|---|---|"]
     poly = cfg.replace(families=list(POLYNOMIALS), fit_mixed=False)
-    variants = {"accuracy, one-axis chains only, monotone interpolation (families: pchip)":
-                    lambda: fit_samples(run.store(), cfg.replace(families=["pchip"],
-                                                                 fit_mixed=False))[0],
+    variants = {"accuracy, monotone interpolation of the one-axis samples (families: pchip)":
+                    lambda: fit_samples(run.store(), cfg.replace(families=["pchip"]))[0],
                 "accuracy, one-axis chains only, polynomial (families: separable, cp, full)":
                     lambda: fit_samples(run.store(), poly)[0],
                 "accuracy, one-axis chains only, linear (max_degree: 1)":
