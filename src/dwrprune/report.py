@@ -171,8 +171,9 @@ def _markdown(rep: dict) -> str:
                          f"MAE {100 * h['mae']:.2f} points, RMSE {100 * h['rmse']:.2f}.")
         lines += ["", "| candidate | params | LOO RMSE (pts) | monotone |", "|---|---|---|---|"]
         for c in pr["candidates"]:
-            name = f"{c['family']} K={c['degree']}" + (f" R={c['rank']}"
-                                                       if c["family"] == "cp" else "")
+            name = ("pchip (monotone interpolation)" if c["family"] == "pchip" else
+                    f"{c['family']} K={c['degree']}"
+                    + (f" R={c['rank']}" if c["family"] == "cp" else ""))
             lines.append(f"| {name} | {c['n_params']} | {100 * c['loo_rmse']:.2f} | "
                          f"{c['monotone']} |")
     pl = rep["plan"]
