@@ -3,6 +3,7 @@
     python benchmarks/compare.py run [--budgets 0.5,0.3] [--seeds 0,1,2] [--epochs 3] ...
     python benchmarks/compare.py render [--out benchmarks/results] [--update-readme [--block B]]
     python benchmarks/compare.py run --quick        # tiny model, synthetic data (CI)
+    python benchmarks/compare.py choices --out OUT [--config C]   # 3d's choice today, no training
 
 `run` appends one CSV row per (method, budget, seed) to OUT/results.csv as each finishes
 (a stopped run resumes).  `render` turns the CSV into a Markdown table (mean +- std over
@@ -211,6 +212,49 @@ def cmd_latency(args) -> None:
     print(f"measured {n} rows in {Path(args.out) / 'results.csv'}")
 
 
+def cmd_choices(args) -> None:
+    """What 3d would choose with today's defaults (``--config`` over them) on the collections
+    a MACs comparison folder holds (OUT/3d/seedN), beside the choice its rows record: whether
+    a change of predictor or solver moves a committed 3d row, without fine-tuning anything."""
+    import csv
+
+    import dwrprune
+    from dwrprune.bench import bundled_original
+    from dwrprune.pipeline import Run, fit_samples, resolve_config, run_shrinker, solve_budget
+
+    out = Path(args.out)
+    seeds = sorted(int(p.name[4:]) for p in (out / "3d").glob("seed*") if p.name[4:].isdigit())
+    if not seeds:
+        raise dwrprune.DwrpruneError(f"no collections in {out / '3d'} (seedN folders a `run` "
+                                     "with the 3d method makes)")
+    checkpoint = args.checkpoint or bundled_original(out)
+    if checkpoint is None:
+        raise dwrprune.DwrpruneError(f"{out} was not filled from a bundled checkpoint: give "
+                                     "--checkpoint, the model its rows were pruned from")
+    model = dwrprune.load(dwrprune.pretrained.resolve(checkpoint))
+    pipe = resolve_config(args.preset, args.config)
+    rows = []
+    if (out / "results.csv").exists():
+        with open(out / "results.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    if any(r.get("budget_kind", "").startswith("latency") for r in rows):
+        raise dwrprune.DwrpruneError(f"{out} compares at equal latency; `choices` checks MACs "
+                                     "budgets (3d-latency steps its choice on the timings)")
+    recorded = {(float(r["budget"]), int(r["seed"])): r["note"].split(";")[0]
+                for r in rows if r["method"] == "3d" and r["status"] == "ok"}
+    budgets = args.budgets or sorted({b for b, _ in recorded}) or [0.5, 0.3]
+    for seed in seeds:
+        run, cfg = Run(out / "3d" / f"seed{seed}"), pipe.replace(seed=seed)
+        pred, _ = fit_samples(run.store(), cfg)
+        shr = run_shrinker(run, model, cfg)
+        for b in budgets:
+            x = solve_budget(pred, shr, b, cfg.lower_bounds, cfg.min_gain_sigmas).best
+            now, was = f"d={x.d:.3f} w={x.w:.3f} r={x.r:.3f}", recorded.get((b, seed))
+            verdict = "" if was is None else ("same" if was == now else "CHANGED")
+            print(f"seed {seed} | budget {b:g} | {pred.poly.name()} | now {now} | "
+                  f"recorded {was or '-'} | {verdict}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -252,6 +296,17 @@ def main() -> None:
     la.add_argument("--repeats", type=int, default=30)
     la.add_argument("--all", action="store_true", help="every row, not only rows without")
     la.set_defaults(func=cmd_latency)
+    c = sub.add_parser("choices", help="3d's choice with today's defaults on a folder's "
+                                       "collections, beside its rows (no fine-tuning)")
+    c.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    c.add_argument("--checkpoint", default=None,
+                   help="the model the rows were pruned from (default: the bundled one the "
+                        "folder was filled from)")
+    c.add_argument("--preset", default="full")
+    c.add_argument("--config", default=None, help="YAML of pipeline options over the preset")
+    c.add_argument("--budgets", type=_floats, default=None,
+                   help="MACs budgets (default: those of the folder's 3d rows)")
+    c.set_defaults(func=cmd_choices)
     d = sub.add_parser("render")
     d.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     d.add_argument("--update-readme", action="store_true")

@@ -29,6 +29,17 @@ def test_compare_quick_mode_runs_every_method_and_resumes(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True)  # resumes: nothing to redo
     assert again.returncode == 0
     assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 12
+    # 3d's choice with today's defaults on the same collections, beside the rows: the same
+    choices = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"),
+                              "choices", "--out", str(tmp_path), "--checkpoint",
+                              str(tmp_path / "tiny" / "model.pt")],
+                             capture_output=True, text=True)
+    assert choices.returncode == 0, choices.stderr[-2000:]
+    lines = choices.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(ln.endswith("| same") for ln in lines), lines
+    none = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "choices",
+                           "--out", str(tmp_path / "tiny")], capture_output=True, text=True)
+    assert none.returncode == 2 and none.stderr.startswith("compare.py: error: no collections")
 
 
 def test_resume_with_other_recipe_is_refused(tmp_path):
