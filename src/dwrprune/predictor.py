@@ -1,4 +1,4 @@
-"""The Model Accuracy Predictor (MAP): polynomial regression of accuracy on (d, w, r).
+"""The Model Accuracy Predictor (MAP): accuracy as a function of (d, w, r).
 
 Four families.  Three are polynomials of degree K in each variable:
 
@@ -17,9 +17,10 @@ deepest cuts.  It uses only one-axis samples (and the unpruned one); it is C1, s
 solver's gradients exist.  Against the iso-cost oracle it ranks the budget surfaces best
 (README, "Choosing right").
 
-Degree and rank are chosen by leave-one-out cross-validation.  The fitted predictor is
-checked for monotonicity (accuracy should not rise as any dimension is pruned) on a grid over
-the searched box; ``monotone="prefer"`` picks the best monotone candidate when one exists.
+Among the families given, degree and rank are chosen by leave-one-out cross-validation.  The
+fitted predictor is checked for monotonicity (accuracy should not rise as any dimension is
+pruned) on a grid over the searched box; ``monotone="prefer"`` picks the best monotone
+candidate when one exists.
 NumPy and SciPy only: no torch here.
 """
 
@@ -69,8 +70,7 @@ class Polynomial:
     def from_dict(d: dict) -> Polynomial:
         if d["family"] == "pchip":
             return MonotoneInterpolant.from_knots(d["coef"])
-        cls = {"full": FullPolynomial, "cp": CPPolynomial, "separable": SeparablePolynomial}
-        p = cls[d["family"]](d["degree"], d.get("rank", 1))
+        p = make_polynomial(d["family"], d["degree"], d.get("rank", 1))
         p.coef = np.asarray(d["coef"], float)
         return p
 
