@@ -22,6 +22,7 @@ import csv
 import math
 import time
 from dataclasses import asdict, dataclass
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -273,6 +274,15 @@ def rank_noise_ceiling(values: list[list[float]], draws: int = 2000, seed: int =
     return float(rho.mean()), float((rho >= target - 1e-12).mean())
 
 
+def rows_by_point(rows: list[dict], budget: float) -> dict[str, list[dict]]:
+    """The oracle rows of ``budget``, by point label (one row per seed)."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        if abs(float(r["budget"]) - budget) < 1e-9:
+            by.setdefault(r["label"], []).append(r)
+    return by
+
+
 def remeasure_reliability(vals: list[dict[int, float]], k: int,
                           target: float = RANK_TARGET) -> tuple[float, float, int]:
     """What measuring every point again at the final horizon ranks: the mean of ``k`` seeds
@@ -280,8 +290,6 @@ def remeasure_reliability(vals: list[dict[int, float]], k: int,
     seeds, over every choice of ``k`` of the seeds that all points have.  Returns the mean
     Spearman correlation, the fraction of choices reaching ``target`` and their number;
     NaNs and 0 without at least ``k`` + 1 shared seeds and three points."""
-    from itertools import combinations
-
     from scipy.stats import spearmanr
 
     shared = sorted(set.intersection(*(set(v) for v in vals))) if vals else []
@@ -303,14 +311,10 @@ def seed_group_shift(rows: list[dict], budget: float, first: set[int], second: s
     say): per point that has seeds of both, the mean of ``second``'s accuracies minus that
     of ``first``'s; for ``val`` and ``test``, the mean of those differences over the points,
     its standard error and the number of points (NaNs with fewer than two)."""
-    by: dict[str, list[dict]] = {}
-    for r in rows:
-        if float(r["budget"]) == budget:
-            by.setdefault(r["label"], []).append(r)
     out = {}
     for key in ("val", "test"):
         diffs = []
-        for rs in by.values():
+        for rs in rows_by_point(rows, budget).values():
             a = [float(r[f"{key}_acc"]) for r in rs if int(r["seed"]) in first]
             b = [float(r[f"{key}_acc"]) for r in rs if int(r["seed"]) in second]
             if a and b:
@@ -354,10 +358,7 @@ def summarise_oracle(rows: list[dict], budget: float, predictor=None) -> dict:
     (``predictor`` or the recorded values) and mean validation accuracy over iso points."""
     from scipy.stats import spearmanr
 
-    by: dict[str, list[dict]] = {}
-    for r in rows:
-        if abs(float(r["budget"]) - budget) < 1e-9:
-            by.setdefault(r["label"], []).append(r)
+    by = rows_by_point(rows, budget)
     if not by:
         raise DwrpruneError(f"no oracle rows for budget {budget}")
     pts = []
