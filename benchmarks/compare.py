@@ -29,7 +29,7 @@ def _ints(s):
 
 def cmd_run(args) -> None:
     import dwrprune
-    from dwrprune.bench import METHODS, run_benchmark
+    from dwrbench.bench import METHODS, run_benchmark
     from dwrprune.pipeline import DatasetSource, resolve_config
 
     if args.quick:  # a tiny model trained on the spot: exercises every code path in seconds
@@ -57,13 +57,13 @@ def cmd_run(args) -> None:
         budgets, seeds, subset = args.budgets, args.seeds, args.finetune_subset
     target = None
     if args.latency_budgets:
-        from dwrprune.latency import LatencyTarget
+        from dwrprune.cost.latency import LatencyTarget
 
         target = LatencyTarget(args.device, args.latency_batch, args.threads)
         budgets = args.latency_budgets
     methods = (args.methods.split(",") if args.methods else
                list(METHODS) + (["3d-latency"] if target else []))
-    from dwrprune.executors import create_executor
+    from dwrprune.pipeline.executors import create_executor
 
     executor = create_executor(args.executor, args.ray_address, args.retries)
     try:
@@ -126,7 +126,7 @@ def table(summary: list[dict]) -> str:
 def target_batch(summary: list[dict]) -> int | None:
     """The batch size of a latency comparison (its budget kind names the target:
     ``latency-cpu-b1-t1``), None for a MACs comparison."""
-    from dwrprune.latency import LatencyTarget
+    from dwrprune.cost.latency import LatencyTarget
 
     kind = (summary[0].get("budget_kind") or "macs") if summary else "macs"
     return LatencyTarget.from_key(kind.removeprefix("latency-")).batch if kind != "macs" else None
@@ -138,7 +138,7 @@ def plot(summary: list[dict], path: Path) -> None:
     fraction of the original's (timed in the same pass, so the host's drift between the
     budget being set and the pass cancels), with each budget as a vertical line (a method
     left of its line is within budget)."""
-    from dwrprune.report import plt, save_figure  # pyplot on the non-interactive backend
+    from dwrprune.pipeline.report import plt, save_figure  # pyplot on the non-interactive backend
 
     batch = target_batch(summary)
     shown = batch if batch in (1, 64) else 1  # the rows measure batches 1 and 64 only
@@ -178,8 +178,8 @@ def plot(summary: list[dict], path: Path) -> None:
 
 
 def cmd_render(args) -> None:
+    from dwrbench.bench import summarise
     from dwrprune import DwrpruneError
-    from dwrprune.bench import summarise
 
     out = Path(args.out)
     if not (out / "results.csv").is_file():
@@ -199,7 +199,7 @@ def cmd_render(args) -> None:
 
 def cmd_latency(args) -> None:
     import dwrprune
-    from dwrprune.bench import bundled_original, measure_latencies
+    from dwrbench.bench import bundled_original, measure_latencies
 
     checkpoint = args.checkpoint or bundled_original(args.out)
     if checkpoint is None:
@@ -219,7 +219,7 @@ def cmd_choices(args) -> None:
     import csv
 
     import dwrprune
-    from dwrprune.bench import bundled_original
+    from dwrbench.bench import bundled_original
     from dwrprune.pipeline import Run, fit_samples, resolve_config, run_shrinker, solve_budget
 
     out = Path(args.out)

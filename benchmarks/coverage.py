@@ -54,7 +54,7 @@ def check_model(name: str, points: int, seed: int) -> dict:
     import torch
 
     from dwrprune import Shrinker, count_macs, create_model
-    from dwrprune.checkpoint import make_spec
+    from dwrprune.io.spec import make_spec
 
     torch.manual_seed(seed)
     model = create_model(name, num_classes=10, in_channels=3).eval()
@@ -103,7 +103,7 @@ def _worker(name, points, seed, queue):
 
 
 def cmd_run(args) -> None:
-    from dwrprune.bench import append_row
+    from dwrbench.bench import append_row
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,8 @@ def main() -> None:
     import torch
 
     import dwrprune
-    from dwrprune.executors import LocalExecutor, RayExecutor
     from dwrprune.pipeline import DatasetSource, collect, resolve_config
+    from dwrprune.pipeline.executors import LocalExecutor, RayExecutor
 
     tmp = Path(tempfile.mkdtemp(prefix="executor-walltime-"))
     if args.real:

@@ -27,10 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     from dwrprune.checkpoint import load
-    from dwrprune.latency import LatencyTarget, fit_latency_model, search_box, solve_latency
+    from dwrprune.cost.latency import LatencyTarget, fit_latency_model
     from dwrprune.pipeline import Run, fit_samples, run_shrinker
-    from dwrprune.predictor import POLYNOMIALS
     from dwrprune.pretrained import resolve
+    from dwrprune.search.latency import search_box, solve_latency
+    from dwrprune.search.predictor import POLYNOMIALS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", required=True, help="pipeline run folder")

@@ -34,7 +34,7 @@ def main() -> None:
 
     import dwrprune
     from dwrprune.cost import machine_stamp
-    from dwrprune.latency import FEATURES, LatencyTarget, fit_latency_model, measure_design
+    from dwrprune.cost.latency import FEATURES, LatencyTarget, fit_latency_model, measure_design
 
     model = dwrprune.load(dwrprune.pretrained.resolve(args.checkpoint))
     shr = dwrprune.Shrinker(model)

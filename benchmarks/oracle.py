@@ -69,7 +69,7 @@ def _quick(out: Path):
 
 def cmd_run(args) -> None:
     import dwrprune
-    from dwrprune.oracle import default_grid, run_oracle
+    from dwrbench.oracle import default_grid, run_oracle
     from dwrprune.pipeline import DatasetSource, Run, run_shrinker
 
     out = Path(args.out)
@@ -89,7 +89,7 @@ def cmd_run(args) -> None:
     depths, resolutions = default_grid(shr)
     depths = args.depths or depths
     resolutions = args.resolutions or resolutions
-    from dwrprune.executors import Resources, create_executor
+    from dwrprune.pipeline.executors import Resources, create_executor
 
     executor = create_executor(args.executor, args.ray_address)
     try:
@@ -116,7 +116,7 @@ def _span(ns: list[int]) -> str:
 
 
 def render(rows: list[dict], budget: float, runs: list[str]) -> str:
-    from dwrprune.oracle import RANK_TARGET, summarise_oracle
+    from dwrbench.oracle import RANK_TARGET, summarise_oracle
 
     s = summarise_oracle(rows, budget)
     lines = [f"Budget {budget:g}: {len(s['points'])} points, ranked by mean validation "
@@ -180,8 +180,8 @@ def judge_run(rows: list[dict], budget: float, rd: str,
               regrets: dict | None = None, candidates: bool = True) -> list[str]:
     """One run folder's choices at ``budget`` under each decision rule, with regret, and
     the Spearman correlation of its predictor with the oracle."""
+    from dwrbench.oracle import choice_variants, summarise_oracle
     from dwrprune.checkpoint import load
-    from dwrprune.oracle import choice_variants, summarise_oracle
     from dwrprune.pipeline import Run, run_shrinker
     from dwrprune.pretrained import resolve
 
@@ -216,9 +216,9 @@ def candidate_lines(rows, budget, run, cfg, shr) -> list[str]:
     candidate's choice with its regret on validation and on test."""
     import numpy as np
 
-    from dwrprune.oracle import summarise_oracle
+    from dwrbench.oracle import summarise_oracle
     from dwrprune.pipeline import fit_samples, solve_budget
-    from dwrprune.predictor import POLYNOMIALS, fit_predictor
+    from dwrprune.search.predictor import POLYNOMIALS, fit_predictor
 
     samples = run.store().samples(kinds=("original", "chain", "mixed"))
     pts = summarise_oracle(rows, budget)["points"]
@@ -274,15 +274,15 @@ def cmd_candidates(args) -> None:
     curve to the oracle's horizon (multi-fidelity)."""
     import numpy as np
 
-    from dwrprune import DwrpruneError
-    from dwrprune.oracle import (
+    from dwrbench.oracle import (
         corrected_predictor,
         extrapolate_horizon,
         read_rows,
         summarise_oracle,
     )
+    from dwrprune import DwrpruneError
     from dwrprune.pipeline import Run
-    from dwrprune.predictor import fit_predictor
+    from dwrprune.search.predictor import fit_predictor
 
     rows = read_rows(Path(args.out) / "oracle.csv")
     if args.short_run and len(args.short_run) != len(args.run):
@@ -350,7 +350,7 @@ def cmd_proxy(args) -> None:
     from scipy.stats import spearmanr
 
     import dwrprune
-    from dwrprune.oracle import adaptive_bn_scores, read_rows, summarise_oracle
+    from dwrbench.oracle import adaptive_bn_scores, read_rows, summarise_oracle
     from dwrprune.pipeline import DatasetSource, Run
 
     out = Path(args.out)
@@ -380,7 +380,7 @@ def cmd_proxy(args) -> None:
 
 
 def cmd_render(args) -> None:
-    from dwrprune.oracle import read_rows
+    from dwrbench.oracle import read_rows
 
     out = Path(args.out)
     text = render(read_rows(out / "oracle.csv"), args.budget, args.run or [])
@@ -393,7 +393,7 @@ def cmd_render(args) -> None:
 
 
 def cmd_shift(args) -> None:
-    from dwrprune.oracle import read_rows, seed_group_shift
+    from dwrbench.oracle import read_rows, seed_group_shift
 
     rows = read_rows(Path(args.out) / "oracle.csv")
     for budget in args.budgets:

@@ -18,9 +18,9 @@ import time
 import torch
 
 from dwrprune import count_macs, create_model
-from dwrprune.checkpoint import make_spec
 from dwrprune.cost import machine_stamp
-from dwrprune.shrink import Shrinker
+from dwrprune.io.spec import make_spec
+from dwrprune.pruning.shrink import Shrinker
 
 
 def main() -> None:

@@ -3,7 +3,9 @@ import torch
 from torch import nn
 
 from dwrprune import DwrpruneError, count_macs, create_dataset, create_model, load, make_loader
-from dwrprune.autobot import (
+from dwrprune.checkpoint import save_model
+from dwrprune.io.spec import make_spec
+from dwrprune.pruning.autobot import (
     AutoBotConfig,
     Bottlenecks,
     autobot_prune,
@@ -12,8 +14,7 @@ from dwrprune.autobot import (
     select_channels,
     soft_cost,
 )
-from dwrprune.checkpoint import make_spec, save_model
-from dwrprune.shrink import Shrinker
+from dwrprune.pruning.shrink import Shrinker
 
 MODELS = [("resnet_tiny2", 3, 16), ("mobilenetv2_tiny", 3, 16), ("vgg_tiny", 3, 16),
           ("resnet20", 1, 28)]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dwrprune import DwrpruneError, create_model, load, save_model
-from dwrprune.checkpoint import make_spec
+from dwrprune.io.spec import make_spec
 
 
 def _saved(tmp_path, name="resnet_tiny"):

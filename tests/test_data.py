@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dwrprune import DwrpruneError, create_dataset, make_loader
-from dwrprune.data import read_idx, split_indices
+from dwrprune.training.data import read_idx, split_indices
 
 
 def test_fashion_mnist_idx_splits(fmnist_dir):

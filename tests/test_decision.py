@@ -7,7 +7,7 @@ import pytest
 import dwrprune
 from dwrprune import DwrpruneError
 from dwrprune.pipeline import one_axis_point, solve_budget
-from dwrprune.predictor import fit_predictor
+from dwrprune.search.predictor import fit_predictor
 
 
 def _samples(noise: float, seed: int = 0):

@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import dwrprune
-from dwrprune.blocks import EmptyFeatures
-from dwrprune.surgery import drop_blocks
+from dwrprune.pruning.blocks import EmptyFeatures
+from dwrprune.pruning.surgery import drop_blocks
 
 
 def _densenet(**kw):

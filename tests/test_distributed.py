@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dwrprune.cli import main
-from dwrprune.data import ShuffleSampler
+from dwrprune.training.data import ShuffleSampler
 
 
 @pytest.mark.parametrize("size,shards", [(200, 2), (201, 2), (10, 3)])
@@ -91,7 +91,7 @@ def test_pipeline_final_finetune_under_torchrun(tmp_path, tiny_checkpoint, confi
 
 
 def test_training_device_is_this_ranks_gpu_when_there_is_one(monkeypatch):
-    from dwrprune.engine import compute_device
+    from dwrprune.training.engine import compute_device
 
     assert compute_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

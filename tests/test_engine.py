@@ -53,7 +53,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     # possible, so instead run epochs one at a time through a config with the same schedule.
     part = _model()
     ck = tmp_path / "run"
-    import dwrprune.engine as eng
+    import dwrprune.training.engine as eng
 
     real_save = eng.save_torch
     calls = {"n": 0}
@@ -122,7 +122,7 @@ def test_bad_config(field, value):
 
 
 def test_last_checkpoint_is_loadable_model(tmp_path):
-    from dwrprune.checkpoint import make_spec
+    from dwrprune.io.spec import make_spec
 
     tr, va = _loaders()
     model = _model()

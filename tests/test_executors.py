@@ -3,8 +3,6 @@
 import os
 import pickle
 import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,9 +12,11 @@ import ray
 import torch
 
 from dwrprune import DwrpruneError, create_model, load
-from dwrprune.checkpoint import make_spec
 from dwrprune.cli import main
-from dwrprune.executors import (
+from dwrprune.io.spec import make_spec
+from dwrprune.io.store import SampleStore
+from dwrprune.pipeline import DatasetSource, PipelineConfig, collect, default_finetune
+from dwrprune.pipeline.executors import (
     LocalExecutor,
     Node,
     PortableModel,
@@ -25,8 +25,6 @@ from dwrprune.executors import (
     create_executor,
     run_graph,
 )
-from dwrprune.pipeline import DatasetSource, PipelineConfig, collect, default_finetune
-from dwrprune.store import SampleStore
 
 # Functions of this module run inside Ray workers, which cannot import it by name.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -94,38 +92,8 @@ def test_executor_choice_errors():
         PipelineConfig.from_dict({"executor": "spark"})
 
 
-# ---------------------------------------------------------------------------- Ray on loopback
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A real single-node Ray cluster bound to 127.0.0.1, started with the ray CLI."""
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    port = _free_port()
-    # Loopback only, so no token authentication: once any local ray.init() on this machine
-    # has created ~/.ray/auth_token, `ray start` enables it, and a driver joining by address
-    # must then opt in (RAY_AUTH_MODE=token, see the README).
-    saved_mode = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                    "--num-cpus=2", "--include-dashboard=false",
-                    "--object-store-memory=100000000", "--disable-usage-stats"],
-                   check=True, env=env, capture_output=True)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True)
-        if saved_mode is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved_mode
 
 
 def _samples(run):
@@ -213,41 +181,3 @@ def test_failing_job_is_reported_and_the_rest_kept(tmp_path, tiny_checkpoint, ra
         ex.close()
     kept = _samples(tmp_path / "run")
     assert sorted(kept) == ["d/0", "d/1", "mix/0", "mix/1", "orig", "r/0", "r/1"]
-
-
-def base_note(row: dict) -> str:
-    return row["note"].split("; the same model as ")[0]
-
-
-@pytest.mark.slow
-def test_benchmark_on_ray_matches_local(tmp_path, tiny_checkpoint, ray_cluster, tiny_options):
-    import csv
-
-    from dwrprune import TrainConfig
-    from dwrprune.bench import run_benchmark
-
-    model = load(tiny_checkpoint)
-    data = DatasetSource("synthetic", batch_size=32)
-    pipe = PipelineConfig.from_dict({**tiny_options, "holdout_points": [], "depth_criterion":
-                                     "weight_norm"})
-    rows = {}
-    for name, ex in (("local", LocalExecutor()), ("ray", RayExecutor(ray_cluster))):
-        try:
-            run_benchmark(model, data, ["3d", "width-only"], [0.5], [0], TrainConfig(steps=2),
-                          pipe, tmp_path / name, progress=False, latency_repeats=2,
-                          executor=ex)
-        finally:
-            ex.close()
-        rows[name] = {r["method"]: r for r in csv.DictReader(open(tmp_path / name /
-                                                                  "results.csv"))}
-        assert (tmp_path / name / "3d/seed0/samples.sqlite").exists()
-    for method in ("3d", "width-only"):
-        a, b = rows["local"][method], rows["ray"][method]
-        assert a["status"] == b["status"] == "ok"
-        # run one after the other, local reuses 3d's fine-tune when both chose the same
-        # model; Ray runs them at once, so it fine-tunes twice: the same figures either way
-        assert (base_note(a), a["macs"], a["model_key"]) == (base_note(b), b["macs"],
-                                                             b["model_key"])
-        assert abs(float(a["test_acc"]) - float(b["test_acc"])) < 1e-6
-        assert float(b["latency_b1_ms"]) > 0 and float(b["original_latency_b1_ms"]) > 0
-        assert (tmp_path / "ray" / "models" / f"{method}_b0.5_s0.pt").exists()

@@ -294,7 +294,7 @@ def test_one_class_dataset_is_refused(capsys, tmp_path):
 
 # ---------------------------------------------------------------------------- mid-epoch resume
 def test_killed_epoch_resumes_mid_epoch_with_the_same_result(tmp_path, monkeypatch):
-    import dwrprune.engine as eng
+    import dwrprune.training.engine as eng
 
     loader = dwrprune.make_loader(dwrprune.create_dataset("synthetic", "train"), 32,
                                   shuffle=True, seed=0)

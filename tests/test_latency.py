@@ -10,8 +10,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import dwrprune
 from dwrprune import DwrpruneError
-from dwrprune import latency as L
+from dwrprune.cost import latency as L
 from dwrprune.pipeline import PipelineConfig, resolve_config
+from dwrprune.search import latency as S
 
 
 @pytest.fixture(scope="module")
@@ -106,18 +107,18 @@ def test_choice_under_latency_steps_down_when_measurement_overshoots(shr, monkey
         calls.append(ms)
         return {"median_ms": ms, "p25_ms": ms, "p75_ms": ms}
 
-    monkeypatch.setattr(L, "measure_ms", measure)
+    monkeypatch.setattr(S, "measure_ms", measure)
     pred = lambda d, w, r: d + w + r  # noqa: E731
-    res = L.choose_under_latency(pred, shr, lm, 0.5, (0.25, 0.25, 0.5))
+    res = S.choose_under_latency(pred, shr, lm, 0.5, (0.25, 0.25, 0.5))
     assert res["steps"][0]["median_ms"] > 0.5 * 1.03
     # never again at or past a modelled budget measured over
     assert all(s["model_budget_ms"] < 0.5 for s in res["steps"][1:])
     assert res["measured"]["median_ms"] <= 0.5 * 1.03
-    sol = L.solve_latency(pred, shr, lm, 0.5, (0.25, 0.25, 0.5))
+    sol = S.solve_latency(pred, shr, lm, 0.5, (0.25, 0.25, 0.5))
     assert sol["best"]["latency_ms"] <= 0.5
     assert all(c["predicted"] <= sol["best"]["predicted"] for c in sol["runners_up"])
     with pytest.raises(DwrpruneError, match="no model in the searched box reaches"):
-        L.solve_latency(pred, shr, lm, 0.001, (0.25, 0.25, 0.5))
+        S.solve_latency(pred, shr, lm, 0.001, (0.25, 0.25, 0.5))
 
 
 def test_choice_under_latency_steps_up_when_the_model_overrates_latency(shr, monkeypatch):
@@ -127,9 +128,9 @@ def test_choice_under_latency_steps_up_when_the_model_overrates_latency(shr, mon
         ms = 0.6 * dwrprune.count_macs(model, res, 3) / shr.macs(1, 1, 1)
         return {"median_ms": ms, "p25_ms": ms, "p75_ms": ms}
 
-    monkeypatch.setattr(L, "measure_ms", measure)
+    monkeypatch.setattr(S, "measure_ms", measure)
     pred = lambda d, w, r: d + w + r  # noqa: E731
-    res = L.choose_under_latency(pred, shr, lm, 0.5, (0.25, 0.25, 0.5))
+    res = S.choose_under_latency(pred, shr, lm, 0.5, (0.25, 0.25, 0.5))
     first = res["steps"][0]
     assert first["median_ms"] < 0.5 * 0.97  # the model's own choice gives time away
     assert max(s["model_budget_ms"] for s in res["steps"]) > 0.5  # so it stepped up
@@ -199,7 +200,7 @@ def test_pipeline_under_a_latency_budget(tmp_path, tiny_checkpoint, tiny_options
             times.append([counter.get_total_flops() / 2 / base] * repeats)
         return times
 
-    monkeypatch.setattr(L, "measure_ms", measure)
+    monkeypatch.setattr(S, "measure_ms", measure)
     monkeypatch.setattr(L, "time_in_turns", in_turns)
     opts = {k: v for k, v in tiny_options.items() if k not in ("data", "budget")}
     result = dwrprune.prune(model, "synthetic", out=tmp_path / "run", progress="never",
@@ -227,9 +228,9 @@ def test_latency_choice_finds_wider_models_that_run_faster(shr):
                         table=_AlignedTable(L.LatencyTarget()))
     budget = lm(shr, 1, 0.7, 1)
     assert lm(shr, 1, 0.75, 1) < budget  # wider, yet faster: bisection alone cannot see it
-    w = L._wider_within(shr, lm, 1, 0.7, 1, budget)
+    w = S._wider_within(shr, lm, 1, 0.7, 1, budget)
     assert w >= 0.75 and lm(shr, 1, w, 1) <= budget
-    sol = L.solve_latency(lambda d, w, r: w, shr, lm, budget, (1.0, 0.25, 1.0))
+    sol = S.solve_latency(lambda d, w, r: w, shr, lm, budget, (1.0, 0.25, 1.0))
     assert sol["best"]["w"] >= 0.75 and sol["best"]["latency_ms"] <= budget
 
 

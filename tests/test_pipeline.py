@@ -12,8 +12,9 @@ import yaml
 import dwrprune
 from dwrprune import DwrpruneError
 from dwrprune.cli import main
+from dwrprune.io.store import SampleStore
 from dwrprune.pipeline import PipelineConfig, resolve_config
-from dwrprune.store import SampleStore
+from dwrprune.training.data import FASHION_MNIST_DIR
 
 
 @pytest.mark.slow
@@ -137,7 +138,7 @@ def test_stage_before_collect_is_clear(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not __import__("dwrprune").data.FASHION_MNIST_DIR.exists(),
+@pytest.mark.skipif(not FASHION_MNIST_DIR.exists(),
                     reason="needs dataset-fashion-mnist")
 def test_quick_preset_on_bundled_model(tmp_path):
     """The README's main job, trimmed: real model, real data, the whole pipeline."""
@@ -189,7 +190,7 @@ def test_pipeline_with_autobot_width_allocation(tmp_path, tiny_checkpoint, confi
 
 
 def test_store_from_older_version_without_new_keys_resumes():
-    from dwrprune.settings import check_same_settings
+    from dwrprune.io.settings import check_same_settings
 
     new = PipelineConfig().collect_config()
     old = {k: v for k, v in new.items() if k != "width_allocation"}

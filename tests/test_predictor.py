@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dwrprune import DwrpruneError
-from dwrprune.predictor import Predictor, fit_predictor, make_polynomial, monotonicity
+from dwrprune.search.predictor import Predictor, fit_predictor, make_polynomial, monotonicity
 
 
 def _true(d, w, r):

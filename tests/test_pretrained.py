@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import dwrprune
-from dwrprune.data import FASHION_MNIST_DIR
+from dwrprune.training.data import FASHION_MNIST_DIR
 
 # What each bundled checkpoint is, and the test accuracy it must keep (its card's target).
 EXPECTED = {"resnet20-fashion-mnist": ("resnet20", 0.93),

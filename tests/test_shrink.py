@@ -7,10 +7,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from dwrprune import DwrpruneError, count_macs, create_model, load, save_model
-from dwrprune.blocks import get_module
-from dwrprune.checkpoint import make_spec
-from dwrprune.shrink import Shrinker, shrink
-from dwrprune.surgery import build_graph
+from dwrprune.io.spec import make_spec
+from dwrprune.pruning.blocks import get_module
+from dwrprune.pruning.shrink import Shrinker, shrink
+from dwrprune.pruning.surgery import build_graph
 
 # (name, in_channels, base resolution); torchvision models need >= 32 px after shrinking.
 # The quick loop keeps one model of each kind (plain residual, VGG, inverted residual, a
@@ -111,7 +111,7 @@ def test_removing_zeroed_residual_branch_keeps_outputs(name, block_bn):
 def _zero_channels(model, res, in_ch, w, classifier):
     """Zero, in every prunable group, the channels width pruning at ``w`` would drop, on the
     producer side (BN scale and shift) and the consumer side (input weights)."""
-    from dwrprune.costmath import kept_channels
+    from dwrprune.cost.rounding import kept_channels
 
     dg, groups = build_graph(model, torch.zeros(1, in_ch, res, res), [classifier])
     with torch.no_grad():

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from dwrprune import DwrpruneError
-from dwrprune.costmath import approx_cost_ratio
-from dwrprune.solver import solve, solve_continuous
+from dwrprune.cost.rounding import approx_cost_ratio
+from dwrprune.search.solver import solve, solve_continuous
 
 
 def F(d, w, r):

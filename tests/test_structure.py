@@ -193,7 +193,7 @@ def test_spec_of_a_model_without_one_says_how_to_give_one():
 
 
 def test_data_needs_are_declared_by_criteria():
-    from dwrprune.shrink import data_needs
+    from dwrprune.pruning.shrink import data_needs
 
     assert data_needs() == frozenset()
     assert data_needs("loss") == {"train", "val"}
@@ -217,23 +217,14 @@ def test_quick_preset_with_autobot_criterion_gets_its_data(tiny_checkpoint, tiny
     assert out.spec["provenance"]["channel_criterion"] == "autobot"
 
 
-def test_benchmark_shrinker_keeps_round_to_and_allocation(tiny_checkpoint, tiny_options):
-    from dwrprune.bench_methods import BenchContext
-    from dwrprune.pipeline import DatasetSource
-
-    cfg = PipelineConfig.from_dict({**tiny_options, "round_to": 4})
-    ctx = BenchContext(DatasetSource("synthetic", batch_size=32), Path("."), cfg)
-    shr = ctx.shrinker(dwrprune.load(tiny_checkpoint))
-    assert shr.round_to == 4 and shr.width_allocation.name == "uniform"
-
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(budget=st.floats(0.2, 0.95), a=st.floats(-1, 1), b=st.floats(-1, 1),
        c=st.floats(-1, 1))
 def test_solver_never_returns_a_point_over_budget(budget, a, b, c):
     """Whatever the predictor's shape, the chosen point's exact MACs are within budget."""
-    from dwrprune.costmath import approx_cost_ratio
-    from dwrprune.solver import solve
+    from dwrprune.cost.rounding import approx_cost_ratio
+    from dwrprune.search.solver import solve
 
     def pred(d, w, r):
         return 0.9 + 0.05 * (a * d + b * w + c * r) - 0.01 * (d - w) ** 2
@@ -311,7 +302,7 @@ def test_count_and_attach_spec_and_load_into_own_instance(tmp_path):
 
 
 def test_progress_bars_only_on_a_terminal(monkeypatch):
-    from dwrprune.progress import resolve_progress
+    from dwrprune.training.progress import resolve_progress
 
     class Pipe:
         def isatty(self):

@@ -8,11 +8,16 @@ import torch
 from torch import nn
 
 from dwrprune import DwrpruneError, create_model, make_spec
-from dwrprune.blocks import Block, find_removable_blocks, remove_blocks
-from dwrprune.costmath import approx_cost_ratio, kept_blocks, kept_channels, kept_resolution
-from dwrprune.criteria import L1, WeightNormDepth, make_channel_criterion, make_depth_criterion
-from dwrprune.store import Sample, SampleStore
-from dwrprune.surgery import apply_layer_changes, layer_snapshot, record_layer_changes
+from dwrprune.cost.rounding import approx_cost_ratio, kept_blocks, kept_channels, kept_resolution
+from dwrprune.io.store import Sample, SampleStore
+from dwrprune.pruning.blocks import Block, find_removable_blocks, remove_blocks
+from dwrprune.pruning.criteria import (
+    L1,
+    WeightNormDepth,
+    make_channel_criterion,
+    make_depth_criterion,
+)
+from dwrprune.pruning.surgery import apply_layer_changes, layer_snapshot, record_layer_changes
 
 
 # ---------------------------------------------------------------------------- cost math
@@ -37,7 +42,7 @@ def test_kept_resolution_and_cost_model():
 
 # ---------------------------------------------------------------------------- criteria
 def test_l1_criterion_ranks_channels_by_magnitude():
-    from dwrprune.surgery import build_graph
+    from dwrprune.pruning.surgery import build_graph
 
     m = nn.Sequential(nn.Conv2d(1, 4, 1, bias=False), nn.ReLU(), nn.Conv2d(4, 2, 1))
     with torch.no_grad():
@@ -125,7 +130,7 @@ def test_foreign_sqlite_is_not_a_store(tmp_path):
 
 # ---------------------------------------------------------------------------- report
 def test_report_from_samples_alone(tmp_path):
-    from dwrprune.report import write_report
+    from dwrprune.pipeline.report import write_report
 
     store = SampleStore(tmp_path / "samples.sqlite")
     store.add(_sample("orig"))

@@ -20,11 +20,10 @@ __version__ = "0.1.0"
 from . import pretrained  # noqa: E402
 from .checkpoint import load, save_model  # noqa: E402
 from .cost import count, count_macs, count_params, measure_latency  # noqa: E402
-from .data import create_dataset, make_loader  # noqa: E402
-from .engine import TrainConfig, evaluate, recalibrate_batchnorm, train  # noqa: E402
 from .errors import DwrpruneError  # noqa: E402
+from .io.spec import ModelSpec, make_spec, spec_of  # noqa: E402
 from .models import create_model, list_models  # noqa: E402
-from .pipeline import (  # noqa: E402
+from .pipeline import (
     DatasetSource,
     PipelineConfig,
     PruneResult,
@@ -34,9 +33,10 @@ from .pipeline import (  # noqa: E402
     resolve_config,
 )
 from .pipeline import solve_budget as solve  # noqa: E402
-from .predictor import fit_predictor  # noqa: E402
-from .shrink import Shrinker, shrink, shrink_cost  # noqa: E402
-from .spec import ModelSpec, make_spec, spec_of  # noqa: E402
+from .pruning.shrink import Shrinker, shrink, shrink_cost  # noqa: E402
+from .search.predictor import fit_predictor  # noqa: E402
+from .training.data import create_dataset, make_loader  # noqa: E402
+from .training.engine import TrainConfig, evaluate, recalibrate_batchnorm, train  # noqa: E402
 
 __all__ = [
     "DatasetSource", "DwrpruneError", "ModelSpec", "PipelineConfig", "PruneResult",

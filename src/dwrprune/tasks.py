@@ -10,15 +10,17 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, distributed
-from .checkpoint import load, save_json, save_model
+from . import __version__
+from .checkpoint import load, save_model
 from .cost import CostReport, cost_report, cost_reports_side_by_side
-from .engine import TrainConfig, evaluate, train
 from .errors import DwrpruneError
+from .io.files import save_json
+from .io.spec import make_spec, spec_of
 from .pipeline.data import DatasetSource, check_data_matches
 from .pipeline.run import check_folder_writable
-from .shrink import Shrinker, ShrinkResult, data_needs
-from .spec import make_spec, spec_of
+from .pruning.shrink import Shrinker, ShrinkResult, data_needs
+from .training import distributed
+from .training.engine import TrainConfig, evaluate, train
 
 
 def output_file(path: str | os.PathLike, force: bool = False) -> Path:
@@ -92,7 +94,7 @@ def _warm_start(model, name: str, info, init: str | os.PathLike) -> dict:
     the dataset ``info``); returns ``{"checkpoint": path, "card": its card}``.  Only an
     unpruned checkpoint of the same model, classes and input channels is accepted."""
     from .checkpoint import load_state_dict_checked, read_model_checkpoint
-    from .spec import ModelSpec
+    from .io.spec import ModelSpec
 
     obj = read_model_checkpoint(init)
     s = ModelSpec.from_dict(obj["spec"])
@@ -159,7 +161,7 @@ def autobot_checkpoint(checkpoint: str | os.PathLike, data: DatasetSource, budge
                        ) -> tuple[CostReport, CostReport, ShrinkResult, float, float]:
     """AutoBot a checkpoint to ``budget`` of its MACs and save it; returns the costs, the
     result and validation accuracy before and after (before fine-tuning)."""
-    from .autobot import autobot_prune
+    from .pruning.autobot import autobot_prune
 
     out = output_file(out, force)
     if recal_batches < 0:
@@ -235,8 +237,8 @@ def model_axes(model_or_name, resolution: int | None = None, in_channels: int = 
                num_classes: int = 10) -> dict:
     """Which axes a model offers: removable blocks (depth), traceable coupled channel groups
     (width), and the input sides allowed (resolution)."""
-    from .analysis import Analysis
     from .models import create_model
+    from .pruning.analysis import Analysis
 
     if isinstance(model_or_name, str):
         model = create_model(model_or_name, num_classes=num_classes, in_channels=in_channels)

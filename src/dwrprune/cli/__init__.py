@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import __version__, distributed
+from .. import __version__
 from ..errors import DwrpruneError
+from ..training import distributed
 from . import commands, pipeline  # noqa: F401  (registers the subcommands)
 from .options import _COMMANDS, Parser
 

@@ -6,7 +6,7 @@ import json
 import shlex
 import sys
 
-from .. import distributed
+from ..training import distributed
 from .options import (
     NONNEG,
     POS,
@@ -115,8 +115,8 @@ def _train_args(p):
          _train_args,
          ("model", "out"))
 def cmd_train(args) -> int:
-    from ..engine import TrainConfig
     from ..tasks import train_model
+    from ..training.engine import TrainConfig
 
     cfg = TrainConfig(epochs=args.epochs, steps=args.steps, lr=args.lr,
                       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
@@ -156,7 +156,7 @@ def cmd_eval(args) -> int:
 
 # ---------------------------------------------------------------------------- shrink / export
 def _shrink_args(p):
-    from ..criteria import CHANNEL_CRITERIA, DEPTH_CRITERIA
+    from ..pruning.criteria import CHANNEL_CRITERIA, DEPTH_CRITERIA
 
     add_checkpoint_arg(p)
     p.add_argument("--depth", type=float, default=1.0, help="fraction of removable blocks kept")
@@ -234,7 +234,7 @@ def _autobot_args(p):
 @command("autobot", "learned per-layer width (AutoBot) to a MACs budget", _autobot_args,
          ("budget", "out"))
 def cmd_autobot(args) -> int:
-    from ..autobot import AutoBotConfig
+    from ..pruning.autobot import AutoBotConfig
     from ..tasks import autobot_checkpoint
 
     cfg = AutoBotConfig(beta=args.beta, gamma=args.gamma, lr=args.lr, steps=args.steps,

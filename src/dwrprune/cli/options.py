@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from .. import distributed
 from ..errors import DwrpruneError
+from ..training import distributed
 
 _COMMANDS: dict[str, tuple[Callable, Callable, str, tuple[str, ...]]] = {}
 
@@ -123,7 +123,7 @@ def add_progress_arg(p) -> None:
 
 
 def progress(args) -> bool:
-    from ..progress import resolve_progress
+    from ..training.progress import resolve_progress
 
     return resolve_progress(args.progress) and distributed.is_main()
 

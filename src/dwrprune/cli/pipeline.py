@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import distributed
 from ..errors import DwrpruneError
+from ..training import distributed
 from .options import (
     _FIELD_TYPES,
     _floats,
@@ -196,7 +196,7 @@ def cmd_finetune(args) -> int:
 @command("report", "stage 5: write the run's report (JSON, Markdown, plots)", _run_args(),
          ("run",))
 def cmd_report(args) -> int:
-    from ..report import write_report
+    from ..pipeline.report import write_report
 
     write_report(args.run)
     print(f"wrote {args.run}/report/report.md")

@@ -24,8 +24,8 @@ from torch import nn
 
 from ..checkpoint import load
 from ..errors import DwrpruneError
-from ..progress import resolve_progress
-from ..spec import ModelSpec, make_spec, spec_of
+from ..io.spec import ModelSpec, make_spec, spec_of
+from ..training.progress import resolve_progress
 from .collect import collect
 from .config import PipelineConfig, resolve_config
 from .data import DatasetSource, DataSource, FinetuneFn, check_source
@@ -145,7 +145,7 @@ def prune(model: nn.Module, data: DataSource | str | None = None,
     one from ``preset``, ``budget`` and any :class:`PipelineConfig` field as a keyword.
     ``example_inputs``: for a model without a dwrprune spec (see :func:`attach_spec`).
     """
-    from ..report import write_report
+    from .report import write_report
 
     if out is None:
         raise DwrpruneError("prune needs out= (the run folder)")

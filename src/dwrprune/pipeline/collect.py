@@ -13,7 +13,11 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load, save_model
 from ..errors import DwrpruneError
-from ..executors import (
+from ..io.spec import spec_of
+from ..io.store import Sample, SampleStore
+from .config import PipelineConfig
+from .data import DataSource, FinetuneFn, check_source
+from .executors import (
     Executor,
     LocalExecutor,
     Node,
@@ -24,10 +28,6 @@ from ..executors import (
     raise_failures,
     run_graph,
 )
-from ..spec import spec_of
-from ..store import Sample, SampleStore
-from .config import PipelineConfig
-from .data import DataSource, FinetuneFn, check_source
 from .jobs import Job, SampleJobs, model_fingerprint, plan_jobs
 from .run import Run
 
@@ -131,7 +131,7 @@ def collect(model: nn.Module, data: DataSource, config: PipelineConfig, run_dir,
             executor: Executor | None = None, wait_for_lock: bool = False) -> SampleStore:
     """Stage 1: collect (d, w, r, accuracy) samples into ``run_dir/samples.sqlite``.
     ``executor``: where the jobs run (default: the one ``config.executor`` names, see
-    :mod:`dwrprune.executors`)."""
+    :mod:`dwrprune.pipeline.executors`)."""
     with Run(run_dir).lock(wait_for_lock, on_wait=tqdm.write):
         collector = Collector(model, data, config, run_dir, finetune, progress)
         own = executor is None

@@ -121,10 +121,10 @@ class PipelineConfig:
 
     @property
     def latency_target(self):
-        """The :class:`~dwrprune.latency.LatencyTarget` of a latency budget, else None."""
+        """The :class:`~dwrprune.cost.latency.LatencyTarget` of a latency budget, else None."""
         if self.latency_budget is None and self.latency_ms is None:
             return None
-        from ..latency import LatencyTarget
+        from ..cost.latency import LatencyTarget
 
         return LatencyTarget(self.device, self.latency_batch, self.threads)
 

@@ -14,9 +14,9 @@ from typing import Protocol
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..engine import TrainConfig, train
 from ..errors import DwrpruneError
-from ..spec import ModelSpec
+from ..io.spec import ModelSpec
+from ..training.engine import TrainConfig, train
 
 
 class DataSource(Protocol):
@@ -39,7 +39,7 @@ class DatasetSource:
     def loader(self, split: str, resolution: int | None, *, shuffle: bool = False,
                subset: int | None = None, seed: int = 0,
                augment: bool | None = None) -> DataLoader:
-        from ..data import create_dataset, make_loader
+        from ..training.data import create_dataset, make_loader
 
         ds = create_dataset(self.name, split, data_dir=self.data_dir, resolution=resolution,
                             val_fraction=self.val_fraction, subset=subset, subset_seed=seed,
@@ -53,7 +53,7 @@ class DatasetSource:
 
     @property
     def info(self):
-        from ..data import dataset_info
+        from ..training.data import dataset_info
 
         return dataset_info(self.name, self.data_dir)
 

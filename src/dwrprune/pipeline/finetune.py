@@ -14,12 +14,12 @@ from dataclasses import asdict
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import distributed
 from ..checkpoint import save_model
 from ..cost import cost_reports_side_by_side
-from ..engine import TrainConfig, evaluate, train
-from ..shrink import Shrinker
-from ..solver import Solution
+from ..pruning.shrink import Shrinker
+from ..search.solver import Solution
+from ..training import distributed
+from ..training.engine import TrainConfig, evaluate, train
 from .config import PipelineConfig
 from .data import DataSource
 from .run import Run
@@ -108,7 +108,7 @@ def finetune_final(model: nn.Module, data: DataSource, cfg: PipelineConfig, shri
     }
     target = cfg.latency_target
     if target is not None:  # the budget was latency: measure the final model on the target
-        from ..latency import Reference, measure_ms
+        from ..cost.latency import Reference, measure_ms
 
         lat = (run.plan().get("latency") or {})
         result["latency_target"] = target.key()

@@ -8,8 +8,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DwrpruneError
-from ..predictor import Predictor, fit_predictor, min_samples
-from ..store import SampleStore
+from ..io.store import SampleStore
+from ..search.predictor import Predictor, fit_predictor, min_samples
 from .config import PipelineConfig
 from .run import Run
 
@@ -57,7 +57,7 @@ def fit_samples(store: SampleStore, cfg: PipelineConfig) -> tuple[Predictor, dic
 def _validation_size(cfg: PipelineConfig) -> int | None:
     """Images in the validation split a config names (for stores that predate recording
     it); None where dwrprune cannot know (a user's own data source)."""
-    from ..data import create_dataset
+    from ..training.data import create_dataset
 
     try:
         return len(create_dataset(cfg.data, "val", data_dir=cfg.data_dir,

@@ -20,13 +20,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..cost import count_macs, count_params
-from ..costmath import kept_blocks, kept_resolution
-from ..engine import evaluate
-from ..executors import PortableModel
-from ..shrink import Shrinker
-from ..spec import ModelSpec, spec_of
-from ..store import Sample
+from ..cost.rounding import kept_blocks, kept_resolution
+from ..io.spec import ModelSpec, spec_of
+from ..io.store import Sample
+from ..pruning.shrink import Shrinker
+from ..training.engine import evaluate
 from .data import DataSource, FinetuneFn, default_finetune
+from .executors import PortableModel
 from .shrinker import build_shrinker
 
 

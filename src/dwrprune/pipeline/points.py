@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..shrink import Shrinker
+from ..pruning.shrink import Shrinker
 
 
 def largest_under(values: list[float], fits) -> float | None:

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import yaml
 
-from ..checkpoint import atomic_write_bytes, save_json
 from ..errors import DwrpruneError
-from ..predictor import Predictor
-from ..settings import check_same_settings
-from ..solver import Solution
-from ..store import SampleStore
+from ..io.files import atomic_write_bytes, save_json
+from ..io.settings import check_same_settings
+from ..io.store import SampleStore
+from ..search.predictor import Predictor
+from ..search.solver import Solution
 from .config import PipelineConfig
 
 
@@ -162,7 +162,7 @@ class Run:
 
     def latency_model(self, target):
         """The cached latency model for ``target`` (a LatencyTarget), or None."""
-        from ..latency import LatencyModel
+        from ..cost.latency import LatencyModel
 
         p = self.latency_model_path(target)
         if not p.exists():

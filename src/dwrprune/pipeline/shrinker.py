@@ -1,4 +1,5 @@
-"""The one place a pipeline config becomes a :class:`~dwrprune.shrink.Shrinker`: sample jobs,
+"""The one place a pipeline config becomes a :class:`~dwrprune.pruning.shrink.Shrinker`:
+sample jobs,
 the final stage and the benchmark all build theirs here, so every option a config holds
 (criteria, ``round_to``, width allocation, transitions) reaches every shrink."""
 
@@ -6,14 +7,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..shrink import Shrinker, data_needs
-from ..spec import spec_of
+from ..io.spec import spec_of
+from ..pruning.shrink import Shrinker, data_needs
 from .data import DataSource
 
 
 def criterion_loaders(cfg, data: DataSource | None, resolution: int,
                       needs: frozenset[str]) -> dict:
-    """The loaders the criteria need (``needs`` from :func:`dwrprune.shrink.data_needs`)."""
+    """The loaders the criteria need (``needs`` from :func:`dwrprune.pruning.shrink.data_needs`)."""
     if data is None or not needs:
         return {}
     out = {}

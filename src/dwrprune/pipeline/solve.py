@@ -7,9 +7,9 @@ from dataclasses import asdict
 import numpy as np
 
 from ..errors import DwrpruneError
-from ..predictor import Predictor
-from ..shrink import Shrinker
-from ..solver import Candidate, Solution, solve
+from ..pruning.shrink import Shrinker
+from ..search.predictor import Predictor
+from ..search.solver import Candidate, Solution, solve
 from .config import PipelineConfig
 from .points import ONE_AXIS, one_axis_point
 from .run import Run
@@ -107,7 +107,7 @@ def plan_run(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
 def latency_model_for(run: Run, shrinker: Shrinker, target, progress=None):
     """The run's latency model for ``target``: cached in ``run/latency/``, else measured on
     this machine now (a minute or two) and cached."""
-    from ..latency import build_latency_model
+    from ..cost.latency import build_latency_model
 
     model = run.latency_model(target)
     if model is None:
@@ -122,7 +122,8 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     """Choose (d, w, r) under latency budgets on the config's target, from the same
     predictor as MACs budgets: ``fractions`` of the original model's measured latency (default:
     the config's own budget).  The run's own budget also writes plan.json."""
-    from ..latency import Reference, choose_under_latency, search_box
+    from ..cost.latency import Reference
+    from ..search.latency import choose_under_latency, search_box
 
     target = cfg.latency_target or cfg.replace(latency_budget=0.5).latency_target
     for f in fractions or []:  # every budget checked before any work

@@ -4,10 +4,10 @@ distillation weight of 5, zero final epochs) is refused here, before any work st
 
 from __future__ import annotations
 
-from ..criteria import CHANNEL_CRITERIA, DEPTH_CRITERIA
 from ..errors import DwrpruneError
-from ..predictor import FAMILIES
-from ..shrink import WIDTH_ALLOCATIONS
+from ..pruning.criteria import CHANNEL_CRITERIA, DEPTH_CRITERIA
+from ..pruning.shrink import WIDTH_ALLOCATIONS
+from ..search.predictor import FAMILIES
 
 MONOTONE = ("prefer", "require", "ignore")
 EXECUTORS = ("local", "ray")

@@ -1,0 +1,162 @@
+"""Shared fixtures (tests/ and benchmarks/tests/): synthetic stand-ins written in the real
+on-disk formats, tiny checkpoints, and a Ray cluster on loopback."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)  # leave a core for background work; tests are tiny
+
+# A pipeline small enough for tests: tiny model, synthetic data, three-step fine-tunes.
+TINY = {
+    "data": "synthetic", "depth_criterion": "loss", "depth_steps": [0.75, 0.5],
+    "width_steps": [0.75, 0.5], "resolution_steps": [0.75, 0.5],
+    "mixed_points": [[0.75, 0.75, 0.75], [0.5, 0.75, 1.0]],
+    "holdout_points": [[0.75, 0.5, 0.75], [0.5, 1.0, 0.75]], "finetune_steps": 3,
+    "batch_size": 32, "recal_batches": 2, "max_degree": 2, "final_epochs": 1,
+    "final_subset": 64, "budget": 0.5,
+}
+
+
+@pytest.fixture
+def tiny_options() -> dict:
+    """The tiny pipeline's options (a fresh copy per test)."""
+    import copy
+
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    """``config_file(**extra)``: a YAML file of the tiny options plus ``extra``."""
+    import yaml
+
+    def write(**extra) -> str:
+        p = tmp_path / "cfg.yaml"
+        p.write_text(yaml.safe_dump({**TINY, **extra}))
+        return str(p)
+
+    return write
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path: Path) -> Path:
+    """A folder holding Fashion-MNIST-format IDX files with 200 train / 50 test images."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    for prefix, n in (("train", 200), ("t10k", 50)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    return root
+
+
+def _write_cifar_batch(path: Path, n: int, label_key: bytes, k: int, rng) -> None:
+    d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+         label_key: rng.integers(0, k, (n,)).tolist()}
+    with open(path, "wb") as f:
+        pickle.dump(d, f)
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for i in range(1, 6):
+        _write_cifar_batch(root / f"data_batch_{i}", 20, b"labels", 10, rng)
+    _write_cifar_batch(root / "test_batch", 30, b"labels", 10, rng)
+    return tmp_path  # the parent, as users usually pass it
+
+
+@pytest.fixture
+def cifar100_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(2)
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    _write_cifar_batch(root / "train", 100, b"fine_labels", 100, rng)
+    _write_cifar_batch(root / "test", 40, b"fine_labels", 100, rng)
+    return root
+
+
+@pytest.fixture
+def imagefolder_dir(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "imgs"
+    for split, n in (("train", 6), ("val", 2)):
+        for cls in ("cat", "dog", "eel"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A resnet_tiny2 briefly trained on synthetic data, shared by the pipeline tests."""
+    from dwrprune.cli import main
+
+    out = tmp_path_factory.mktemp("tiny")
+    assert main(["train", "--model", "resnet_tiny2", "--data", "synthetic", "--steps", "40",
+                 "--lr", "0.05", "--out", str(out), "--no-progress"]) == 0
+    return out / "model.pt"
+
+
+# ---------------------------------------------------------------------------- Ray on loopback
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real single-node Ray cluster bound to 127.0.0.1, started with the ray CLI."""
+    ray = pytest.importorskip("ray")
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    # Loopback only, so no token authentication: once any local ray.init() on this machine
+    # has created ~/.ray/auth_token, `ray start` enables it, and a driver joining by address
+    # must then opt in (RAY_AUTH_MODE=token, see the README).
+    saved_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                    "--num-cpus=2", "--include-dashboard=false",
+                    "--object-store-memory=100000000", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True)
+        if saved_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved_mode

@@ -1,0 +1,173 @@
+"""What a model costs, measured: latency, timed in turns beside the models it is compared with.
+
+Latency is the median over repeats of a timed forward pass, after warm-up, with a fixed
+number of threads, under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..errors import DwrpruneError
+from .counting import count_macs, count_params, first_conv_in_channels
+
+
+@dataclass
+class Latency:
+    batch_size: int
+    threads: int
+    median_ms: float
+    min_ms: float
+    repeats: int
+    p25_ms: float = 0.0  # the spread: quartiles of the repeats
+    p75_ms: float = 0.0
+    device: str = "cpu"
+
+
+def check_device(device: str) -> torch.device:
+    """``cpu`` or ``cuda`` (which must be there), as a torch device."""
+    if device not in ("cpu", "cuda"):
+        raise DwrpruneError(f"device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DwrpruneError("device cuda was asked for, but this machine has no CUDA GPU "
+                            "(torch.cuda.is_available() is False); use --device cpu")
+    return torch.device(device)
+
+
+@torch.inference_mode()
+def time_in_turns(calls: list[tuple[nn.Module, torch.Tensor]], threads: int = 1,
+                  warmup: int = 5, repeats: int = 20) -> list[list[float]]:
+    """Wall-clock milliseconds of forward passes of each ``(module, input)`` (both on the
+    same device) with ``threads`` CPU threads: ``warmup`` untimed passes of each, then
+    ``repeats`` rounds of one timed pass of each in turn, so that drift in the machine's
+    speed (a shared host) slows every item alike instead of favouring whichever was timed
+    in a quiet moment.  A CUDA device is timed with synchronisation."""
+    if threads < 1 or repeats < 1:
+        raise DwrpruneError(f"threads and repeats must be >= 1, got {threads}, {repeats}")
+    cuda = any(x.device.type == "cuda" for _, x in calls)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for module, x in calls:
+            for _ in range(warmup):
+                module(x)
+        sync()
+        times: list[list[float]] = [[] for _ in calls]
+        for _ in range(repeats):
+            for out, (module, x) in zip(times, calls):
+                t0 = time.perf_counter()
+                module(x)
+                sync()
+                out.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(old_threads)
+    return times
+
+
+def time_forward(module: nn.Module, x: torch.Tensor, threads: int = 1, warmup: int = 5,
+                 repeats: int = 20) -> list[float]:
+    """:func:`time_in_turns` of one module."""
+    return time_in_turns([(module, x)], threads, warmup, repeats)[0]
+
+
+def quartiles(times: list[float]) -> tuple[float, float]:
+    """First and third quartile of timed repeats (both the one time, for a single repeat)."""
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return q[0], q[2]
+
+
+@contextmanager
+def timing_inputs(models: list[tuple[nn.Module, int]], batch_size: int, device: str = "cpu",
+                  in_channels: int | None = None):
+    """``(module, input)`` pairs to time each ``(model, resolution)``: the model in eval
+    mode on ``device`` and a random batch for it; each model goes back to its device and
+    mode afterwards."""
+    dev = check_device(device)
+    homes = [(m, next(m.parameters()).device, m.training) for m, _ in models]
+    try:
+        yield [(m.eval().to(dev),
+                torch.randn(batch_size, in_channels or first_conv_in_channels(m), px, px,
+                            device=dev)) for m, px in models]
+    finally:
+        for m, home, training in homes:
+            m.to(home).train(training)
+
+
+def measure_latencies(models: list[tuple[nn.Module, int]], batch_size: int = 1,
+                      in_channels: int | None = None, threads: int = 1, warmup: int = 5,
+                      repeats: int = 20, device: str = "cpu") -> list[Latency]:
+    """Median wall-clock of one forward pass of each ``(model, resolution)``, timed in turns
+    (:func:`time_in_turns`) with ``threads`` CPU threads on ``device`` (the CPU, or a CUDA
+    GPU timed with synchronisation)."""
+    if threads < 1 or batch_size < 1 or repeats < 1:
+        raise DwrpruneError(f"threads, batch size and repeats must be >= 1, got {threads}, "
+                            f"{batch_size}, {repeats}")
+    with timing_inputs(models, batch_size, device, in_channels) as calls:
+        times = time_in_turns(calls, threads, warmup, repeats)
+    return [Latency(batch_size, threads, statistics.median(t), min(t), repeats, *quartiles(t),
+                    device) for t in times]
+
+
+def measure_latency(model: nn.Module, resolution: int, batch_size: int = 1,
+                    in_channels: int | None = None, threads: int = 1, warmup: int = 5,
+                    repeats: int = 20, device: str = "cpu") -> Latency:
+    """:func:`measure_latencies` of one model."""
+    return measure_latencies([(model, resolution)], batch_size, in_channels, threads, warmup,
+                             repeats, device)[0]
+
+
+@dataclass
+class CostReport:
+    macs: int
+    params: int
+    resolution: int
+    latency: list[Latency]
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["latency"] = [asdict(x) for x in self.latency]
+        return d
+
+
+def cost_reports_side_by_side(models: list[tuple[nn.Module, int]],
+                              latency_batches: tuple[int, ...] = (1, 64), threads: int = 1,
+                              repeats: int = 20, in_channels: int | None = None
+                              ) -> list[CostReport]:
+    """The cost of models to be compared (an original and its pruned model, each with its
+    resolution), their timed passes taking turns: a machine whose speed drifts slows them
+    alike, so their ratio stays honest where two reports timed one after the other can show
+    a pruned model slower than its original."""
+    per_batch = [measure_latencies(models, b, in_channels, threads, repeats=repeats)
+                 for b in latency_batches]
+    return [CostReport(count_macs(m, res, in_channels), count_params(m), res,
+                       [lat[i] for lat in per_batch]) for i, (m, res) in enumerate(models)]
+
+
+def cost_report(model: nn.Module, resolution: int, in_channels: int | None = None,
+                latency_batches: tuple[int, ...] = (1, 64), threads: int = 1,
+                repeats: int = 20) -> CostReport:
+    """:func:`cost_reports_side_by_side` of one model."""
+    return cost_reports_side_by_side([(model, resolution)], latency_batches, threads, repeats,
+                                     in_channels)[0]
+
+
+def machine_stamp() -> dict:
+    """Where a measurement was taken: torch version, CPU model, thread count."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "cpu": cpu, "threads": torch.get_num_threads()}

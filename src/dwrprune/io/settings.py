@@ -1,0 +1,26 @@
+"""One "same settings?" check for everything that resumes: the sample store, the run folder's
+final stage, the benchmark's results folder and a training checkpoint all refuse to continue
+work that was started with other settings, with the same rule and the same message shape."""
+
+from __future__ import annotations
+
+from ..errors import DwrpruneError
+
+
+def differing(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
+    """Keys whose values differ.  A key an older record lacks counts as equal when the new
+    value is its default (older code behaved that way)."""
+    old = {**{k: v for k, v in (defaults or {}).items() if k in new and k not in old}, **old}
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def check_same_settings(old: dict | None, new: dict, where: str, what: str = "collected",
+                        defaults: dict | None = None, hint: str = "use a new --out folder"
+                        ) -> None:
+    """Refuse to resume ``where`` (started with ``old``) with ``new``, naming what differs."""
+    if old is None or old == new:
+        return
+    diff = differing(old, new, defaults)
+    if diff:
+        raise DwrpruneError(f"{where} was {what} with different settings (differs in: "
+                            f"{', '.join(diff)}); resume with the same settings or {hint}")

@@ -1,0 +1,279 @@
+"""Where independent jobs run: in this process (``local``, the default) or on a Ray cluster.
+
+Sample collection and the benchmark both describe their work as a small graph of jobs (a
+chain step needs its parent's fine-tuned model; everything else is independent) and hand it
+to :func:`run_graph`.  The driver, i.e. the process that called ``run_graph``, submits every
+job whose prerequisite is done, and passes each finished result to a callback *in the
+driver*.  That callback is where results are written (the run's SQLite store, the benchmark
+CSV), so a driver restarted after a crash skips whatever is written, whichever executor ran
+it, and workers never need the run folder.
+
+Jobs are plain calls ``fn(*args)`` whose arguments and results are picklable.  Models travel
+as :class:`PortableModel`, which pickles to a dwrprune checkpoint (spec + state_dict) rather
+than a pickled module.  The local executor never pickles anything, so the single-machine path
+costs nothing extra and needs no Ray.
+
+Failures: on Ray, a job whose worker process dies (killed, out of memory, node lost) is retried
+up to ``retries`` times.  A job that raises, or keeps dying, is reported as a :class:`Failure`
+with its error; the other jobs (except those that need its result) still run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ..errors import DwrpruneError
+
+
+# ---------------------------------------------------------------------------- portable models
+class PortableModel:
+    """A model that pickles as a portable checkpoint (spec + state_dict), not as code.
+
+    In-process (local executor) it is just a reference; across processes the receiver
+    rebuilds it from the registered constructor and the spec, so it needs the model's
+    registry entry, not the sender's classes.
+    """
+
+    def __init__(self, model: nn.Module):
+        if getattr(model, "dwrprune_spec", None) is None:
+            raise DwrpruneError("a model sent to a worker needs a dwrprune spec "
+                                "(load it with dwrprune.load or set model.dwrprune_spec)")
+        self.model = model
+
+    def __getstate__(self) -> dict:
+        from ..io.files import model_payload
+
+        buf = io.BytesIO()
+        torch.save(model_payload(self.model, self.model.dwrprune_spec), buf)
+        return {"checkpoint": buf.getvalue(), "training": self.model.training}
+
+    def __setstate__(self, state: dict) -> None:
+        from ..checkpoint import build_from_spec, load_state_dict_checked
+
+        obj = torch.load(io.BytesIO(state["checkpoint"]), weights_only=True)
+        model = build_from_spec(obj["spec"])
+        load_state_dict_checked(model, obj["state_dict"], "a portable model")
+        model.dwrprune_spec = obj["spec"]
+        self.model = model.train(state["training"])
+
+
+def check_portable(model: nn.Module) -> None:
+    """Fail early, in the driver, if a model cannot be rebuilt in a worker."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(PortableModel(model)))
+    except DwrpruneError as e:
+        raise DwrpruneError(f"this model cannot be sent to Ray workers: {e}") from None
+    except Exception as e:  # noqa: BLE001 - user constructors may raise anything
+        raise DwrpruneError(
+            f"this model cannot be rebuilt from its spec in a worker ({type(e).__name__}: "
+            f"{e}); register its constructor with dwrprune.models.register_model in a module "
+            "the workers import, or use the local executor") from None
+
+
+# ---------------------------------------------------------------------------- executors
+@dataclass(frozen=True)
+class Resources:
+    """What one job needs; Ray schedules by it, the local executor ignores it."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclass
+class Failure:
+    key: str
+    error: str
+
+
+@dataclass(eq=False)  # hashed by identity: handles key the driver's table of running jobs
+class _LocalHandle:
+    fn: Callable
+    args: tuple
+
+
+class Executor(Protocol):
+    name: str
+
+    def submit(self, fn: Callable, args: tuple, resources: Resources) -> Any: ...
+
+    def wait_one(self, handles: list) -> tuple[Any, Any, BaseException | None]:
+        """Block until one of ``handles`` is finished: (handle, result, error)."""
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """Runs jobs one at a time in this process, in submission order."""
+
+    name = "local"
+
+    def submit(self, fn: Callable, args: tuple, resources: Resources) -> _LocalHandle:
+        return _LocalHandle(fn, args)
+
+    def wait_one(self, handles: list) -> tuple[Any, Any, BaseException | None]:
+        h = handles[0]
+        try:
+            return h, h.fn(*h.args), None
+        except Exception as e:  # noqa: BLE001 - reported as a Failure by run_graph
+            return h, None, e
+
+    def close(self) -> None:
+        pass
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def _call(fn, *args):
+    return fn(*args)
+
+
+class RayExecutor:
+    """Runs jobs as Ray tasks: ``address`` of a running cluster (``ray start --head``), or
+    None for a local Ray instance started here (and stopped by :meth:`close`)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, retries: int = 2,
+                 num_cpus: int | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise DwrpruneError("the ray executor needs Ray: pip install 'dwrprune[ray]'") \
+                from None
+        self.ray, self.retries = ray, retries
+        self._started = False
+        if not ray.is_initialized():
+            kwargs: dict = {"include_dashboard": False, "logging_level": "WARNING",
+                            "log_to_driver": True}
+            if address is None:  # a new instance here, even if a cluster runs on this machine
+                kwargs["num_cpus"] = num_cpus or os.cpu_count()
+            elif _is_loopback(address):  # a cluster bound to loopback: join it as 127.0.0.1,
+                kwargs["_node_ip_address"] = "127.0.0.1"  # not as this host's network IP
+            try:
+                ray.init(address=address or "local", **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                hint = ("; if the cluster uses Ray's token authentication, set "
+                        "RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN or ~/.ray/auth_token) here"
+                        if address else "")
+                raise DwrpruneError(f"cannot connect to Ray at {address!r}: {e}{hint}") \
+                    from None
+            self._started = True
+        self._shared: dict[int, tuple[Any, Any]] = {}
+        self._remote = ray.remote(_call)
+
+    def _ref(self, obj):
+        """Large shared callables (a collection's original model) go to the object store
+        once, not once per job."""
+        key = id(obj)
+        if key not in self._shared:
+            self._shared[key] = (obj, self.ray.put(obj))
+        return self._shared[key][1]
+
+    def submit(self, fn: Callable, args: tuple, resources: Resources):
+        return self._remote.options(num_cpus=resources.cpus, num_gpus=resources.gpus,
+                                    max_retries=self.retries, retry_exceptions=False
+                                    ).remote(self._ref(fn), *args)
+
+    def wait_one(self, handles: list) -> tuple[Any, Any, BaseException | None]:
+        ready, _ = self.ray.wait(handles, num_returns=1)
+        h = ready[0]
+        try:
+            return h, self.ray.get(h), None
+        except self.ray.exceptions.RayTaskError as e:  # the job raised: unwrap its cause
+            return h, None, e.cause if getattr(e, "cause", None) is not None else e
+        except self.ray.exceptions.RayError as e:  # the worker died, retries exhausted
+            return h, None, e
+
+    def close(self) -> None:
+        self._shared.clear()
+        if self._started:
+            self.ray.shutdown()
+            self._started = False
+
+
+def create_executor(name: str = "local", address: str | None = None,
+                    retries: int = 2) -> Executor:
+    """``local`` or ``ray`` (``address``: a running cluster; None: start one here)."""
+    if name == "local":
+        if address:
+            raise DwrpruneError("--ray-address needs --executor ray")
+        return LocalExecutor()
+    if name == "ray":
+        return RayExecutor(address, retries)
+    raise DwrpruneError(f"unknown executor {name!r}; available: local, ray")
+
+
+# ---------------------------------------------------------------------------- the job graph
+@dataclass
+class Node:
+    """One job: ``start()`` returns (fn, args) when the job is submitted (after ``after``
+    is done, so it can read what that job wrote), ``done(result)`` runs in the driver."""
+
+    key: str
+    start: Callable[[], tuple[Callable, tuple]]
+    done: Callable[[Any], None]
+    after: str | None = None
+    resources: Resources = field(default_factory=Resources)
+
+
+def run_graph(nodes: list[Node], executor: Executor, finished: set[str] | None = None,
+              on_failure: Callable[[Failure], None] | None = None) -> list[Failure]:
+    """Run ``nodes`` (skipping keys in ``finished``) on ``executor``; returns the failures,
+    including jobs skipped because the job they need failed."""
+    finished = set(finished or ())
+    pending = [n for n in nodes if n.key not in finished]
+    known = {n.key for n in nodes} | finished
+    for n in pending:
+        if n.after is not None and n.after not in known:
+            raise ValueError(f"job {n.key!r} waits for unknown job {n.after!r}")
+    failures: list[Failure] = []
+    failed: set[str] = set()
+    running: dict[Any, Node] = {}
+
+    def report(f: Failure) -> None:
+        failures.append(f)
+        failed.add(f.key)
+        if on_failure is not None:
+            on_failure(f)
+
+    def submit_ready() -> None:
+        for n in list(pending):
+            if n.after is not None and n.after in failed:
+                pending.remove(n)
+                report(Failure(n.key, f"not run: it needs {n.after!r}, which failed"))
+            elif n.after is None or n.after in finished:
+                pending.remove(n)
+                fn, args = n.start()
+                running[executor.submit(fn, args, n.resources)] = n
+
+    submit_ready()
+    while running:
+        handle, result, error = executor.wait_one(list(running))
+        node = running.pop(handle)
+        if error is None:
+            node.done(result)
+            finished.add(node.key)
+        else:
+            report(Failure(node.key, f"{type(error).__name__}: {error}".strip()))
+        submit_ready()
+    return failures
+
+
+def raise_failures(failures: list[Failure], what: str, where: str) -> None:
+    if failures:
+        lines = "; ".join(f"{f.key}: {f.error.splitlines()[0][:200]}" for f in failures)
+        raise DwrpruneError(f"{len(failures)} {what} failed ({lines}); everything that "
+                            f"finished is kept in {where}, and running the same command "
+                            "again retries only the missing ones")

@@ -1,0 +1,238 @@
+"""The run report: what was measured, what was fitted, what was chosen and what it gave.
+
+Writes ``report/report.json``, ``report/report.md`` and three plots: samples and fitted
+curves per axis, a (w, r) slice of the predictor at d* with the budget curve and the chosen
+point, and validation accuracy against MACs for every sample.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..errors import DwrpruneError  # noqa: E402
+from ..io.files import save_json  # noqa: E402
+from ..io.store import SampleStore  # noqa: E402
+
+_COLORS = {"original": "k", "chain": "tab:blue", "mixed": "tab:green", "holdout": "tab:red",
+           "bn_recal": "tab:gray"}
+
+
+def save_figure(fig, path: Path) -> None:
+    """Every dwrprune plot is written the same way (and closed, so long runs hold none)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _read(run: Path, name: str):
+    p = run / name
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def plot_axes(samples: list[dict], pred, path: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+    for i, (ax, name) in enumerate(zip(axes, "dwr")):
+        others = [a for a in "dwr" if a != name]
+        pts = [s for s in samples if s["kind"] in ("original", "chain")
+               and all(abs(s[o] - 1) < 1e-9 for o in others)]
+        if pts:
+            ax.scatter([s[name] for s in pts], [100 * s["val_acc"] for s in pts],
+                       c="tab:blue", label="samples along this axis", zorder=3)
+        if pred is not None:
+            lo = min([s[name] for s in samples] + [pred.lower[i]])
+            xs = np.linspace(lo, 1, 100)
+            args = [np.ones_like(xs)] * 3
+            args[i] = xs
+            ax.plot(xs, 100 * pred(*args), "tab:orange", label="predictor (others at 1)")
+        ax.set_xlabel({"d": "depth d (blocks kept)", "w": "width w (channels kept)",
+                       "r": "resolution r (side kept)"}[name])
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation accuracy (%)")
+    axes[0].legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_slice(pred, plan: dict, path: Path) -> None:
+    best = plan["solution"]["best"]
+    budget = plan["solution"]["budget"]
+    lo_w, lo_r = pred.lower[1], pred.lower[2]
+    W, R = np.meshgrid(np.linspace(lo_w, 1, 80), np.linspace(lo_r, 1, 80))
+    Z = 100 * pred(np.full(W.size, best["d"]), W.ravel(), R.ravel()).reshape(W.shape)
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    cs = ax.contourf(W, R, Z, levels=20, cmap="viridis")
+    fig.colorbar(cs, ax=ax, label="predicted validation accuracy (%)")
+    grid = plan.get("grid") if not plan.get("latency") else None  # a MACs budget's contour
+    if grid:  # exact MACs of the realised models: everything below-left of it fits
+        ax.contour(grid["w"], grid["r"], grid["ratio"], levels=[budget], colors="w",
+                   linestyles="--")
+        ax.plot([], [], "w--", label=f"exact MACs = {budget:g} x original")
+    ws = np.linspace(lo_w, 1, 200)
+    rs = np.sqrt(budget / (best["d"] * ws ** 2))
+    ok = (rs >= lo_r) & (rs <= 1)
+    if ok.any() and grid:
+        ax.plot(ws[ok], rs[ok], ":", color="silver", label="cost model d w² r²")
+    ax.plot(best["w"], best["r"], "r*", ms=16, label="chosen point")
+    c = plan["solution"]["continuous"]
+    if c:
+        ax.plot(c["w"], c["r"], "wo", ms=7, mfc="none",
+                label=f"continuous KKT optimum (d={c['d']:.2f})")
+    ax.set_xlabel("width w")
+    ax.set_ylabel("resolution r")
+    ax.set_title(f"predictor at d = {best['d']:.2f}")
+    ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path)
+
+
+def plot_acc_vs_macs(samples: list[dict], final: dict | None, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4.4))
+    base = next((s["macs"] for s in samples if s["kind"] == "original"), None)
+    for kind, color in _COLORS.items():
+        pts = [s for s in samples if s["kind"] == kind]
+        if pts:
+            ax.scatter([s["macs"] / 1e6 for s in pts], [100 * s["val_acc"] for s in pts],
+                       c=color, label=kind, s=22, zorder=3)
+    if final:
+        ax.scatter([final["macs"] / 1e6], [100 * final["val_acc"]], marker="*", s=220,
+                   c="tab:orange", edgecolors="k", label="final (fine-tuned)", zorder=4)
+    if base:
+        ax.axvline(base / 1e6, color="k", lw=0.5, ls=":")
+    ax.set_xlabel("MACs (M)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def write_report(run_dir: str | Path) -> dict:
+    """Render whatever stages the run folder has finished."""
+    run = Path(run_dir)
+    if not (run / "samples.sqlite").is_file():
+        raise DwrpruneError(f"{run} has no samples yet; run the collect stage first")
+    store = SampleStore(run / "samples.sqlite")
+    samples, axes = store.as_dicts(), store.get_meta("axes")
+    out = run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    pred_body = _read(run, "predictor.json")
+    pred = None
+    if pred_body:
+        from ..search.predictor import Predictor
+
+        pred = Predictor.from_dict(pred_body["predictor"])
+    plan, final = _read(run, "plan.json"), _read(run, "final.json")
+    plot_axes(samples, pred, out / "axes.png")
+    plot_acc_vs_macs(samples, final, out / "acc_vs_macs.png")
+    if pred and plan:
+        plot_slice(pred, plan, out / "slice.png")
+    report = {"samples": samples, "predictor": pred_body, "plan": plan,
+              "final": {k: v for k, v in (final or {}).items() if k != "history"} or None,
+              "collection_seconds": sum(s["seconds"] for s in samples), "axes": axes}
+    save_json(out / "report.json", report)
+    (out / "report.md").write_text(_markdown(report))
+    return report
+
+
+def _markdown(rep: dict) -> str:
+    lines = ["# dwrprune run report", ""]
+    ax = rep.get("axes")
+    if ax:
+        d, w, r = ax["depth"], ax["width"], ax["resolution"]
+        lines += ["## Axes", "",
+                  f"- depth: {d['blocks']} removable blocks ({', '.join(d['kinds'])})"
+                  if d["blocks"] else f"- depth: not available ({d['why']})",
+                  f"- width: {w['groups']} coupled channel groups" if w["groups"] else
+                  f"- width: not available ({w['why']})",
+                  f"- resolution: input side {r['min']} to {r['base']} px", ""]
+    s = rep["samples"]
+    lines += [f"## Samples ({len(s)}, {rep['collection_seconds']:.0f} s of collection)", "",
+              "| key | kind | d | w | r | px | MACs (M) | params (K) | val acc (%) | "
+              "fine-tune steps | seconds |", "|" + "---|" * 11]
+    for x in s:
+        lines.append(f"| {x['key']} | {x['kind']} | {x['d']:.3f} | {x['w']:.3f} | "
+                     f"{x['r']:.3f} | {x['resolution']} | {x['macs'] / 1e6:.2f} | "
+                     f"{x['params'] / 1e3:.1f} | {100 * x['val_acc']:.2f} | "
+                     f"{x['finetune_steps']} | {x['seconds']:.0f} |")
+    p = rep["predictor"]
+    if p:
+        pr = p["predictor"]
+        lines += ["", f"## Predictor: {pr['name']}", "",
+                  f"Leave-one-out error on the fitting samples: RMSE "
+                  f"{100 * pr['loo_rmse']:.2f} points, MAE {100 * pr['loo_mae']:.2f} points. "
+                  f"Monotone over the sampled box: {pr['monotonicity']['monotone']}."]
+        h = p.get("holdout") or {}
+        if h.get("count"):
+            lines.append(f"On {h['count']} held-out mixed points (not used for fitting): "
+                         f"MAE {100 * h['mae']:.2f} points, RMSE {100 * h['rmse']:.2f}.")
+        lines += ["", "| candidate | params | LOO RMSE (pts) | monotone |", "|---|---|---|---|"]
+        for c in pr["candidates"]:
+            name = ("pchip (monotone interpolation)" if c["family"] == "pchip" else
+                    f"{c['family']} K={c['degree']}"
+                    + (f" R={c['rank']}" if c["family"] == "cp" else ""))
+            lines.append(f"| {name} | {c['n_params']} | {100 * c['loo_rmse']:.2f} | "
+                         f"{c['monotone']} |")
+    pl = rep["plan"]
+    if pl:
+        sol = pl["solution"]
+        c, b = sol["continuous"], sol["best"]
+        lat = pl.get("latency")
+        kind = (f"latency budget {lat['budget_ms']:.3f} ms on {lat['target']}" if lat else
+                f"budget {sol['budget']:g}")
+        lines += ["", f"## Choice at {kind}", ""]
+        if c:
+            lines.append(f"Continuous KKT optimum (cost model d w² r²): d={c['d']:.3f} "
+                         f"w={c['w']:.3f} r={c['r']:.3f}, predicted {100 * c['predicted']:.2f}%, "
+                         f"mu={c['mu']:.4f}.")
+        if lat:
+            how = {"lut": "per-layer lookup table", "features": "whole-network totals"}.get(
+                lat.get("latency_model", "features"), "whole-network totals")
+            lines.append(f"Latency model ({how}, measured on the target): held-out median error "
+                         f"{100 * (lat['heldout_median_ape'] or 0):.1f}%; the choice measured "
+                         f"{lat['measured']['median_ms']:.3f} ms (quartiles "
+                         f"{lat['measured']['p25_ms']:.3f}-{lat['measured']['p75_ms']:.3f}) "
+                         f"after {len(lat['steps'])} tr{'y' if len(lat['steps']) == 1 else 'ies'}.")
+        lines += ["", "| | d | w | r | px | MACs (M) | ratio | predicted (%) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for tag, x in [("chosen", b)] + [("runner-up", y) for y in sol["runners_up"]]:
+            lines.append(f"| {tag} | {x['d']:.3f} | {x['w']:.3f} | {x['r']:.3f} | "
+                         f"{x['resolution']} | {x['macs'] / 1e6:.2f} | {x['macs_ratio']:.3f} | "
+                         f"{100 * x['predicted']:.2f} |")
+        dec = sol.get("decision")
+        if dec:
+            a = dec["best_one_axis"]
+            lines += ["", f"Best one-axis alternative: {a['name']} (d={a['d']:.3f} "
+                      f"w={a['w']:.3f} r={a['r']:.3f}, predicted {100 * a['predicted']:.2f}%). "
+                      f"Chosen: {dec['chosen']}, because the {dec['why']} (uncertainty: "
+                      "jackknife over the leave-one-out fits, at least the noise of one "
+                      "validation accuracy)."]
+    f = rep["final"]
+    if f:
+        lines += ["", "## Final model", "",
+                  "| | MACs (M) | params (K) | latency b1 (ms) | latency b64 (ms) | test acc (%) |",
+                  "|---|---|---|---|---|---|",
+                  f"| original | {f['original_macs'] / 1e6:.2f} | "
+                  f"{f['original_params'] / 1e3:.1f} | "
+                  f"{f['original_latency_ms']['1']:.2f} | {f['original_latency_ms']['64']:.2f} | "
+                  f"{100 * f['original_test_acc']:.2f} |",
+                  f"| pruned | {f['macs'] / 1e6:.2f} | {f['params'] / 1e3:.1f} | "
+                  f"{f['latency_ms']['1']:.2f} | {f['latency_ms']['64']:.2f} | "
+                  f"{100 * f['test_acc']:.2f} |", "",
+                  f"Validation accuracy: predicted {100 * f['predicted_val_acc']:.2f}%, "
+                  f"after pruning {100 * f['val_acc_before_finetune']:.2f}%, after fine-tuning "
+                  f"{100 * f['val_acc']:.2f}%. Removed blocks: "
+                  f"{', '.join(f['removed_blocks']) or 'none'}."]
+        if f.get("measured_latency_ms") and f.get("latency_budget_ms"):
+            m, vs = f["measured_latency_ms"], f.get("measured_latency_vs_original")
+            lines.append(f"\nOn the latency target {f['latency_target']}: the final model "
+                         f"measures {m['median_ms']:.3f} ms (quartiles {m['p25_ms']:.3f}-"
+                         f"{m['p75_ms']:.3f}) against a budget of {f['latency_budget_ms']:.3f} ms"
+                         + (f"; timed beside the original, {vs['ratio']:.3f} of its latency "
+                            f"({vs['median_ms']:.3f} ms at the budget's time)." if vs else "."))
+    lines += ["", "![per-axis](axes.png)", "", "![slice](slice.png)", "",
+              "![accuracy vs MACs](acc_vs_macs.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,208 @@
+"""Which channels and which blocks go: small interchangeable criterion objects.
+
+Channel criteria score every channel of a Torch-Pruning group (higher = keep).  They wrap
+Torch-Pruning's own importance estimators; Taylor needs gradients, which ``prepare``
+computes on a few training batches before pruning.  Depth criteria score every removable
+block (higher = keep): the data-free weight-norm criterion, and the validation-loss increase
+when the block alone is removed, measured after EagleEye BatchNorm re-calibration.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..errors import DwrpruneError
+from .autobot import AutoBotCriterion
+from .blocks import Block, get_module
+
+
+class ChannelCriterion(Protocol):
+    """Scores every channel of a Torch-Pruning group (higher = keep).  ``needs``: the data it
+    must be given (``"train"``: a training loader), empty for data-free criteria."""
+
+    name: str
+    needs: frozenset[str]
+
+    def group_scores(self, group, dg) -> Tensor: ...
+
+
+class _TPImportance:
+    """A channel criterion backed by a Torch-Pruning importance estimator."""
+
+    name = "base"
+    needs: frozenset[str] = frozenset()
+
+    def __init__(self, importance):
+        self.importance = importance
+
+    def group_scores(self, group, dg) -> Tensor:
+        return self.importance(group)
+
+
+class L1(_TPImportance):
+    name = "l1"
+
+    def __init__(self):
+        super().__init__(tp.importance.GroupMagnitudeImportance(p=1))
+
+
+class L2(_TPImportance):
+    name = "l2"
+
+    def __init__(self):
+        super().__init__(tp.importance.GroupMagnitudeImportance(p=2))
+
+
+class BNScale(_TPImportance):
+    name = "bn_scale"
+
+    def __init__(self):
+        super().__init__(tp.importance.BNScaleImportance())
+
+    def group_scores(self, group, dg) -> Tensor:
+        s = self.importance(group)
+        if s is None:  # group without BatchNorm: fall back to L1 so nothing is skipped
+            s = tp.importance.GroupMagnitudeImportance(p=1)(group)
+        return s
+
+
+class Random(_TPImportance):
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        super().__init__(None)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def group_scores(self, group, dg) -> Tensor:
+        return torch.rand(len(group[0][1]), generator=self.gen)
+
+
+class Taylor(_TPImportance):
+    """First-order Taylor importance |w * dL/dw| summed per channel (Molchanov et al.)."""
+
+    name = "taylor"
+    needs = frozenset({"train"})
+
+    def __init__(self, loader: DataLoader | None = None, batches: int = 4):
+        super().__init__(tp.importance.GroupTaylorImportance())
+        self.loader, self.batches = loader, batches
+
+    def prepare(self, model: nn.Module, w: float = 1.0) -> None:
+        if self.loader is None:
+            raise DwrpruneError("the taylor channel criterion needs training data "
+                                "(pass a loader, or --data on the CLI)")
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        device = next(model.parameters()).device
+        for i, (x, y) in enumerate(self.loader):
+            if i >= self.batches:
+                break
+            F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+
+
+CHANNEL_CRITERIA = {c.name: c for c in (L1, L2, BNScale, Taylor, Random, AutoBotCriterion)}
+
+
+def make_channel_criterion(name: str | ChannelCriterion, **kwargs) -> ChannelCriterion:
+    """A channel criterion by name ('l1', 'l2', 'bn_scale', 'taylor', 'random') or as given."""
+    if not isinstance(name, str):
+        return name
+    if name not in CHANNEL_CRITERIA:
+        raise DwrpruneError(f"unknown channel criterion {name!r}; available: "
+                            f"{', '.join(CHANNEL_CRITERIA)}")
+    cls = CHANNEL_CRITERIA[name]
+    return cls(**kwargs) if cls.needs else cls()
+
+
+# ---------------------------------------------------------------------------- depth criteria
+class DepthCriterion(Protocol):
+    """Scores every removable block (higher = keep); ``needs`` as for channel criteria."""
+
+    name: str
+    needs: frozenset[str]
+
+    def block_scores(self, model: nn.Module, blocks: list[Block]) -> list[float]: ...
+
+
+class WeightNormDepth:
+    """Data-free: the mean |gamma| of the last BatchNorm in a block's branch (the scale of what
+    the block adds to the residual stream), else the mean |weight| of its last conv."""
+
+    name = "weight_norm"
+    needs: frozenset[str] = frozenset()
+
+    def block_scores(self, model: nn.Module, blocks: list[Block]) -> list[float]:
+        scores = []
+        for b in blocks:
+            if b.kind == "plain":
+                mods = [get_module(model, m) for m in b.members]
+            else:
+                root = get_module(model, b.name)
+                skip = b.shortcut.removeprefix(b.name + ".") if b.shortcut else None
+                mods = [m for n, m in root.named_modules()
+                        if not (skip and (n == skip or n.startswith(skip + ".")))]
+            bns = [m for m in mods if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+            convs = [m for m in mods if isinstance(m, (nn.Conv2d, nn.Linear))]
+            if bns:
+                scores.append(bns[-1].weight.detach().abs().mean().item())
+            elif convs:
+                scores.append(convs[-1].weight.detach().abs().mean().item())
+            else:
+                scores.append(0.0)
+        return scores
+
+
+class LossIncreaseDepth:
+    """Validation-loss increase when the block alone is removed, after BatchNorm
+    re-calibration (EagleEye) of both the intact and the reduced model."""
+
+    name = "loss"
+    needs = frozenset({"train", "val"})
+
+    def __init__(self, train_loader: DataLoader, val_loader: DataLoader,
+                 recal_batches: int = 20, eval_batches: int = 10):
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.recal_batches, self.eval_batches = recal_batches, eval_batches
+
+    def _loss(self, model: nn.Module) -> float:
+        from ..training.engine import evaluate, recalibrate_batchnorm
+
+        recalibrate_batchnorm(model, self.train_loader, self.recal_batches)
+        return evaluate(model, self.val_loader, max_batches=self.eval_batches).loss
+
+    def block_scores(self, model: nn.Module, blocks: list[Block]) -> list[float]:
+        from .surgery import drop_blocks
+
+        base = self._loss(copy.deepcopy(model))
+        example = next(iter(self.val_loader))[0][:1].to(next(model.parameters()).device)
+        scores = []
+        for b in blocks:
+            m = copy.deepcopy(model)
+            drop_blocks(m, [b], example)
+            scores.append(self._loss(m) - base)
+        return scores
+
+
+DEPTH_CRITERIA = {c.name: c for c in (WeightNormDepth, LossIncreaseDepth)}
+
+
+def make_depth_criterion(name: str | DepthCriterion, train_loader=None, val_loader=None,
+                         **kwargs) -> DepthCriterion:
+    if not isinstance(name, str):
+        return name
+    if name == "weight_norm":
+        return WeightNormDepth()
+    if name == "loss":
+        if train_loader is None or val_loader is None:
+            raise DwrpruneError("the 'loss' depth criterion needs training and validation "
+                                "data; use 'weight_norm' for a data-free choice")
+        return LossIncreaseDepth(train_loader, val_loader, **kwargs)
+    raise DwrpruneError(f"unknown depth criterion {name!r}; available: "
+                        f"{', '.join(DEPTH_CRITERIA)}")

@@ -1,0 +1,117 @@
+"""The choice of (d, w, r) under a latency budget: the best predicted accuracy whose
+modelled latency fits (:func:`solve_latency`), then measured for real and corrected until the
+measured latency is within the budget (:func:`choose_under_latency`)."""
+
+from __future__ import annotations
+
+import math
+
+from ..cost.latency import TOLERANCE, LatencyModel, Reference, measure_ms
+from ..errors import DwrpruneError
+from ..pruning.shrink import Shrinker
+
+
+class LatencyOutOfReach(DwrpruneError):
+    """No model in the searched box reaches the latency budget."""
+
+
+def _wider_within(shr: Shrinker, lat: LatencyModel, d: float, w: float, r: float,
+                  budget_ms: float, span: float = 0.15) -> float:
+    """The widest w in [w, w + span] whose modelled latency is within the budget.  Latency is
+    not always monotone in width: a lookup table sees that kernels can run a channel count
+    that is a multiple of 8 or 16 faster than one channel fewer (the "round the channels"
+    effect), which bisection alone would miss.  Steps of one channel of the widest group."""
+    step = 1.0 / max((g.size for g in shr.groups()), default=1)
+    best, x = w, w + step
+    while x <= min(1.0, w + span) + 1e-12:
+        if lat(shr, d, min(x, 1.0), r) <= budget_ms:
+            best = min(x, 1.0)
+        x += step
+    return best
+
+
+def search_box(lower, pred, shr: Shrinker) -> tuple[float, float, float]:
+    """The lower corner of the (d, w, r) box a latency solve searches: ``lower`` (the
+    pipeline's ``lower_bounds``) or else the predictor's sampled range, with r never below
+    the smallest input the model runs at."""
+    lo = list(lower) if lower else list(pred.lower)
+    lo[2] = max(lo[2], shr.min_resolution / shr.base_resolution)
+    return tuple(lo)
+
+
+def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
+                  lower: tuple[float, float, float]) -> dict:
+    """The realisable (d, w, r) with the highest predicted accuracy whose modelled latency
+    is within ``budget_ms``: every kept-block count and input side in the box, the widest w
+    that fits for each (latency grows with w), best predicted accuracy first."""
+    nb, px = len(shr.blocks), shr.base_resolution
+    ds = [k / nb for k in range(nb, -1, -1) if k / nb >= lower[0] - 1e-9] if nb else [1.0]
+    pmin = max(shr.min_resolution, math.ceil(lower[2] * px - 1e-9))
+    cands = []
+    for d in ds:
+        if d == 0:
+            continue
+        for p in range(px, pmin - 1, -1):
+            r = p / px
+            if lat(shr, d, lower[1], r) > budget_ms:
+                continue
+            a, b = lower[1], 1.0
+            if lat(shr, d, b, r) <= budget_ms:
+                a = b
+            else:
+                for _ in range(14):
+                    mid = (a + b) / 2
+                    a, b = (mid, b) if lat(shr, d, mid, r) <= budget_ms else (a, mid)
+                if lat.kind == "lut":  # a totals model is monotone in w: nothing to find
+                    a = _wider_within(shr, lat, d, a, r, budget_ms)
+            cands.append({"d": d, "w": a, "r": r, "resolution": p,
+                          "predicted": float(pred(d, a, r)),
+                          "latency_ms": lat(shr, d, a, r), "macs": shr.macs(d, a, r)})
+    if not cands:
+        raise LatencyOutOfReach(f"no model in the searched box reaches {budget_ms:.3f} ms on "
+                            f"{lat.target.key()} (the smallest modelled: "
+                            f"{lat(shr, ds[-1], lower[1], pmin / px):.3f} ms); raise the "
+                            "latency budget or lower the bounds")
+    cands.sort(key=lambda c: -c["predicted"])
+    return {"budget_ms": budget_ms, "best": cands[0], "runners_up": cands[1:5]}
+
+
+def choose_under_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
+                         lower: tuple[float, float, float], tolerance: float = TOLERANCE,
+                         repeats: int = 20, attempts: int = 6,
+                         reference: Reference | None = None) -> dict:
+    """:func:`solve_latency`, then the choice measured for real (beside ``reference`` for a
+    fraction of the original's latency, see :func:`measure_ms`).  The model only steers:
+    while the choice measures over the budget by more than ``tolerance``, the modelled
+    budget is stepped down by the overshoot; while under by more, up (never past one
+    measured over).  Returns the feasible choice with the best predicted accuracy, its
+    measured latency and the steps."""
+    steps, model_budget, measured = [], budget_ms, {}  # measured: (d, w, r) -> timing
+    under, over, best = 0.0, math.inf, None  # modelled budgets measured within / over
+    for _ in range(attempts):
+        sol = solve_latency(pred, shr, lat, model_budget, lower)
+        b = sol["best"]
+        key = tuple(b[k] for k in "dwr")
+        if key not in measured:  # the modelled budget moved but not always the choice
+            out = shr.shrink(*key)
+            measured[key] = measure_ms(out.model, out.spec["input"]["resolution"],
+                                       lat.target, repeats, reference=reference)
+        m = measured[key]
+        steps.append({"model_budget_ms": model_budget, **dict(zip("dwr", key, strict=True)),
+                      "modelled_ms": b["latency_ms"], **m})
+        if m["median_ms"] <= budget_ms * (1 + tolerance):
+            under = max(under, model_budget)
+            if best is None or b["predicted"] > best[0]["best"]["predicted"]:
+                best = (sol, m)
+            if m["median_ms"] >= budget_ms * (1 - tolerance):
+                break  # within the tolerance either side: as close as timing can tell
+        else:
+            over = min(over, model_budget)
+        model_budget *= budget_ms / m["median_ms"]
+        if not under < model_budget < over and over < math.inf:  # stay inside the bracket
+            model_budget = (under + over) / 2
+    if best is None:
+        raise DwrpruneError(f"after {attempts} tries the choice still measures "
+                            f"{steps[-1]['median_ms']:.3f} ms, over {budget_ms:.3f} ms + "
+                            f"{100 * tolerance:.0f}%: too noisy a target, or too tight a budget")
+    return {**best[0], "measured": best[1], "steps": steps, "budget_ms": budget_ms}

@@ -1,0 +1,396 @@
+"""Datasets: one ``create_dataset(name, split, ...)`` for every source dwrprune reads.
+
+Splits are ``train`` and ``val`` (a deterministic hold-out of the training set, used for every
+choice dwrprune makes), ``trainval`` (the whole training set) and ``test`` (kept for final
+reporting only).  ``resolution`` resizes every image in the data pipeline, never inside the
+network, so that a resolution-pruned model's MACs are its real cost.
+
+Images are kept as uint8 tensors and transformed with ``torchvision.transforms.v2`` one sample
+at a time; the in-memory sources are cached per process so that repeated loaders (sample
+collection builds many) cost nothing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from ..errors import DwrpruneError
+
+SPLITS = ("train", "val", "trainval", "test")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about its data: classes, channels, native size, statistics."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    resolution: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class ImageTensorDataset(Dataset):
+    """uint8 images (N, C, H, W) + int64 labels, with a v2 transform applied per sample."""
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: Callable, info: DatasetInfo):
+        self.images, self.labels, self.transform, self.info = images, labels, transform, info
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+class SubsetWithInfo(torch.utils.data.Subset):
+    """``Subset`` that keeps the parent's ``info``."""
+
+    @property
+    def info(self) -> DatasetInfo:
+        return self.dataset.info
+
+
+# ---------------------------------------------------------------------------- file readers
+def _open_maybe_gz(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_idx(path: Path) -> Tensor:
+    """Read an IDX file (the MNIST format), gzipped or not, into a uint8 tensor."""
+    try:
+        with _open_maybe_gz(path) as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DwrpruneError(f"cannot read IDX file {path}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DwrpruneError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    expected = 4 + 4 * ndim + int(torch.tensor(dims).prod())
+    if len(data) != expected:
+        raise DwrpruneError(
+            f"{path} is truncated or corrupt: {len(data)} bytes, expected {expected}")
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for cand in (root / stem, root / f"{stem}.gz"):
+        if cand.exists():
+            return cand
+    return None
+
+
+@lru_cache(maxsize=4)
+def _load_fashion_mnist(root: Path, train: bool) -> tuple[Tensor, Tensor]:
+    prefix = "train" if train else "t10k"
+    stems = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+    paths = [_find(root, s) for s in stems]
+    if None in paths:
+        missing = [s for s, p in zip(stems, paths) if p is None]
+        raise DwrpruneError(
+            f"Fashion-MNIST files missing in {root}: {', '.join(missing)} (.gz or plain). "
+            "Install them with `apt-get install dataset-fashion-mnist` (Debian) or pass "
+            "--data-dir to a folder holding the four IDX files."
+        )
+    images, labels = (read_idx(p) for p in paths)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DwrpruneError(f"Fashion-MNIST files in {root} have inconsistent shapes "
+                            f"{tuple(images.shape)} and {tuple(labels.shape)}")
+    return images.unsqueeze(1).contiguous(), labels.long()
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles only what a CIFAR batch holds: dicts, lists, bytes, numbers and numpy
+    arrays.  Any other global (``os.system``, ``builtins.eval``, ...) is refused, so a
+    crafted file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray",
+                                                          "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name} (a CIFAR batch holds "
+                                         "only arrays, lists, dicts and bytes)")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            d = _ArraysOnly(f, encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
+        raise DwrpruneError(f"cannot read CIFAR batch file {path}: {e}") from None
+    if not isinstance(d, dict):
+        raise DwrpruneError(f"{path} is not a CIFAR batch (a {type(d).__name__}, not a dict)")
+    return d
+
+
+@lru_cache(maxsize=4)
+def _load_cifar(root: Path, num_classes: int, train: bool) -> tuple[Tensor, Tensor]:
+    folder = "cifar-10-batches-py" if num_classes == 10 else "cifar-100-python"
+    if (root / folder).is_dir():
+        root = root / folder
+    if num_classes == 10:
+        names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        label_key = b"labels"
+    else:
+        names = ["train"] if train else ["test"]
+        label_key = b"fine_labels"
+    missing = [n for n in names if not (root / n).exists()]
+    if missing:
+        raise DwrpruneError(
+            f"CIFAR-{num_classes} files missing in {root}: {', '.join(missing)}. Pass --data-dir "
+            f"to the python-pickle folder ({folder}) from the CIFAR website."
+        )
+    xs, ys = [], []
+    for n in names:
+        d = _unpickle(root / n)
+        if b"data" not in d or label_key not in d:
+            raise DwrpruneError(f"{root / n} is not a CIFAR-{num_classes} batch (keys {list(d)})")
+        xs.append(torch.as_tensor(d[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))
+        ys.append(torch.as_tensor(d[label_key], dtype=torch.long))
+    return torch.cat(xs), torch.cat(ys)
+
+
+@lru_cache(maxsize=8)
+def _make_synthetic(num_classes: int, in_channels: int, resolution: int, size: int,
+                    seed: int) -> tuple[Tensor, Tensor]:
+    """Learnable random images: each class has its own mean pattern, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(num_classes, in_channels, resolution, resolution, generator=g)
+    labels = torch.arange(size) % num_classes
+    labels = labels[torch.randperm(size, generator=g)]
+    noise = torch.randn(size, in_channels, resolution, resolution, generator=g) * 0.15
+    imgs = (protos[labels] * 0.7 + 0.15 + noise).clamp(0, 1)
+    return (imgs * 255).round().to(torch.uint8), labels
+
+
+# ---------------------------------------------------------------------------- transforms
+def build_transform(info: DatasetInfo, resolution: int, augment: bool) -> v2.Compose:
+    """Augment at native size (random crop with padding, flip), resize, scale, normalise."""
+    steps: list = []
+    if augment:
+        steps += [v2.RandomCrop(info.resolution, padding=max(1, info.resolution // 8)),
+                  v2.RandomHorizontalFlip()]
+    if resolution != info.resolution:
+        steps.append(v2.Resize((resolution, resolution), antialias=True))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)]
+    return v2.Compose(steps)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Deterministic (train, val) index split of a training set of size ``n``."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DwrpruneError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(round(n * val_fraction)))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+# ---------------------------------------------------------------------------- sources
+def _resolve_dir(data_dir: str | os.PathLike | None, default: Path | None, what: str) -> Path:
+    if data_dir is None:
+        if default is None:
+            raise DwrpruneError(f"dataset {what!r} needs --data-dir (no default location)")
+        data_dir = default
+    root = Path(data_dir)
+    if not root.is_dir():
+        hint = " (apt-get install dataset-fashion-mnist)" if what == "fashion-mnist" else ""
+        raise DwrpruneError(f"data folder {root} for {what!r} does not exist{hint}")
+    return root
+
+
+def _tensor_source(name: str, data_dir, train: bool, **kw) -> tuple[Tensor, Tensor, DatasetInfo]:
+    if name == "fashion-mnist":
+        root = _resolve_dir(data_dir, FASHION_MNIST_DIR, name)
+        x, y = _load_fashion_mnist(root.resolve(), train)
+        info = DatasetInfo(name, 10, 1, 28, (0.2860,), (0.3530,))
+    elif name in ("cifar10", "cifar100"):
+        k = 10 if name == "cifar10" else 100
+        x, y = _load_cifar(_resolve_dir(data_dir, None, name).resolve(), k, train)
+        mean, std = (((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)) if k == 10 else
+                     ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)))
+        info = DatasetInfo(name, k, 3, 32, mean, std)
+    else:  # synthetic
+        k = int(kw.get("num_classes", 10))
+        c = int(kw.get("in_channels", 3))
+        res = int(kw.get("native_resolution", 16))
+        size = int(kw.get("size", 512)) if train else int(kw.get("test_size", 128))
+        x, y = _make_synthetic(k, c, res, size, 0 if train else 1)
+        info = DatasetInfo(name, k, c, res, (0.5,) * c, (0.25,) * c)
+    return x, y, info
+
+
+def _read_image(path: str):
+    """PIL RGB image; a file that cannot be decoded is an error naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a bad file
+        raise DwrpruneError(f"image file {path} cannot be read ({type(e).__name__}); remove "
+                            "or replace it") from None
+
+
+def _check_images(paths: list[str], limit: int = 3) -> None:
+    """Every image file's header is readable (cheap: PIL reads only the header).  A corrupt
+    file stops the run at once, naming it, rather than an epoch later."""
+    from PIL import Image
+
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p):
+                pass
+        except Exception:  # noqa: BLE001
+            bad.append(p)
+    if bad:
+        raise DwrpruneError(f"{len(bad)} image file(s) cannot be read, e.g. "
+                            f"{', '.join(bad[:limit])}; remove or replace them")
+
+
+def _imagefolder(data_dir, train: bool, resolution: int | None, augment: bool):
+    from torchvision.datasets import ImageFolder
+
+    root = _resolve_dir(data_dir, None, "imagefolder")
+    sub = "train" if train else next((s for s in ("test", "val") if (root / s).is_dir()), None)
+    if sub is None or not (root / sub).is_dir():
+        raise DwrpruneError(
+            f"imagefolder root {root} needs a train/ folder and a test/ (or val/) folder, each "
+            "with one sub-folder per class"
+        )
+    info = DatasetInfo("imagefolder", 0, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    res = resolution or info.resolution
+    steps: list = [v2.ToImage()]
+    if augment:
+        steps += [v2.RandomResizedCrop(res, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        steps += [v2.Resize(int(round(res * 256 / 224)), antialias=True), v2.CenterCrop(res)]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)]
+    try:
+        ds = ImageFolder(str(root / sub), transform=v2.Compose(steps), loader=_read_image)
+    except (FileNotFoundError, OSError) as e:
+        raise DwrpruneError(f"imagefolder {root / sub}: {e}") from None
+    _check_images([p for p, _ in ds.samples])
+    info = DatasetInfo("imagefolder", len(ds.classes), 3, 224, info.mean, info.std)
+    ds.info = info
+    return ds
+
+
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+
+
+def create_dataset(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    resolution: int | None = None,
+    augment: bool | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    subset: int | None = None,
+    subset_seed: int = 0,
+    **kwargs,
+) -> Dataset:
+    """Build a dataset split; the returned object has an ``info`` (:class:`DatasetInfo`).
+
+    ``resolution`` is the side length images are resized to (default: native).  ``augment``
+    defaults to True for ``train``/``trainval``.  ``subset`` keeps a deterministic random subset
+    of that many samples (for short fine-tunes).  Extra keywords configure ``synthetic``
+    (num_classes, in_channels, native_resolution, size, test_size).
+    """
+    if name not in DATASETS:
+        raise DwrpruneError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise DwrpruneError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
+    if resolution is not None and (not isinstance(resolution, int) or resolution < 1):
+        raise DwrpruneError(f"resolution must be a positive integer, got {resolution!r}")
+    if augment is None:
+        augment = split in ("train", "trainval")
+    train_side = split != "test"
+
+    if name == "imagefolder":
+        ds = _imagefolder(data_dir, train_side, resolution, augment)
+        n = len(ds)
+    else:
+        x, y, info = _tensor_source(name, data_dir, train_side, **kwargs)
+        ds = ImageTensorDataset(x, y, build_transform(info, resolution or info.resolution,
+                                                      augment), info)
+        n = len(y)
+    if ds.info.num_classes is not None and ds.info.num_classes < 2:
+        raise DwrpruneError(f"dataset {name!r} has {ds.info.num_classes} class; a classifier "
+                            "needs at least two (one class trains to a meaningless 100%)")
+    if split in ("train", "val"):
+        tr, va = split_indices(n, val_fraction, split_seed)
+        ds = SubsetWithInfo(ds, (tr if split == "train" else va).tolist())
+    if subset is not None:
+        if not isinstance(subset, int) or subset < 1:
+            raise DwrpruneError(f"subset must be a positive integer, got {subset!r}")
+        if subset < len(ds):
+            pick = torch.randperm(len(ds), generator=torch.Generator().manual_seed(subset_seed))
+            ds = SubsetWithInfo(ds, pick[:subset].sort().values.tolist())
+    return ds
+
+
+def dataset_info(name: str, data_dir=None, **kwargs) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a dataset, without building transforms."""
+    return create_dataset(name, "test", data_dir=data_dir, **kwargs).info
+
+
+class ShuffleSampler(torch.utils.data.Sampler[int]):
+    """A random order fixed by (seed, epoch): ``set_epoch`` picks the epoch, so training
+    resumes on exactly the batches it would have seen.  ``shard(rank, n)`` is rank
+    ``rank``'s every-n-th slice of the same order (padded by wrapping to a multiple of n),
+    which makes n data-parallel ranks see, together, the single-process batches."""
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, num_shards: int = 1):
+        self.size, self.seed, self.rank, self.num_shards = size, seed, rank, num_shards
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard(self, rank: int, num_shards: int) -> ShuffleSampler:
+        out = ShuffleSampler(self.size, self.seed, rank, num_shards)
+        out.epoch = self.epoch
+        return out
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        if self.num_shards > 1:
+            order += order[: len(self) * self.num_shards - self.size]
+        return iter(order[self.rank::self.num_shards])
+
+    def __len__(self) -> int:
+        return -(-self.size // self.num_shards)
+
+
+def make_loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
+                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+    """A DataLoader whose shuffling is reproducible, resumable and shardable across
+    data-parallel ranks (:class:`ShuffleSampler`)."""
+    if batch_size < 1:
+        raise DwrpruneError(f"batch_size must be >= 1, got {batch_size}")
+    sampler = ShuffleSampler(len(dataset), seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed), drop_last=drop_last)
