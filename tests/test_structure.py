@@ -1,8 +1,10 @@
-"""The library's shape: no import cycles, modules a reader can hold in their head, one typed
+"""The library's shape: no import cycles, layers that never import upwards, one typed
 config refused early, a typed spec with true provenance, and the one-call API."""
 
 import ast
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,13 @@ def _module_graph(pkg: Path) -> dict[str, set[str]]:
     for m, f in mods.items():
         base = m.split(".") if f.name == "__init__.py" else m.split(".")[:-1]
         deps = set()
-        for node in ast.walk(ast.parse(f.read_text())):
+        tree = ast.parse(f.read_text())
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and getattr(node.test, "id", None) == "TYPE_CHECKING"
+                       for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.ImportFrom):
                 root = (".".join(base[: len(base) - node.level + 1] +
                                  ([node.module] if node.module else []))
@@ -84,20 +92,84 @@ def test_cycle_detection_finds_a_planted_cycle(tmp_path):
     assert _find_cycle(_module_graph(pkg)) == ["pkg.a", "pkg.b", "pkg.a"]
 
 
-def test_modules_stay_small():
-    big = {str(f.relative_to(PKG)): n for f in PKG.rglob("*.py")
-           if (n := len(f.read_text().splitlines())) > 450}
-    assert not big, f"modules over 450 lines: {big}"
+# Bottom to top: a module may import its own layer and the ones below, never one above.
+LAYERS = [
+    ("_version", "errors", "registry"),
+    ("io", "pretrained"),
+    ("models",),
+    ("cost",),
+    ("training",),
+    ("pruning",),
+    ("search",),
+    ("checkpoint", "export"),
+    ("pipeline",),
+    ("tasks",),
+    ("cli", "__main__"),
+    ("",),  # the package itself: the public API
+]
 
 
-def test_cli_holds_no_library_imports_at_module_level():
-    """The CLI parses and calls: it imports torch-level modules only inside commands."""
-    for f in (PKG / "cli").glob("*.py"):
-        tree = ast.parse(f.read_text())
-        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-        names = {a.name for n in top for a in n.names} | {getattr(n, "module", None)
-                                                         for n in top}
-        assert "torch" not in names, f"{f.name} imports torch at module level"
+def _layer_violations(graph: dict[str, set[str]], layers) -> list[str]:
+    rank = {unit: i for i, units in enumerate(layers) for unit in units}
+
+    def unit(mod: str) -> str:
+        parts = mod.split(".")
+        return parts[1] if len(parts) > 1 else ""
+
+    bad = []
+    for m, deps in graph.items():
+        for d in deps:
+            if unit(d) != unit(m) and rank[unit(d)] > rank[unit(m)]:
+                bad.append(f"{m} imports {d}")
+    return sorted(bad)
+
+
+def test_layers_never_import_upwards():
+    """Function-level imports count too; imports for type checking alone do not."""
+    graph = _module_graph(PKG)
+    units = {m.split(".")[1] if "." in m else "" for m in graph}
+    assert units <= {u for layer in LAYERS for u in layer}, "a unit missing from LAYERS"
+    assert _layer_violations(graph, LAYERS) == []
+
+
+def test_layer_check_finds_an_upward_import(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "low").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "low" / "__init__.py").write_text("")
+    (pkg / "low" / "a.py").write_text("def f():\n    from ..high import g\n")
+    (pkg / "high.py").write_text("from .low.a import f\n")
+    layers = [("low",), ("high",), ("",)]
+    assert _layer_violations(_module_graph(pkg), layers) == ["pkg.low.a imports pkg.high"]
+
+
+def test_top_level_reads_like_a_table_of_contents():
+    modules = sorted(f.name for f in PKG.glob("*.py"))
+    assert len(modules) <= 8, modules
+    research = [str(f.relative_to(PKG)) for f in PKG.rglob("*.py")
+                if any(w in f.stem for w in ("bench", "oracle"))]
+    assert research == [], "benchmark and oracle code belongs in benchmarks/"
+
+
+def test_importing_the_cli_loads_neither_torch_nor_research_code():
+    """What ``import dwrprune.cli`` really loads (a fresh interpreter), not its own lines."""
+    code = ("import sys, dwrprune.cli; "
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'torchvision', 'torch_pruning', 'numpy', 'scipy', 'matplotlib', "
+            "'dwrbench', 'ray', 'onnx', 'timm'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == []
+    version = subprocess.run([sys.executable, "-m", "dwrprune", "--version"],
+                             capture_output=True, text=True, check=True)
+    assert version.stdout.strip() == f"dwrprune {dwrprune.__version__}"
+
+
+def test_the_public_api_resolves_every_name():
+    for name in dwrprune.__all__:
+        assert getattr(dwrprune, name) is not None
+    with pytest.raises(AttributeError):
+        dwrprune.no_such_name  # noqa: B018
 
 
 # ---------------------------------------------------------------------------- config

@@ -15,34 +15,58 @@ or stage by stage (each resumable, each with the same checks)::
     solution = dwrprune.solve(predictor, dwrprune.Shrinker(model), 0.5)   # stage 3
 """
 
-__version__ = "0.1.0"
+import importlib
 
-from . import pretrained  # noqa: E402
-from .checkpoint import load, save_model  # noqa: E402
-from .cost import count, count_macs, count_params, measure_latency  # noqa: E402
-from .errors import DwrpruneError  # noqa: E402
-from .io.spec import ModelSpec, make_spec, spec_of  # noqa: E402
-from .models import create_model, list_models  # noqa: E402
-from .pipeline import (
-    DatasetSource,
-    PipelineConfig,
-    PruneResult,
-    collect,
-    fit_samples,
-    prune,
-    resolve_config,
-)
-from .pipeline import solve_budget as solve  # noqa: E402
-from .pruning.shrink import Shrinker, shrink, shrink_cost  # noqa: E402
-from .search.predictor import fit_predictor  # noqa: E402
-from .training.data import create_dataset, make_loader  # noqa: E402
-from .training.engine import TrainConfig, evaluate, recalibrate_batchnorm, train  # noqa: E402
+from ._version import __version__  # noqa: F401  (in __all__ below)
 
-__all__ = [
-    "DatasetSource", "DwrpruneError", "ModelSpec", "PipelineConfig", "PruneResult",
-    "Shrinker", "TrainConfig", "__version__", "collect", "count", "count_macs",
-    "count_params", "create_dataset", "create_model", "evaluate", "fit_predictor",
-    "fit_samples", "list_models", "load", "make_loader", "make_spec", "measure_latency",
-    "pretrained", "prune", "recalibrate_batchnorm", "resolve_config", "save_model", "shrink",
-    "shrink_cost", "solve", "spec_of", "train",
-]
+# The public API, name -> (module, attribute).  Loaded on first use (PEP 562), so that
+# ``import dwrprune`` and the command line's ``--version`` start without torch.
+_API = {
+    "DwrpruneError": ("errors", "DwrpruneError"),
+    "pretrained": ("pretrained", None),
+    "load": ("checkpoint", "load"),
+    "save_model": ("checkpoint", "save_model"),
+    "count": ("cost", "count"),
+    "count_macs": ("cost", "count_macs"),
+    "count_params": ("cost", "count_params"),
+    "measure_latency": ("cost", "measure_latency"),
+    "ModelSpec": ("io.spec", "ModelSpec"),
+    "make_spec": ("io.spec", "make_spec"),
+    "spec_of": ("io.spec", "spec_of"),
+    "create_model": ("models", "create_model"),
+    "list_models": ("models", "list_models"),
+    "DatasetSource": ("pipeline", "DatasetSource"),
+    "PipelineConfig": ("pipeline", "PipelineConfig"),
+    "PruneResult": ("pipeline", "PruneResult"),
+    "collect": ("pipeline", "collect"),
+    "fit_samples": ("pipeline", "fit_samples"),
+    "prune": ("pipeline", "prune"),
+    "resolve_config": ("pipeline", "resolve_config"),
+    "solve": ("pipeline", "solve_budget"),
+    "Shrinker": ("pruning.shrink", "Shrinker"),
+    "shrink": ("pruning.shrink", "shrink"),
+    "shrink_cost": ("pruning.shrink", "shrink_cost"),
+    "fit_predictor": ("search.predictor", "fit_predictor"),
+    "create_dataset": ("training.data", "create_dataset"),
+    "make_loader": ("training.data", "make_loader"),
+    "TrainConfig": ("training.engine", "TrainConfig"),
+    "evaluate": ("training.engine", "evaluate"),
+    "recalibrate_batchnorm": ("training.engine", "recalibrate_batchnorm"),
+    "train": ("training.engine", "train"),
+}
+
+__all__ = sorted([*_API, "__version__"])
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'dwrprune' has no attribute {name!r}")
+    module, attr = _API[name]
+    mod = importlib.import_module(f".{module}", __name__)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

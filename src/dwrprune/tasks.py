@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .checkpoint import load, save_model
 from .cost import CostReport, cost_report, cost_reports_side_by_side
 from .errors import DwrpruneError

@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import __version__
+from .._version import __version__
 from ..errors import DwrpruneError
-from ..training import distributed
 from . import commands, pipeline  # noqa: F401  (registers the subcommands)
 from .options import _COMMANDS, Parser
 
@@ -87,6 +86,11 @@ DISTRIBUTED_COMMANDS = ("train", "finetune", "eval")
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # answered before the parser imports the library
+        print(f"dwrprune {__version__}")
+        return 0
+    from ..training import distributed
+
     try:
         args = parse(argv)
         if distributed.launched():

@@ -6,7 +6,6 @@ import json
 import shlex
 import sys
 
-from ..training import distributed
 from .options import (
     NONNEG,
     POS,
@@ -116,6 +115,7 @@ def _train_args(p):
          ("model", "out"))
 def cmd_train(args) -> int:
     from ..tasks import train_model
+    from ..training import distributed
     from ..training.engine import TrainConfig
 
     cfg = TrainConfig(epochs=args.epochs, steps=args.steps, lr=args.lr,
@@ -140,6 +140,7 @@ def _eval_args(p):
 @command("eval", "evaluate a checkpoint on a dataset split", _eval_args)
 def cmd_eval(args) -> int:
     from ..tasks import evaluate_checkpoint
+    from ..training import distributed
 
     ev = evaluate_checkpoint(checkpoint_path(args.checkpoint), data_source(args), args.split,
                              progress=distributed.is_main())

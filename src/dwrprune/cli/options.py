@@ -7,7 +7,6 @@ import argparse
 from collections.abc import Callable
 
 from ..errors import DwrpruneError
-from ..training import distributed
 
 _COMMANDS: dict[str, tuple[Callable, Callable, str, tuple[str, ...]]] = {}
 
@@ -123,6 +122,7 @@ def add_progress_arg(p) -> None:
 
 
 def progress(args) -> bool:
+    from ..training import distributed
     from ..training.progress import resolve_progress
 
     return resolve_progress(args.progress) and distributed.is_main()

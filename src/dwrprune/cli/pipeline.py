@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 from ..errors import DwrpruneError
-from ..training import distributed
 from .options import (
     _FIELD_TYPES,
     _floats,
@@ -185,6 +184,7 @@ def cmd_plan(args) -> int:
                    add_progress_arg), ("run",))
 def cmd_finetune(args) -> int:
     from ..pipeline import final_stage, open_run
+    from ..training import distributed
 
     cfg, model, data, run = open_run(args.run, **_overrides(args))
     res = final_stage(model, data, cfg, run, progress(args))
