@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dwrprune import DwrpruneError
-from dwrprune.search.predictor import Predictor, fit_predictor, make_polynomial, monotonicity
+from dwrprune.search.predictor import Predictor, fit_predictor, make_surface, monotonicity
 
 
 def _true(d, w, r):
@@ -28,7 +28,7 @@ def test_families_fit_their_own_form(family, degree, rank):
     rng = np.random.default_rng(1)
     X = rng.uniform(0.3, 1, (60, 3))
     y = _true(*X.T)  # separable quadratic: representable by every family at degree 2
-    p = make_polynomial(family, degree, rank).fit(X, y)
+    p = make_surface(family, degree, rank).fit(X, y)
     assert np.abs(p.predict(X) - y).max() < 2e-3
 
 
@@ -58,7 +58,7 @@ def test_predictor_json_round_trip(family):
 
 def test_pchip_interpolates_each_axis_and_multiplies():
     X, y = _axis_samples(noise=0)
-    p = make_polynomial("pchip", 0).fit(X, y)
+    p = make_surface("pchip", 0).fit(X, y)
     axis = np.sum(X != 1, axis=1) <= 1
     assert np.abs(p.predict(X[axis]) - y[axis]).max() < 1e-12  # through every one-axis sample
     f0 = y[0]
@@ -70,7 +70,7 @@ def test_pchip_interpolates_each_axis_and_multiplies():
     # between samples it stays near the smooth truth; the mixed points do not enter the fit
     H = np.array([(0.6, 0.7, 0.8), (0.8, 0.6, 0.6), (0.5, 0.5, 0.9)])
     assert np.abs(p.predict(H) - _true(*H.T)).max() < 0.005
-    q = make_polynomial("pchip", 0).fit(X[axis], y[axis])
+    q = make_surface("pchip", 0).fit(X[axis], y[axis])
     assert np.allclose(q.predict(H), p.predict(H))
 
 
@@ -129,7 +129,7 @@ def test_non_monotone_predictor_warns_with_location():
 
 
 def test_monotonicity_check_locates_violation():
-    p = make_polynomial("separable", 2)
+    p = make_surface("separable", 2)
     p.coef = np.array([1.0, 0.0, 0.0, -1.5, 0.8, 0.0, 0.0])  # g(w) falls then rises
     rep = monotonicity(p, np.array([0.2] * 3), np.ones(3))
     assert not rep["monotone"] and set(rep["violations"]) == {"w"}

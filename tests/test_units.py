@@ -67,7 +67,7 @@ def test_weight_norm_depth_scores_the_last_bn_gamma():
 def test_criteria_by_name_and_their_needs():
     assert make_channel_criterion("l2").name == "l2"
     assert make_depth_criterion("weight_norm").needs == frozenset()
-    with pytest.raises(DwrpruneError, match="needs training and validation"):
+    with pytest.raises(DwrpruneError, match="needs training data and validation data"):
         make_depth_criterion("loss")
     with pytest.raises(DwrpruneError, match="unknown channel criterion"):
         make_channel_criterion("l3")

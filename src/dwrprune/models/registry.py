@@ -12,20 +12,21 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import DwrpruneError
+from ..registry import Registry
 from .entry import ModelEntry, ModelFn
 from .timm_models import timm_entry, timm_names
 from .torchvision_models import torchvision_entry, torchvision_names
 
-_REGISTRY: dict[str, ModelEntry] = {}
+MODELS: Registry = Registry(
+    "model", "or any torchvision classification model as 'tv/NAME' (e.g. tv/resnet50; "
+    "`dwrprune models --torchvision` lists them), or any timm model as 'timm/NAME'")
 
 
 def register_model(name: str, *, min_resolution: int, description: str = "", tiny: bool = False):
     """Decorator: add a constructor to the registry under ``name``."""
 
     def wrap(fn: ModelFn) -> ModelFn:
-        if name in _REGISTRY:
-            raise RuntimeError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, fn, min_resolution, description, tiny)
+        MODELS.register(ModelEntry(name, fn, min_resolution, description, tiny))
         return fn
 
     return wrap
@@ -35,7 +36,7 @@ def list_models(include_torchvision: bool = False, include_tiny: bool = True,
                 include_timm: bool = False) -> list[str]:
     """Registered model names; with ``include_torchvision`` also every ``tv/NAME``, with
     ``include_timm`` every ``timm/NAME``."""
-    names = sorted(n for n, e in _REGISTRY.items() if include_tiny or not e.tiny)
+    names = sorted(n for n in MODELS if include_tiny or not MODELS.get(n).tiny)
     if include_torchvision:
         names += [f"tv/{n}" for n in torchvision_names()]
     if include_timm:
@@ -45,17 +46,11 @@ def list_models(include_torchvision: bool = False, include_tiny: bool = True,
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name`` (torchvision names included), or a clear error."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if name.startswith("tv/"):
+    if isinstance(name, str) and name.startswith("tv/"):
         return torchvision_entry(name[3:])
-    if name.startswith("timm/"):
+    if isinstance(name, str) and name.startswith("timm/"):
         return timm_entry(name[5:])
-    raise DwrpruneError(
-        f"unknown model {name!r}; available: {', '.join(list_models())}, "
-        "or any torchvision classification model as 'tv/NAME' (e.g. tv/resnet50; "
-        "`dwrprune models --torchvision` lists them), or any timm model as 'timm/NAME'"
-    )
+    return MODELS.get(name)
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:

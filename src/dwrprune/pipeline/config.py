@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import DwrpruneError
+from ..registry import Registry
 
 
 def _f(default, section: str, binds: str | None = None, help: str = ""):
@@ -212,20 +213,19 @@ def field_defaults() -> dict:
 
 
 
-PRESETS: dict[str, dict] = {
-    # Whole pipeline on the bundled ResNet-20 in a few minutes on 2 cores.
-    "quick": {"depth_criterion": "weight_norm", "depth_steps": [0.71, 0.43],
+PRESETS: Registry = Registry("preset")
+# Whole pipeline on the bundled ResNet-20 in a few minutes on 2 cores.
+PRESETS.register(name="quick")({"depth_criterion": "weight_norm", "depth_steps": [0.71, 0.43],
               "width_steps": [0.75, 0.5], "resolution_steps": [0.79, 0.57],
               "mixed_points": [[0.71, 0.75, 0.79]],
               "holdout_points": [[0.57, 0.75, 0.86], [0.86, 0.75, 0.71], [0.71, 0.625, 1.0],
                                  [0.43, 0.875, 0.86], [1.0, 0.625, 0.86]],
               "finetune_steps": 30, "mixed_finetune_steps": 30, "train_subset": 4000,
               "val_subset": 1000, "final_epochs": 1, "final_subset": 10000,
-              "max_degree": 2, "recal_batches": 10},
-    # The settings of the README's full run (about 40 minutes on 2 cores for ResNet-20).
-    "full": {"finetune_steps": 150, "val_subset": None, "final_epochs": 8,
-             "final_lr": 0.02, "distill": 0.5},
-}
+              "max_degree": 2, "recal_batches": 10})
+# The settings of the README's full run (about 40 minutes on 2 cores for ResNet-20).
+PRESETS.register(name="full")({"finetune_steps": 150, "val_subset": None, "final_epochs": 8,
+                               "final_lr": 0.02, "distill": 0.5})
 
 
 def read_options_file(path: str | Path) -> dict:
@@ -250,9 +250,7 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
     """Defaults < preset < YAML file < overrides (None means "not given")."""
     values: dict = {}
     if preset:
-        if preset not in PRESETS:
-            raise DwrpruneError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
-        values.update(PRESETS[preset])
+        values.update(PRESETS.get(preset))
     if config_file is not None:
         values.update(read_options_file(config_file))
     given = {k: v for k, v in overrides.items() if v is not None}

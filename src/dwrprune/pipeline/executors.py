@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import DwrpruneError
+from ..registry import Registry
 
 
 # ---------------------------------------------------------------------------- portable models
@@ -111,10 +112,20 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+EXECUTORS: Registry = Registry("executor")
+
+
+@EXECUTORS.register
 class LocalExecutor:
     """Runs jobs one at a time in this process, in submission order."""
 
     name = "local"
+
+    @classmethod
+    def from_context(cls, address: str | None = None, **_) -> LocalExecutor:
+        if address:
+            raise DwrpruneError("--ray-address needs --executor ray")
+        return cls()
 
     def submit(self, fn: Callable, args: tuple, resources: Resources) -> _LocalHandle:
         return _LocalHandle(fn, args)
@@ -139,11 +150,16 @@ def _call(fn, *args):
     return fn(*args)
 
 
+@EXECUTORS.register
 class RayExecutor:
     """Runs jobs as Ray tasks: ``address`` of a running cluster (``ray start --head``), or
     None for a local Ray instance started here (and stopped by :meth:`close`)."""
 
     name = "ray"
+
+    @classmethod
+    def from_context(cls, address: str | None = None, retries: int = 2, **_) -> RayExecutor:
+        return cls(address, retries)
 
     def __init__(self, address: str | None = None, retries: int = 2,
                  num_cpus: int | None = None):
@@ -205,14 +221,9 @@ class RayExecutor:
 
 def create_executor(name: str = "local", address: str | None = None,
                     retries: int = 2) -> Executor:
-    """``local`` or ``ray`` (``address``: a running cluster; None: start one here)."""
-    if name == "local":
-        if address:
-            raise DwrpruneError("--ray-address needs --executor ray")
-        return LocalExecutor()
-    if name == "ray":
-        return RayExecutor(address, retries)
-    raise DwrpruneError(f"unknown executor {name!r}; available: local, ray")
+    """A registered executor: ``local`` or ``ray`` (``address``: a running cluster; None:
+    start one here)."""
+    return EXECUTORS.create(name, address=address, retries=retries)
 
 
 # ---------------------------------------------------------------------------- the job graph

@@ -8,9 +8,9 @@ from ..errors import DwrpruneError
 from ..pruning.criteria import CHANNEL_CRITERIA, DEPTH_CRITERIA
 from ..pruning.shrink import WIDTH_ALLOCATIONS
 from ..search.predictor import FAMILIES
+from .executors import EXECUTORS
 
 MONOTONE = ("prefer", "require", "ignore")
-EXECUTORS = ("local", "ray")
 
 
 def _need(ok: bool, message: str) -> None:

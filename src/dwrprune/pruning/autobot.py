@@ -282,6 +282,10 @@ class AutoBotWidth:
     def __init__(self, loader: DataLoader, steps: int = 200):
         self.loader, self.steps = loader, steps
 
+    @classmethod
+    def from_context(cls, train_loader, autobot_steps: int = 200, **_) -> AutoBotWidth:
+        return cls(train_loader, autobot_steps)
+
     def apply(self, model: nn.Module, shrinker, plan) -> nn.Module:
         ratio = shrinker.macs(plan.d, plan.w, plan.r) / shrinker.macs(plan.d, 1.0, plan.r)
         model.dwrprune_spec = shrinker.spec
@@ -306,6 +310,10 @@ class AutoBotCriterion:
         self.loader, self.cfg, self.progress = loader, cfg or AutoBotConfig(), progress
         self.lams: list[Tensor] = []
         self.member_group: dict[str, int] = {}
+
+    @classmethod
+    def from_context(cls, train_loader=None, **_) -> AutoBotCriterion:
+        return cls(train_loader)
 
     def prepare(self, model: nn.Module, w: float = 1.0) -> None:
         shr = Analysis(model)

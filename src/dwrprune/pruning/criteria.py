@@ -19,13 +19,19 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..errors import DwrpruneError
+from ..registry import Registry
 from .autobot import AutoBotCriterion
 from .blocks import Block, get_module
+
+CHANNEL_CRITERIA: Registry = Registry("channel criterion")
+DEPTH_CRITERIA: Registry = Registry("depth criterion", "'weight_norm' needs no data")
 
 
 class ChannelCriterion(Protocol):
     """Scores every channel of a Torch-Pruning group (higher = keep).  ``needs``: the data it
-    must be given (``"train"``: a training loader), empty for data-free criteria."""
+    must be given (``"train"``: a training loader), empty for data-free criteria.  Register a
+    new one with ``@CHANNEL_CRITERIA.register`` (see :mod:`dwrprune.registry`); one with
+    needs builds itself with a ``from_context(**context)`` classmethod."""
 
     name: str
     needs: frozenset[str]
@@ -46,6 +52,7 @@ class _TPImportance:
         return self.importance(group)
 
 
+@CHANNEL_CRITERIA.register
 class L1(_TPImportance):
     name = "l1"
 
@@ -53,6 +60,7 @@ class L1(_TPImportance):
         super().__init__(tp.importance.GroupMagnitudeImportance(p=1))
 
 
+@CHANNEL_CRITERIA.register
 class L2(_TPImportance):
     name = "l2"
 
@@ -60,6 +68,7 @@ class L2(_TPImportance):
         super().__init__(tp.importance.GroupMagnitudeImportance(p=2))
 
 
+@CHANNEL_CRITERIA.register
 class BNScale(_TPImportance):
     name = "bn_scale"
 
@@ -73,6 +82,7 @@ class BNScale(_TPImportance):
         return s
 
 
+@CHANNEL_CRITERIA.register
 class Random(_TPImportance):
     name = "random"
 
@@ -80,10 +90,15 @@ class Random(_TPImportance):
         super().__init__(None)
         self.gen = torch.Generator().manual_seed(seed)
 
+    @classmethod
+    def from_context(cls, seed: int = 0, **_) -> Random:
+        return cls(seed)
+
     def group_scores(self, group, dg) -> Tensor:
         return torch.rand(len(group[0][1]), generator=self.gen)
 
 
+@CHANNEL_CRITERIA.register
 class Taylor(_TPImportance):
     """First-order Taylor importance |w * dL/dw| summed per channel (Molchanov et al.)."""
 
@@ -93,6 +108,10 @@ class Taylor(_TPImportance):
     def __init__(self, loader: DataLoader | None = None, batches: int = 4):
         super().__init__(tp.importance.GroupTaylorImportance())
         self.loader, self.batches = loader, batches
+
+    @classmethod
+    def from_context(cls, train_loader=None, **_) -> Taylor:
+        return cls(train_loader)
 
     def prepare(self, model: nn.Module, w: float = 1.0) -> None:
         if self.loader is None:
@@ -107,18 +126,13 @@ class Taylor(_TPImportance):
             F.cross_entropy(model(x.to(device)), y.to(device)).backward()
 
 
-CHANNEL_CRITERIA = {c.name: c for c in (L1, L2, BNScale, Taylor, Random, AutoBotCriterion)}
+CHANNEL_CRITERIA.register(AutoBotCriterion)  # defined beside the rest of AutoBot
 
 
-def make_channel_criterion(name: str | ChannelCriterion, **kwargs) -> ChannelCriterion:
-    """A channel criterion by name ('l1', 'l2', 'bn_scale', 'taylor', 'random') or as given."""
-    if not isinstance(name, str):
-        return name
-    if name not in CHANNEL_CRITERIA:
-        raise DwrpruneError(f"unknown channel criterion {name!r}; available: "
-                            f"{', '.join(CHANNEL_CRITERIA)}")
-    cls = CHANNEL_CRITERIA[name]
-    return cls(**kwargs) if cls.needs else cls()
+def make_channel_criterion(name: str | ChannelCriterion, **context) -> ChannelCriterion:
+    """A channel criterion by registered name (built from ``context``: ``train_loader``, ...)
+    or as given."""
+    return CHANNEL_CRITERIA.create(name, **context)
 
 
 # ---------------------------------------------------------------------------- depth criteria
@@ -131,6 +145,7 @@ class DepthCriterion(Protocol):
     def block_scores(self, model: nn.Module, blocks: list[Block]) -> list[float]: ...
 
 
+@DEPTH_CRITERIA.register
 class WeightNormDepth:
     """Data-free: the mean |gamma| of the last BatchNorm in a block's branch (the scale of what
     the block adds to the residual stream), else the mean |weight| of its last conv."""
@@ -159,6 +174,7 @@ class WeightNormDepth:
         return scores
 
 
+@DEPTH_CRITERIA.register
 class LossIncreaseDepth:
     """Validation-loss increase when the block alone is removed, after BatchNorm
     re-calibration (EagleEye) of both the intact and the reduced model."""
@@ -170,6 +186,11 @@ class LossIncreaseDepth:
                  recal_batches: int = 20, eval_batches: int = 10):
         self.train_loader, self.val_loader = train_loader, val_loader
         self.recal_batches, self.eval_batches = recal_batches, eval_batches
+
+    @classmethod
+    def from_context(cls, train_loader, val_loader, recal_batches: int = 20,
+                     eval_batches: int = 10, **_) -> LossIncreaseDepth:
+        return cls(train_loader, val_loader, recal_batches, eval_batches)
 
     def _loss(self, model: nn.Module) -> float:
         from ..training.engine import evaluate, recalibrate_batchnorm
@@ -190,19 +211,7 @@ class LossIncreaseDepth:
         return scores
 
 
-DEPTH_CRITERIA = {c.name: c for c in (WeightNormDepth, LossIncreaseDepth)}
-
-
-def make_depth_criterion(name: str | DepthCriterion, train_loader=None, val_loader=None,
-                         **kwargs) -> DepthCriterion:
-    if not isinstance(name, str):
-        return name
-    if name == "weight_norm":
-        return WeightNormDepth()
-    if name == "loss":
-        if train_loader is None or val_loader is None:
-            raise DwrpruneError("the 'loss' depth criterion needs training and validation "
-                                "data; use 'weight_norm' for a data-free choice")
-        return LossIncreaseDepth(train_loader, val_loader, **kwargs)
-    raise DwrpruneError(f"unknown depth criterion {name!r}; available: "
-                        f"{', '.join(DEPTH_CRITERIA)}")
+def make_depth_criterion(name: str | DepthCriterion, **context) -> DepthCriterion:
+    """A depth criterion by registered name (built from ``context``: ``train_loader``,
+    ``val_loader``, ...) or as given."""
+    return DEPTH_CRITERIA.create(name, **context)

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from ..cost import count_macs
 from ..cost.rounding import check_fraction, kept_blocks, kept_channels, kept_resolution
 from ..errors import DwrpruneError
+from ..registry import Registry
 from ..training.engine import recalibrate_batchnorm
 from .analysis import Analysis, ShrinkResult
 from .autobot import AutoBotWidth
@@ -35,8 +36,6 @@ from .blocks import Block, remove_blocks
 from .criteria import (
     CHANNEL_CRITERIA,
     DEPTH_CRITERIA,
-    make_channel_criterion,
-    make_depth_criterion,
 )
 from .surgery import drop_blocks, layer_snapshot, prune_width, record_layer_changes
 
@@ -101,25 +100,17 @@ class UniformWidth:
         return model
 
 
-WIDTH_ALLOCATIONS = {"uniform": UniformWidth, "autobot": AutoBotWidth}
-
-
-def _registered(kind: str, name, table: dict):
-    if not isinstance(name, str):
-        return type(name)
-    if name not in table:
-        raise DwrpruneError(f"unknown {kind} {name!r}; available: {', '.join(table)}")
-    return table[name]
+WIDTH_ALLOCATIONS: Registry = Registry("width allocation")
+WIDTH_ALLOCATIONS.register(UniformWidth)
+WIDTH_ALLOCATIONS.register(AutoBotWidth)  # defined beside the rest of AutoBot
 
 
 def data_needs(depth_criterion="weight_norm", channel_criterion="l1",
                width_allocation="uniform") -> frozenset[str]:
-    """The data (``"train"``, ``"val"``) these criteria and this allocation need: the one
-    place that decides it (names or objects; unknown names are an error)."""
-    return frozenset().union(*(getattr(_registered(k, n, t), "needs", frozenset()) for k, n, t in (
-        ("depth criterion", depth_criterion, DEPTH_CRITERIA),
-        ("channel criterion", channel_criterion, CHANNEL_CRITERIA),
-        ("width allocation", width_allocation, WIDTH_ALLOCATIONS))))
+    """The data (``"train"``, ``"val"``) these criteria and this allocation need (names or
+    objects; unknown names are an error): what each registered entry declares."""
+    return (DEPTH_CRITERIA.needs(depth_criterion) | CHANNEL_CRITERIA.needs(channel_criterion)
+            | WIDTH_ALLOCATIONS.needs(width_allocation))
 
 
 class Shrinker(Analysis):
@@ -149,20 +140,10 @@ class Shrinker(Analysis):
                                      or round_to < 1):
             raise DwrpruneError(f"round_to must be a whole number >= 1, got {round_to!r}")
         self.round_to = round_to
-        data = criterion_data or {}
-        needs = data_needs(depth_criterion, channel_criterion, width_allocation)
-        self.width_allocation = width_allocation
-        if isinstance(width_allocation, str):
-            _registered("width allocation", width_allocation, WIDTH_ALLOCATIONS)
-            self.width_allocation = (UniformWidth() if width_allocation == "uniform" else
-                                     AutoBotWidth(self._loader(data, "autobot width allocation"),
-                                                  autobot_steps))
-        self.depth_criterion = make_depth_criterion(depth_criterion, **data)
-        self.channel_criterion = make_channel_criterion(
-            channel_criterion, **({"loader": self._loader(data, f"{channel_criterion} channel "
-                                                          "criterion")}
-                                  if "train" in needs and isinstance(channel_criterion, str)
-                                  and channel_criterion in ("taylor", "autobot") else {}))
+        context = {**(criterion_data or {}), "autobot_steps": autobot_steps}
+        self.width_allocation = WIDTH_ALLOCATIONS.create(width_allocation, **context)
+        self.depth_criterion = DEPTH_CRITERIA.create(depth_criterion, **context)
+        self.channel_criterion = CHANNEL_CRITERIA.create(channel_criterion, **context)
         self._order: list[Block] | None = None
         self.block_order_criterion = None
         if block_order is not None:  # a ranking computed earlier (saved with a run)
@@ -172,13 +153,6 @@ class Shrinker(Analysis):
                                     f"removable blocks are {sorted(by_name)}")
             self._order = [by_name[n] for n in block_order]
             self.block_order_criterion = block_order_criterion
-
-    @staticmethod
-    def _loader(data: dict, who: str):
-        if data.get("train_loader") is None:
-            raise DwrpruneError(f"the {who} needs training data "
-                                "(criterion_data={'train_loader': ...}, or --data on the CLI)")
-        return data["train_loader"]
 
     @property
     def depth_criterion_name(self) -> str:

@@ -35,9 +35,10 @@ from scipy.interpolate import PchipInterpolator
 from scipy.optimize import isotonic_regression, least_squares
 
 from ..errors import DwrpruneError
+from ..registry import Registry
 
-POLYNOMIALS = ("full", "cp", "separable")
-FAMILIES = ("pchip",) + POLYNOMIALS
+# The families of F(d, w, r): registered by name, each builds itself from (degree, rank).
+FAMILIES: Registry = Registry("predictor family")
 
 
 def _powers(x: np.ndarray, k: int) -> np.ndarray:
@@ -45,7 +46,10 @@ def _powers(x: np.ndarray, k: int) -> np.ndarray:
     return np.vander(np.asarray(x, float), k + 1, increasing=True)
 
 
-class Polynomial:
+class AccuracySurface:
+    """A fitted model of accuracy over (d, w, r): a polynomial family or the monotone
+    interpolant.  ``to_dict``/``from_dict`` store it as plain data in ``predictor.json``."""
+
     family = "base"
 
     def __init__(self, degree: int, rank: int = 1):
@@ -56,7 +60,7 @@ class Polynomial:
     def n_params(self) -> int:
         raise NotImplementedError
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> Polynomial:
+    def fit(self, X: np.ndarray, y: np.ndarray) -> AccuracySurface:
         raise NotImplementedError
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -67,18 +71,28 @@ class Polynomial:
                 "coef": np.asarray(self.coef).tolist()}
 
     @staticmethod
-    def from_dict(d: dict) -> Polynomial:
-        if d["family"] == "pchip":
-            return MonotoneInterpolant.from_knots(d["coef"])
-        p = make_polynomial(d["family"], d["degree"], d.get("rank", 1))
-        p.coef = np.asarray(d["coef"], float)
+    def from_dict(d: dict) -> AccuracySurface:
+        return FAMILIES.get(d["family"]).from_coef(d["coef"], d["degree"], d.get("rank", 1))
+
+    @classmethod
+    def from_coef(cls, coef, degree: int, rank: int = 1) -> AccuracySurface:
+        p = cls(degree, rank)
+        p.coef = np.asarray(coef, float)
         return p
+
+    def name(self) -> str:
+        raise NotImplementedError
+
+
+class Polynomial(AccuracySurface):
+    """The paper's polynomial F = sum lambda_ijk d^i w^j r^k, in one of its parameterisations."""
 
     def name(self) -> str:
         return f"{self.family}(K={self.degree}" + (f", R={self.rank})" if self.family == "cp"
                                                    else ")")
 
 
+@FAMILIES.register(name="full")
 class FullPolynomial(Polynomial):
     family = "full"
 
@@ -100,6 +114,7 @@ class FullPolynomial(Polynomial):
         return self._features(np.atleast_2d(X)) @ self.coef
 
 
+@FAMILIES.register(name="cp")
 class CPPolynomial(Polynomial):
     family = "cp"
 
@@ -135,6 +150,7 @@ class CPPolynomial(Polynomial):
         return self._eval(self.coef, np.atleast_2d(np.asarray(X, float)))
 
 
+@FAMILIES.register(name="separable")
 class SeparablePolynomial(Polynomial):
     """F0 * f(d) g(w) h(r); each factor 1 + sum_k c_k (x^k - 1), so it equals 1 at x = 1."""
 
@@ -164,7 +180,8 @@ class SeparablePolynomial(Polynomial):
         return self._eval(self.coef, np.atleast_2d(np.asarray(X, float)))
 
 
-class MonotoneInterpolant(Polynomial):
+@FAMILIES.register(name="pchip")
+class MonotoneInterpolant(AccuracySurface):
     """F0 * f(d) g(w) h(r); each factor the PCHIP interpolant through the isotonic fit of
     that axis's one-axis samples (mean accuracy per value / F0), equal to 1 at x = 1.  Beyond
     the outermost samples (leave-one-out only: the solver searches inside them) it goes on
@@ -212,9 +229,9 @@ class MonotoneInterpolant(Polynomial):
                    for xs, ys in coef["knots"]]
         return self
 
-    @staticmethod
-    def from_knots(coef: dict) -> MonotoneInterpolant:
-        return MonotoneInterpolant()._set(coef)
+    @classmethod
+    def from_coef(cls, coef, degree: int = 0, rank: int = 1) -> MonotoneInterpolant:
+        return cls()._set(coef)
 
     def predict(self, X):
         X = np.atleast_2d(np.asarray(X, float))
@@ -241,12 +258,13 @@ def on_axis(X: np.ndarray, i: int) -> np.ndarray:
     return np.all(np.delete(X, i, axis=1) == 1, axis=1)
 
 
-def make_polynomial(family: str, degree: int, rank: int = 1) -> Polynomial:
-    cls = {"full": FullPolynomial, "cp": CPPolynomial, "separable": SeparablePolynomial,
-           "pchip": MonotoneInterpolant}
-    if family not in cls:
-        raise DwrpruneError(f"unknown predictor family {family!r}; available: {FAMILIES}")
-    return cls[family](degree, rank)
+# The paper's families, in the order the fit tries them after the interpolant.
+POLYNOMIALS = tuple(n for n in FAMILIES if issubclass(FAMILIES.get(n), Polynomial))
+
+
+def make_surface(family: str, degree: int, rank: int = 1) -> AccuracySurface:
+    """An unfitted accuracy surface of a registered ``family``."""
+    return FAMILIES.get(family)(degree, rank)
 
 
 # ---------------------------------------------------------------------------- model selection
@@ -273,7 +291,7 @@ def loo_errors(poly_factory, X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return loo_fits(poly_factory, X, y)[0]
 
 
-def monotonicity(poly: Polynomial, lo: np.ndarray, hi: np.ndarray, points: int = 9,
+def monotonicity(poly: AccuracySurface, lo: np.ndarray, hi: np.ndarray, points: int = 9,
                  tol: float = 0.005) -> dict:
     """Where, on a grid over [lo, hi]^3, the predictor gives back accuracy as a variable grows.
 
@@ -304,7 +322,7 @@ def monotonicity(poly: Polynomial, lo: np.ndarray, hi: np.ndarray, points: int =
 class Predictor:
     """A fitted MAP with its selection record (JSON-serialisable via ``to_dict``)."""
 
-    poly: Polynomial
+    poly: AccuracySurface
     loo_rmse: float
     loo_mae: float
     residuals: list[float | None]
@@ -327,7 +345,7 @@ class Predictor:
             X = np.array([a, b], float)
             g = []
             for coef in self.jackknife:
-                p = Polynomial.from_dict({**self.poly.to_dict(), "coef": coef})
+                p = AccuracySurface.from_dict({**self.poly.to_dict(), "coef": coef})
                 fa, fb = p.predict(X)
                 g.append(fa - fb)
             g = np.asarray(g)
@@ -351,7 +369,7 @@ class Predictor:
 
     @staticmethod
     def from_dict(d: dict) -> Predictor:
-        return Predictor(Polynomial.from_dict(d["model"]), d["loo_rmse"], d["loo_mae"],
+        return Predictor(AccuracySurface.from_dict(d["model"]), d["loo_rmse"], d["loo_mae"],
                          list(d["residuals"].values()), list(d["residuals"]), d["lower"],
                          d["upper"], d["monotonicity"], d.get("candidates", []),
                          d.get("jackknife", []), d.get("noise_sd"))
@@ -360,10 +378,10 @@ class Predictor:
 def min_samples(families: list[str]) -> int:
     """Samples the smallest candidate of ``families`` needs (degree 1, rank 1), room for a
     held-out sample and an error estimate included."""
-    return min(make_polynomial(f, 1).n_params for f in families) + 2
+    return min(make_surface(f, 1).n_params for f in families) + 2
 
 
-def fit_predictor(X, y, keys: list[str] | None = None, families=FAMILIES, max_degree: int = 3,
+def fit_predictor(X, y, keys: list[str] | None = None, families=None, max_degree: int = 3,
                   max_rank: int = 2, monotone: str = "prefer",
                   noise_sd: float | None = None) -> Predictor:
     """Choose family, degree and rank by leave-one-out error; fit on all samples.
@@ -378,9 +396,9 @@ def fit_predictor(X, y, keys: list[str] | None = None, families=FAMILIES, max_de
                             f"got {X.shape} and {y.shape}")
     if monotone not in ("prefer", "require", "ignore"):
         raise DwrpruneError(f"monotone must be prefer, require or ignore, got {monotone!r}")
+    families = ["pchip", *POLYNOMIALS] if families is None else families
     for f in families:
-        if f not in FAMILIES:
-            raise DwrpruneError(f"unknown predictor family {f!r}; available: {FAMILIES}")
+        FAMILIES.get(f)  # an unknown family is one clear error
     keys = keys or [str(i) for i in range(len(y))]
     lo, hi = X.min(0), X.max(0)
     specs = []
@@ -391,7 +409,7 @@ def fit_predictor(X, y, keys: list[str] | None = None, families=FAMILIES, max_de
             continue
         for k in range(1, max_degree + 1):
             for rk in (range(1, max_rank + 1) if f == "cp" else [1]):
-                p = make_polynomial(f, k, rk)
+                p = make_surface(f, k, rk)
                 if p.n_params <= len(y) - 2:  # leave room for the held-out sample and error
                     specs.append((f, k, rk))
     if not specs and list(families) == ["pchip"]:
@@ -407,10 +425,10 @@ def fit_predictor(X, y, keys: list[str] | None = None, families=FAMILIES, max_de
             "samples (more steps per axis or mixed points)")
     cands = []
     for f, k, rk in specs:
-        errs, fits = loo_fits(lambda f=f, k=k, rk=rk: make_polynomial(f, k, rk), X, y)
+        errs, fits = loo_fits(lambda f=f, k=k, rk=rk: make_surface(f, k, rk), X, y)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            p = make_polynomial(f, k, rk).fit(X, y)
+            p = make_surface(f, k, rk).fit(X, y)
         mono = monotonicity(p, lo, hi)
         cands.append({"family": f, "degree": k, "rank": rk, "n_params": p.n_params,
                       "loo_rmse": float(np.sqrt(np.nanmean(errs ** 2))),
