@@ -87,13 +87,27 @@ def test_resume_with_other_config_is_refused(tmp_path):
         train(_model(), tr, TrainConfig(epochs=2), checkpoint_dir=tmp_path, progress=False)
 
 
-def test_distillation_hook():
+def test_distillation_changes_the_update_with_the_teacher():
+    """The same student, data and seed: the teacher's soft targets move the weights
+    elsewhere, and two different teachers move them to different places."""
     tr, _ = _loaders()
-    teacher = _model()
-    student = _model()
-    res = train(student, tr, TrainConfig(steps=4, kd_alpha=0.5), teacher=teacher,
-                progress=False)
-    assert res.steps == 4
+
+    def trained(teacher, alpha):
+        student = _model()
+        train(student, tr, TrainConfig(steps=3, kd_alpha=alpha, lr=0.05), teacher=teacher,
+              progress=False)
+        return torch.cat([p.detach().flatten() for p in student.parameters()])
+
+    torch.manual_seed(1)
+    teacher_a = create_model("resnet_tiny", num_classes=4, in_channels=3)
+    torch.manual_seed(2)
+    teacher_b = create_model("resnet_tiny", num_classes=4, in_channels=3)
+    plain = trained(None, 0.0)
+    assert torch.equal(plain, trained(None, 0.0))  # the comparison below is not noise
+    with_a = trained(teacher_a, 0.5)
+    assert not torch.allclose(with_a, plain, atol=1e-6)
+    assert not torch.allclose(with_a, trained(teacher_b, 0.5), atol=1e-6)
+    assert torch.equal(with_a, trained(teacher_a, 0.5))
     with pytest.raises(DwrpruneError, match="teacher"):
         train(_model(), tr, TrainConfig(steps=1, kd_alpha=0.5), progress=False)
 

@@ -232,16 +232,59 @@ def test_failed_shrink_leaves_model_intact():
     assert state_equal_dict(before, m.state_dict())
 
 
-@pytest.mark.parametrize("criterion", ["l1", "l2", "bn_scale", "random", "taylor"])
-def test_channel_criteria(criterion):
+def _kept_stem_channels(original: nn.Module, pruned: nn.Module) -> tuple[int, ...]:
+    """Which filters of the first conv survived: each kept filter matched to the original's
+    (the stem reads the image, whose channels are never pruned)."""
+    first = [m for m in original.modules() if isinstance(m, nn.Conv2d)][0].weight
+    kept = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)][0].weight
+    return tuple(int(torch.nonzero(torch.all((first - k).abs() < 1e-7, dim=(1, 2, 3)))[0])
+                 for k in kept)
+
+
+def test_channel_criteria_choose_different_channels():
+    """Each criterion runs and leaves its name in the spec, and they do not all keep the same
+    channels (a criterion that was silently ignored would)."""
     from dwrprune import create_dataset, make_loader
 
     m = make("resnet_tiny2", 3, 16)
     data = {"train_loader": make_loader(create_dataset("synthetic", "train", subset=32), 8)}
-    s = Shrinker(m, channel_criterion=criterion, criterion_data=data)
-    out = s.shrink(1, 0.5, 1)
-    assert out.spec["arch"]["width"]["criterion"] == criterion
-    assert out.macs == s.macs(1, 0.5, 1)
+    kept = {}
+    for criterion in ["l1", "l2", "bn_scale", "random", "taylor"]:
+        s = Shrinker(m, channel_criterion=criterion, criterion_data=data)
+        out = s.shrink(1, 0.5, 1)
+        assert out.spec["arch"]["width"]["criterion"] == criterion
+        assert out.macs == s.macs(1, 0.5, 1)
+        kept[criterion] = _kept_stem_channels(m, out.model)
+    assert len(kept["l1"]) == len(set(kept["l1"])) > 0
+    assert kept["l1"] != kept["random"]
+    assert len(set(kept.values())) >= 3, kept
+
+
+def test_a_registered_channel_criterion_is_one_class():
+    """Adding a criterion: one class, registered; shrink then takes it by name."""
+    from dwrprune.pruning.criteria import CHANNEL_CRITERIA
+
+    @CHANNEL_CRITERIA.register
+    class FirstChannels:
+        name = "first_channels"
+        needs: frozenset[str] = frozenset()
+
+        def group_scores(self, group, dg):
+            n = len(group[0][1])
+            return torch.arange(n, 0, -1, dtype=torch.float32)  # keep the lowest indices
+
+    try:
+        m = make("resnet_tiny2", 3, 16)
+        out = Shrinker(m, channel_criterion="first_channels").shrink(1, 0.5, 1)
+        k = len(_kept_stem_channels(m, out.model))
+        assert _kept_stem_channels(m, out.model) == tuple(range(k))
+        assert out.spec["arch"]["width"]["criterion"] == "first_channels"
+        l1 = Shrinker(m, channel_criterion="l1").shrink(1, 0.5, 1)
+        assert _kept_stem_channels(m, l1.model) != tuple(range(k))
+    finally:
+        CHANNEL_CRITERIA.unregister("first_channels")
+    with pytest.raises(DwrpruneError, match="unknown channel criterion 'first_channels'"):
+        Shrinker(m, channel_criterion="first_channels")
 
 
 def test_loss_depth_criterion_and_recalibration():

@@ -111,7 +111,8 @@ class Registry(Generic[T]):
 
             if not torch.cuda.is_available():
                 raise DwrpruneError(f"the {label} {self.kind} needs a CUDA GPU, and this "
-                                    "machine has none")
+                                    "machine has no CUDA GPU (torch.cuda.is_available() is "
+                                    "False)")
         missing = [NEEDS.get(n, (n, n)) for n in sorted(needs - {"gpu"})
                    if context.get(NEEDS.get(n, (n, n))[0]) is None]
         if missing:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import DwrpruneError
+from ..registry import Registry
 from .counting import count_macs, count_params, first_conv_in_channels
 
 
@@ -31,13 +32,36 @@ class Latency:
     device: str = "cpu"
 
 
+DEVICES: Registry = Registry("device")
+
+
+@DEVICES.register
+class CPU:
+    """PyTorch eager on the CPU, with a fixed number of threads."""
+
+    name = "cpu"
+    needs: frozenset[str] = frozenset()
+
+    @staticmethod
+    def synchronize() -> None:
+        pass
+
+
+@DEVICES.register
+class CUDA:
+    """PyTorch eager on a CUDA GPU, timed with synchronisation."""
+
+    name = "cuda"
+    needs = frozenset({"gpu"})
+
+    @staticmethod
+    def synchronize() -> None:
+        torch.cuda.synchronize()
+
+
 def check_device(device: str) -> torch.device:
-    """``cpu`` or ``cuda`` (which must be there), as a torch device."""
-    if device not in ("cpu", "cuda"):
-        raise DwrpruneError(f"device must be cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DwrpruneError("device cuda was asked for, but this machine has no CUDA GPU "
-                            "(torch.cuda.is_available() is False); use --device cpu")
+    """A registered device (``cpu``, or ``cuda`` where there is one), as a torch device."""
+    DEVICES.check_needs(device, {})
     return torch.device(device)
 
 
@@ -51,8 +75,8 @@ def time_in_turns(calls: list[tuple[nn.Module, torch.Tensor]], threads: int = 1,
     in a quiet moment.  A CUDA device is timed with synchronisation."""
     if threads < 1 or repeats < 1:
         raise DwrpruneError(f"threads and repeats must be >= 1, got {threads}, {repeats}")
-    cuda = any(x.device.type == "cuda" for _, x in calls)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = DEVICES.get("cuda" if any(x.device.type == "cuda" for _, x in calls)
+                       else "cpu").synchronize
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

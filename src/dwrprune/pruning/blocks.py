@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import DwrpruneError
+from ..registry import Registry
 
 _ACTIVATIONS = {"ReluBackward0": "relu", "Relu6Backward0": "relu6",
                 "HardtanhBackward0": "relu6", "LeakyReluBackward0": "leaky_relu",
@@ -313,22 +314,80 @@ def resolve_blocks(model: nn.Module, example_input: torch.Tensor,
     return out
 
 
+# ---------------------------------------------------------------------------- block kinds
+BLOCK_KINDS: Registry = Registry("block kind")
+
+
+class BlockKind:
+    """How one kind of removable block leaves a model: which layers go with it
+    (:meth:`branch`) and what takes its place (:meth:`remove`).  A new kind is one class
+    registered here, beside the finder that reports its blocks."""
+
+    name = "base"
+
+    def branch(self, block: Block, names: list[str]) -> list[str]:
+        """The layers among ``names`` (in their order) that removing ``block`` drops: the
+        block's own layers, less its shortcut's."""
+        inside = [n for n in names if n == block.name or n.startswith(block.name + ".")]
+        if not block.shortcut:
+            return inside
+        return [n for n in inside
+                if n != block.shortcut and not n.startswith(block.shortcut + ".")]
+
+    def remove(self, model: nn.Module, block: Block) -> None:
+        raise NotImplementedError
+
+
+@BLOCK_KINDS.register
+class ResidualKind(BlockKind):
+    """``x + f(x)``: the block becomes its trailing activations (or the identity)."""
+
+    name = "residual"
+
+    def remove(self, model: nn.Module, block: Block) -> None:
+        kept = [activation(p) for p in block.post if p not in _IDEMPOTENT]
+        set_module(model, block.name, nn.Sequential(*kept) if kept else nn.Identity())
+
+
+@BLOCK_KINDS.register
+class TransitionKind(BlockKind):
+    """A stage transition with a projection shortcut: the block becomes its shortcut."""
+
+    name = "transition"
+
+    def remove(self, model: nn.Module, block: Block) -> None:
+        shortcut = get_module(model, block.shortcut)
+        set_module(model, block.name,
+                   nn.Sequential(shortcut, *(activation(p) for p in block.post)))
+
+
+@BLOCK_KINDS.register
+class PlainKind(BlockKind):
+    """A shape-preserving conv-BN-ReLU unit of a plain net: its members become identities."""
+
+    name = "plain"
+
+    def branch(self, block: Block, names: list[str]) -> list[str]:
+        return list(block.members)
+
+    def remove(self, model: nn.Module, block: Block) -> None:
+        for m in block.members:
+            set_module(model, m, nn.Identity())
+
+
+@BLOCK_KINDS.register
+class DenseKind(BlockKind):
+    """A DenseNet layer: it yields no features; the layers reading its channels lose them
+    (:func:`dwrprune.pruning.surgery.drop_blocks` on a live model, the spec's layer changes
+    when a model is rebuilt)."""
+
+    name = "dense"
+
+    def remove(self, model: nn.Module, block: Block) -> None:
+        set_module(model, block.name, EmptyFeatures())
+
+
 def remove_blocks(model: nn.Module, blocks: list[Block]) -> None:
-    """Physically remove ``blocks`` from ``model`` (in place).  The layers reading a dense
-    layer's channels are not resized here: :func:`dwrprune.pruning.surgery.drop_blocks` does that on
-    a live model, and a spec's layer changes do it when a model is rebuilt."""
+    """Physically remove ``blocks`` from ``model`` (in place), each as its kind says."""
     for b in blocks:
-        if b.kind == "residual":
-            kept = [activation(p) for p in b.post if p not in _IDEMPOTENT]
-            set_module(model, b.name, nn.Sequential(*kept) if kept else nn.Identity())
-        elif b.kind == "transition":
-            shortcut = get_module(model, b.shortcut)
-            set_module(model, b.name,
-                       nn.Sequential(shortcut, *(activation(p) for p in b.post)))
-        elif b.kind == "plain":
-            for m in b.members:
-                set_module(model, m, nn.Identity())
-        elif b.kind == "dense":  # the readers of its channels: surgery.drop_blocks
-            set_module(model, b.name, EmptyFeatures())
-        else:
-            raise DwrpruneError(f"unknown block kind {b.kind!r}")
+        BLOCK_KINDS.create(b.kind).remove(model, b)

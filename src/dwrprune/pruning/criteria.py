@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from ..errors import DwrpruneError
 from ..registry import Registry
 from .autobot import AutoBotCriterion
-from .blocks import Block, get_module
+from .blocks import BLOCK_KINDS, Block, get_module
 
 CHANNEL_CRITERIA: Registry = Registry("channel criterion")
 DEPTH_CRITERIA: Registry = Registry("depth criterion", "'weight_norm' needs no data")
@@ -154,15 +154,10 @@ class WeightNormDepth:
     needs: frozenset[str] = frozenset()
 
     def block_scores(self, model: nn.Module, blocks: list[Block]) -> list[float]:
+        names = [n for n, _ in model.named_modules()]
         scores = []
         for b in blocks:
-            if b.kind == "plain":
-                mods = [get_module(model, m) for m in b.members]
-            else:
-                root = get_module(model, b.name)
-                skip = b.shortcut.removeprefix(b.name + ".") if b.shortcut else None
-                mods = [m for n, m in root.named_modules()
-                        if not (skip and (n == skip or n.startswith(skip + ".")))]
+            mods = [get_module(model, n) for n in BLOCK_KINDS.create(b.kind).branch(b, names)]
             bns = [m for m in mods if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
             convs = [m for m in mods if isinstance(m, (nn.Conv2d, nn.Linear))]
             if bns:

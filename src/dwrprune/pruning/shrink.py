@@ -32,7 +32,7 @@ from ..registry import Registry
 from ..training.engine import recalibrate_batchnorm
 from .analysis import Analysis, ShrinkResult
 from .autobot import AutoBotWidth
-from .blocks import Block, remove_blocks
+from .blocks import BLOCK_KINDS, Block, remove_blocks
 from .criteria import (
     CHANNEL_CRITERIA,
     DEPTH_CRITERIA,
@@ -240,14 +240,7 @@ class Shrinker(Analysis):
         names = [g.name for g in self.geometry(self.base_resolution)[0]]
         dropped = set()
         for b in removed:
-            if b.kind == "plain":
-                dropped.update(b.members)
-                continue
-            keep_prefix = b.shortcut + "." if b.shortcut else None
-            for n in names:
-                if n.startswith(b.name + ".") and not (
-                        keep_prefix and (n.startswith(keep_prefix) or n == b.shortcut)):
-                    dropped.add(n)
+            dropped.update(BLOCK_KINDS.create(b.kind).branch(b, names))
         return dropped
 
     # ------------------------------------------------------------------------ surgery

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..cost.rounding import kept_channels
 from ..errors import DwrpruneError
-from .blocks import Block, activation, get_module, remove_blocks
+from .blocks import BLOCK_KINDS, Block, activation, get_module, remove_blocks
 
 # Module attributes that channel pruning changes; recorded in the spec, re-applied on load.
 LAYER_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features",
@@ -263,9 +263,6 @@ def record_layer_changes(before: nn.Module | dict, after: nn.Module) -> dict[str
     return changes
 
 
-_BLOCK_KINDS = ("residual", "transition", "plain", "dense")
-
-
 def _module(model: nn.Module, name, what: str) -> nn.Module:
     if not isinstance(name, str):
         raise DwrpruneError(f"spec {what} must be a layer name, got {type(name).__name__}")
@@ -286,9 +283,9 @@ def _blocks_from_spec(model: nn.Module, records) -> list[Block]:
                                                     "post"} or "name" not in rec:
             raise DwrpruneError(f"spec arch.removed_blocks entry {str(rec)[:80]!r} is not a "
                                 "block record (name, kind, members, shortcut, post)")
-        if rec.get("kind") not in _BLOCK_KINDS:
+        if rec.get("kind") not in BLOCK_KINDS:
             raise DwrpruneError(f"spec block {rec['name']!r} has kind {rec.get('kind')!r}; "
-                                f"known: {', '.join(_BLOCK_KINDS)}")
+                                f"known: {', '.join(BLOCK_KINDS)}")
         members, post = rec.get("members", []), rec.get("post", [])
         if not isinstance(members, list) or not isinstance(post, list) or not all(
                 isinstance(p, str) for p in post):

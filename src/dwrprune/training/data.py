@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ..errors import DwrpruneError
+from ..registry import Registry
 
 SPLITS = ("train", "val", "trainval", "test")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -217,25 +218,39 @@ def _resolve_dir(data_dir: str | os.PathLike | None, default: Path | None, what:
     return root
 
 
-def _tensor_source(name: str, data_dir, train: bool, **kw) -> tuple[Tensor, Tensor, DatasetInfo]:
-    if name == "fashion-mnist":
-        root = _resolve_dir(data_dir, FASHION_MNIST_DIR, name)
-        x, y = _load_fashion_mnist(root.resolve(), train)
-        info = DatasetInfo(name, 10, 1, 28, (0.2860,), (0.3530,))
-    elif name in ("cifar10", "cifar100"):
-        k = 10 if name == "cifar10" else 100
+DATASETS: Registry = Registry("dataset")
+# Each entry: fn(data_dir, train, **options) -> (images uint8 N x C x H x W, labels, info), or,
+# for image files read lazily, a Dataset with an ``info`` (``loads_files = True``).
+
+
+@DATASETS.register(name="fashion-mnist")
+def _fashion_mnist(data_dir, train: bool, **_) -> tuple[Tensor, Tensor, DatasetInfo]:
+    root = _resolve_dir(data_dir, FASHION_MNIST_DIR, "fashion-mnist")
+    x, y = _load_fashion_mnist(root.resolve(), train)
+    return x, y, DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,))
+
+
+def _cifar(name: str, k: int, mean, std):
+    def source(data_dir, train: bool, **_) -> tuple[Tensor, Tensor, DatasetInfo]:
         x, y = _load_cifar(_resolve_dir(data_dir, None, name).resolve(), k, train)
-        mean, std = (((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)) if k == 10 else
-                     ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)))
-        info = DatasetInfo(name, k, 3, 32, mean, std)
-    else:  # synthetic
-        k = int(kw.get("num_classes", 10))
-        c = int(kw.get("in_channels", 3))
-        res = int(kw.get("native_resolution", 16))
-        size = int(kw.get("size", 512)) if train else int(kw.get("test_size", 128))
-        x, y = _make_synthetic(k, c, res, size, 0 if train else 1)
-        info = DatasetInfo(name, k, c, res, (0.5,) * c, (0.25,) * c)
-    return x, y, info
+        return x, y, DatasetInfo(name, k, 3, 32, mean, std)
+
+    return source
+
+
+DATASETS.register(_cifar("cifar10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                  name="cifar10")
+DATASETS.register(_cifar("cifar100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+                  name="cifar100")
+
+
+@DATASETS.register(name="synthetic")
+def _synthetic(data_dir, train: bool, num_classes: int = 10, in_channels: int = 3,
+               native_resolution: int = 16, size: int = 512, test_size: int = 128, **_
+               ) -> tuple[Tensor, Tensor, DatasetInfo]:
+    k, c, res = int(num_classes), int(in_channels), int(native_resolution)
+    x, y = _make_synthetic(k, c, res, int(size) if train else int(test_size), 0 if train else 1)
+    return x, y, DatasetInfo("synthetic", k, c, res, (0.5,) * c, (0.25,) * c)
 
 
 def _read_image(path: str):
@@ -267,7 +282,9 @@ def _check_images(paths: list[str], limit: int = 3) -> None:
                             f"{', '.join(bad[:limit])}; remove or replace them")
 
 
-def _imagefolder(data_dir, train: bool, resolution: int | None, augment: bool):
+@DATASETS.register(name="imagefolder")
+def _imagefolder(data_dir, train: bool, resolution: int | None = None, augment: bool = False,
+                 **_):
     from torchvision.datasets import ImageFolder
 
     root = _resolve_dir(data_dir, None, "imagefolder")
@@ -295,7 +312,7 @@ def _imagefolder(data_dir, train: bool, resolution: int | None, augment: bool):
     return ds
 
 
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+_imagefolder.loads_files = True
 
 
 def create_dataset(
@@ -318,8 +335,7 @@ def create_dataset(
     of that many samples (for short fine-tunes).  Extra keywords configure ``synthetic``
     (num_classes, in_channels, native_resolution, size, test_size).
     """
-    if name not in DATASETS:
-        raise DwrpruneError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    source = DATASETS.get(name)
     if split not in SPLITS:
         raise DwrpruneError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
     if resolution is not None and (not isinstance(resolution, int) or resolution < 1):
@@ -328,11 +344,11 @@ def create_dataset(
         augment = split in ("train", "trainval")
     train_side = split != "test"
 
-    if name == "imagefolder":
-        ds = _imagefolder(data_dir, train_side, resolution, augment)
+    if getattr(source, "loads_files", False):
+        ds = source(data_dir, train_side, resolution=resolution, augment=augment)
         n = len(ds)
     else:
-        x, y, info = _tensor_source(name, data_dir, train_side, **kwargs)
+        x, y, info = source(data_dir, train_side, **kwargs)
         ds = ImageTensorDataset(x, y, build_transform(info, resolution or info.resolution,
                                                       augment), info)
         n = len(y)
