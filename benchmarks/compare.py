@@ -199,7 +199,7 @@ def cmd_render(args) -> None:
 
 def cmd_latency(args) -> None:
     import dwrprune
-    from dwrbench.bench import bundled_original, measure_latencies
+    from dwrbench.bench import bundled_original, time_result_models
 
     checkpoint = args.checkpoint or bundled_original(args.out)
     if checkpoint is None:
@@ -207,7 +207,7 @@ def cmd_latency(args) -> None:
                                      "(or has no bench_settings.json): give --checkpoint, the "
                                      "model its rows were pruned from")
     model = dwrprune.load(dwrprune.pretrained.resolve(checkpoint))
-    n = measure_latencies(args.out, model, repeats=args.repeats, remeasure=args.all,
+    n = time_result_models(args.out, model, repeats=args.repeats, remeasure=args.all,
                           progress=True)
     print(f"measured {n} rows in {Path(args.out) / 'results.csv'}")
 

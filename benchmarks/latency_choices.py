@@ -30,8 +30,9 @@ def main() -> None:
     from dwrprune.cost.latency import LatencyTarget, fit_latency_model
     from dwrprune.pipeline import Run, fit_samples, run_shrinker
     from dwrprune.pretrained import resolve
-    from dwrprune.search.latency import search_box, solve_latency
+    from dwrprune.search.latency import solve_latency
     from dwrprune.search.predictor import POLYNOMIALS
+    from dwrprune.search.solver import search_box
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", required=True, help="pipeline run folder")

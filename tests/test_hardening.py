@@ -146,7 +146,7 @@ def test_out_that_is_a_file(tmp_path, tiny_checkpoint, config_file, capsys):
     assert f.read_text() == "x"
     assert main(["train", "--model", "resnet_tiny", "--data", "synthetic", "--steps", "1",
                  "--out", str(f / "sub")]) == 2
-    _one_error_line(capsys, "not writable")
+    _one_error_line(capsys, "not a writable folder")
 
 
 def test_force_onto_a_directory_and_existing_export(tmp_path, capsys):
@@ -162,11 +162,11 @@ def test_force_onto_a_directory_and_existing_export(tmp_path, capsys):
 
 
 def test_read_only_destination(tmp_path, monkeypatch):
+    from dwrprune.io.files import output_file
     from dwrprune.pipeline import Run
-    from dwrprune.tasks import output_file
 
     monkeypatch.setattr(os, "access", lambda *a, **k: False)  # root passes real chmod checks
-    with pytest.raises(DwrpruneError, match="not writable"):
+    with pytest.raises(DwrpruneError, match="not a writable folder"):
         Run(tmp_path / "run").check_writable()
     with pytest.raises(DwrpruneError, match="not a writable folder"):
         output_file(tmp_path / "m.pt")

@@ -201,7 +201,7 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
 
     Jobs go to ``executor`` (default: in this process); the driver writes each finished row
     and model as it arrives.  Latency is measured afterwards, in the driver, one model at a
-    time (:func:`measure_latencies`), so parallel jobs cannot distort it.
+    time (:func:`time_result_models`), so parallel jobs cannot distort it.
 
     With ``latency_target`` (a :class:`~dwrprune.cost.latency.LatencyTarget`), ``budgets`` are
     fractions of the original model's measured latency there: ``3d-latency`` chooses under
@@ -259,7 +259,7 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
     failures = run_graph([node(*t) for t in todo], executor,
                          on_failure=lambda f: bar.write(f"[bench] {f.key} FAILED: {f.error}"))
     bar.close()
-    measure_latencies(out, model, repeats=latency_repeats)
+    time_result_models(out, model, repeats=latency_repeats)
     raise_failures(failures, "benchmark jobs", str(csv_path))
     return csv_path
 
@@ -294,7 +294,7 @@ def _update_rows(csv_path: Path, updates: dict[tuple[str, float, int], dict]) ->
     tmp.replace(csv_path)
 
 
-def measure_latencies(out: str | Path, original: nn.Module, repeats: int = 20,
+def time_result_models(out: str | Path, original: nn.Module, repeats: int = 20,
                       remeasure: bool = False, progress: bool = False,
                       threads: int = 1) -> int:
     """Fill in the latency columns (batch 1 and 64, the unpruned model too) of the rows that

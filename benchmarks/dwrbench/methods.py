@@ -179,7 +179,8 @@ class ThreeDLatency(ThreeD):
                                                         ctx.latency_target)
 
     def prune(self, model, budget, seed, ctx) -> Pruned:
-        from dwrprune.search.latency import LatencyOutOfReach, choose_under_latency, search_box
+        from dwrprune.search.latency import LatencyOutOfReach, choose_under_latency
+        from dwrprune.search.solver import search_box
 
         p, lat = ctx.prepared[("3d", seed)], ctx.prepared[("latency-model", seed)]
         shr = self.shrinker(model, seed, ctx)

@@ -68,7 +68,7 @@ def test_resume_with_other_recipe_is_refused(tmp_path):
 def test_latency_pass_fills_rows_and_keeps_rows_appended_meanwhile(tmp_path, monkeypatch):
     import dwrbench.bench as bench
     import dwrprune
-    from dwrbench.bench import append_row, measure_latencies, model_path
+    from dwrbench.bench import append_row, model_path, time_result_models
     from dwrprune.checkpoint import save_model
     from dwrprune.io.spec import make_spec
 
@@ -88,7 +88,7 @@ def test_latency_pass_fills_rows_and_keeps_rows_appended_meanwhile(tmp_path, mon
         return real(*a, **k)
 
     monkeypatch.setattr(bench, "measure_latency", measure_while_another_process_appends)
-    assert measure_latencies(tmp_path, model, repeats=2) == 1
+    assert time_result_models(tmp_path, model, repeats=2) == 1
     monkeypatch.setattr(bench, "measure_latency", real)
     rows = list(csv.DictReader(open(csv_path)))
     assert [r["method"] for r in rows] == ["width-only", "depth-only", "3d"]
@@ -98,12 +98,12 @@ def test_latency_pass_fills_rows_and_keeps_rows_appended_meanwhile(tmp_path, mon
         orig = float(rows[0][f"original_latency_b{b}_ms"])
         assert float(rows[0][f"latency_b{b}_ms"]) == pytest.approx(ratio * orig)
     assert float(rows[0]["original_latency_b64_ms"]) > 0 and rows[1]["latency_b1_ms"] == ""
-    assert measure_latencies(tmp_path, model, repeats=2) == 0  # 3d has no model file here
-    assert measure_latencies(tmp_path, model, repeats=2, remeasure=True) == 1
+    assert time_result_models(tmp_path, model, repeats=2) == 0  # 3d has no model file here
+    assert time_result_models(tmp_path, model, repeats=2, remeasure=True) == 1
     settings = tmp_path / "bench_settings.json"  # filled from another original: refused
     settings.write_text(json.dumps({"model": "0" * 64}))
     with pytest.raises(dwrprune.DwrpruneError, match="another model"):
-        measure_latencies(tmp_path, model, repeats=2, remeasure=True)
+        time_result_models(tmp_path, model, repeats=2, remeasure=True)
 
 
 def test_a_benchmark_folder_names_the_bundled_original_it_was_filled_from(tmp_path):

@@ -14,29 +14,12 @@ from ._version import __version__
 from .checkpoint import load, save_model
 from .cost import CostReport, cost_report, cost_reports_side_by_side
 from .errors import DwrpruneError
-from .io.files import save_json
+from .io.files import check_folder_writable, output_file, save_json
 from .io.spec import make_spec, spec_of
 from .pipeline.data import DatasetSource, check_data_matches
-from .pipeline.run import check_folder_writable
 from .pruning.shrink import Shrinker, ShrinkResult, data_needs
 from .training import distributed
 from .training.engine import TrainConfig, evaluate, train
-
-
-def output_file(path: str | os.PathLike, force: bool = False) -> Path:
-    """An output file path that can be written: not an existing folder, inside a writable
-    folder, and not an existing file unless ``force``.  Checked before any work."""
-    out = Path(path)
-    if out.is_dir():
-        raise DwrpruneError(f"output {out} is a folder; give a file path (e.g. {out}/model.pt)")
-    if out.exists() and not force:
-        raise DwrpruneError(f"{out} exists; pass --force to overwrite it")
-    parent = next((q for q in out.parents if q.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise DwrpruneError(f"cannot write {out}: {parent} is not a writable folder")
-    if out.exists() and not os.access(out, os.W_OK):
-        raise DwrpruneError(f"cannot overwrite {out}: the file is read-only")
-    return out
 
 
 def train_model(name: str, data: DatasetSource, out: str | os.PathLike, *,

@@ -109,20 +109,35 @@ def quartiles(times: list[float]) -> tuple[float, float]:
 
 
 @contextmanager
+def visiting(device: torch.device | str, *models: nn.Module | None, eval_mode: bool = False):
+    """Run with ``models`` moved to ``device`` (and in eval mode, with ``eval_mode``); each
+    goes back to its own device and mode afterwards: the rest of dwrprune (surgery, cost,
+    checkpoints) works on CPU models, and a user's model is left as it was given."""
+    homes = [(m, next(m.parameters(), torch.empty(0)).device, m.training)
+             for m in models if m is not None]
+    try:
+        for m, _, _ in homes:
+            m.to(device)
+            if eval_mode:
+                m.eval()
+        yield
+    finally:
+        for m, home, training in homes:
+            m.to(home)
+            if eval_mode:
+                m.train(training)
+
+
+@contextmanager
 def timing_inputs(models: list[tuple[nn.Module, int]], batch_size: int, device: str = "cpu",
                   in_channels: int | None = None):
     """``(module, input)`` pairs to time each ``(model, resolution)``: the model in eval
     mode on ``device`` and a random batch for it; each model goes back to its device and
     mode afterwards."""
     dev = check_device(device)
-    homes = [(m, next(m.parameters()).device, m.training) for m, _ in models]
-    try:
-        yield [(m.eval().to(dev),
-                torch.randn(batch_size, in_channels or first_conv_in_channels(m), px, px,
-                            device=dev)) for m, px in models]
-    finally:
-        for m, home, training in homes:
-            m.to(home).train(training)
+    with visiting(dev, *(m for m, _ in models), eval_mode=True):
+        yield [(m, torch.randn(batch_size, in_channels or first_conv_in_channels(m), px, px,
+                               device=dev)) for m, px in models]
 
 
 def measure_latencies(models: list[tuple[nn.Module, int]], batch_size: int = 1,

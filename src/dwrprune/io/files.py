@@ -81,3 +81,35 @@ def model_payload(model: nn.Module, spec: dict, meta: dict | None = None) -> dic
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "spec": plain(spec),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "meta": plain(meta or {})}
+
+
+def _writable_parent(path: Path, what: str) -> None:
+    """The nearest existing folder at or above ``path`` can be written in, else one error."""
+    parent = next((q for q in [path, *path.parents] if q.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DwrpruneError(f"cannot write {what} {path}: {parent} is not a writable folder")
+
+
+def check_folder_writable(path: str | os.PathLike, what: str = "folder") -> Path:
+    """``path`` is a folder, or can be made one, and can be written: else one clear error
+    naming it.  Returns ``path``."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise DwrpruneError(f"--out {p} exists and is not a folder; a {what} must be a "
+                            "directory (choose another path)")
+    _writable_parent(p, what)
+    return p
+
+
+def output_file(path: str | os.PathLike, force: bool = False) -> Path:
+    """An output file path that can be written: not an existing folder, inside a writable
+    folder, and not an existing file unless ``force``.  Checked before any work."""
+    out = Path(path)
+    if out.is_dir():
+        raise DwrpruneError(f"output {out} is a folder; give a file path (e.g. {out}/model.pt)")
+    if out.exists() and not force:
+        raise DwrpruneError(f"{out} exists; pass --force to overwrite it")
+    _writable_parent(out.parent, "output")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise DwrpruneError(f"cannot overwrite {out}: the file is read-only")
+    return out

@@ -22,25 +22,12 @@ from pathlib import Path
 import yaml
 
 from ..errors import DwrpruneError
-from ..io.files import atomic_write_bytes, save_json
+from ..io.files import atomic_write_bytes, check_folder_writable, save_json
 from ..io.settings import check_same_settings
 from ..io.store import SampleStore
 from ..search.predictor import Predictor
 from ..search.solver import Solution
 from .config import PipelineConfig
-
-
-def check_folder_writable(path: Path, what: str = "folder") -> Path:
-    """``path`` is a folder, or can be made one, and can be written: else one clear error
-    naming it.  Returns ``path``."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise DwrpruneError(f"--out {p} exists and is not a folder; a {what} must be a "
-                            "directory (choose another path)")
-    parent = next((q for q in [p, *p.parents] if q.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise DwrpruneError(f"cannot write {what} {p}: {parent} is not writable")
-    return p
 
 
 class Run:

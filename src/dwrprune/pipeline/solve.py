@@ -9,8 +9,8 @@ import numpy as np
 from ..errors import DwrpruneError
 from ..pruning.shrink import Shrinker
 from ..search.predictor import Predictor
-from ..search.solver import Candidate, Solution, solve
-from .config import PipelineConfig
+from ..search.solver import Candidate, Solution, search_box, solve
+from .config import PipelineConfig, field_defaults
 from .points import ONE_AXIS, one_axis_point
 from .run import Run
 
@@ -33,7 +33,8 @@ def _candidate(pred: Predictor, shr: Shrinker, point) -> Candidate:
 
 
 def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
-                 lower: list[float] | None = None, min_gain_sigmas: float = 0.0) -> Solution:
+                 lower: list[float] | None = None,
+                 min_gain_sigmas: float | None = None) -> Solution:
     """Stage 3: the best realisable (d, w, r) under ``budget`` for a fitted predictor.
 
     The alternative the optimum is compared with is the one-axis point (the largest width-,
@@ -42,14 +43,16 @@ def solve_budget(pred: Predictor, shrinker: Shrinker, budget: float,
 
     With ``min_gain_sigmas`` > 0 the choice is uncertainty-aware: the optimum is taken only
     when its predicted gain over the alternative exceeds that many standard deviations of
-    the gain (:meth:`Predictor.gain`); otherwise the alternative is kept.  The solution's
-    ``decision`` records the comparison either way."""
+    the gain (:meth:`Predictor.gain`); otherwise the alternative is kept.  The default is
+    the configuration's (:attr:`PipelineConfig.min_gain_sigmas`), so Python and the command
+    line decide alike; 0 turns the rule off.  The solution's ``decision`` records the
+    comparison either way."""
+    if min_gain_sigmas is None:
+        min_gain_sigmas = field_defaults()["min_gain_sigmas"]
     if min_gain_sigmas > 0 and not pred.jackknife and pred.noise_sd is None:
         raise DwrpruneError("this predictor was fitted before dwrprune recorded its "
                             "uncertainty; fit it again (`dwrprune fit --run RUN`)")
-    lo = list(lower) if lower is not None else list(pred.lower)
-    lo[2] = max(lo[2], shrinker.min_resolution / shrinker.base_resolution)
-    lo = [min(max(v, 1e-3), 1.0) for v in lo]
+    lo = [min(max(v, 1e-3), 1.0) for v in search_box(lower, pred, shrinker)]
     base = shrinker.macs(1, 1, 1)
     sol = solve(pred, shrinker.macs, base, budget, tuple(lo),
                 len(shrinker.blocks), shrinker.base_resolution, shrinker.min_resolution)
@@ -123,7 +126,7 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     predictor as MACs budgets: ``fractions`` of the original model's measured latency (default:
     the config's own budget).  The run's own budget also writes plan.json."""
     from ..cost.latency import Reference
-    from ..search.latency import choose_under_latency, search_box
+    from ..search.latency import choose_under_latency
 
     target = cfg.latency_target or cfg.replace(latency_budget=0.5).latency_target
     for f in fractions or []:  # every budget checked before any work

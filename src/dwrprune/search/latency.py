@@ -9,6 +9,7 @@ import math
 from ..cost.latency import TOLERANCE, LatencyModel, Reference, measure_ms
 from ..errors import DwrpruneError
 from ..pruning.shrink import Shrinker
+from .solver import widest
 
 
 class LatencyOutOfReach(DwrpruneError):
@@ -30,15 +31,6 @@ def _wider_within(shr: Shrinker, lat: LatencyModel, d: float, w: float, r: float
     return best
 
 
-def search_box(lower, pred, shr: Shrinker) -> tuple[float, float, float]:
-    """The lower corner of the (d, w, r) box a latency solve searches: ``lower`` (the
-    pipeline's ``lower_bounds``) or else the predictor's sampled range, with r never below
-    the smallest input the model runs at."""
-    lo = list(lower) if lower else list(pred.lower)
-    lo[2] = max(lo[2], shr.min_resolution / shr.base_resolution)
-    return tuple(lo)
-
-
 def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
                   lower: tuple[float, float, float]) -> dict:
     """The realisable (d, w, r) with the highest predicted accuracy whose modelled latency
@@ -55,15 +47,9 @@ def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
             r = p / px
             if lat(shr, d, lower[1], r) > budget_ms:
                 continue
-            a, b = lower[1], 1.0
-            if lat(shr, d, b, r) <= budget_ms:
-                a = b
-            else:
-                for _ in range(14):
-                    mid = (a + b) / 2
-                    a, b = (mid, b) if lat(shr, d, mid, r) <= budget_ms else (a, mid)
-                if lat.kind == "lut":  # a totals model is monotone in w: nothing to find
-                    a = _wider_within(shr, lat, d, a, r, budget_ms)
+            a = widest(lambda w, d=d, r=r: lat(shr, d, w, r) <= budget_ms, lower[1])
+            if a < 1.0 and lat.kind == "lut":  # a totals model is monotone in w
+                a = _wider_within(shr, lat, d, a, r, budget_ms)
             cands.append({"d": d, "w": a, "r": r, "resolution": p,
                           "predicted": float(pred(d, a, r)),
                           "latency_ms": lat(shr, d, a, r), "macs": shr.macs(d, a, r)})

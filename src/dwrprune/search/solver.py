@@ -80,6 +80,29 @@ class Solution:
                                 "the plan stage") from None
 
 
+
+def widest(fits: Callable[[float], bool], lo: float, steps: int = 14) -> float:
+    """The widest w in [lo, 1] for which ``fits`` holds, given that it holds at ``lo`` and
+    cost never decreases with w: 1 if it fits, else bisection (``steps`` halvings, about
+    1e-4 in w).  The MACs and the latency solves both ask this."""
+    if fits(1.0):
+        return 1.0
+    a, b = lo, 1.0
+    for _ in range(steps):
+        mid = (a + b) / 2
+        a, b = (mid, b) if fits(mid) else (a, mid)
+    return a
+
+
+def search_box(lower, pred, shr) -> tuple[float, float, float]:
+    """The lower corner of the (d, w, r) box a solve searches: ``lower`` (the pipeline's
+    ``lower_bounds``) or else the predictor's sampled range, with r never below the smallest
+    input the model runs at."""
+    lo = list(lower) if lower else list(pred.lower)
+    lo[2] = max(lo[2], shr.min_resolution / shr.base_resolution)
+    return tuple(lo)
+
+
 def _grad(f: Callable, x: np.ndarray, h: float = 1e-5) -> np.ndarray:
     g = np.zeros(3)
     for i in range(3):
@@ -171,16 +194,7 @@ def refine(F: Callable, macs_of: Callable[[float, float, float], int], base_macs
             r = px / base_resolution
             if macs_of(d, lo_w, r) > limit:
                 continue
-            a, b = lo_w, 1.0
-            if macs_of(d, b, r) <= limit:
-                a = b
-            else:
-                for _ in range(14):  # ~1e-4 resolution in w
-                    mid = (a + b) / 2
-                    if macs_of(d, mid, r) <= limit:
-                        a = mid
-                    else:
-                        b = mid
+            a = widest(lambda w, d=d, r=r: macs_of(d, w, r) <= limit, lo_w)
             m = macs_of(d, a, r)
             out.append(Candidate(d, a, r, round(d * n_blocks), px, m, m / base_macs,
                                  float(F(d, a, r))))

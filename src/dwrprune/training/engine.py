@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..cost.timing import visiting
 from ..errors import DwrpruneError, quote_error
 from ..io.files import load_torch, model_payload, save_torch
 from ..io.settings import check_same_settings
@@ -93,27 +93,13 @@ def compute_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-@contextmanager
-def _on(device: torch.device, *models: nn.Module | None):
-    """Run with ``models`` moved to ``device``, and put them back where they were after:
-    the rest of dwrprune (surgery, cost, latency, checkpoints) works on CPU models."""
-    homes = [(m, _device_of(m)) for m in models if m is not None]
-    for m, _ in homes:
-        m.to(device)
-    try:
-        yield
-    finally:
-        for m, home in homes:
-            m.to(home)
-
-
 def evaluate(model: nn.Module, loader: DataLoader, progress: bool = False,
              desc: str = "eval", max_batches: int | None = None,
              device: str | torch.device | None = None) -> EvalResult:
     """Mean cross-entropy and top-1 accuracy over ``loader`` in eval mode (under torchrun,
     each rank evaluates every N-th sample and the counts are summed); on ``device``
     (default: :func:`compute_device`), the model put back where it was afterwards."""
-    with _on(compute_device(device), model):
+    with visiting(compute_device(device), model):
         return _evaluate(model, loader, progress, desc, max_batches)
 
 
@@ -218,7 +204,7 @@ def train(
     data-parallel:
     the loader's batch size is the global batch, and only rank 0 logs and writes.
     """
-    with _on(compute_device(device), model, teacher):
+    with visiting(compute_device(device), model, teacher):
         return _train(model, train_loader, config, val_loader, teacher, checkpoint_dir, spec,
                       progress, log, desc, checkpoint_every)
 
