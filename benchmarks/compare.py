@@ -1,9 +1,9 @@
 """Three-dimensional pruning vs one-dimensional pruning vs Torch-Pruning, at equal MACs.
 
     python benchmarks/compare.py run [--budgets 0.5,0.3] [--seeds 0,1,2] [--epochs 3] ...
-    python benchmarks/compare.py render [--out benchmarks/results] [--update-readme [--block B]]
+    python benchmarks/compare.py render [--out benchmarks/results] [--update-docs [--block B]]
     python benchmarks/compare.py run --quick        # tiny model, synthetic data (CI)
-    python benchmarks/compare.py choices --out OUT [--config C]   # 3d's choice today, no training
+    python benchmarks/compare.py choices --out OUT [--config C]   # 3d's choice with the current defaults, no training
 
 `run` appends one CSV row per (method, budget, seed) to OUT/results.csv as each finishes
 (a stopped run resumes).  `render` turns the CSV into a Markdown table (mean +- std over
@@ -74,7 +74,7 @@ def cmd_run(args) -> None:
         executor.close()
     print(f"results: {csv_path}")
     if args.quick:
-        args.update_readme = False
+        args.update_docs = False
         cmd_render(args)
 
 
@@ -189,11 +189,11 @@ def cmd_render(args) -> None:
     print(text)
     plot(summary, out / "compare.png")
     (out / "table.md").write_text(text + "\n")
-    if args.update_readme:
-        from readme_block import update_readme
+    if args.update_docs:
+        from docs_block import update_docs
 
         batch = target_batch(summary)
-        update_readme(args.block or ("compare-table" if batch is None
+        update_docs(args.block or ("compare-table" if batch is None
                                      else f"compare-latency-b{batch}"), text)
 
 
@@ -213,7 +213,7 @@ def cmd_latency(args) -> None:
 
 
 def cmd_choices(args) -> None:
-    """What 3d would choose with today's defaults (``--config`` over them) on the collections
+    """What 3d would choose with the current defaults (``--config`` over them) on the collections
     a MACs comparison folder holds (OUT/3d/seedN), beside the choice its rows record: whether
     a change of predictor or solver moves a committed 3d row, without fine-tuning anything."""
     import csv
@@ -296,7 +296,7 @@ def main() -> None:
     la.add_argument("--repeats", type=int, default=30)
     la.add_argument("--all", action="store_true", help="every row, not only rows without")
     la.set_defaults(func=cmd_latency)
-    c = sub.add_parser("choices", help="3d's choice with today's defaults on a folder's "
+    c = sub.add_parser("choices", help="3d's choice with the current defaults on a folder's "
                                        "collections, beside its rows (no fine-tuning)")
     c.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     c.add_argument("--checkpoint", default=None,
@@ -309,9 +309,9 @@ def main() -> None:
     c.set_defaults(func=cmd_choices)
     d = sub.add_parser("render")
     d.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    d.add_argument("--update-readme", action="store_true")
+    d.add_argument("--update-docs", action="store_true")
     d.add_argument("--block", default=None,
-                   help="README block to write (default: compare-table, or compare-latency-bN "
+                   help="docs block to write (default: compare-table, or compare-latency-bN "
                         "for a comparison at equal latency)")
     d.set_defaults(func=cmd_render)
     args = ap.parse_args()

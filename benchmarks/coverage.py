@@ -4,7 +4,7 @@ shrinking at random (d, w, r) with the shrunk model's MACs from `torch.utils.flo
 compared with `Shrinker.macs`, and the time each shrink took.
 
     python benchmarks/coverage.py run [--models tv/resnet18,timm/lcnet_050 [--redo]] [--points 3]
-    python benchmarks/coverage.py render --update-readme
+    python benchmarks/coverage.py render --update-docs
 
 Each model runs in its own process under a time limit (a model Torch-Pruning cannot trace in
 that time is reported as such); one CSV row per model is appended as it finishes, so a stopped
@@ -168,10 +168,10 @@ def cmd_render(args) -> None:
     with open(Path(args.out) / "coverage.csv", newline="") as f:
         text = render(list(csv.DictReader(f)))
     print(text)
-    if args.update_readme:
-        from readme_block import update_readme
+    if args.update_docs:
+        from docs_block import update_docs
 
-        update_readme("coverage", text)
+        update_docs("coverage", text)
 
 
 def main() -> None:
@@ -188,7 +188,7 @@ def main() -> None:
     r.set_defaults(func=cmd_run)
     d = sub.add_parser("render")
     d.add_argument("--out", default=str(OUT))
-    d.add_argument("--update-readme", action="store_true")
+    d.add_argument("--update-docs", action="store_true")
     d.set_defaults(func=cmd_render)
     args = ap.parse_args()
     args.func(args)

@@ -2,7 +2,7 @@
 
     python benchmarks/latency_model.py [--checkpoint resnet20-fashion-mnist] [--batches 1,64]
         [--threads 1] [--fit 16] [--heldout 12] [--out benchmarks/results/latency-model]
-        [--update-readme]
+        [--update-docs]
 
 For each batch size: measure the original and ``fit + heldout`` shrunk models spread over
 the (d, w, r) box (Latin hypercube), fit both kinds of latency model (whole-network totals,
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency-model"))
-    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--update-docs", action="store_true")
     args = ap.parse_args()
 
     import dwrprune
@@ -74,10 +74,10 @@ def main() -> None:
     text = "\n".join(lines)
     (out / "table.md").write_text(text + "\n")
     print(text)
-    if args.update_readme:
-        from readme_block import update_readme
+    if args.update_docs:
+        from docs_block import update_docs
 
-        update_readme("latency-model-table", text)
+        update_docs("latency-model-table", text)
 
 
 if __name__ == "__main__":

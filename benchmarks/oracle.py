@@ -105,7 +105,7 @@ def cmd_run(args) -> None:
         executor.close()
     print(f"results: {csv_path}")
     if args.quick:
-        args.run, args.update_readme = [str(run_dir)], False
+        args.run, args.update_docs = [str(run_dir)], False
         for budget in args.budgets:
             args.budget = budget
             cmd_render(args)
@@ -385,11 +385,11 @@ def cmd_render(args) -> None:
     out = Path(args.out)
     text = render(read_rows(out / "oracle.csv"), args.budget, args.run or [])
     print(text)
-    if args.update_readme:  # the committed tables; without it, only printed (a trial run)
-        from readme_block import update_readme
+    if args.update_docs:  # the committed tables; without it, only printed (a trial run)
+        from docs_block import update_docs
 
         (out / f"oracle_{args.budget:g}.md").write_text(text + "\n")
-        update_readme(f"oracle-{args.budget:g}", text)
+        update_docs(f"oracle-{args.budget:g}", text)
 
 
 def cmd_shift(args) -> None:
@@ -440,7 +440,7 @@ def main() -> None:
     d.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "oracle"))
     d.add_argument("--budget", type=float, default=0.5)
     d.add_argument("--run", action="append", help="run folder whose choice to judge")
-    d.add_argument("--update-readme", action="store_true")
+    d.add_argument("--update-docs", action="store_true")
     d.set_defaults(func=cmd_render)
     h = sub.add_parser("shift", help="do two groups of seeds measure the same quantity?")
     h.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "oracle"))

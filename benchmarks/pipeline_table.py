@@ -1,12 +1,12 @@
-"""Render the README's pipeline results table from finished run folders.
+"""Render the pipeline results table (docs/results.md) from finished run folders.
 
-    python benchmarks/pipeline_table.py RUN [RUN ...] [--update-readme]
+    python benchmarks/pipeline_table.py RUN [RUN ...] [--update-docs]
 
 Each row comes from a run folder's final.json, predictor.json and config.yaml: the chosen
 point, exact MACs, parameters, CPU latency (batch 1 and 64, 1 thread), test accuracy of the
 original and the pruned model, the predictor's leave-one-out and held-out errors, and the
-collection's wall-clock.  With --update-readme the table replaces the block between
-<!-- pipeline-table --> markers in README.md.
+collection's wall-clock.  With --update-docs the table replaces the block between
+<!-- pipeline-table --> markers in docs/results.md.
 """
 
 from __future__ import annotations
@@ -48,14 +48,14 @@ HEADER = ("| run | budget | d / w / r | MACs (M) | params | latency b1 (ms) | "
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--update-docs", action="store_true")
     args = ap.parse_args()
     table = HEADER + "\n" + "\n".join(row(r) for r in args.runs)
     print(table)
-    if args.update_readme:
-        from readme_block import update_readme
+    if args.update_docs:
+        from docs_block import update_docs
 
-        update_readme("pipeline-table", table)
+        update_docs("pipeline-table", table)
 
 
 if __name__ == "__main__":
