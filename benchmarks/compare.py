@@ -3,7 +3,7 @@
     python benchmarks/compare.py run [--budgets 0.5,0.3] [--seeds 0,1,2] [--epochs 3] ...
     python benchmarks/compare.py render [--out benchmarks/results] [--update-docs [--block B]]
     python benchmarks/compare.py run --quick        # tiny model, synthetic data (CI)
-    python benchmarks/compare.py choices --out OUT [--config C]   # 3d's choice with the current defaults, no training
+    python benchmarks/compare.py choices --out OUT [--config C]   # 3d's choice now, no training
 
 `run` appends one CSV row per (method, budget, seed) to OUT/results.csv as each finishes
 (a stopped run resumes).  `render` turns the CSV into a Markdown table (mean +- std over
