@@ -63,9 +63,11 @@ def cmd_run(args) -> None:
         budgets = args.latency_budgets
     methods = (args.methods.split(",") if args.methods else
                list(METHODS) + (["3d-latency"] if target else []))
+    import dwrbench
     from dwrprune.pipeline.executors import create_executor
 
-    executor = create_executor(args.executor, args.ray_address, args.retries)
+    executor = create_executor(args.executor, args.ray_address, args.retries,
+                               py_modules=[dwrbench])
     try:
         csv_path = run_benchmark(model, data, methods, budgets, seeds, recipe, pipe, args.out,
                                  finetune_subset=subset, progress=not args.no_progress,

@@ -89,9 +89,10 @@ def cmd_run(args) -> None:
     depths, resolutions = default_grid(shr)
     depths = args.depths or depths
     resolutions = args.resolutions or resolutions
+    import dwrbench
     from dwrprune.pipeline.executors import Resources, create_executor
 
-    executor = create_executor(args.executor, args.ray_address)
+    executor = create_executor(args.executor, args.ray_address, py_modules=[dwrbench])
     try:
         for budget in args.budgets:
             csv_path = run_oracle(model, data, run_dir, budget, args.seeds, recipe, out,

@@ -200,7 +200,8 @@ def test_pipeline_under_a_latency_budget(tmp_path, tiny_checkpoint, tiny_options
             times.append([counter.get_total_flops() / 2 / base] * repeats)
         return times
 
-    monkeypatch.setattr(S, "measure_ms", measure)
+    monkeypatch.setattr(S, "measure_ms", measure)  # the choice
+    monkeypatch.setattr(L, "measure_ms", measure)  # the final model
     monkeypatch.setattr(L, "time_in_turns", in_turns)
     opts = {k: v for k, v in tiny_options.items() if k not in ("data", "budget")}
     result = dwrprune.prune(model, "synthetic", out=tmp_path / "run", progress="never",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import dwrbench
 import dwrprune
 from dwrprune import PipelineConfig, TrainConfig, load
 from dwrprune.pipeline import DatasetSource
@@ -281,7 +282,8 @@ def test_benchmark_on_ray_matches_local(tmp_path, tiny_checkpoint, ray_cluster, 
     pipe = PipelineConfig.from_dict({**tiny_options, "holdout_points": [], "depth_criterion":
                                      "weight_norm"})
     rows = {}
-    for name, ex in (("local", LocalExecutor()), ("ray", RayExecutor(ray_cluster))):
+    ray_ex = RayExecutor(ray_cluster, py_modules=[dwrbench])  # dwrbench is not installed
+    for name, ex in (("local", LocalExecutor()), ("ray", ray_ex)):
         try:
             run_benchmark(model, data, ["3d", "width-only"], [0.5], [0], TrainConfig(steps=2),
                           pipe, tmp_path / name, progress=False, latency_repeats=2,

@@ -153,16 +153,19 @@ def _call(fn, *args):
 @EXECUTORS.register
 class RayExecutor:
     """Runs jobs as Ray tasks: ``address`` of a running cluster (``ray start --head``), or
-    None for a local Ray instance started here (and stopped by :meth:`close`)."""
+    None for a local Ray instance started here (and stopped by :meth:`close`).
+    ``py_modules``: modules outside installed packages that the jobs' functions live in
+    (the benchmarks' ``dwrbench``), shipped to the workers (Ray's ``runtime_env``)."""
 
     name = "ray"
 
     @classmethod
-    def from_context(cls, address: str | None = None, retries: int = 2, **_) -> RayExecutor:
-        return cls(address, retries)
+    def from_context(cls, address: str | None = None, retries: int = 2, py_modules=None,
+                     **_) -> RayExecutor:
+        return cls(address, retries, py_modules=py_modules)
 
     def __init__(self, address: str | None = None, retries: int = 2,
-                 num_cpus: int | None = None):
+                 num_cpus: int | None = None, py_modules: list | None = None):
         try:
             import ray
         except ImportError:
@@ -173,6 +176,8 @@ class RayExecutor:
         if not ray.is_initialized():
             kwargs: dict = {"include_dashboard": False, "logging_level": "WARNING",
                             "log_to_driver": True}
+            if py_modules:
+                kwargs["runtime_env"] = {"py_modules": list(py_modules)}
             if address is None:  # a new instance here, even if a cluster runs on this machine
                 kwargs["num_cpus"] = num_cpus or os.cpu_count()
             elif _is_loopback(address):  # a cluster bound to loopback: join it as 127.0.0.1,
@@ -220,10 +225,10 @@ class RayExecutor:
 
 
 def create_executor(name: str = "local", address: str | None = None,
-                    retries: int = 2) -> Executor:
+                    retries: int = 2, py_modules: list | None = None) -> Executor:
     """A registered executor: ``local`` or ``ray`` (``address``: a running cluster; None:
-    start one here)."""
-    return EXECUTORS.create(name, address=address, retries=retries)
+    start one here; ``py_modules``: see :class:`RayExecutor`)."""
+    return EXECUTORS.create(name, address=address, retries=retries, py_modules=py_modules)
 
 
 # ---------------------------------------------------------------------------- the job graph
