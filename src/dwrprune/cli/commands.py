@@ -9,6 +9,8 @@ import sys
 from .options import (
     NONNEG,
     POS,
+    SIDE,
+    THREADS,
     _ints,
     add_checkpoint_arg,
     add_data_args,
@@ -26,12 +28,12 @@ def _info_args(p):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model", help="registered model name (fresh weights)")
     g.add_argument("--checkpoint", help="model checkpoint (path or bundled name)")
-    p.add_argument("--resolution", type=POS, default=None,
+    p.add_argument("--resolution", type=SIDE, default=None,
                    help="input side in px (default: the checkpoint's, or 32)")
     p.add_argument("--in-channels", type=POS, default=None,
                    help="input channels for --model (default 3)")
     p.add_argument("--num-classes", type=POS, default=10)
-    p.add_argument("--threads", type=POS, default=1, help="threads for latency")
+    p.add_argument("--threads", type=THREADS, default=1, help="threads for latency")
     p.add_argument("--batch-sizes", type=_ints, default=[1, 64],
                    help="latency batch sizes, comma-separated")
     p.add_argument("--repeats", type=POS, default=20)
@@ -93,7 +95,7 @@ def cmd_info(args) -> int:
 def _train_args(p):
     p.add_argument("--model", help="registered model name")
     add_data_args(p)
-    p.add_argument("--resolution", type=POS, default=None, help="input side (default native)")
+    p.add_argument("--resolution", type=SIDE, default=None, help="input side (default native)")
     p.add_argument("--epochs", type=POS, default=15)
     p.add_argument("--steps", type=POS, default=None, help="train this many batches instead")
     p.add_argument("--lr", type=float, default=0.1)
@@ -173,7 +175,7 @@ def _shrink_args(p):
     add_data_args(p, default=None)
     p.add_argument("--recal-batches", type=NONNEG, default=50,
                    help="training batches for BatchNorm re-calibration (0: none)")
-    p.add_argument("--threads", type=POS, default=1, help="threads for latency")
+    p.add_argument("--threads", type=THREADS, default=1, help="threads for latency")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 

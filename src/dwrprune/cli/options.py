@@ -31,7 +31,7 @@ class Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------------- option types
-def _ranged(kind, low=None, what=""):
+def _ranged(kind, low=None, what="", high=None):
     def parse(text):
         try:
             v = kind(text)
@@ -40,6 +40,8 @@ def _ranged(kind, low=None, what=""):
                                              f"{text!r}") from None
         if low is not None and v < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        if high is not None and v > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {v}")
         return v
     parse.__name__ = what or kind.__name__
     return parse
@@ -84,6 +86,10 @@ _FIELD_TYPES = {"list[float]": _floats, "list[list[float]]": _points,
                 "int": int, "float": float, "str": str, "int | None": _opt(int),
                 "float | None": _opt(float), "str | None": _opt(str)}
 POS, NONNEG = _ranged(int, 1, "a whole number >= 1"), _ranged(int, 0, "a whole number >= 0")
+# Upper bounds that keep a typo from allocating gigabytes or spawning thousands of threads.
+MAX_RESOLUTION, MAX_THREADS = 1024, 256
+SIDE = _ranged(int, 1, f"a side in px, 1..{MAX_RESOLUTION}", MAX_RESOLUTION)
+THREADS = _ranged(int, 1, f"a thread count, 1..{MAX_THREADS}", MAX_THREADS)
 
 
 # ---------------------------------------------------------------------------- shared options

@@ -33,6 +33,8 @@ class Latency:
 
 
 DEVICES: Registry = Registry("device")
+MAX_THREADS = 256  # more would be a typo: torch would try to start them all
+MAX_INPUT_ELEMENTS = 1 << 26  # one timed input batch: 256 MB of floats
 
 
 @DEVICES.register
@@ -75,6 +77,8 @@ def time_in_turns(calls: list[tuple[nn.Module, torch.Tensor]], threads: int = 1,
     in a quiet moment.  A CUDA device is timed with synchronisation."""
     if threads < 1 or repeats < 1:
         raise DwrpruneError(f"threads and repeats must be >= 1, got {threads}, {repeats}")
+    if threads > MAX_THREADS:
+        raise DwrpruneError(f"threads must be at most {MAX_THREADS}, got {threads}")
     sync = DEVICES.get("cuda" if any(x.device.type == "cuda" for _, x in calls)
                        else "cpu").synchronize
     old_threads = torch.get_num_threads()
@@ -135,6 +139,12 @@ def timing_inputs(models: list[tuple[nn.Module, int]], batch_size: int, device: 
     mode on ``device`` and a random batch for it; each model goes back to its device and
     mode afterwards."""
     dev = check_device(device)
+    for m, px in models:
+        size = batch_size * (in_channels or first_conv_in_channels(m)) * px * px
+        if size > MAX_INPUT_ELEMENTS:
+            raise DwrpruneError(f"a timing batch of {batch_size} x {px}x{px} images is too "
+                                f"large ({size} values, at most {MAX_INPUT_ELEMENTS}); lower "
+                                "the batch size or the resolution")
     with visiting(dev, *(m for m, _ in models), eval_mode=True):
         yield [(m, torch.randn(batch_size, in_channels or first_conv_in_channels(m), px, px,
                                device=dev)) for m, px in models]

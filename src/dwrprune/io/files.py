@@ -113,3 +113,99 @@ def output_file(path: str | os.PathLike, force: bool = False) -> Path:
     if out.exists() and not os.access(out, os.W_OK):
         raise DwrpruneError(f"cannot overwrite {out}: the file is read-only")
     return out
+
+
+# ---------------------------------------------------------------------------- YAML, read safely
+MAX_TEXT_FILE = 1_000_000  # bytes: an options or config file is a few KB
+MAX_ALIASES = 100  # YAML aliases per file: enough for any config, too few for a "billion laughs"
+
+
+def short(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_text_file(path: str | os.PathLike, what: str, limit: int = MAX_TEXT_FILE) -> str:
+    """The text of a small regular file, or one clear error: missing, not a regular file
+    (``/dev/zero``, a folder, a pipe), larger than ``limit`` bytes, or not UTF-8."""
+    import stat
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise DwrpruneError(f"cannot read {what} {p}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DwrpruneError(f"{what} {p} is not a regular file")
+    if st.st_size > limit:
+        raise DwrpruneError(f"{what} {p} is {st.st_size} bytes; at most {limit} are read")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(limit + 1)
+        return data.decode("utf-8")
+    except OSError as e:
+        raise DwrpruneError(f"cannot read {what} {p}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise DwrpruneError(f"{what} {p} is not UTF-8 text") from None
+
+
+def _strict_loader():
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        """Safe YAML that refuses duplicate keys and more than a few aliases."""
+
+        aliases = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_ALIASES:
+                    raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name); write the "
+                                         "values out")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    dup = key in seen
+                except TypeError:  # an unhashable key: SafeLoader's own error follows
+                    dup = False
+                if dup:
+                    raise yaml.YAMLError(f"key {short(key, 60)} appears twice (line "
+                                         f"{key_node.start_mark.line + 1}); keep one")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
+
+
+def read_yaml(path: str | os.PathLike, what: str = "config") -> Any:
+    """A small YAML file read safely: no tags, no duplicate keys, few aliases, bounded size
+    and nesting; every problem is one :class:`DwrpruneError` naming the file."""
+    import yaml
+
+    text = read_text_file(path, what)
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise DwrpruneError(f"{what} {path} is not valid YAML: "
+                            f"{str(e).splitlines()[0][:200]}") from None
+    except RecursionError:
+        raise DwrpruneError(f"{what} {path} nests too deeply") from None
+
+
+def read_json(path: str | os.PathLike, what: str, fix: str, limit: int = 50_000_000) -> Any:
+    """A JSON file dwrprune wrote, read with one clear error (missing, unreadable, empty,
+    truncated) that says ``fix`` (usually: which stage to re-run)."""
+    p = Path(path)
+    if not p.exists():
+        raise DwrpruneError(f"{p} does not exist: no {what}; {fix}")
+    text = read_text_file(p, what, limit)
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise DwrpruneError(f"{p} is not a readable {what} ({str(e)[:120]}); {fix}") from None

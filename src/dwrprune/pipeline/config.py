@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 from ..errors import DwrpruneError
+from ..io.files import read_yaml, short
 from ..registry import Registry
 
 
@@ -170,7 +169,7 @@ def coerce(name: str, value, annotation: str):
         raise DwrpruneError(f"option {name} needs a value ({base}), got none")
 
     def bad(what: str):
-        return DwrpruneError(f"option {name} must be {what}, got {value!r}"[:300])
+        return DwrpruneError(f"option {name} must be {what}, got {short(value)}")
 
     def number(v, kind):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -230,13 +229,7 @@ PRESETS.register(name="full")({"finetune_steps": 150, "val_subset": None, "final
 
 def read_options_file(path: str | Path) -> dict:
     """A YAML file of options (keys with dashes or underscores) as a plain mapping."""
-    try:
-        values = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise DwrpruneError(f"cannot read config {path}: {getattr(e, 'strerror', e)}") from None
-    except yaml.YAMLError as e:
-        raise DwrpruneError(f"config {path} is not valid YAML: "
-                            f"{str(e).splitlines()[0]}") from None
+    values = read_yaml(path, "config")
     if values is None:
         return {}
     if not isinstance(values, dict):

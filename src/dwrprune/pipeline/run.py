@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import DwrpruneError
-from ..io.files import atomic_write_bytes, check_folder_writable, save_json
+from ..io.files import atomic_write_bytes, check_folder_writable, read_yaml, save_json
 from ..io.settings import check_same_settings
 from ..io.store import SampleStore
 from ..search.predictor import Predictor
@@ -78,11 +78,7 @@ class Run:
         if not self.config_path.exists():
             raise DwrpruneError(f"{self.path} is not a dwrprune run folder (no config.yaml); "
                                 "start one with `dwrprune prune` or `dwrprune collect`")
-        try:
-            body = yaml.safe_load(self.config_path.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise DwrpruneError(f"{self.config_path} is unreadable: "
-                                f"{str(e).splitlines()[0]}") from None
+        body = read_yaml(self.config_path, "run config")
         if not isinstance(body, dict) or not isinstance(body.get("checkpoint"), str):
             raise DwrpruneError(f"{self.config_path} is not a run config (a mapping with a "
                                 "'checkpoint' path and the pipeline options); it may be empty "

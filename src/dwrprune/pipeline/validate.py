@@ -4,6 +4,7 @@ distillation weight of 5, zero final epochs) is refused here, before any work st
 
 from __future__ import annotations
 
+from ..cost.timing import MAX_THREADS, check_device
 from ..errors import DwrpruneError
 from ..pruning.criteria import CHANNEL_CRITERIA, DEPTH_CRITERIA
 from ..pruning.shrink import WIDTH_ALLOCATIONS
@@ -78,9 +79,12 @@ def validate_config(cfg) -> None:
           f"{cfg.latency_budget}")
     _need(cfg.latency_ms is None or cfg.latency_ms > 0, f"latency_ms must be > 0, got "
           f"{cfg.latency_ms}")
-    _need(cfg.latency_batch >= 1, f"latency_batch must be >= 1, got {cfg.latency_batch}")
-    _need(cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
+    _need(1 <= cfg.latency_batch <= 4096, f"latency_batch must be in [1, 4096], got "
+          f"{cfg.latency_batch}")
+    _need(1 <= cfg.threads <= MAX_THREADS, f"threads must be in [1, {MAX_THREADS}], got "
+          f"{cfg.threads}")
     _one_of("device", cfg.device, ("cpu", "cuda"))
+    check_device(cfg.device)  # cuda on a machine without one, whatever the budget
     if cfg.latency_target is not None:
         cfg.latency_target.check()  # cuda on a machine without one, say
     _need(cfg.min_gain_sigmas >= 0, f"min_gain_sigmas must be >= 0, got {cfg.min_gain_sigmas}")

@@ -264,8 +264,10 @@ def record_layer_changes(before: nn.Module | dict, after: nn.Module) -> dict[str
 
 
 def _module(model: nn.Module, name, what: str) -> nn.Module:
-    if not isinstance(name, str):
-        raise DwrpruneError(f"spec {what} must be a layer name, got {type(name).__name__}")
+    if not isinstance(name, str) or not name:
+        raise DwrpruneError(f"spec {what} must be a layer name, got "
+                            f"{repr(name)[:40] if isinstance(name, str) else type(name).__name__}"
+                            " (the empty name is the whole model, never one of its layers)")
     try:
         return get_module(model, name)
     except AttributeError:

@@ -13,6 +13,7 @@ collection builds many) cost nothing.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import struct
@@ -81,8 +82,11 @@ def read_idx(path: Path) -> Tensor:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DwrpruneError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = data[3]
+    if not 1 <= ndim <= 4 or len(data) < 4 + 4 * ndim:
+        raise DwrpruneError(f"{path} is not an image or label IDX file: its header claims "
+                            f"{ndim} dimensions (1 to 4 expected) or is cut short")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    expected = 4 + 4 * ndim + int(torch.tensor(dims).prod())
+    expected = 4 + 4 * ndim + math.prod(dims)
     if len(data) != expected:
         raise DwrpruneError(
             f"{path} is truncated or corrupt: {len(data)} bytes, expected {expected}")
@@ -112,7 +116,16 @@ def _load_fashion_mnist(root: Path, train: bool) -> tuple[Tensor, Tensor]:
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DwrpruneError(f"Fashion-MNIST files in {root} have inconsistent shapes "
                             f"{tuple(images.shape)} and {tuple(labels.shape)}")
-    return images.unsqueeze(1).contiguous(), labels.long()
+    labels = labels.long()
+    check_labels(labels, 10, str(paths[1]))
+    return images.unsqueeze(1).contiguous(), labels
+
+
+def check_labels(labels: Tensor, num_classes: int, where: str) -> None:
+    """Labels are whole numbers in [0, num_classes), or one error naming the file."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise DwrpruneError(f"{where}: labels must be in [0, {num_classes - 1}], found "
+                            f"{int(labels.min())}..{int(labels.max())}; the file is damaged")
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -162,11 +175,24 @@ def _load_cifar(root: Path, num_classes: int, train: bool) -> tuple[Tensor, Tens
         )
     xs, ys = [], []
     for n in names:
-        d = _unpickle(root / n)
+        path = root / n
+        d = _unpickle(path)
         if b"data" not in d or label_key not in d:
-            raise DwrpruneError(f"{root / n} is not a CIFAR-{num_classes} batch (keys {list(d)})")
-        xs.append(torch.as_tensor(d[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))
-        ys.append(torch.as_tensor(d[label_key], dtype=torch.long))
+            raise DwrpruneError(f"{path} is not a CIFAR-{num_classes} batch (keys "
+                                f"{list(d)[:6]})")
+        try:
+            x = torch.as_tensor(d[b"data"], dtype=torch.uint8)
+            y = torch.as_tensor(d[label_key], dtype=torch.long)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            raise DwrpruneError(f"{path}: data must be bytes of images and labels whole "
+                                "numbers; the file is damaged") from None
+        if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.ndim != 1 or len(x) != len(y):
+            raise DwrpruneError(f"{path}: {tuple(x.shape)} image rows of 3072 bytes and "
+                                f"{tuple(y.shape)} labels do not match (one 32x32 RGB image "
+                                "per label); the file is damaged")
+        check_labels(y, num_classes, str(path))
+        xs.append(x.reshape(-1, 3, 32, 32))
+        ys.append(y)
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -266,20 +292,48 @@ def _read_image(path: str):
 
 
 def _check_images(paths: list[str], limit: int = 3) -> None:
-    """Every image file's header is readable (cheap: PIL reads only the header).  A corrupt
-    file stops the run at once, naming it, rather than an epoch later."""
+    """Every image file is whole (PIL's ``verify`` reads the file through, without decoding
+    the pixels).  A corrupt or truncated file stops the run at once, naming it, rather than
+    an epoch later."""
     from PIL import Image
 
     bad = []
     for p in paths:
         try:
-            with Image.open(p):
-                pass
+            with Image.open(p) as img:
+                img.verify()
         except Exception:  # noqa: BLE001
             bad.append(p)
     if bad:
         raise DwrpruneError(f"{len(bad)} image file(s) cannot be read, e.g. "
                             f"{', '.join(bad[:limit])}; remove or replace them")
+
+
+def _check_no_link_loops(root: Path) -> None:
+    """Image folders are walked following links (torchvision's ``ImageFolder``); a link
+    back to a folder above it would list every image many times over."""
+    seen: set[str] = set()
+    for here, _dirs, _ in os.walk(root, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            raise DwrpruneError(f"imagefolder {root}: {here} leads back to {real} (a "
+                                "symbolic-link loop); its images would be counted again and "
+                                "again: remove the link")
+        seen.add(real)
+
+
+def _check_same_classes(root: Path) -> None:
+    """train/, val/ and test/ hold the same class folders: labels are indices into the sorted
+    class names, so a split with another class set would score one class as another."""
+    splits = {s: sorted(d.name for d in (root / s).iterdir() if d.is_dir())
+              for s in ("train", "val", "test") if (root / s).is_dir()}
+    names = {tuple(v) for v in splits.values()}
+    if len(names) > 1:
+        ref = splits.get("train", next(iter(splits.values())))
+        diff = {s: sorted(set(v) ^ set(ref)) for s, v in splits.items() if v != ref}
+        raise DwrpruneError(f"imagefolder {root}: the splits hold different classes (train: "
+                            f"{ref[:8]}; differing in {diff}); every split needs the same "
+                            "class folders, or a class would be scored as another")
 
 
 @DATASETS.register(name="imagefolder")
@@ -302,6 +356,8 @@ def _imagefolder(data_dir, train: bool, resolution: int | None = None, augment: 
     else:
         steps += [v2.Resize(int(round(res * 256 / 224)), antialias=True), v2.CenterCrop(res)]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)]
+    _check_no_link_loops(root)
+    _check_same_classes(root)
     try:
         ds = ImageFolder(str(root / sub), transform=v2.Compose(steps), loader=_read_image)
     except (FileNotFoundError, OSError) as e:
