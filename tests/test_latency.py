@@ -152,7 +152,7 @@ def test_measure_beside_a_reference_scales_to_the_reference_time(shr):
     ({"latency_budget": 0.5, "latency_ms": 3.0}, "not both"),
     ({"latency_budget": 1.5}, "latency_budget must be in"),
     ({"latency_ms": -1.0}, "latency_ms must be > 0"),
-    ({"latency_budget": 0.5, "threads": 0}, "threads must be >= 1"),
+    ({"latency_budget": 0.5, "threads": 0}, r"threads must be in \[1, 256\]"),
     ({"latency_budget": 0.5, "device": "tpu"}, "device must be one of"),
     ({"latency_budget": 0.5, "budget": 0.4}, "give one budget"),
 ])

@@ -14,7 +14,8 @@ from ._version import __version__
 from .checkpoint import load, save_model
 from .cost import CostReport, cost_report, cost_reports_side_by_side
 from .errors import DwrpruneError
-from .io.files import check_folder_writable, output_file, save_json
+from .io.files import check_folder_writable, output_file, read_json, save_json
+from .io.settings import check_same_settings
 from .io.spec import make_spec, spec_of
 from .pipeline.data import DatasetSource, check_data_matches
 from .pruning.shrink import Shrinker, ShrinkResult, data_needs
@@ -47,14 +48,18 @@ def train_model(name: str, data: DatasetSource, out: str | os.PathLike, *,
     spec = make_spec(name, info.num_classes, info.in_channels, res, info.name, info.mean,
                      info.std)
     init_card = _warm_start(model, name, info, init) if init is not None else None
+    settings = {"model": name, "data": data.name, "data_dir": data.data_dir,
+                "resolution": resolution, "subset": subset, "augment": augment,
+                "init": None if init is None else str(init), **vars(config)}
+    old = out / "config.json"
+    if old.exists() and ((out / "last.pt").exists() or (out / "model.pt").exists()):
+        body = read_json(old, "training config", "use a new --out folder")
+        if isinstance(body, dict):  # refused here, before config.json is written again
+            body.pop("command", None)
+            check_same_settings(body, settings, f"training folder {out}", "trained")
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        save_json(out / "config.json", {"command": command, "model": name,
-                                        "data": data.name, "data_dir": data.data_dir,
-                                        "resolution": resolution, "subset": subset,
-                                        "augment": augment,
-                                        "init": None if init is None else str(init),
-                                        **vars(config)})
+        save_json(out / "config.json", {"command": command, **settings})
     result = train(model, train_loader, config, val_loader=data.loader("val", res),
                    checkpoint_dir=out, spec=spec, progress=progress)
     test = evaluate(model, data.loader("test", res), progress=progress)

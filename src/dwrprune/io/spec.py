@@ -77,7 +77,7 @@ class ModelSpec:
         m, i = d["model"], d["input"]
         _check_keys("model", m, _MODEL_KEYS, ("name", "num_classes", "in_channels"))
         _check_keys("input", i, _INPUT_KEYS, ("resolution",))
-        _check_count("model.num_classes", m["num_classes"], 1)
+        _check_count("model.num_classes", m["num_classes"], 0)  # 0: a features-only model
         _check_count("model.in_channels", m["in_channels"], 1, 4096)
         _check_count("input.resolution", i["resolution"], 1, MAX_SIDE)
         for k in ("mean", "std"):

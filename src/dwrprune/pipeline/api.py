@@ -31,6 +31,7 @@ from .config import PipelineConfig, resolve_config
 from .data import DatasetSource, DataSource, FinetuneFn, check_source
 from .finetune import finetune_final
 from .fit import fit_run
+from .jobs import model_fingerprint
 from .run import Run
 from .shrinker import run_shrinker
 from .solve import plan_run
@@ -87,6 +88,24 @@ def attach_spec(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
     return model
 
 
+def check_model_usable(model) -> None:
+    """A model the pipeline can work on: an ``nn.Module`` with parameters, all finite and on
+    a real device (not ``meta``), or one clear error."""
+    if not isinstance(model, nn.Module):
+        raise DwrpruneError(f"the model must be a torch nn.Module, got {type(model).__name__}")
+    params = list(model.parameters())
+    if not params:
+        raise DwrpruneError(f"{type(model).__name__} has no parameters: nothing to prune")
+    if any(p.device.type == "meta" for p in params):
+        raise DwrpruneError(f"{type(model).__name__} is on the meta device (no weights); "
+                            "load its trained weights first")
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise DwrpruneError(f"{type(model).__name__} has non-finite weights (NaN or inf) in "
+                            f"{', '.join(bad[:3])}; prune a trained model whose weights are "
+                            "finite")
+
+
 def as_source(data: DataSource | str | None, cfg: PipelineConfig) -> DataSource:
     if data is None:
         return DatasetSource.from_config(cfg)
@@ -103,11 +122,12 @@ def start_run(model: nn.Module, data: DataSource, cfg: PipelineConfig, out,
     spec = spec_of(model)
     if spec.pruned:
         raise DwrpruneError("start from the original (unpruned) model; this one is pruned")
+    check_model_usable(model)
     check_source(data, spec)
     run = Run(out)
     run.check_writable()
     with run.lock():
-        run.save_config(cfg, checkpoint)
+        run.save_config(cfg, checkpoint, model_fingerprint(model))
     return run
 
 
@@ -121,6 +141,7 @@ def open_run(path, **overrides) -> tuple[PipelineConfig, nn.Module, DataSource, 
         raise DwrpruneError(f"{run.path} was started from an in-memory model; continue it "
                             "from Python with the same model")
     model = load(resolve(checkpoint))
+    run.check_model(model_fingerprint(model))
     return cfg, model, DatasetSource.from_config(cfg), run
 
 

@@ -7,6 +7,7 @@ a resumed fine-tune only ever continues the checkpoint of the same plan.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import asdict
@@ -60,8 +61,14 @@ def finetune_final(model: nn.Module, data: DataSource, cfg: PipelineConfig, shri
                    solution: Solution, run_dir, progress: bool = True,
                    train_fn: Callable | None = None) -> dict:
     """Prune ``model`` to ``solution.best``, fine-tune, evaluate on test once; writes
-    ``final/model.pt`` and ``final.json`` and returns the figures."""
+    ``final/model.pt`` and ``final.json`` and returns the figures.  The run folder stays
+    locked for the whole stage: another process cannot re-plan or restart it meanwhile."""
     run = Run(run_dir)
+    with run.lock() if distributed.is_main() else contextlib.nullcontext():
+        return _finetune_final(model, data, cfg, shrinker, solution, run, progress, train_fn)
+
+
+def _finetune_final(model, data, cfg, shrinker, solution, run, progress, train_fn) -> dict:
     progress = progress and distributed.is_main()
     if distributed.is_main():
         with run.lock():

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import DwrpruneError
-from ..io.files import atomic_write_bytes, check_folder_writable, read_yaml, save_json
+from ..io.files import atomic_write_bytes, check_folder_writable, read_json, read_yaml, save_json
 from ..io.settings import check_same_settings
 from ..io.store import SampleStore
 from ..search.predictor import Predictor
@@ -30,11 +30,30 @@ from ..search.solver import Solution
 from .config import PipelineConfig
 
 
+def _lasting_path(path: str | None) -> str | None:
+    """A path as a run folder keeps it: absolute where it names an existing file or folder
+    (so a stage run from another directory reads the same one), else as given (a bundled
+    checkpoint's name, ``<in-memory>``)."""
+    if path is None:
+        return None
+    p = Path(str(path))
+    return str(p.resolve()) if p.exists() else str(path)
+
+
 class Run:
     """A run folder: its resolved config, source checkpoint, and the stage outputs."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.fingerprint: str | None = None  # of the original model, from config.yaml
+
+    def check_model(self, fingerprint: str | None) -> None:
+        """The model a stage is given is the one the folder's samples came from (its
+        weights and spec, fingerprinted when the folder was started), or one clear error."""
+        if fingerprint and self.fingerprint and fingerprint != self.fingerprint:
+            raise DwrpruneError(f"run {self.path} was started from another model (its weights "
+                                "or architecture differ from the ones given now); give the "
+                                "same checkpoint, or use a new --out folder")
 
     # ------------------------------------------------------------------ the folder itself
     def check_writable(self) -> None:
@@ -62,15 +81,20 @@ class Run:
     def config_path(self) -> Path:
         return self.path / "config.yaml"
 
-    def save_config(self, cfg: PipelineConfig, checkpoint: str) -> None:
-        """Write the resolved config; a changed *collection* config is refused up front."""
+    def save_config(self, cfg: PipelineConfig, checkpoint: str,
+                    fingerprint: str | None = None) -> None:
+        """Write the resolved config; a changed *collection* config, or another model than
+        the one the folder was started with, is refused up front (before any write)."""
         if self.config_path.exists():
             old, _ = self.load_config()
             check_same_settings(old.collect_config(), cfg.collect_config(),
                                 f"run {self.path}", "collected",
                                 PipelineConfig.collect_defaults())
+            self.check_model(fingerprint)
         self.mkdir()
-        body = {"checkpoint": str(checkpoint), **cfg.as_dict()}
+        body = {"checkpoint": _lasting_path(checkpoint),
+                "model_fingerprint": fingerprint or self.fingerprint,
+                **cfg.replace(data_dir=_lasting_path(cfg.data_dir)).as_dict()}
         text = yaml.safe_dump(body, sort_keys=False)
         atomic_write_bytes(self.config_path, lambda f: f.write(text.encode()))
 
@@ -84,6 +108,13 @@ class Run:
                                 "'checkpoint' path and the pipeline options); it may be empty "
                                 "or truncated: start a new --out folder")
         checkpoint = body.pop("checkpoint")
+        self.fingerprint = body.pop("model_fingerprint", None)
+        if not isinstance(self.fingerprint, (str, type(None))):
+            raise DwrpruneError(f"{self.config_path}: model_fingerprint must be text; the "
+                                "file is damaged: start a new --out folder")
+        if checkpoint != "<in-memory>" and not Path(checkpoint).is_absolute() and \
+                (self.path / checkpoint).exists():
+            checkpoint = str(self.path / checkpoint)  # relative to the run folder
         body.update({k: v for k, v in overrides.items() if v is not None})
         return PipelineConfig.from_dict(body, f"options in {self.config_path}"), checkpoint
 
@@ -131,10 +162,33 @@ class Run:
         return Solution.from_dict(self.plan()["solution"])
 
     def save_plan(self, budget: float, solution: Solution, grid: dict,
-                  latency: dict | None = None) -> None:
-        """The chosen point the final stage prunes to (the only writer of plan.json)."""
+                  latency: dict | None = None) -> Path | None:
+        """The chosen point the final stage prunes to (the only writer of plan.json).  A
+        final model made for another point is moved aside (returned), never left beside a
+        plan it does not belong to."""
         save_json(self.path / "plan.json", {"budget": budget, "solution": solution.to_dict(),
                                             "grid": grid, "latency": latency})
+        b = solution.best
+        return self.retire_final([b.d, b.w, b.r])
+
+    def retire_final(self, point: list[float]) -> Path | None:
+        """Move ``final/``, ``final.json`` and ``report/`` to ``superseded-N/`` when they were
+        made for another point than ``point``; returns where they went."""
+        settings = self.final_dir / "settings.json"
+        if not settings.exists():
+            return None
+        old = read_json(settings, "final-stage settings", "re-run the finetune stage")
+        if isinstance(old, dict) and old.get("point") == list(point):
+            return None
+        n = 1
+        while (self.path / f"superseded-{n}").exists():
+            n += 1
+        dest = self.path / f"superseded-{n}"
+        dest.mkdir()
+        for name in ("final", "final.json", "report"):
+            if (self.path / name).exists():
+                shutil.move(str(self.path / name), str(dest / name))
+        return dest
 
     def save_plans(self, rows: list[dict]) -> None:
         save_json(self.path / "plans.json", rows)
@@ -173,7 +227,8 @@ class Run:
         or recipe) is removed, with the final figures and report, so the folder never holds
         a plan for one point and a model for another.  Returns what was discarded."""
         path = self.final_dir / "settings.json"
-        old = json.loads(path.read_text()) if path.exists() else None
+        old = (read_json(path, "final-stage settings", "re-run the finetune stage")
+               if path.exists() else None)
         stale = None
         if old is not None and old != settings:
             stale = ", ".join(k for k in sorted(set(old) | set(settings))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import DwrpruneError
 from ..pruning.shrink import Shrinker
@@ -102,9 +103,15 @@ def plan_run(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
         run.save_plans([{**r, "solution": r["solution"].to_dict()} for r in rows])
         own = next((r for r in rows if abs(r["budget"] - cfg.budget) < 1e-12), None)
         if own is not None:
-            run.save_plan(own["budget"], own["solution"],
-                          exact_cost_grid(shrinker, own["solution"].best.d, pred.lower))
+            _said_retired(run.save_plan(own["budget"], own["solution"], exact_cost_grid(
+                shrinker, own["solution"].best.d, pred.lower)))
     return rows
+
+
+def _said_retired(dest) -> None:
+    if dest is not None:
+        tqdm.write(f"[plan] the chosen point changed: the final model made for the old one, "
+                   f"its figures and report were moved to {dest}")
 
 
 def latency_model_for(run: Run, shrinker: Shrinker, target, progress=None):
@@ -164,6 +171,6 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
             run.save_latency_model(lat)
         run.save_plans([{**r, "solution": r["solution"].to_dict()} for r in rows])
         if own is not None:
-            run.save_plan(own["budget"], own["solution"], exact_cost_grid(
-                shrinker, own["solution"].best.d, pred.lower), latency=own["latency"])
+            _said_retired(run.save_plan(own["budget"], own["solution"], exact_cost_grid(
+                shrinker, own["solution"].best.d, pred.lower), latency=own["latency"]))
     return rows

@@ -103,3 +103,5 @@ def validate_config(cfg) -> None:
     _need(cfg.job_cpus > 0, f"job_cpus must be > 0, got {cfg.job_cpus}")
     _need(cfg.job_gpus >= 0, f"job_gpus must be >= 0, got {cfg.job_gpus}")
     _need(cfg.retries >= 0, f"retries must be >= 0, got {cfg.retries}")
+    _need(cfg.ray_address is None or cfg.executor == "ray",
+          "--ray-address needs --executor ray")
