@@ -140,6 +140,7 @@ def test_choice_under_latency_steps_up_when_the_model_overrates_latency(shr, mon
 
 def test_measure_beside_a_reference_scales_to_the_reference_time(shr):
     small = shr.shrink(0.5, 0.5, 0.75).model.train()
+    shr.model.eval()
     ref = L.Reference(shr.model, shr.base_resolution, ms=10.0)
     m = L.measure_ms(small, 12, L.LatencyTarget(), repeats=3, warmup=1, reference=ref)
     assert m["ratio"] > 0 and m["median_ms"] == pytest.approx(10.0 * m["ratio"])

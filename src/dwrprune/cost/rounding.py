@@ -16,10 +16,13 @@ def check_fraction(name: str, value: float) -> float:
     """A pruning fraction must lie in (0, 1]."""
     from ..errors import DwrpruneError
 
+    if isinstance(value, (str, bytes, bool)):
+        raise DwrpruneError(f"{name} must be a number in (0, 1], got {value!r:.40}")
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise DwrpruneError(f"{name} must be a number in (0, 1], got {value!r}") from None
+        raise DwrpruneError(f"{name} must be a number in (0, 1], got "
+                            f"{type(value).__name__}") from None
     if not (0.0 < v <= 1.0) or math.isnan(v):
         raise DwrpruneError(f"{name} must be in (0, 1] (fraction kept), got {value!r}")
     return v

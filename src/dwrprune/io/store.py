@@ -62,13 +62,21 @@ def check_store_file(path: Path) -> None:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            columns = {t: {r[1] for r in db.execute(f"PRAGMA table_info({t})")}
+                       for t in ("meta", "samples") if t in tables}
         finally:
             db.close()
     except sqlite3.DatabaseError as e:
         raise DwrpruneError(f"{path} is not a usable sample store: {e}") from None
     if not {"meta", "samples"} <= tables:
         raise DwrpruneError(f"{path} is an SQLite database but not a dwrprune sample store "
-                            f"(tables: {sorted(tables)}); use a new --out folder")
+                            f"(tables: {sorted(tables)[:6]}); use a new --out folder")
+    want = {"meta": {"key", "value"}, "samples": {f.name for f in fields(Sample)}}
+    for t, cols in want.items():
+        if not cols <= columns[t]:
+            raise DwrpruneError(f"{path}: table {t} lacks columns "
+                                f"{sorted(cols - columns[t])[:6]}; it is not a dwrprune sample "
+                                "store (or a damaged one): use a new --out folder")
 
 
 @dataclass
@@ -115,7 +123,13 @@ class SampleStore:
     # ------------------------------------------------------------------ config and identity
     def get_meta(self, key: str):
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        if not row:
+            return None
+        try:
+            return json.loads(row[0])
+        except (TypeError, ValueError):
+            raise DwrpruneError(f"{self.path}: the store's {key} record is damaged; use a new "
+                                "--out folder (the samples cannot be trusted)") from None
 
     def set_meta(self, key: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
@@ -127,7 +141,7 @@ class SampleStore:
         if old_fp is not None and old_fp != fingerprint:
             raise DwrpruneError(
                 f"run store {self.path} was collected from a different model (fingerprint "
-                f"{old_fp[:12]} vs {fingerprint[:12]}); use a new --out folder")
+                f"{str(old_fp)[:12]} vs {fingerprint[:12]}); use a new --out folder")
         check_same_settings(old_cfg, config, f"run store {self.path}", "collected", defaults)
         self.set_meta("collect_config", config)
         self.set_meta("model_fingerprint", fingerprint)

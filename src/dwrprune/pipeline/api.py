@@ -25,6 +25,7 @@ from torch import nn
 from ..checkpoint import load
 from ..errors import DwrpruneError
 from ..io.spec import ModelSpec, make_spec, spec_of
+from ..pruning.analysis import check_model_usable
 from ..training.progress import resolve_progress
 from .collect import collect
 from .config import PipelineConfig, resolve_config
@@ -86,24 +87,6 @@ def attach_spec(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
     model.dwrprune_spec = make_spec(name, out.shape[1], example_inputs.shape[1],
                                     example_inputs.shape[-1])
     return model
-
-
-def check_model_usable(model) -> None:
-    """A model the pipeline can work on: an ``nn.Module`` with parameters, all finite and on
-    a real device (not ``meta``), or one clear error."""
-    if not isinstance(model, nn.Module):
-        raise DwrpruneError(f"the model must be a torch nn.Module, got {type(model).__name__}")
-    params = list(model.parameters())
-    if not params:
-        raise DwrpruneError(f"{type(model).__name__} has no parameters: nothing to prune")
-    if any(p.device.type == "meta" for p in params):
-        raise DwrpruneError(f"{type(model).__name__} is on the meta device (no weights); "
-                            "load its trained weights first")
-    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        raise DwrpruneError(f"{type(model).__name__} has non-finite weights (NaN or inf) in "
-                            f"{', '.join(bad[:3])}; prune a trained model whose weights are "
-                            "finite")
 
 
 def as_source(data: DataSource | str | None, cfg: PipelineConfig) -> DataSource:

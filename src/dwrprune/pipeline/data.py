@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -76,6 +77,42 @@ def check_source(data: DataSource, spec: ModelSpec) -> None:
     if info is not None:
         check_data_matches(spec, info)
     check_validation_split(data, spec.resolution)
+    check_first_batch(data, spec)
+
+
+def check_first_batch(data: DataSource, spec: ModelSpec) -> None:
+    """The first validation batch of a source is what the model takes: images (N, C, R, R)
+    as floats with the model's channels and side, labels whole numbers in its class range.
+    Checked once before any work, so a user's own source fails with one line, not mid-run."""
+    try:
+        batch = next(iter(data.loader("val", spec.resolution)))
+    except DwrpruneError:
+        raise
+    except StopIteration:
+        raise DwrpruneError("the validation loader yields no batch") from None
+    except Exception as e:  # noqa: BLE001 - a user's DataSource may raise anything here
+        raise DwrpruneError(f"the data source's validation loader fails on its first batch "
+                            f"({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2 or not all(
+            isinstance(t, torch.Tensor) for t in batch[:2]):
+        raise DwrpruneError("a data source's loader must yield (images, labels) tensor pairs, "
+                            f"got {type(batch).__name__}")
+    x, y = batch[0], batch[1]
+    side = spec.resolution
+    if x.dim() != 4 or x.shape[1] != spec.in_channels or tuple(x.shape[2:]) != (side, side):
+        raise DwrpruneError(f"the data source yields images of shape {tuple(x.shape)}; the "
+                            f"model takes (N, {spec.in_channels}, {side}, {side})")
+    if not x.is_floating_point():
+        raise DwrpruneError(f"the data source yields {x.dtype} images; the model takes float "
+                            "tensors (scaled and normalised)")
+    if y.dim() != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) \
+            or len(y) != len(x):
+        raise DwrpruneError(f"the data source yields labels of shape {tuple(y.shape)} and type "
+                            f"{y.dtype}; one whole-number class index per image is needed")
+    k = spec.num_classes
+    if k and len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise DwrpruneError(f"the data source yields labels {int(y.min())}..{int(y.max())}; "
+                            f"the model has {k} classes (0..{k - 1})")
 
 
 def check_validation_split(data: DataSource, resolution: int) -> None:

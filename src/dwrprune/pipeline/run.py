@@ -12,7 +12,6 @@ written, so a refused second process changes nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -119,15 +118,32 @@ class Run:
         return PipelineConfig.from_dict(body, f"options in {self.config_path}"), checkpoint
 
     # ------------------------------------------------------------------ stage files
-    def _json(self, name: str, missing: str):
+    # Each stage file, what it is, the stage that writes it, and the type it must hold.
+    _FILES = {"predictor.json": ("fitted predictor", "fit", dict),
+              "block_order.json": ("block ranking", "collect", dict),
+              "plan.json": ("plan", "plan", dict),
+              "final.json": ("final figures", "finetune", dict),
+              "latency": ("latency model", "plan", dict)}
+
+    def _json(self, name: str, parse=None):
+        """A stage file read and parsed (``parse(body)``), or one error naming the file,
+        what is wrong with it and the stage to re-run."""
+        what, stage, kind = self._FILES[name.split("/")[0]]
         p = self.path / name
+        fix = f"run the {stage} stage (dwrprune {stage} --run {self.path}) to write it again"
         if not p.exists():
-            raise DwrpruneError(f"{self.path} has no {missing}")
+            raise DwrpruneError(f"{self.path} has no {what} ({name}); run the {stage} stage "
+                                "first")
+        body = read_json(p, what, fix)
         try:
-            return json.loads(p.read_text())
-        except (OSError, ValueError) as e:
-            raise DwrpruneError(f"{p} is unreadable ({e}); re-run the stage that writes "
-                                "it") from None
+            if not isinstance(body, kind):
+                raise TypeError(f"a {type(body).__name__}, not a {kind.__name__}")
+            return parse(body) if parse is not None else body
+        except DwrpruneError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise DwrpruneError(f"{p} is not a valid {what} ({type(e).__name__}: "
+                                f"{str(e)[:80]}); {fix}") from None
 
     def store(self) -> SampleStore:
         p = self.path / "samples.sqlite"
@@ -136,8 +152,8 @@ class Run:
         return SampleStore(p)
 
     def predictor(self) -> tuple[Predictor, dict]:
-        body = self._json("predictor.json", "fitted predictor; run the fit stage first")
-        return Predictor.from_dict(body["predictor"]), body.get("holdout", {})
+        return self._json("predictor.json", lambda b: (Predictor.from_dict(b["predictor"]),
+                                                       dict(b.get("holdout", {}))))
 
     def save_predictor(self, pred: Predictor, holdout: dict) -> None:
         save_json(self.path / "predictor.json", {"predictor": pred.to_dict(),
@@ -148,18 +164,23 @@ class Run:
         p = self.path / "block_order.json"
         if not p.exists():
             return None, None
-        body = self._json("block_order.json", "block ranking")
-        return body["order"], body.get("criterion")
+        def parse(b):
+            if not isinstance(b["order"], list) or not all(isinstance(n, str) for n in
+                                                            b["order"]):
+                raise TypeError("order must be a list of block names")
+            return b["order"], b.get("criterion")
+
+        return self._json("block_order.json", parse)
 
     def save_block_ranking(self, order: list[str], criterion: str, scores: dict) -> None:
         save_json(self.path / "block_order.json", {"criterion": criterion, "order": order,
                                                    "scores": scores})
 
     def plan(self) -> dict:
-        return self._json("plan.json", "plan; run the plan stage first")
+        return self._json("plan.json")
 
     def solution(self) -> Solution:
-        return Solution.from_dict(self.plan()["solution"])
+        return self._json("plan.json", lambda b: Solution.from_dict(b["solution"]))
 
     def save_plan(self, budget: float, solution: Solution, grid: dict,
                   latency: dict | None = None) -> Path | None:
@@ -204,7 +225,7 @@ class Run:
         p = self.latency_model_path(target)
         if not p.exists():
             return None
-        m = LatencyModel.from_dict(self._json(f"latency/{p.name}", "latency model"))
+        m = self._json(f"latency/{p.name}", LatencyModel.from_dict)
         m.check_target(target)
         return m
 
@@ -229,6 +250,8 @@ class Run:
         path = self.final_dir / "settings.json"
         old = (read_json(path, "final-stage settings", "re-run the finetune stage")
                if path.exists() else None)
+        if old is not None and not isinstance(old, dict):
+            old = {"settings": "unreadable"}  # damaged: the final stage starts afresh
         stale = None
         if old is not None and old != settings:
             stale = ", ".join(k for k in sorted(set(old) | set(settings))
@@ -243,7 +266,7 @@ class Run:
         return stale
 
     def final(self) -> dict:
-        return self._json("final.json", "final model; run the finetune stage first")
+        return self._json("final.json")
 
     def save_final(self, result: dict) -> None:
         save_json(self.path / "final.json", result)

@@ -119,6 +119,24 @@ class ShrinkResult:
     params: int
 
 
+def check_model_usable(model) -> None:
+    """A model the pipeline can work on: an ``nn.Module`` with parameters, all finite and on
+    a real device (not ``meta``), or one clear error."""
+    if not isinstance(model, nn.Module):
+        raise DwrpruneError(f"the model must be a torch nn.Module, got {type(model).__name__}")
+    params = list(model.parameters())
+    if not params:
+        raise DwrpruneError(f"{type(model).__name__} has no parameters: nothing to prune")
+    if any(p.device.type == "meta" for p in params):
+        raise DwrpruneError(f"{type(model).__name__} is on the meta device (no weights); "
+                            "load its trained weights first")
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise DwrpruneError(f"{type(model).__name__} has non-finite weights (NaN or inf) in "
+                            f"{', '.join(bad[:3])}; prune a trained model whose weights are "
+                            "finite")
+
+
 class Analysis:
     """Trace ``model`` once: removable blocks, channel groups, classifier, layer geometry.
 
@@ -131,6 +149,14 @@ class Analysis:
     def __init__(self, model: nn.Module, *, resolution: int | None = None,
                  in_channels: int | None = None, blocks: list[str] | None = None,
                  transitions: bool = False, min_resolution: int | None = None):
+        check_model_usable(model)
+        was_training = model.training
+        try:
+            self._analyse(model, resolution, in_channels, blocks, transitions, min_resolution)
+        finally:
+            model.train(was_training)  # the user's model is left in the mode it was given
+
+    def _analyse(self, model, resolution, in_channels, blocks, transitions, min_resolution):
         self.model = model
         self.spec = model_spec(model, resolution, in_channels)
         self.base_resolution = resolution or self.spec["input"]["resolution"]
