@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import tempfile
 import warnings
@@ -30,6 +31,17 @@ def _written_opset(path: str) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
+@contextlib.contextmanager
+def _quiet_logging():
+    """The exporters log their fallbacks (with tracebacks) even when the export succeeds;
+    dwrprune reports the outcome itself, in one line."""
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int,
                 in_channels: int, opset: int | None = None) -> None:
     """Write ``model`` as ONNX; input ``input`` (N, C, R, R), output ``logits`` (N, classes)."""
@@ -42,6 +54,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int,
     if opset is not None:
         kwargs["opset_version"] = opset
     path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DwrpruneError(f"cannot create the folder for {path}: {e.strerror}") from None
     errors = []
     for dynamo in (True, False):  # the torch.export path first, TorchScript as fallback
         extra = ({"dynamic_shapes": ({0: torch.export.Dim("batch", min=1)},)} if dynamo else
@@ -50,7 +66,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int,
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             tmp_path = str(Path(tmp) / path.name)
             try:
-                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                        contextlib.redirect_stderr(io.StringIO()), _quiet_logging():
                     warnings.simplefilter("ignore")
                     torch.onnx.export(model, (x,), tmp_path, dynamo=dynamo, **kwargs, **extra)
                 written = _written_opset(tmp_path)

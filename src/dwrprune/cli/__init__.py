@@ -84,6 +84,29 @@ def one_line(e: DwrpruneError) -> str:
 DISTRIBUTED_COMMANDS = ("train", "finetune", "eval")
 
 
+def system_failure(e: BaseException) -> str | None:
+    """One line for a failure of the machine rather than of dwrprune (a full disk, a
+    permission, a file that vanished), found anywhere in the chain of ``e``; None for
+    anything else (a bug, which keeps its traceback)."""
+    import errno
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            return f"{e.strerror or errno.errorcode.get(e.errno, e.errno)}{where}"
+        text = str(e)
+        if type(e).__module__ == "sqlite3" and ("disk" in text or "readonly" in text or
+                                                "locked" in text):
+            return f"the sample store: {text}"
+        if isinstance(e, RuntimeError) and ("file write failed" in text or
+                                            "No space left" in text):
+            return f"cannot write a file ({text.splitlines()[0][:120]}); is the disk full?"
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["--version"]:  # answered before the parser imports the library
@@ -109,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dwrprune: interrupted; finished work is saved", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - only the machine's own failures are caught
+        line = system_failure(e)
+        if line is None:
+            raise
+        print(f"dwrprune: error: {line}; finished work is saved, run the same command again "
+              "once that is fixed", file=sys.stderr)
+        return 2
     finally:
         distributed.shutdown(wait=False)  # after an error: leave without waiting
 

@@ -150,6 +150,20 @@ def read_text_file(path: str | os.PathLike, what: str, limit: int = MAX_TEXT_FIL
         raise DwrpruneError(f"{what} {p} is not UTF-8 text") from None
 
 
+MAX_EXPANDED = 10_000  # values aliases may stand for, all together
+
+
+def _node_size(node, memo: dict) -> int:
+    """How many values a YAML node holds once its aliases are written out."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 1  # a node that contains itself counts once
+        value = node.value if isinstance(node.value, list) else []
+        memo[key] = 1 + sum(_node_size(c, memo) if not isinstance(c, tuple) else
+                            _node_size(c[0], memo) + _node_size(c[1], memo) for c in value)
+    return memo[key]
+
+
 def _strict_loader():
     import yaml
 
@@ -157,13 +171,16 @@ def _strict_loader():
         """Safe YAML that refuses duplicate keys and more than a few aliases."""
 
         aliases = 0
+        expanded = 0  # the values the aliases stand for, counted as if written out
 
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
                 self.aliases += 1
-                if self.aliases > MAX_ALIASES:
-                    raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name); write the "
-                                         "values out")
+                anchored = self.anchors.get(self.peek_event().anchor)
+                self.expanded += _node_size(anchored, {}) if anchored is not None else 1
+                if self.aliases > MAX_ALIASES or self.expanded > MAX_EXPANDED:
+                    raise yaml.YAMLError(f"its aliases (*name) stand for more than "
+                                         f"{MAX_EXPANDED} values; write the values out")
             return super().compose_node(parent, index)
 
         def construct_mapping(self, node, deep=False):

@@ -59,6 +59,7 @@ class Collector:
         self._save_order()
         self.jobs = plan_jobs(cfg, len(self.shrinker.blocks), self.base_res,
                               self.shrinker.min_resolution)
+        self.store.set_meta("planned", [j.key for j in self.jobs])  # fit says what is missing
 
     def _saved_order(self):
         return self.run.block_ranking()[0]

@@ -29,6 +29,15 @@ def fit_samples(store: SampleStore, cfg: PipelineConfig) -> tuple[Predictor, dic
     train_s = store.samples(kinds=chain_kinds + (("mixed",) if cfg.fit_mixed else ()))
     if not train_s:
         raise DwrpruneError(f"no samples in {store.path}; run the collect stage first")
+    planned = store.get_meta("planned")
+    if isinstance(planned, list):
+        have = {s.key for s in store.samples()}
+        missing = [k for k in planned if k not in have]
+        if missing:
+            tqdm.write(f"warning: {len(missing)} of the {len(planned)} planned samples are "
+                       f"missing ({', '.join(map(str, missing[:6]))}"
+                       f"{', ...' if len(missing) > 6 else ''}): the collection did not finish; "
+                       "the fit uses the others (run the collect stage again to complete it)")
     X = np.array([[s.d, s.w, s.r] for s in train_s])
     y = np.array([s.val_acc for s in train_s])
     n_val = store.get_meta("val_images") or _validation_size(cfg)

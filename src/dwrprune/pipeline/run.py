@@ -139,8 +139,8 @@ class Run:
             if not isinstance(body, kind):
                 raise TypeError(f"a {type(body).__name__}, not a {kind.__name__}")
             return parse(body) if parse is not None else body
-        except DwrpruneError:
-            raise
+        except DwrpruneError as e:
+            raise DwrpruneError(f"{p} is not a valid {what}: {e}; {fix}") from None
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             raise DwrpruneError(f"{p} is not a valid {what} ({type(e).__name__}: "
                                 f"{str(e)[:80]}); {fix}") from None
