@@ -239,13 +239,13 @@ def test_a_run_folder_belongs_to_one_model(tmp_path, tiny_checkpoint, tiny_optio
     other = dwrprune.load(tiny_checkpoint)
     with torch.no_grad():
         other.fc.bias.add_(1.0)
-    with pytest.raises(DwrpruneError, match="started from another model"):
+    with pytest.raises(DwrpruneError, match="started from a different model"):
         start_run(other, data, cfg, tmp_path / "run", str(tiny_checkpoint))
     assert (run.path / "config.yaml").read_text() == body
     dwrprune.save_model(tmp_path / "other.pt", other, other.dwrprune_spec)
     (run.path / "config.yaml").write_text(body.replace(str(tiny_checkpoint.resolve()),
                                                        str(tmp_path / "other.pt")))
-    with pytest.raises(DwrpruneError, match="started from another model"):
+    with pytest.raises(DwrpruneError, match="started from a different model"):
         open_run(run.path)
     assert Run(run.path).path == run.path
 

@@ -50,7 +50,7 @@ class Run:
         """The model a stage is given is the one the folder's samples came from (its
         weights and spec, fingerprinted when the folder was started), or one clear error."""
         if fingerprint and self.fingerprint and fingerprint != self.fingerprint:
-            raise DwrpruneError(f"run {self.path} was started from another model (its weights "
+            raise DwrpruneError(f"run {self.path} was started from a different model (its weights "
                                 "or architecture differ from the ones given now); give the "
                                 "same checkpoint, or use a new --out folder")
 
