@@ -95,6 +95,13 @@ class ModelSpec:
                     arch.get("layers", {}), dict):
                 raise DwrpruneError("spec field arch.removed_blocks must be a list and "
                                     "arch.layers a mapping")
+            point = arch.get("point")
+            if point is not None and (not isinstance(point, dict) or set(point) != set("dwr")
+                                      or not all(v is None or (  # None: AutoBot's own widths
+                                          isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          and 0 < v <= 1) for v in point.values())):
+                raise DwrpruneError("spec field arch.point must map d, w and r to fractions in "
+                                    f"(0, 1], got {str(point)[:60]}")
         return cls(m["name"], m["num_classes"], m["in_channels"], i["resolution"],
                    i.get("dataset"), i.get("mean"), i.get("std"), copy.deepcopy(arch),
                    copy.deepcopy(d.get("provenance") or {}))

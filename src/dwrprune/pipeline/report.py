@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 from ..errors import DwrpruneError  # noqa: E402
 from ..io.files import save_json  # noqa: E402
 from ..io.store import SampleStore  # noqa: E402
+from .run import Run  # noqa: E402
 
 _COLORS = {"original": "k", "chain": "tab:blue", "mixed": "tab:green", "holdout": "tab:red",
            "bn_recal": "tab:gray"}
@@ -115,17 +116,23 @@ def write_report(run_dir: str | Path) -> dict:
     run = Path(run_dir)
     if not (run / "samples.sqlite").is_file():
         raise DwrpruneError(f"{run} has no samples yet; run the collect stage first")
+    with Run(run).lock():
+        return _write_report(run)
+
+
+def _write_report(run: Path) -> dict:
     store = SampleStore(run / "samples.sqlite")
     samples, axes = store.as_dicts(), store.get_meta("axes")
+    folder = Run(run)  # every stage file read through its checks, or one clear error
+    pred = folder.predictor()[0] if (run / "predictor.json").exists() else None
+    pred_body = _read(run, "predictor.json")
+    plan = None
+    if (run / "plan.json").exists():
+        folder.solution()
+        plan = folder.plan()
+    final = folder.final() if (run / "final.json").exists() else None
     out = run / "report"
     out.mkdir(parents=True, exist_ok=True)
-    pred_body = _read(run, "predictor.json")
-    pred = None
-    if pred_body:
-        from ..search.predictor import Predictor
-
-        pred = Predictor.from_dict(pred_body["predictor"])
-    plan, final = _read(run, "plan.json"), _read(run, "final.json")
     plot_axes(samples, pred, out / "axes.png")
     plot_acc_vs_macs(samples, final, out / "acc_vs_macs.png")
     if pred and plan:
@@ -133,8 +140,14 @@ def write_report(run_dir: str | Path) -> dict:
     report = {"samples": samples, "predictor": pred_body, "plan": plan,
               "final": {k: v for k, v in (final or {}).items() if k != "history"} or None,
               "collection_seconds": sum(s["seconds"] for s in samples), "axes": axes}
+    try:
+        text = _markdown(report)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise DwrpruneError(f"{run}: plan.json or final.json lacks what the report needs "
+                            f"({type(e).__name__}: {str(e)[:80]}); re-run the plan and "
+                            "finetune stages") from None
     save_json(out / "report.json", report)
-    (out / "report.md").write_text(_markdown(report))
+    (out / "report.md").write_text(text)
     return report
 
 
