@@ -115,6 +115,7 @@ def test_model_without_prunable_layers():
         Bottlenecks(m, shr)
 
 
+@pytest.mark.slow
 def test_cli_autobot(tmp_path, capsys):
     from dwrprune.cli import main
 

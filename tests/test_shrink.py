@@ -333,6 +333,7 @@ def test_portable_checkpoint_round_trip(tmp_path, name, in_ch, res):
         assert torch.equal(out.model(x), again(x))
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_pytorch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from dwrprune.export import export_onnx
