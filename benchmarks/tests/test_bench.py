@@ -107,6 +107,7 @@ def test_latency_pass_fills_rows_and_keeps_rows_appended_meanwhile(tmp_path, mon
         time_result_models(tmp_path, model, repeats=2, remeasure=True)
 
 
+@pytest.mark.slow
 def test_a_benchmark_folder_names_the_bundled_original_it_was_filled_from(tmp_path):
     import dwrprune
     from dwrbench.bench import bundled_original
@@ -217,6 +218,7 @@ def test_a_bad_pipeline_config_is_one_line_before_any_work(tmp_path, compare_mai
     assert not (tmp_path / "out").exists()  # nothing trained, nothing written
 
 
+@pytest.mark.slow
 def test_an_identical_model_reuses_the_finished_fine_tune(tmp_path):
     """Two budgets that round to the same pruned model (the case of 3d choosing width-only):
     the second row takes the first's fine-tuned figures and model file instead of

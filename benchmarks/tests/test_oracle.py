@@ -56,6 +56,7 @@ def test_rank_reliability_averages_every_pair_of_seeds():
     assert [(a, b) for a, b, _, _ in partial["seed_pairs"]] == [(0, 1)]
 
 
+@pytest.mark.slow
 def test_rank_noise_ceiling_falls_as_points_get_closer():
     from dwrbench.oracle import rank_noise_ceiling
 
@@ -68,6 +69,7 @@ def test_rank_noise_ceiling_falls_as_points_get_closer():
     assert all(map(math.isnan, rank_noise_ceiling([[0.9], [0.8], [0.7]])))  # one seed each
 
 
+@pytest.mark.slow
 def test_a_far_point_does_not_lift_the_ceiling_of_a_flat_cluster():
     """One point far below a flat cluster is ranked last by every redraw, so it adds only its
     own (exact) share to the Spearman correlation: with it last in both rankings, the rank
@@ -84,6 +86,7 @@ def test_a_far_point_does_not_lift_the_ceiling_of_a_flat_cluster():
     assert 0.3 < alone < 0.95 and with_far == pytest.approx(exact, abs=0.03)
 
 
+@pytest.mark.slow
 def test_regret_and_rank_correlation():
     s = summarise_oracle(_rows(), 0.5)
     by = {p["label"]: p for p in s["points"]}
