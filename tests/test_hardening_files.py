@@ -339,3 +339,16 @@ def test_export_makes_missing_folders_and_keeps_stderr_clean(tmp_path, capsys):
     assert main(["export", "--onnx", str(out), "--opset", "7"]) == 0
     captured = capsys.readouterr()
     assert out.exists() and captured.err == ""
+
+
+def test_an_untrained_original_is_one_error_not_a_failed_fit(tmp_path):
+    from dwrprune.io.store import Sample, SampleStore
+    from dwrprune.pipeline import fit_samples, resolve_config
+
+    store = SampleStore(tmp_path / "samples.sqlite")
+    for key, kind, d, w, r, acc in [("orig", "original", 1, 1, 1, 0.0),
+                                    ("d/0", "chain", 0.5, 1, 1, 1.0),
+                                    ("w/0", "chain", 1, 0.5, 1, 1.0)]:
+        store.add(Sample(key, kind, d, w, r, 16, 100, 10, acc, 0.3, 0, 0, 1.0))
+    with pytest.raises(DwrpruneError, match="scores 0.00% on the validation split"):
+        fit_samples(store, resolve_config(families=["pchip"]))

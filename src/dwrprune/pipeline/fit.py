@@ -29,6 +29,11 @@ def fit_samples(store: SampleStore, cfg: PipelineConfig) -> tuple[Predictor, dic
     train_s = store.samples(kinds=chain_kinds + (("mixed",) if cfg.fit_mixed else ()))
     if not train_s:
         raise DwrpruneError(f"no samples in {store.path}; run the collect stage first")
+    orig = [s.val_acc for s in train_s if s.kind == "original"]
+    if orig and max(orig) <= 0.0:
+        raise DwrpruneError(f"the original model scores {100 * max(orig):.2f}% on the "
+                            "validation split, so there is no accuracy to keep: is it trained, "
+                            "and does the data reach it preprocessed as in its own training?")
     planned = store.get_meta("planned")
     if isinstance(planned, list):
         have = {s.key for s in store.samples()}

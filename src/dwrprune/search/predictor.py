@@ -213,6 +213,10 @@ class MonotoneInterpolant(AccuracySurface):
                                 "samples on every pruned axis; use a polynomial family "
                                 "(separable, cp, full) for other samples")
         f0 = float(np.mean(y[np.all(X == 1, axis=1)]))
+        if not f0 > 0:
+            raise DwrpruneError("the unpruned model's measured accuracy is 0: the pchip "
+                                "predictor models accuracy relative to it; is the model trained "
+                                "and the data what it expects?")
         knots = []
         for i in range(3):
             xi, yi = X[on_axis(X, i), i], y[on_axis(X, i)] / f0
