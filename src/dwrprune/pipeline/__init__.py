@@ -1,16 +1,18 @@
 """The comprehensive pruning pipeline (Wang et al., ICML 2021), one module per stage.
 
-    config    one typed configuration, validated before any work (+ validate)
-    data      where images come from, and the checks made on them
-    shrinker  the one place a config becomes a Shrinker
-    jobs      the job list of a collection and the sample each job computes
-    collect   stage 1: samples into the run's store, resumably
-    fit       stage 2: the accuracy predictor (MAP)
-    points    realisable one-axis points under a budget
-    solve     stage 3: the best realisable (d, w, r) per budget
-    finetune  stage 4: prune to the chosen point, fine-tune, test once
-    run       the run folder and every file in it
-    api       prune() in one call, and the checked entry points the CLI shares
+    config     one typed configuration, validated before any work (+ validate)
+    data       where images come from, and the checks made on them
+    shrinker   the one place a config becomes a Shrinker
+    jobs       the job list of a collection and the sample each job computes
+    executors  local and Ray job graphs (run_graph)
+    collect    stage 1: samples into the run's store, resumably
+    fit        stage 2: the accuracy predictor (MAP)
+    points     realisable one-axis points under a budget
+    solve      stage 3: the best realisable (d, w, r) per budget
+    finetune   stage 4: prune to the chosen point, fine-tune, test once
+    report     stage 5: the run's report (JSON, Markdown, plots)
+    run        the run folder and every file in it
+    api        prune() in one call, and the checked entry points the CLI shares
 
 Samples and choices use the validation split; the test set is touched once, at the end.
 """
