@@ -352,3 +352,19 @@ def test_an_untrained_original_is_one_error_not_a_failed_fit(tmp_path):
         store.add(Sample(key, kind, d, w, r, 16, 100, 10, acc, 0.3, 0, 0, 1.0))
     with pytest.raises(DwrpruneError, match="scores 0.00% on the validation split"):
         fit_samples(store, resolve_config(families=["pchip"]))
+
+
+@pytest.mark.slow
+def test_export_onnx_from_python_carries_the_input_contract(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    model = dwrprune.load(dwrprune.pretrained.path()).train()
+    small = dwrprune.Shrinker(model).shrink(0.6, 0.7, 0.8)
+    files = dwrprune.export_onnx(small.model.train(), tmp_path / "m.onnx")  # checked in ORT
+    assert files[0] == tmp_path / "m.onnx" and small.model.training
+    meta = {p.key: p.value for p in onnx.load(str(files[0])).metadata_props}
+    assert meta["dwrprune.input_size"] == str(small.spec["input"]["resolution"])
+    assert meta["dwrprune.in_channels"] == "1"
+    assert json.loads(meta["dwrprune.mean"]) == small.spec["input"]["mean"]
+    with pytest.raises(DwrpruneError, match="needs resolution"):
+        dwrprune.export_onnx(nn.Sequential(nn.Conv2d(3, 2, 3)), tmp_path / "x.onnx")

@@ -51,6 +51,7 @@ _API = {
     "make_loader": ("training.data", "make_loader"),
     "TrainConfig": ("training.engine", "TrainConfig"),
     "evaluate": ("training.engine", "evaluate"),
+    "export_onnx": ("export", "export_onnx"),
     "recalibrate_batchnorm": ("training.engine", "recalibrate_batchnorm"),
     "train": ("training.engine", "train"),
 }

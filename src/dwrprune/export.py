@@ -42,13 +42,94 @@ def _quiet_logging():
         logging.disable(logging.NOTSET)
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int,
-                in_channels: int, opset: int | None = None) -> None:
-    """Write ``model`` as ONNX; input ``input`` (N, C, R, R), output ``logits`` (N, classes)."""
+def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int | None = None,
+                in_channels: int | None = None, opset: int | None = None,
+                check: bool = True) -> list[Path]:
+    """Write ``model`` as ONNX: input ``input`` (N, C, R, R), output ``logits`` (N, classes),
+    a dynamic batch.  ``resolution`` and ``in_channels`` default to the model's spec.  The
+    spec's input contract (side, channels, mean, std, dataset) goes into the ONNX metadata
+    (``dwrprune.*`` keys), and with ``check`` the file is run once in onnxruntime and its
+    output compared with PyTorch's.  Returns the files written: the ``.onnx``, and its
+    ``.data`` weights file where the exporter wrote the weights beside it."""
+    from .io.spec import spec_of
+
+    if not isinstance(model, nn.Module):
+        raise DwrpruneError(f"export_onnx needs an nn.Module, got {type(model).__name__}")
+    spec = spec_of(model, required=False)
+    if resolution is None or in_channels is None:
+        if spec is None:
+            raise DwrpruneError("export_onnx needs resolution= and in_channels= for a model "
+                                "without a dwrprune spec")
+        resolution = resolution or spec.resolution
+        in_channels = in_channels or spec.in_channels
+    was = model.training
+    try:
+        _export(model, path, resolution, in_channels, opset, spec)
+    finally:
+        model.train(was)  # the model is left in the mode it was given
+    path = Path(path)
+    written = [path] + ([path.with_name(path.name + ".data")]
+                        if path.with_name(path.name + ".data").exists() else [])
+    if check:
+        check_onnx(model, path, resolution, in_channels)
+    return written
+
+
+def check_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, in_channels: int,
+               atol: float = 1e-3) -> float:
+    """Run the exported file once in onnxruntime (one CPU thread) beside PyTorch; the largest
+    difference of their logits, or one error when they disagree by more than ``atol``."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DwrpruneError("checking an export needs onnxruntime: pip install "
+                            "'dwrprune[onnx]' (or pass check=False)") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    x = torch.randn(2, in_channels, resolution, resolution,
+                    generator=torch.Generator().manual_seed(0))
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        ref = model(x).numpy()
+    model.train(was)
+    got = sess.run(None, {"input": x.numpy()})[0]
+    diff = float(abs(got - ref).max())
+    if not diff <= atol * max(1.0, float(abs(ref).max())):
+        raise DwrpruneError(f"{path} runs in onnxruntime but its output differs from "
+                            f"PyTorch's by {diff:.3g}; the export is not faithful")
+    return diff
+
+
+def _contract(spec) -> dict[str, str]:
+    """The deployment contract a spec holds, as ONNX metadata strings."""
+    import json
+
+    if spec is None:
+        return {}
+    return {"dwrprune.input_size": str(spec.resolution),
+            "dwrprune.in_channels": str(spec.in_channels),
+            "dwrprune.mean": json.dumps(spec.mean), "dwrprune.std": json.dumps(spec.std),
+            "dwrprune.dataset": str(spec.dataset), "dwrprune.model": str(spec.name),
+            "dwrprune.point": json.dumps(spec.point)}
+
+
+def _add_metadata(path: str, meta: dict[str, str]) -> None:
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    for k, v in meta.items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, path)
+
+
+def _export(model: nn.Module, path, resolution: int, in_channels: int, opset: int | None,
+            spec) -> None:
     if opset is not None and opset not in SUPPORTED_OPSETS:
         raise DwrpruneError(f"opset {opset} is not supported; choose "
                             f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
-    model = model.eval()
+    model.eval()
     x = torch.randn(2, in_channels, resolution, resolution)
     kwargs = {"input_names": ["input"], "output_names": ["logits"]}
     if opset is not None:
@@ -77,6 +158,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int,
             if opset is not None and written != opset:
                 errors.append(f"{name}: wrote opset {written}, not {opset}")
                 continue
+            _add_metadata(tmp_path, _contract(spec))
             if Path(tmp).joinpath(path.name + ".data").exists():
                 os.replace(Path(tmp) / (path.name + ".data"), path.with_name(path.name + ".data"))
             os.replace(tmp_path, path)

@@ -212,6 +212,9 @@ def cmd_export(args) -> int:
 
     out, spec = export_checkpoint(checkpoint_path(args.checkpoint), args.onnx,
                                   opset=args.opset, force=args.force)
+    data = out.with_name(out.name + ".data")
+    if data.exists():
+        print(f"the weights are in {data}, beside it: keep the two files together")
     print(f"wrote {out} (input 'input' N x {spec.in_channels} x {spec.resolution} x "
           f"{spec.resolution})")
     return 0
