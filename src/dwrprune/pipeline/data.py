@@ -76,16 +76,15 @@ def check_source(data: DataSource, spec: ModelSpec) -> None:
     info = getattr(data, "info", None)
     if info is not None:
         check_data_matches(spec, info)
-    check_validation_split(data, spec.resolution)
-    check_first_batch(data, spec)
+    check_first_batch(check_validation_split(data, spec.resolution), spec)
 
 
-def check_first_batch(data: DataSource, spec: ModelSpec) -> None:
+def check_first_batch(loader, spec: ModelSpec) -> None:
     """The first validation batch of a source is what the model takes: images (N, C, R, R)
     as floats with the model's channels and side, labels whole numbers in its class range.
     Checked once before any work, so a user's own source fails with one line, not mid-run."""
     try:
-        batch = next(iter(data.loader("val", spec.resolution)))
+        batch = next(iter(loader))
     except DwrpruneError:
         raise
     except StopIteration:
@@ -115,10 +114,12 @@ def check_first_batch(data: DataSource, spec: ModelSpec) -> None:
                             f"the model has {k} classes (0..{k - 1})")
 
 
-def check_validation_split(data: DataSource, resolution: int) -> None:
-    """Samples and choices are made on validation data: refuse a source without any."""
+def check_validation_split(data: DataSource, resolution: int):
+    """Samples and choices are made on validation data: refuse a source without any.
+    Returns the validation loader it built (the first batch is checked from it)."""
     try:
-        n = len(data.loader("val", resolution).dataset)
+        loader = data.loader("val", resolution)
+        n = len(loader.dataset)
     except DwrpruneError:
         raise
     except Exception as e:  # noqa: BLE001 - a user's DataSource may raise anything here
@@ -127,6 +128,7 @@ def check_validation_split(data: DataSource, resolution: int) -> None:
             "measures samples on data held out of training, never on the test set") from None
     if n == 0:
         raise DwrpruneError("the validation split is empty; raise --val-fraction")
+    return loader
 
 
 FinetuneFn = Callable[[nn.Module, DataLoader, int, float, int], None]

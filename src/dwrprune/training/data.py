@@ -291,6 +291,9 @@ def _read_image(path: str):
                             "or replace it") from None
 
 
+_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime) of files read whole
+
+
 def _check_images(paths: list[str], limit: int = 3) -> None:
     """Every image file is whole (PIL's ``verify`` reads the file through, without decoding
     the pixels).  A corrupt or truncated file stops the run at once, naming it, rather than
@@ -300,8 +303,13 @@ def _check_images(paths: list[str], limit: int = 3) -> None:
     bad = []
     for p in paths:
         try:
+            st = os.stat(p)
+            key = (p, st.st_size, st.st_mtime_ns)
+            if key in _VERIFIED:  # every split's loaders re-create the dataset: read once
+                continue
             with Image.open(p) as img:
                 img.verify()
+            _VERIFIED.add(key)
         except Exception:  # noqa: BLE001
             bad.append(p)
     if bad:
