@@ -102,6 +102,16 @@ def add_data_args(p, default: str | None = "fashion-mnist") -> None:
                    help="share of the training set held out for validation")
     p.add_argument("--batch-size", type=POS, default=128)
     p.add_argument("--workers", type=NONNEG, default=0, help="DataLoader worker processes")
+    p.add_argument("--input-size", type=SIDE, default=None, help="image folders: the model's "
+                   "input side (default: the images' own)")
+    p.add_argument("--resize", default="resize", choices=["resize", "center-crop"],
+                   help="image folders: plain resize (default) or ImageNet-style center crop")
+    p.add_argument("--train-augment", default="mild", choices=["mild", "imagenet"],
+                   help="image folders: mild = crop with padding and flip (default); imagenet "
+                        "= RandomResizedCrop")
+    p.add_argument("--mean", type=_floats, default=None, help="per-channel mean, e.g. "
+                   "0.5,0.5,0.5 (default: the dataset's; image folders: computed)")
+    p.add_argument("--std", type=_floats, default=None, help="per-channel std (as --mean)")
 
 
 def data_source(args):
@@ -110,7 +120,8 @@ def data_source(args):
     if not 0.0 < args.val_fraction < 1.0:
         raise DwrpruneError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     return DatasetSource(args.data, args.data_dir, args.val_fraction, args.batch_size,
-                         args.workers)
+                         args.workers, args.input_size, args.resize, args.train_augment,
+                         args.mean, args.std)
 
 
 def add_checkpoint_arg(p) -> None:

@@ -23,7 +23,9 @@ from ..errors import DwrpruneError
 
 _MODEL_KEYS = {"name": (str, type(None)), "num_classes": int, "in_channels": int}
 _INPUT_KEYS = {"resolution": int, "dataset": (str, type(None)),
-               "mean": (list, type(None)), "std": (list, type(None))}
+               "mean": (list, type(None)), "std": (list, type(None)),
+               "resize": (str, type(None))}
+RESIZE_METHODS = ("resize", "center-crop")
 ARCH_KEYS = ("point", "base_resolution", "removable_blocks", "width", "depth_criterion",
              "removed_blocks", "layers", "requested",
              "method", "budget", "kept_per_group")  # the last three: AutoBot's own records
@@ -66,6 +68,7 @@ class ModelSpec:
     dataset: str | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    resize: str | None = None
     arch: dict | None = None
     provenance: dict = field(default_factory=dict)
 
@@ -88,6 +91,9 @@ class ModelSpec:
                                     f"numbers, got {v!r}")
         if "std" in i and i["std"] is not None and any(x <= 0 for x in i["std"]):
             raise DwrpruneError(f"spec field input.std must be positive, got {i['std']}")
+        if i.get("resize") not in (None, *RESIZE_METHODS):
+            raise DwrpruneError(f"spec field input.resize must be one of {RESIZE_METHODS}, got "
+                                f"{str(i['resize'])[:40]!r}")
         arch = d.get("arch")
         if arch is not None:
             _check_keys("arch", arch, dict.fromkeys(ARCH_KEYS, object), ())
@@ -103,8 +109,8 @@ class ModelSpec:
                 raise DwrpruneError("spec field arch.point must map d, w and r to fractions in "
                                     f"(0, 1], got {str(point)[:60]}")
         return cls(m["name"], m["num_classes"], m["in_channels"], i["resolution"],
-                   i.get("dataset"), i.get("mean"), i.get("std"), copy.deepcopy(arch),
-                   copy.deepcopy(d.get("provenance") or {}))
+                   i.get("dataset"), i.get("mean"), i.get("std"), i.get("resize"),
+                   copy.deepcopy(arch), copy.deepcopy(d.get("provenance") or {}))
 
     def to_dict(self) -> dict:
         d = {"model": {"name": self.name, "num_classes": self.num_classes,
@@ -112,9 +118,27 @@ class ModelSpec:
              "input": {"resolution": self.resolution, "dataset": self.dataset,
                        "mean": self.mean, "std": self.std},
              "arch": copy.deepcopy(self.arch)}
+        if self.resize is not None:  # older specs have no resize record: they round-trip
+            d["input"]["resize"] = self.resize
         if self.provenance:
             d["provenance"] = copy.deepcopy(self.provenance)
         return d
+
+    @property
+    def contract(self) -> dict:
+        """How to feed the model: input side, channels, resize method, mean and std."""
+        return {"input_size": self.resolution, "in_channels": self.in_channels,
+                "resize": self.resize or "resize", "mean": self.mean, "std": self.std,
+                "dataset": self.dataset}
+
+    def contract_line(self) -> str:
+        """The deployment contract in one line."""
+        def fmt(v):
+            return "unknown" if v is None else "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+        how = "resize" if (self.resize or "resize") == "resize" else \
+            "resize to 256/224 of it, then center-crop"
+        return (f"input {self.in_channels}x{self.resolution}x{self.resolution} ({how}), "
+                f"scaled to [0, 1], mean {fmt(self.mean)}, std {fmt(self.std)}")
 
     # ------------------------------------------------------------------ questions
     @property
@@ -133,11 +157,11 @@ class ModelSpec:
 
 def make_spec(name: str | None, num_classes: int, in_channels: int, resolution: int,
               dataset: str | None = None, mean=None, std=None,
-              arch: dict | None = None) -> dict:
+              arch: dict | None = None, resize: str | None = None) -> dict:
     """A spec dict for an unpruned model (what ``model.dwrprune_spec`` holds)."""
     return ModelSpec(name, int(num_classes), int(in_channels), int(resolution), dataset,
                      list(mean) if mean is not None else None,
-                     list(std) if std is not None else None, arch).to_dict()
+                     list(std) if std is not None else None, resize, arch).to_dict()
 
 
 def spec_of(model: nn.Module, required: bool = True) -> ModelSpec | None:

@@ -29,7 +29,14 @@ from ..pruning.analysis import check_model_usable
 from ..training.progress import resolve_progress
 from .collect import collect
 from .config import PipelineConfig, resolve_config
-from .data import DatasetSource, DataSource, FinetuneFn, check_source
+from .data import (
+    DatasetSource,
+    DataSource,
+    FinetuneFn,
+    check_source,
+    complete_contract,
+    original_accuracy,
+)
 from .finetune import finetune_final
 from .fit import fit_run
 from .jobs import model_fingerprint
@@ -106,7 +113,9 @@ def start_run(model: nn.Module, data: DataSource, cfg: PipelineConfig, out,
     if spec.pruned:
         raise DwrpruneError("start from the original (unpruned) model; this one is pruned")
     check_model_usable(model)
+    spec = complete_contract(model, data, cfg)
     check_source(data, spec)
+    original_accuracy(model, data, cfg, spec)
     run = Run(out)
     run.check_writable()
     with run.lock():
@@ -124,8 +133,10 @@ def open_run(path, **overrides) -> tuple[PipelineConfig, nn.Module, DataSource, 
         raise DwrpruneError(f"{run.path} was started from an in-memory model; continue it "
                             "from Python with the same model")
     model = load(resolve(checkpoint))
+    data = DatasetSource.from_config(cfg)
+    complete_contract(model, data, cfg)
     run.check_model(model_fingerprint(model))
-    return cfg, model, DatasetSource.from_config(cfg), run
+    return cfg, model, data, run
 
 
 def final_stage(model: nn.Module, data: DataSource, cfg: PipelineConfig, run: Run,

@@ -43,6 +43,18 @@ class PipelineConfig:
     val_fraction: float = _f(0.1, "data", C, "share of training images held out")
     batch_size: int = _f(128, "data", C, "batch size of every loader")
     workers: int = _f(0, "data", None, "DataLoader worker processes")
+    input_size: int | None = _f(None, "data", C, "image folders: the model's input side "
+                                "(default: the images' own)")
+    resize: str = _f("resize", "data", C, "image folders: how evaluation images reach the "
+                     "model's side: resize (plain) | center-crop (ImageNet-style)")
+    train_augment: str = _f("mild", "data", C, "image folders: mild (crop with padding, flip) "
+                            "| imagenet (RandomResizedCrop, flip)")
+    mean: list[float] | None = _f(None, "data", C, "per-channel mean (default: the dataset's; "
+                                  "image folders: computed from the training images)")
+    std: list[float] | None = _f(None, "data", C, "per-channel std (as mean)")
+    expect_accuracy: float | None = _f(None, "data", None, "the original's validation accuracy "
+                                       "in percent, as you measure it: stop when dwrprune's differs "
+                                       "by more than a point")
     # what may be pruned and how
     transitions: bool = _f(False, "prune", C, "also remove stage-transition blocks")
     depth_criterion: str = _f("loss", "prune", C, "block ranking: loss | weight_norm")

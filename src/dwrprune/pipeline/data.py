@@ -36,6 +36,22 @@ class DatasetSource:
     val_fraction: float = 0.1
     batch_size: int = 128
     workers: int = 0
+    input_size: int | None = None
+    resize: str = "resize"
+    train_augment: str = "mild"
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @property
+    def options(self) -> dict:
+        """How images are read: the preprocessing options (only those given)."""
+        opts = {"input_size": self.input_size, "mean": self.mean, "std": self.std}
+        opts = {k: v for k, v in opts.items() if v is not None}
+        if self.resize != "resize":
+            opts["resize"] = self.resize
+        if self.train_augment != "mild":
+            opts["train_augment"] = self.train_augment
+        return opts
 
     def loader(self, split: str, resolution: int | None, *, shuffle: bool = False,
                subset: int | None = None, seed: int = 0,
@@ -44,19 +60,20 @@ class DatasetSource:
 
         ds = create_dataset(self.name, split, data_dir=self.data_dir, resolution=resolution,
                             val_fraction=self.val_fraction, subset=subset, subset_seed=seed,
-                            augment=augment)
+                            augment=augment, **self.options)
         return make_loader(ds, self.batch_size, shuffle=shuffle, seed=seed,
                            num_workers=self.workers)
 
     @classmethod
     def from_config(cls, cfg) -> DatasetSource:
-        return cls(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.batch_size, cfg.workers)
+        return cls(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.batch_size, cfg.workers,
+                   cfg.input_size, cfg.resize, cfg.train_augment, cfg.mean, cfg.std)
 
     @property
     def info(self):
         from ..training.data import dataset_info
 
-        return dataset_info(self.name, self.data_dir)
+        return dataset_info(self.name, self.data_dir, **self.options)
 
 
 def check_data_matches(spec: ModelSpec | dict, info) -> None:
@@ -68,6 +85,62 @@ def check_data_matches(spec: ModelSpec | dict, info) -> None:
     if info.in_channels != s.in_channels:
         raise DwrpruneError(f"dataset {info.name!r} has {info.in_channels} input channels but "
                             f"the model expects {s.in_channels}")
+
+
+def complete_contract(model: nn.Module, data: DataSource, cfg=None) -> ModelSpec:
+    """Record in the model's spec how the data feeds it (dataset, resize method, mean, std):
+    the pruned models inherit it, so every checkpoint says how to feed it.  A source that
+    cannot say (a loader of your own) leaves what the spec holds, or takes ``cfg.mean`` and
+    ``cfg.std`` where given.  Returns the (updated) spec."""
+    from tqdm.auto import tqdm
+
+    from ..io.spec import set_spec, spec_of
+
+    spec = spec_of(model)
+    info = getattr(data, "info", None)
+    if info is not None:
+        mean, std = list(info.mean), list(info.std)
+        resize, dataset = info.resize, info.name
+    else:
+        mean = getattr(cfg, "mean", None) or spec.mean
+        std = getattr(cfg, "std", None) or spec.std
+        resize, dataset = spec.resize, spec.dataset
+    if len(mean or [0] * spec.in_channels) != spec.in_channels:
+        raise DwrpruneError(f"mean {mean} needs one value per input channel "
+                            f"({spec.in_channels})")
+    if spec.mean is not None and mean is not None and \
+            [round(v, 4) for v in spec.mean] != [round(v, 4) for v in mean]:
+        tqdm.write(f"note: the model's checkpoint records mean {spec.mean}, the data is "
+                   f"normalised with {mean}; the pruned model records the data's")
+    if resize == "resize" and spec.resize is None:
+        resize = None  # the default, as older specs (without the record) mean it
+    new = (mean, std, resize, dataset)
+    if new != (spec.mean, spec.std, spec.resize, spec.dataset):
+        spec.mean, spec.std, spec.resize, spec.dataset = new
+        set_spec(model, spec)
+    return spec
+
+
+def original_accuracy(model: nn.Module, data: DataSource, cfg, spec: ModelSpec) -> float:
+    """The first line of a run: the original's validation accuracy under this
+    preprocessing, so that a user sees at once whether it matches their own figure; with
+    ``cfg.expect_accuracy``, a difference of more than a point stops the run."""
+    from tqdm.auto import tqdm
+
+    from ..training.engine import evaluate
+
+    loader = data.loader("val", spec.resolution, subset=cfg.val_subset)
+    acc = evaluate(model, loader, progress=False).accuracy * 100
+    n = len(loader.dataset)
+    tqdm.write(f"original model: {acc:.2f}% validation accuracy on {n} images; "
+               f"{spec.contract_line()}")
+    want = cfg.expect_accuracy
+    if want is not None and abs(acc - want) > 1.0:
+        raise DwrpruneError(
+            f"the original model scores {acc:.2f}% on the validation images as dwrprune "
+            f"feeds them ({spec.contract_line()}), not the {want:.2f}% expected; set the "
+            "input size, resize method, mean and std to your own preprocessing")
+    return acc
 
 
 def check_source(data: DataSource, spec: ModelSpec) -> None:

@@ -40,6 +40,17 @@ def validate_config(cfg) -> None:
     for f in cfg.families:
         _one_of("families", f, FAMILIES)
     _need(bool(cfg.data), "data must name a dataset")
+    _one_of("resize", cfg.resize, ("resize", "center-crop"))
+    _one_of("train_augment", cfg.train_augment, ("mild", "imagenet"))
+    _need(cfg.input_size is None or 1 <= cfg.input_size <= 8192,
+          f"input_size must be in [1, 8192] pixels, got {cfg.input_size}")
+    for name in ("mean", "std"):
+        v = getattr(cfg, name)
+        _need(v is None or (len(v) >= 1 and all(x == x and abs(x) != float("inf") for x in v)),
+              f"{name} must be one finite number per channel, got {v}")
+    _need(cfg.std is None or min(cfg.std) > 0, f"std must be above 0, got {cfg.std}")
+    _need(cfg.expect_accuracy is None or 0.0 <= cfg.expect_accuracy <= 100.0,
+          f"expect_accuracy must be a percentage in [0, 100], got {cfg.expect_accuracy}")
     # data and training sizes
     _need(0.0 < cfg.val_fraction < 1.0, f"val_fraction must be in (0, 1), got "
           f"{cfg.val_fraction}")

@@ -12,6 +12,7 @@ collection builds many) cost nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import os
@@ -44,6 +45,7 @@ class DatasetInfo:
     resolution: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    resize: str = "resize"  # how images reach the model's side: plain "resize" or "center-crop"
 
 
 class ImageTensorDataset(Dataset):
@@ -291,7 +293,12 @@ def _read_image(path: str):
                             "or replace it") from None
 
 
-_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime) of files read whole
+_VERIFIED: dict[tuple[str, int, int], tuple[int, int]] = {}  # (path, bytes, mtime): (w, h)
+
+
+def _file_key(p: str) -> tuple[str, int, int]:
+    st = os.stat(p)
+    return (p, st.st_size, st.st_mtime_ns)
 
 
 def _check_images(paths: list[str], limit: int = 3) -> None:
@@ -303,13 +310,13 @@ def _check_images(paths: list[str], limit: int = 3) -> None:
     bad = []
     for p in paths:
         try:
-            st = os.stat(p)
-            key = (p, st.st_size, st.st_mtime_ns)
+            key = _file_key(p)
             if key in _VERIFIED:  # every split's loaders re-create the dataset: read once
                 continue
             with Image.open(p) as img:
+                size = img.size
                 img.verify()
-            _VERIFIED.add(key)
+            _VERIFIED[key] = size
         except Exception:  # noqa: BLE001
             bad.append(p)
     if bad:
@@ -344,35 +351,134 @@ def _check_same_classes(root: Path) -> None:
                             "class folders, or a class would be scored as another")
 
 
-@DATASETS.register(name="imagefolder")
-def _imagefolder(data_dir, train: bool, resolution: int | None = None, augment: bool = False,
-                 **_):
-    from torchvision.datasets import ImageFolder
+RESIZE_POLICIES = ("resize", "center-crop")
+AUGMENT_POLICIES = ("mild", "imagenet")
 
-    root = _resolve_dir(data_dir, None, "imagefolder")
-    sub = "train" if train else next((s for s in ("test", "val") if (root / s).is_dir()), None)
-    if sub is None or not (root / sub).is_dir():
+
+def _image_folders(root: Path) -> dict[str, Path]:
+    """Which folder serves which split.  ``train/`` is required; ``test/`` is the test split;
+    ``val/``, beside a ``test/``, is the validation split (otherwise validation images are
+    held out of ``train/``, and a lone ``val/`` is the test split)."""
+    has = {s: (root / s).is_dir() for s in ("train", "val", "test")}
+    if not has["train"] or not (has["val"] or has["test"]):
         raise DwrpruneError(
             f"imagefolder root {root} needs a train/ folder and a test/ (or val/) folder, each "
-            "with one sub-folder per class"
-        )
-    info = DatasetInfo("imagefolder", 0, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    res = resolution or info.resolution
+            "with one sub-folder per class (a val/ beside test/ is the validation split)")
+    out = {"train": root / "train", "test": root / ("test" if has["test"] else "val")}
+    if has["val"] and has["test"]:
+        out["val"] = root / "val"
+    return out
+
+
+@lru_cache(maxsize=16)
+def _folder_statistics(folder: str, side: int, count: int, limit: int = 2000
+                       ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of a deterministic sample of up to ``limit`` training images,
+    each resized plainly to ``side`` (what the model sees before normalisation)."""
+    from torchvision.datasets import ImageFolder
+
+    paths = [p for p, _ in ImageFolder(folder, loader=_read_image).samples]
+    pick = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0))[:limit]
+    resize = v2.Compose([v2.ToImage(), v2.Resize((side, side), antialias=True),
+                         v2.ToDtype(torch.float32, scale=True)])
+    x = torch.stack([resize(_read_image(paths[i])) for i in pick.tolist()])
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return (tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std))
+
+
+def _native_side(paths: list[str]) -> int:
+    """The images' own side: the most common shorter side among them."""
+    sides = [min(_VERIFIED[_file_key(p)]) for p in paths]
+    return max(set(sides), key=lambda v: (sides.count(v), v))
+
+
+def imagefolder_transform(native: int, res: int, mean, std, augment: str | None,
+                          resize: str = "resize") -> v2.Compose:
+    """Training (``augment`` "mild": crop with padding and flip at the native side, as for
+    tensor data; "imagenet": RandomResizedCrop) or evaluation (``augment`` None: a plain
+    resize to ``res``, or resize-then-center-crop with ``resize="center-crop"``)."""
     steps: list = [v2.ToImage()]
-    if augment:
+    if augment == "imagenet":
         steps += [v2.RandomResizedCrop(res, antialias=True), v2.RandomHorizontalFlip()]
-    else:
+    elif augment == "mild":
+        steps += [v2.Resize((native, native), antialias=True),
+                  v2.RandomCrop(native, padding=max(1, native // 8)), v2.RandomHorizontalFlip(),
+                  v2.Resize((res, res), antialias=True)]
+    elif resize == "center-crop":
         steps += [v2.Resize(int(round(res * 256 / 224)), antialias=True), v2.CenterCrop(res)]
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)]
+    else:
+        steps += [v2.Resize((res, res), antialias=True)]
+    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def _check_choice(what: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise DwrpruneError(f"{what} {value!r} is not known; choose {' or '.join(choices)}")
+
+
+def _check_stats(what: str, v) -> tuple[float, ...] | None:
+    if v is None:
+        return None
+    if isinstance(v, (int, float)):
+        v = [v]
+    ok = isinstance(v, (list, tuple)) and 1 <= len(v) <= 4096 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        for x in v)
+    if not ok or (what == "std" and min(v) <= 0):
+        raise DwrpruneError(f"{what} must be one finite number per channel (or one for all)"
+                            f"{', above 0' * (what == 'std')}, got {v!r}")
+    return tuple(float(x) for x in v)
+
+
+def _per_channel(v: tuple[float, ...] | None, channels: int) -> tuple[float, ...] | None:
+    return v * channels if v is not None and len(v) == 1 else v
+
+
+@DATASETS.register(name="imagefolder")
+def _imagefolder(data_dir, split: str, resolution: int | None = None, augment: bool = False,
+                 input_size: int | None = None, mean=None, std=None, resize: str = "resize",
+                 train_augment: str = "mild", **_):
+    """An image folder, read as its user reads it: native side from the images (or
+    ``input_size``), a plain resize for evaluation, mild augmentation for training, mean and
+    std computed from the training images (or given)."""
+    from torchvision.datasets import ImageFolder
+
+    _check_choice("resize policy", resize, RESIZE_POLICIES)
+    _check_choice("training augmentation", train_augment, AUGMENT_POLICIES)
+    mean, std = (_per_channel(_check_stats(k, v), 3) for k, v in (("mean", mean), ("std", std)))
+    if input_size is not None and (not isinstance(input_size, int) or isinstance(
+            input_size, bool) or not 1 <= input_size <= 8192):
+        raise DwrpruneError(f"input size must be a whole number of pixels in [1, 8192], got "
+                            f"{input_size!r}")
+    root = _resolve_dir(data_dir, None, "imagefolder")
+    folders = _image_folders(root)
     _check_no_link_loops(root)
     _check_same_classes(root)
-    try:
-        ds = ImageFolder(str(root / sub), transform=v2.Compose(steps), loader=_read_image)
-    except (FileNotFoundError, OSError) as e:
-        raise DwrpruneError(f"imagefolder {root / sub}: {e}") from None
-    _check_images([p for p, _ in ds.samples])
-    info = DatasetInfo("imagefolder", len(ds.classes), 3, 224, info.mean, info.std)
+
+    def read(folder: Path) -> ImageFolder:
+        try:
+            ds = ImageFolder(str(folder), loader=_read_image)
+        except (FileNotFoundError, OSError) as e:
+            raise DwrpruneError(f"imagefolder {folder}: {e}") from None
+        _check_images([p for p, _ in ds.samples])
+        return ds
+
+    train_ds = read(folders["train"])
+    native = input_size or _native_side([p for p, _ in train_ds.samples])
+    if mean is None or std is None:
+        fm, fs = _folder_statistics(str(folders["train"]), native, len(train_ds))
+        mean, std = mean or fm, std or fs
+    info = DatasetInfo("imagefolder", len(train_ds.classes), 3, native, mean, std, resize)
+    if split in ("train", "trainval"):
+        ds = train_ds
+    else:
+        ds = read(folders.get(split, folders["train"]) if split != "test" else folders["test"])
+    res = resolution or native
+    ds.transform = imagefolder_transform(native, res, mean, std,
+                                         train_augment if augment else None, resize)
     ds.info = info
+    ds.presplit = split == "val" and "val" in folders or (split == "train" and "val" in folders)
     return ds
 
 
@@ -409,17 +515,29 @@ def create_dataset(
     train_side = split != "test"
 
     if getattr(source, "loads_files", False):
-        ds = source(data_dir, train_side, resolution=resolution, augment=augment)
+        ds = source(data_dir, split, resolution=resolution, augment=augment, **kwargs)
         n = len(ds)
     else:
+        image_only = sorted(k for k in ("input_size", "resize", "train_augment")
+                            if kwargs.get(k) not in (None, "resize", "mild"))
+        if image_only:
+            raise DwrpruneError(f"{', '.join(image_only)} apply to image folders only; "
+                                f"{name!r} has a fixed native size and a plain resize")
+        mean, std = (_check_stats(k, kwargs.pop(k, None)) for k in ("mean", "std"))
         x, y, info = source(data_dir, train_side, **kwargs)
+        if mean is not None or std is not None:
+            c = info.in_channels
+            info = dataclasses.replace(info, mean=_per_channel(mean, c) or info.mean,
+                                       std=_per_channel(std, c) or info.std)
+        if len(info.mean) != info.in_channels or len(info.std) != info.in_channels:
+            raise DwrpruneError(f"mean and std need {info.in_channels} value(s) for {name!r}")
         ds = ImageTensorDataset(x, y, build_transform(info, resolution or info.resolution,
                                                       augment), info)
         n = len(y)
     if ds.info.num_classes is not None and ds.info.num_classes < 2:
         raise DwrpruneError(f"dataset {name!r} has {ds.info.num_classes} class; a classifier "
                             "needs at least two (one class trains to a meaningless 100%)")
-    if split in ("train", "val"):
+    if split in ("train", "val") and not getattr(ds, "presplit", False):
         tr, va = split_indices(n, val_fraction, split_seed)
         ds = SubsetWithInfo(ds, (tr if split == "train" else va).tolist())
     if subset is not None:
