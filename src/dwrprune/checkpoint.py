@@ -130,12 +130,49 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> 
     model.load_state_dict(state_dict)
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+class InputSizeWarning(UserWarning):
+    """A model was given input of another size than its deployment contract says."""
+
+
+class ContractCheck:
+    """Forward pre-hook: in eval mode, warns once when the input's (C, H, W) is not the
+    spec's; a pruned model runs on larger input but scores lower than on the side it was
+    pruned and fine-tuned for.  Silent while tracing or exporting."""
+
+    def __init__(self):
+        self.warned = False
+
+    def __call__(self, module: nn.Module, args) -> None:
+        if self.warned or module.training or not args or not isinstance(args[0], torch.Tensor):
+            return
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        spec = getattr(module, "dwrprune_spec", None)
+        x = args[0]
+        if spec is None or x.dim() != 4:
+            return
+        s = ModelSpec.from_dict(spec)
+        want = (s.in_channels, s.resolution, s.resolution)
+        if tuple(x.shape[1:]) != want:
+            import warnings
+
+            self.warned = True
+            warnings.warn(f"{type(module).__name__} takes {want[0]}x{want[1]}x{want[2]} "
+                          f"input ({s.contract_line()}), got "
+                          f"{'x'.join(map(str, x.shape[1:]))}: resize to its side first "
+                          "(it was pruned and fine-tuned for that side)", InputSizeWarning,
+                          stacklevel=3)
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None, *,
+         check_input: bool = True) -> nn.Module:
     """Rebuild a model from a portable checkpoint; the spec is kept as ``model.dwrprune_spec``.
 
     With ``model`` (your own instance of the unpruned architecture, e.g. a model without a
     registered constructor), the checkpoint's pruning edits are applied to it and its
-    weights loaded into it, in place; it is returned."""
+    weights loaded into it, in place; it is returned.  ``check_input``: in eval mode, warn
+    (:class:`InputSizeWarning`, once) when the model gets input of another size than its
+    spec's deployment contract."""
     if model is not None and not isinstance(model, nn.Module):
         raise DwrpruneError(f"load(path, model=...) takes your own nn.Module instance of the "
                             f"unpruned architecture, got {type(model).__name__}")
@@ -149,5 +186,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         apply_arch(model, spec.arch)
     load_state_dict_checked(model, obj["state_dict"], str(path))
     model.dwrprune_spec = spec.to_dict()
+    if check_input:
+        model.register_forward_pre_hook(ContractCheck())
     model.eval()
     return model

@@ -111,6 +111,7 @@ def _contract(spec) -> dict[str, str]:
     return {"dwrprune.input_size": str(spec.resolution),
             "dwrprune.in_channels": str(spec.in_channels),
             "dwrprune.mean": json.dumps(spec.mean), "dwrprune.std": json.dumps(spec.std),
+            "dwrprune.resize": spec.resize or "resize", "dwrprune.contract": spec.contract_line(),
             "dwrprune.dataset": str(spec.dataset), "dwrprune.model": str(spec.name),
             "dwrprune.point": json.dumps(spec.point)}
 

@@ -191,9 +191,21 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: DatasetSource, spli
     resolution; the dataset must match the model)."""
     model = load(checkpoint)
     spec = spec_of(model)
+    data = fed_as_recorded(data, spec)
     loader = data.loader(split, spec.resolution)
     check_data_matches(spec, loader.dataset.info)
     return evaluate(model, loader, progress=progress)
+
+
+def fed_as_recorded(data: DatasetSource, spec) -> DatasetSource:
+    """``data`` reading images as the model's deployment contract says (its mean, std and
+    resize method), where the caller did not set them."""
+    import dataclasses
+
+    if spec.mean is None or data.mean is not None or data.std is not None:
+        return data
+    return dataclasses.replace(data, mean=list(spec.mean), std=list(spec.std),
+                               resize=spec.resize or data.resize)
 
 
 def model_info(name: str | None, checkpoint: str | os.PathLike | None,
@@ -214,7 +226,7 @@ def model_info(name: str | None, checkpoint: str | os.PathLike | None,
         model = create_model(name, num_classes=num_classes, in_channels=in_ch)
         res = resolution or 32
     else:
-        model = load(checkpoint)
+        model = load(checkpoint, check_input=False)  # costed at any side asked for
         spec = spec_of(model)
         name, in_ch, res = spec.name, spec.in_channels, resolution or spec.resolution
     check_resolution(name, res)

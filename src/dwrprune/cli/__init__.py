@@ -14,7 +14,7 @@ import sys
 from .._version import __version__
 from ..errors import DwrpruneError
 from . import commands, pipeline  # noqa: F401  (registers the subcommands)
-from .options import _COMMANDS, Parser
+from .options import _COMMANDS, Parser, add_progress_arg
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -29,6 +29,8 @@ def build_parser(yaml_values: dict | None = None, for_command: str | None = None
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.add_argument("--config", default=None, help="YAML file of option values")
         add(sp)
+        if "--progress" not in sp._option_string_actions:  # noqa: SLF001 - every command has it
+            add_progress_arg(sp)
         sp.set_defaults(func=fn)
         if name == for_command and yaml_values:
             known = {a.dest: a for a in sp._actions}  # noqa: SLF001 - read-only look-up

@@ -70,14 +70,21 @@ def cmd_info(args) -> int:
                                   args.threads, args.repeats)
     from ..tasks import model_axes
 
-    axes = model_axes(args.model or load(checkpoint_path(args.checkpoint or DEFAULT)),
-                      args.resolution, in_ch, args.num_classes)
+    from ..io.spec import spec_of
+
+    model = None if args.model else load(checkpoint_path(args.checkpoint or DEFAULT),
+                                         check_input=False)
+    spec = spec_of(model) if model is not None else None
+    axes = model_axes(args.model or model, args.resolution, in_ch, args.num_classes)
     if args.json:
         print(json.dumps({"model": name, **rep.as_dict(), "axes": axes,
+                          "contract": spec.contract if spec else None,
                           "machine": machine_stamp()}))
         return 0
     res = rep.resolution
     print(f"model       {name}  ({in_ch}x{res}x{res} input)")
+    if spec is not None:
+        print(f"feed it     {spec.contract_line()}")
     print(f"MACs        {format_count(rep.macs)}  ({rep.macs:,})")
     print(f"params      {format_count(rep.params)}  ({rep.params:,})")
     for lat in rep.latency:
@@ -145,7 +152,7 @@ def cmd_eval(args) -> int:
     from ..training import distributed
 
     ev = evaluate_checkpoint(checkpoint_path(args.checkpoint), data_source(args), args.split,
-                             progress=distributed.is_main())
+                             progress=progress(args))
     if not distributed.is_main():
         return 0
     if args.json:

@@ -53,8 +53,8 @@ class PipelineConfig:
                                   "image folders: computed from the training images)")
     std: list[float] | None = _f(None, "data", C, "per-channel std (as mean)")
     expect_accuracy: float | None = _f(None, "data", None, "the original's validation accuracy "
-                                       "in percent, as you measure it: stop when dwrprune's differs "
-                                       "by more than a point")
+                                       "in percent, as you measure it: stop when dwrprune's "
+                                       "differs by more than a point")
     # what may be pruned and how
     transitions: bool = _f(False, "prune", C, "also remove stage-transition blocks")
     depth_criterion: str = _f("loss", "prune", C, "block ranking: loss | weight_norm")
