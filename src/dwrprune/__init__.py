@@ -36,6 +36,8 @@ _API = {
     "create_model": ("models", "create_model"),
     "list_models": ("models", "list_models"),
     "DatasetSource": ("pipeline", "DatasetSource"),
+    "TorchDataSource": ("pipeline", "TorchDataSource"),
+    "import_model": ("tasks", "import_model"),
     "PipelineConfig": ("pipeline", "PipelineConfig"),
     "PruneResult": ("pipeline", "PruneResult"),
     "collect": ("pipeline", "collect"),

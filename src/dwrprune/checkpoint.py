@@ -93,10 +93,13 @@ def build_from_spec(spec: dict, state_dict: dict | None = None) -> nn.Module:
                             "dwrprune.load(path, model=YourNet())")
     from .models.registry import MODELS
 
-    if s.name.startswith("local/") and s.name not in MODELS:
-        raise DwrpruneError(f"the spec names {s.name!r}, a model registered only in the "
-                            "process that pruned it; load the weights into your own instance "
-                            "with dwrprune.load(path, model=YourNet())")
+    if (s.name.startswith("local/") or ":" in s.name) and s.name not in MODELS:
+        cls = s.name.split(":")[-1] if ":" in s.name else s.name[6:].rsplit("-", 1)[0]
+        flag = s.name if ":" in s.name else f"your_module:{cls}"
+        raise DwrpruneError(f"the spec names {s.name!r}, a model class of your own, which a "
+                            f"checkpoint never imports: on the command line give --model "
+                            f"{flag} (and its --model-kwargs); in Python "
+                            f"dwrprune.load(path, model={cls}())")
     if state_dict is not None:
         try:
             shapes = {k: tuple(v.shape) for k, v in _build(s, "meta").state_dict().items()}
@@ -139,11 +142,16 @@ class ContractCheck:
     spec's; a pruned model runs on larger input but scores lower than on the side it was
     pruned and fine-tuned for.  Silent while tracing or exporting."""
 
-    def __init__(self):
+    def __init__(self, owner: nn.Module):
+        import weakref
+
         self.warned = False
+        self.owner = weakref.ref(owner)  # a deep copy (a pruned variant) shares it: silent
 
     def __call__(self, module: nn.Module, args) -> None:
         if self.warned or module.training or not args or not isinstance(args[0], torch.Tensor):
+            return
+        if self.owner() is not module:
             return
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return
@@ -187,6 +195,6 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *,
     load_state_dict_checked(model, obj["state_dict"], str(path))
     model.dwrprune_spec = spec.to_dict()
     if check_input:
-        model.register_forward_pre_hook(ContractCheck())
+        model.register_forward_pre_hook(ContractCheck(model))
     model.eval()
     return model

@@ -116,13 +116,21 @@ def _contract(spec) -> dict[str, str]:
             "dwrprune.point": json.dumps(spec.point)}
 
 
+SINGLE_FILE_BYTES = 1 << 30  # below this, weights go inside the .onnx (protobuf caps at 2 GB)
+
+
 def _add_metadata(path: str, meta: dict[str, str]) -> None:
+    """Write ``meta`` into the file; a small model's weights are folded into it (one file)."""
     import onnx
 
-    m = onnx.load(path, load_external_data=False)
+    data = Path(path + ".data")
+    small = data.exists() and data.stat().st_size < SINGLE_FILE_BYTES
+    m = onnx.load(path, load_external_data=small)
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=v)
     onnx.save(m, path)
+    if small:
+        data.unlink()
 
 
 def _export(model: nn.Module, path, resolution: int, in_channels: int, opset: int | None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -116,7 +117,7 @@ def shrink_checkpoint(checkpoint: str | os.PathLike, d: float, w: float, r: floa
     out = output_file(out, force)
     if isinstance(recal_batches, bool) or recal_batches < 0:
         raise DwrpruneError(f"recal_batches must be >= 0, got {recal_batches}")
-    model = load(checkpoint)
+    model = load(checkpoint, check_input=False)
     spec = spec_of(model)
     needs = data_needs(shrinker_options.get("depth_criterion", "weight_norm"),
                        shrinker_options.get("channel_criterion", "l1"))
@@ -145,7 +146,7 @@ def shrink_checkpoint(checkpoint: str | os.PathLike, d: float, w: float, r: floa
 
 def autobot_checkpoint(checkpoint: str | os.PathLike, data: DatasetSource, budget: float,
                        out: str | os.PathLike, *, config=None, force: bool = False,
-                       recal_batches: int = 20, progress: bool = True
+                       recal_batches: int = 20, progress: bool = True, ignored_layers=None
                        ) -> tuple[CostReport, CostReport, ShrinkResult, float, float]:
     """AutoBot a checkpoint to ``budget`` of its MACs and save it; returns the costs, the
     result and validation accuracy before and after (before fine-tuning)."""
@@ -154,13 +155,14 @@ def autobot_checkpoint(checkpoint: str | os.PathLike, data: DatasetSource, budge
     out = output_file(out, force)
     if recal_batches < 0:
         raise DwrpruneError(f"recal_batches must be >= 0, got {recal_batches}")
-    model = load(checkpoint)
+    model = load(checkpoint, check_input=False)
     spec = spec_of(model)
     seed = config.seed if config is not None else 0
     train_loader = data.loader("train", spec.resolution, shuffle=True, seed=seed)
     check_data_matches(spec, train_loader.dataset.info)
     result = autobot_prune(model, train_loader, budget, config, progress=progress,
-                           recal_loader=train_loader, recal_batches=recal_batches)
+                           recal_loader=train_loader, recal_batches=recal_batches,
+                           ignored_layers=ignored_layers)
     val = data.loader("val", spec.resolution)
     before, after = cost_reports_side_by_side([(model, spec.resolution),
                                                (result.model, spec.resolution)])
@@ -179,7 +181,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, onnx: str | os.PathLike, *,
         raise DwrpruneError(f"opset {opset} is not supported by this exporter; choose "
                             f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
     out = output_file(onnx, force)
-    model = load(checkpoint)
+    model = load(checkpoint, check_input=False)
     spec = spec_of(model)
     export_onnx(model, out, spec.resolution, spec.in_channels, opset)
     return out, spec
@@ -247,3 +249,113 @@ def model_axes(model_or_name, resolution: int | None = None, in_channels: int = 
     else:
         model = model_or_name
     return Analysis(model, resolution=resolution).axes()
+
+
+# ---------------------------------------------------------------------------- your model
+_IMPORTABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def register_importable(target: str, kwargs: dict | None = None) -> str:
+    """Register ``package.module:factory`` (any importable callable that returns an
+    ``nn.Module``, called with ``kwargs``) as a model named ``target``, so that checkpoints
+    of it and of its pruned variants load in this process.  Only names given by the user
+    in code or on the command line are imported; a checkpoint or a config file never
+    makes dwrprune import anything.  Returns ``target``."""
+    import importlib
+
+    from .models.registry import MODELS, register_model
+
+    if not isinstance(target, str) or not _IMPORTABLE.match(target):
+        raise DwrpruneError(f"a model of your own is named package.module:factory (a callable "
+                            f"returning an nn.Module), got {str(target)[:80]!r}")
+    kwargs = dict(kwargs or {})
+    if target in MODELS:
+        if getattr(MODELS.get(target).fn, "kwargs", kwargs) != kwargs:
+            raise DwrpruneError(f"{target} is already registered with other kwargs "
+                                f"({MODELS.get(target).fn.kwargs})")
+        return target
+    module, attr = target.split(":")
+    import sys
+
+    if os.getcwd() not in sys.path:  # as `python -m` and uvicorn do: the working folder first
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as e:
+        raise DwrpruneError(f"cannot import {module!r} for --model {target} ({e}); run from "
+                            "the folder that holds it, or install it") from None
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+    if not callable(obj):
+        raise DwrpruneError(f"{target}: {module} has no callable {attr!r}")
+    factory = obj
+
+    def build(**_):
+        try:
+            model = factory(**kwargs)
+        except Exception as e:  # noqa: BLE001 - the user's constructor may raise anything
+            raise DwrpruneError(f"{target}(**{kwargs}) failed: {type(e).__name__}: "
+                                f"{str(e)[:120]}") from None
+        if not isinstance(model, torch.nn.Module):
+            raise DwrpruneError(f"{target} returned a {type(model).__name__}, not an "
+                                "nn.Module")
+        return model
+
+    build.kwargs = kwargs
+    register_model(target, min_resolution=8, description=f"imported from {module}")(build)
+    return target
+
+
+def _state_dict_of(obj: dict, path) -> dict:
+    """The tensors of a weights file: a state_dict, or one under a usual key."""
+    if obj.get("format") == "dwrprune":
+        obj = obj["state_dict"]
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                          for k, v in obj.items()):
+        raise DwrpruneError(f"{path} holds no state_dict (a mapping of parameter names to "
+                            "tensors, possibly under 'state_dict' or 'model')")
+    return obj
+
+
+def import_model(target: str, weights: str | os.PathLike | None = None, *,
+                 kwargs: dict | None = None, input_size: int | None = None,
+                 data: DatasetSource | None = None) -> torch.nn.Module:
+    """Your model, ready for dwrprune: built by ``target`` (``package.module:factory``, see
+    :func:`register_importable`), its weights loaded from ``weights`` (a state_dict file,
+    read with ``weights_only``), and a spec attached: input channels from its first
+    convolution, classes from its output, input side ``input_size`` (default: the native
+    size of ``data``), and how ``data`` feeds it."""
+    from .checkpoint import load_state_dict_checked
+    from .cost import first_conv_in_channels
+    from .io.files import load_torch
+    from .models import create_model
+
+    name = register_importable(target, kwargs)
+    model = create_model(name)
+    if weights is not None:
+        load_state_dict_checked(model, _state_dict_of(load_torch(weights), weights),
+                                str(weights))
+    info = data.info if data is not None else None
+    side = input_size or (info.resolution if info is not None else None)
+    if side is None:
+        raise DwrpruneError(f"{target}: give its input side (--input-size, or "
+                            "input_size=), or data to take it from")
+    in_ch = first_conv_in_channels(model)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, in_ch, side, side))
+    except Exception as e:  # noqa: BLE001 - the user's forward may raise anything
+        raise DwrpruneError(f"{target} fails on a 1x{in_ch}x{side}x{side} input "
+                            f"({type(e).__name__}: {str(e)[:120]}); give --input-size") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise DwrpruneError(f"{target} must return class scores (N, classes)")
+    mean, std, resize, dataset = ((info.mean, info.std, info.resize, info.name)
+                                  if info is not None else (None, None, None, None))
+    model.dwrprune_spec = make_spec(name, out.shape[1], in_ch, side, dataset, mean, std,
+                                    resize=None if resize == "resize" else resize)
+    return model

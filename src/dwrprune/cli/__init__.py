@@ -14,7 +14,7 @@ import sys
 from .._version import __version__
 from ..errors import DwrpruneError
 from . import commands, pipeline  # noqa: F401  (registers the subcommands)
-from .options import _COMMANDS, Parser, add_progress_arg
+from .options import _COMMANDS, Parser, add_progress_arg, prepare_model
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -33,6 +33,10 @@ def build_parser(yaml_values: dict | None = None, for_command: str | None = None
             add_progress_arg(sp)
         sp.set_defaults(func=fn)
         if name == for_command and yaml_values:
+            if ":" in str(yaml_values.get("model", "")):
+                raise DwrpruneError("config file: a model of your own (package.module:factory) "
+                                    "imports code, so it is taken from the command line only: "
+                                    "give --model there")
             known = {a.dest: a for a in sp._actions}  # noqa: SLF001 - read-only look-up
             unknown = sorted(set(yaml_values) - set(known))
             if unknown:
@@ -125,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"commands: {', '.join(DISTRIBUTED_COMMANDS)} (sample collection spreads "
                     "over machines with --executor ray instead)")
             distributed.init()
+        prepare_model(args)
         code = int(args.func(args) or 0)
         distributed.shutdown()  # a no-op unless this process joined torchrun's group
         return code

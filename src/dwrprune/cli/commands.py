@@ -12,6 +12,7 @@ from .options import (
     SIDE,
     THREADS,
     _ints,
+    _names,
     add_checkpoint_arg,
     add_data_args,
     add_progress_arg,
@@ -68,9 +69,8 @@ def cmd_info(args) -> int:
                                   args.resolution, args.in_channels, args.num_classes,
                                   () if args.no_latency else tuple(args.batch_sizes),
                                   args.threads, args.repeats)
-    from ..tasks import model_axes
-
     from ..io.spec import spec_of
+    from ..tasks import model_axes
 
     model = None if args.model else load(checkpoint_path(args.checkpoint or DEFAULT),
                                          check_input=False)
@@ -176,6 +176,8 @@ def _shrink_args(p):
     p.add_argument("--transitions", action="store_true",
                    help="allow replacing stage-transition blocks by their projection shortcut")
     p.add_argument("--blocks", default=None, help="comma-separated removable block names")
+    p.add_argument("--ignore", type=_names, default=None, help="layers left exactly as they "
+                   "are, by module name (e.g. fc,layer4.2)")
     p.add_argument("--depth-criterion", default="weight_norm", choices=list(DEPTH_CRITERIA))
     p.add_argument("--channel-criterion", default="l1", choices=list(CHANNEL_CRITERIA))
     p.add_argument("--round-to", type=POS, default=None, help="round channel counts to this")
@@ -196,7 +198,8 @@ def cmd_shrink(args) -> int:
         data=data_source(args), force=args.force, recal_batches=args.recal_batches,
         threads=args.threads, blocks=args.blocks.split(",") if args.blocks else None,
         transitions=args.transitions, depth_criterion=args.depth_criterion,
-        channel_criterion=args.channel_criterion, round_to=args.round_to)
+        channel_criterion=args.channel_criterion, round_to=args.round_to,
+        ignored_layers=args.ignore)
     print_cost_table([("original", before), ("pruned", after)])
     removed = [b["name"] for b in res.spec["arch"]["removed_blocks"]]
     print(f"removed {len(removed)}/{len(shr.blocks)} blocks: {', '.join(removed) or '-'}")
@@ -232,6 +235,8 @@ def _autobot_args(p):
     add_checkpoint_arg(p)
     add_data_args(p)
     p.add_argument("--budget", type=float, help="target fraction of MACs")
+    p.add_argument("--ignore", type=_names, default=None, help="layers left exactly as they "
+                   "are, by module name (e.g. fc,layer4.2)")
     p.add_argument("--out", help="output checkpoint path (.pt)")
     p.add_argument("--steps", type=POS, default=200, help="mask training batches")
     p.add_argument("--beta", type=float, default=6.0)
@@ -254,7 +259,8 @@ def cmd_autobot(args) -> int:
                         seed=args.seed)
     before, after, _, acc0, acc1 = autobot_checkpoint(
         checkpoint_path(args.checkpoint), data_source(args), args.budget, args.out, config=cfg,
-        force=args.force, recal_batches=args.recal_batches, progress=progress(args))
+        force=args.force, recal_batches=args.recal_batches, progress=progress(args),
+        ignored_layers=args.ignore)
     print_cost_table([("original", before), ("autobot", after)])
     print(f"MACs {100 * after.macs / before.macs:.1f}% of the original; val accuracy "
           f"{100 * acc0:.2f}% -> {100 * acc1:.2f}% (before fine-tuning)")

@@ -73,6 +73,10 @@ def _points(text: str) -> list[list[float]]:
     return pts
 
 
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in str(text).split(",") if x.strip()]
+
+
 def _opt(kind):
     def parse(text: str):
         return None if str(text).lower() in ("none", "") else kind(text)
@@ -82,7 +86,7 @@ def _opt(kind):
 
 _FIELD_TYPES = {"list[float]": _floats, "list[list[float]]": _points,
                 "list[float] | None": _opt(_floats),
-                "list[str]": lambda t: [x for x in str(t).split(",") if x],
+                "list[str]": _names, "list[str] | None": _opt(_names),
                 "int": int, "float": float, "str": str, "int | None": _opt(int),
                 "float | None": _opt(float), "str | None": _opt(str)}
 POS, NONNEG = _ranged(int, 1, "a whole number >= 1"), _ranged(int, 0, "a whole number >= 0")
@@ -129,6 +133,70 @@ def add_checkpoint_arg(p) -> None:
 
     p.add_argument("--checkpoint", default=DEFAULT,
                    help=f"model checkpoint path, or a bundled name (default: {DEFAULT})")
+    add_model_args(p, weights=True)
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        v = json.loads(text)
+    except ValueError:
+        v = None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 32}}', "
+                                         f"got {text!r}")
+    return v
+
+
+def add_model_args(p, weights: bool = False, model: bool = True) -> None:
+    """Your own model class: ``--model package.module:factory`` (imported from the command
+    line only, never from a file), ``--model-kwargs`` and, with ``weights``, ``--weights``."""
+    if model:
+        p.add_argument("--model", default=None, help="your own model: package.module:factory "
+                       "(a callable returning the nn.Module; run from its folder or install "
+                       "it)")
+    p.add_argument("--model-kwargs", type=_json_object, default=None,
+                   help="JSON keyword arguments for --model's factory")
+    if weights:
+        p.add_argument("--weights", default=None, help="state_dict file of --model's trained "
+                       "weights (instead of --checkpoint; read without running code)")
+
+
+def prepare_model(args) -> None:
+    """Register the model class named by ``--model package.module:factory``, also under the
+    ``local/...`` name a Python-made checkpoint records, so every command loads it."""
+    target = getattr(args, "model", None)
+    if not target or ":" not in target:
+        given = [f for f in ("weights", "model_kwargs") if getattr(args, f, None) is not None]
+        if given:
+            raise DwrpruneError(f"--{given[0].replace('_', '-')} goes with --model "
+                                "package.module:factory (your own model class)")
+        return
+    from ..tasks import register_importable
+
+    register_importable(target, args.model_kwargs)
+    ckpt = getattr(args, "checkpoint", None)
+    if ckpt and getattr(args, "weights", None) is None:
+        from ..checkpoint import read_model_checkpoint
+        from ..models.registry import MODELS
+
+        name = read_model_checkpoint(checkpoint_path(ckpt))["spec"]["model"]["name"]
+        if isinstance(name, str) and name.startswith("local/") and name not in MODELS:
+            MODELS.register(MODELS.get(target), name=name)
+
+
+def load_model(args, data=None):
+    """The model a command works on: ``--model ... --weights`` imported (its input side from
+    ``--input-size`` or ``data``), else ``--checkpoint``."""
+    from ..checkpoint import load
+
+    if getattr(args, "weights", None) is not None:
+        from ..tasks import import_model
+
+        return import_model(args.model, args.weights, kwargs=args.model_kwargs,
+                            input_size=getattr(args, "input_size", None), data=data)
+    return load(checkpoint_path(args.checkpoint), check_input=False)
 
 
 def add_progress_arg(p) -> None:

@@ -10,9 +10,10 @@ from .options import (
     _FIELD_TYPES,
     _floats,
     add_checkpoint_arg,
+    add_model_args,
     add_progress_arg,
-    checkpoint_path,
     command,
+    load_model,
     progress,
 )
 
@@ -50,13 +51,13 @@ def _overrides(args) -> dict:
 def _start(args):
     """Config (defaults < preset < YAML < CLI) validated, model loaded, data checked, run
     folder checked and its config written: all before any work."""
-    from ..checkpoint import load
     from ..pipeline import DatasetSource, resolve_config, start_run
 
     cfg = resolve_config(args.preset, **_overrides(args))
-    model = load(checkpoint_path(args.checkpoint))
     data = DatasetSource.from_config(cfg)
-    run = start_run(model, data, cfg, args.out, str(args.checkpoint))
+    model = load_model(args, data)
+    run = start_run(model, data, cfg, args.out, str(args.checkpoint),
+                    keep_original=args.weights is not None)
     return cfg, model, data, run
 
 
@@ -65,6 +66,7 @@ def _run_args(stage_fields: tuple[str, ...] | None = None, extra=None):
         p.add_argument("--run", "--run-dir", dest="run",
                        help="run folder (made by prune or collect); under torchrun spell it "
                             "--run-dir, which torchrun's own --run-path does not swallow")
+        add_model_args(p)  # a run of your own model class: name it again
         if stage_fields:
             add_pipeline_args(p, only=stage_fields)
         if extra:
@@ -97,12 +99,12 @@ def _print_final(res: dict, run_path) -> None:
 @command("prune", "the whole pipeline: collect, fit, plan, fine-tune, report", _prune_args,
          ("out",))
 def cmd_prune(args) -> int:
-    from ..checkpoint import load
-    from ..pipeline import prune, resolve_config
+    from ..pipeline import DatasetSource, prune, resolve_config
 
     cfg = resolve_config(args.preset, **_overrides(args))
-    result = prune(load(checkpoint_path(args.checkpoint)), None, cfg, args.out,
-                   checkpoint=str(args.checkpoint), progress=progress(args))
+    model = load_model(args, DatasetSource.from_config(cfg))
+    result = prune(model, None, cfg, args.out, checkpoint=str(args.checkpoint),
+                   progress=progress(args), keep_original=args.weights is not None)
     _print_final(result.report, result.run.path)
     return 0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import load
+from ..checkpoint import load, save_model
 from ..errors import DwrpruneError
 from ..io.spec import ModelSpec, make_spec, spec_of
 from ..pruning.analysis import check_model_usable
@@ -33,6 +33,7 @@ from .data import (
     DatasetSource,
     DataSource,
     FinetuneFn,
+    TorchDataSource,
     check_source,
     complete_contract,
     original_accuracy,
@@ -96,19 +97,39 @@ def attach_spec(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
     return model
 
 
-def as_source(data: DataSource | str | None, cfg: PipelineConfig) -> DataSource:
+def as_source(data, cfg: PipelineConfig) -> DataSource:
+    """The :class:`DataSource` of ``data``: a dataset name (or None: the config's), any
+    object with a ``loader`` method, or your torch data as ``(train, val[, test])`` or
+    ``{"train": ..., "val": ..., "test": ...}`` Datasets or DataLoaders."""
+    from torch.utils.data import DataLoader, Dataset
+
     if data is None:
         return DatasetSource.from_config(cfg)
     if isinstance(data, str):
         return DatasetSource.from_config(cfg.replace(data=data))
-    return data
+    if callable(getattr(data, "loader", None)):
+        return data
+    if isinstance(data, dict) and set(data) <= {"train", "val", "test"}:
+        return TorchDataSource(data.get("train"), data.get("val"), data.get("test"),
+                               batch_size=cfg.batch_size, workers=cfg.workers)
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        return TorchDataSource(*data, batch_size=cfg.batch_size, workers=cfg.workers)
+    if isinstance(data, (Dataset, DataLoader)):
+        raise DwrpruneError(f"one {type(data).__name__} is not enough: give data=(train, val, "
+                            "test), three Datasets or DataLoaders (choices are measured on "
+                            "validation data held out of training, the result on test)")
+    raise DwrpruneError(f"data must be a dataset name, a DataSource (an object with a loader "
+                        f"method), or (train, val, test) torch Datasets or DataLoaders; got "
+                        f"{type(data).__name__}")
 
 
 def start_run(model: nn.Module, data: DataSource, cfg: PipelineConfig, out,
-              checkpoint: str = "<in-memory>") -> Run:
+              checkpoint: str = "<in-memory>", keep_original: bool = False) -> Run:
     """Every check a new or resumed run gets before work: model spec, data against model,
     validation split, run folder writable and free; then the config is written (under the
-    folder's lock)."""
+    folder's lock).  ``keep_original``: the model is saved as ``original.pt`` in the run
+    folder, which becomes the checkpoint later stages load (a model imported or built in
+    memory can then be resumed from the command line)."""
     spec = spec_of(model)
     if spec.pruned:
         raise DwrpruneError("start from the original (unpruned) model; this one is pruned")
@@ -119,7 +140,11 @@ def start_run(model: nn.Module, data: DataSource, cfg: PipelineConfig, out,
     run = Run(out)
     run.check_writable()
     with run.lock():
+        if keep_original:
+            checkpoint = str(run.path.resolve() / "original.pt")
         run.save_config(cfg, checkpoint, model_fingerprint(model))
+        if keep_original and not Path(checkpoint).exists():
+            save_model(checkpoint, model, model.dwrprune_spec, {"original": True})
     return run
 
 
@@ -132,7 +157,7 @@ def open_run(path, **overrides) -> tuple[PipelineConfig, nn.Module, DataSource, 
     if checkpoint == "<in-memory>":
         raise DwrpruneError(f"{run.path} was started from an in-memory model; continue it "
                             "from Python with the same model")
-    model = load(resolve(checkpoint))
+    model = load(resolve(checkpoint), check_input=False)
     data = DatasetSource.from_config(cfg)
     complete_contract(model, data, cfg)
     run.check_model(model_fingerprint(model))
@@ -152,18 +177,25 @@ def prune(model: nn.Module, data: DataSource | str | None = None,
           budget: float | None = None, preset: str | None = None,
           example_inputs: torch.Tensor | None = None, checkpoint: str = "<in-memory>",
           finetune: FinetuneFn | None = None, train_fn=None, progress="auto",
-          **options) -> PruneResult:
+          keep_original: bool = False, ignored_layers=None, **options) -> PruneResult:
     """The whole pipeline: collect, fit, plan, fine-tune and report, into run folder ``out``
     (resumable: call again with the same arguments).
 
     ``data``: a :class:`DataSource`, or a dataset name.  ``config``: a full config, or build
     one from ``preset``, ``budget`` and any :class:`PipelineConfig` field as a keyword.
     ``example_inputs``: for a model without a dwrprune spec (see :func:`attach_spec`).
+    ``ignored_layers``: modules of ``model`` (or their names) left exactly as they are (the
+    ``ignore`` option): their channels stay whole, blocks holding them are never removed.
+    ``data`` may also be torch Datasets or DataLoaders (see :func:`as_source`).
     """
     from .report import write_report
 
     if out is None:
         raise DwrpruneError("prune needs out= (the run folder)")
+    if ignored_layers is not None:
+        from ..pruning.analysis import ignored_names
+
+        options["ignore"] = list(ignored_names(model, ignored_layers))
     if config is None:
         config = resolve_config(preset, budget=budget, **options)
     elif budget is not None or preset is not None or options:
@@ -178,7 +210,7 @@ def prune(model: nn.Module, data: DataSource | str | None = None,
     source = as_source(data, config)
     run = Run(out)
     with run.lock():  # start_run checks the folder and writes the config under it
-        start_run(model, source, config, out, checkpoint)
+        start_run(model, source, config, out, checkpoint, keep_original)
         store = collect(model, source, config, run.path, finetune, progress)
         from .fit import fit_samples
 

@@ -80,7 +80,7 @@ class Collector:
                 f"chain model {path} of finished sample {job.parent!r} is missing, so "
                 f"chain {job.chain!r} cannot continue; restore the file, or start "
                 "the collection in a new --out folder")
-        return PortableModel(load(path))
+        return PortableModel(load(path, check_input=False))
 
     def _write(self, sample: Sample, model: PortableModel | None) -> None:
         """Model first, then the sample row: a row in the store means its file exists."""

@@ -57,6 +57,11 @@ class PipelineConfig:
                                        "differs by more than a point")
     # what may be pruned and how
     transitions: bool = _f(False, "prune", C, "also remove stage-transition blocks")
+    ignore: list[str] = _f([], "prune", C, "layers left exactly as they are, by module name "
+                           "(e.g. fc,layer4.2): their channels stay whole and blocks holding "
+                           "them are never removed")
+    blocks: list[str] | None = _f(None, "prune", C, "the removable blocks, by module name "
+                                  "(default: detected)")
     depth_criterion: str = _f("loss", "prune", C, "block ranking: loss | weight_norm")
     channel_criterion: str = _f("l1", "prune", C, "l1 | l2 | bn_scale | taylor | random | "
                                 "autobot")

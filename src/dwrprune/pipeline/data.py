@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import DwrpruneError
 from ..io.spec import ModelSpec
@@ -74,6 +74,50 @@ class DatasetSource:
         from ..training.data import dataset_info
 
         return dataset_info(self.name, self.data_dir, **self.options)
+
+
+class TorchDataSource:
+    """Your own torch data as a :class:`DataSource`: ``train``, ``val`` and (optionally)
+    ``test`` are Datasets or DataLoaders yielding ``(images, labels)``, images as float
+    tensors already scaled and normalised as your model expects.  A DataLoader's dataset,
+    batch size and collate function are used; dwrprune makes its own loaders from them
+    (seeded shuffling, subsets) and resizes each batch to the resolution asked for
+    (bilinear, antialiased), so the resolution axis works on any data.
+
+        source = dwrprune.TorchDataSource(train_ds, val_ds, test_ds)
+    """
+
+    def __init__(self, train, val, test=None, *, batch_size: int = 128, workers: int = 0):
+        for split, v in (("train", train), ("val", val), ("test", test)):
+            if v is None and split != "test":
+                raise DwrpruneError(f"TorchDataSource needs {split} data (a Dataset or "
+                                    "DataLoader): choices are measured on validation data "
+                                    "held out of training")
+            if v is not None and not isinstance(v, (Dataset, DataLoader)):
+                raise DwrpruneError(f"{split} data must be a torch Dataset or DataLoader, got "
+                                    f"{type(v).__name__}")
+        self.splits = {"train": train, "val": val, "test": test}
+        self.batch_size, self.workers = batch_size, workers
+
+    def loader(self, split: str, resolution: int, *, shuffle: bool = False,
+               subset: int | None = None, seed: int = 0, augment=None) -> DataLoader:
+        from ..training.data import ResizeCollate, make_loader
+
+        if split == "trainval":
+            split = "train"
+        src = self.splits.get(split)
+        if src is None:
+            raise DwrpruneError(f"no {split} data was given (TorchDataSource(train, val, "
+                                "test)); the test split is what the final model is scored on")
+        ds = src.dataset if isinstance(src, DataLoader) else src
+        batch = src.batch_size if isinstance(src, DataLoader) and src.batch_size else \
+            self.batch_size
+        collate = src.collate_fn if isinstance(src, DataLoader) else None
+        if subset is not None and subset < len(ds):
+            pick = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+            ds = Subset(ds, pick[:subset].sort().values.tolist())
+        return make_loader(ds, batch, shuffle=shuffle, seed=seed, num_workers=self.workers,
+                           collate_fn=ResizeCollate(resolution, collate))
 
 
 def check_data_matches(spec: ModelSpec | dict, info) -> None:
@@ -200,7 +244,8 @@ def check_validation_split(data: DataSource, resolution: int):
             f"the data source has no validation split ({type(e).__name__}: {e}); dwrprune "
             "measures samples on data held out of training, never on the test set") from None
     if n == 0:
-        raise DwrpruneError("the validation split is empty; raise --val-fraction")
+        raise DwrpruneError("the validation split is empty; raise val_fraction "
+                            "(--val-fraction)")
     return loader
 
 

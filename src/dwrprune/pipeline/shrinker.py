@@ -52,7 +52,8 @@ def build_shrinker(model: nn.Module, cfg, data: DataSource | None = None, *,
                     channel_criterion=channel, round_to=cfg.round_to,
                     criterion_data=criterion_loaders(cfg, data, res, needs),
                     block_order=block_order, block_order_criterion=block_order_criterion,
-                    width_allocation=alloc, autobot_steps=cfg.autobot_steps)
+                    width_allocation=alloc, autobot_steps=cfg.autobot_steps,
+                    ignored_layers=cfg.ignore or None, blocks=cfg.blocks)
 
 
 def run_shrinker(run, model: nn.Module, cfg, data: DataSource | None = None) -> Shrinker:

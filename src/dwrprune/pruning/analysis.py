@@ -137,19 +137,45 @@ def check_model_usable(model) -> None:
                             "finite")
 
 
+def ignored_names(model: nn.Module, layers) -> tuple[str, ...]:
+    """Module names of ``layers`` (names, or the modules themselves), each checked to be a
+    module of ``model``."""
+    if layers is None:
+        return ()
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    names = {m: n for n, m in model.named_modules()}
+    known = set(names.values())
+    out = []
+    for x in layers:
+        n = names.get(x) if isinstance(x, nn.Module) else x
+        if not isinstance(n, str) or n not in known or n == "":
+            what = type(x).__name__ if isinstance(x, nn.Module) else repr(x)
+            raise DwrpruneError(
+                f"ignored layer {what} is not a module of {type(model).__name__}; give module "
+                f"names as model.named_modules() lists them, e.g. "
+                f"{', '.join(list(known - {''})[:6])}")
+        out.append(n)
+    return tuple(dict.fromkeys(out))
+
+
 class Analysis:
     """Trace ``model`` once: removable blocks, channel groups, classifier, layer geometry.
 
     ``blocks``: removable block names (default: detected from the traced graph).
     ``transitions``: also count stage-transition blocks (replaced by their projection
     shortcut when removed).  ``min_resolution``: the smallest input side allowed (default:
-    the registry's minimum for registered models, else 8).
+    the registry's minimum for registered models, else 8).  ``ignored_layers``: module
+    names (or modules) left exactly as they are, with everything inside them: no channel
+    group touching them is pruned, and no block holding one is removed.
     """
 
     def __init__(self, model: nn.Module, *, resolution: int | None = None,
                  in_channels: int | None = None, blocks: list[str] | None = None,
-                 transitions: bool = False, min_resolution: int | None = None):
+                 transitions: bool = False, min_resolution: int | None = None,
+                 ignored_layers=None):
         check_model_usable(model)
+        self.ignored = ignored_names(model, ignored_layers)
         was_training = model.training
         try:
             self._analyse(model, resolution, in_channels, blocks, transitions, min_resolution)
@@ -180,12 +206,24 @@ class Analysis:
                                  max(self.min_resolution, min(self.base_resolution, 32)))
         x = self.example_input(self.trace_resolution)
         self.blocks = resolve_blocks(model, x, blocks, transitions)
+        held = [b.name for b in self.blocks if self._touches_ignored(b.name)]
+        if held and blocks is not None:
+            raise DwrpruneError(f"blocks {held} hold ignored layers {list(self.ignored)}: "
+                                "an ignored layer's block is never removed")
+        self.blocks = [b for b in self.blocks if b.name not in held]
         self.classifier = output_layer(model, x)
         self._groups: list[GroupInfo] | None = None
         self._whole: frozenset[str] = frozenset()
         self._geom: dict[int, tuple[list[LayerGeom], int]] = {}
         self._inputs: dict[int, dict[str, tuple[int, ...]]] = {}
         self._costs: dict[tuple[int, bool], ChannelCost] = {}
+
+    def _is_ignored(self, layer: str) -> bool:
+        return any(layer == n or layer.startswith(n + ".") for n in self.ignored)
+
+    def _touches_ignored(self, block: str) -> bool:
+        return any(block == n or block.startswith(n + ".") or n.startswith(block + ".")
+                   for n in self.ignored)
 
     def example_input(self, resolution: int | None = None) -> torch.Tensor:
         res = resolution or self.base_resolution
@@ -200,6 +238,8 @@ class Analysis:
             roots = group_roots(probe, groups)
             broken = unprunable_groups(self.model, x, [self.classifier], roots)
             infos = describe_groups(probe, dg, groups)
+            broken = set(broken) | {root for info, root in zip(infos, roots) if any(
+                self._is_ignored(n) for n, _, _ in info.members)}
             # every layer whose output channels a broken group holds, so the group is still
             # left whole when a removed block took its root
             self._whole = frozenset(n for info, root in zip(infos, roots) if root in broken

@@ -332,14 +332,15 @@ class AutoBotCriterion:
 def autobot_prune(model: nn.Module, loader: DataLoader, budget: float,
                   cfg: AutoBotConfig | None = None, progress: bool = True,
                   recal_loader: DataLoader | None = None,
-                  recal_batches: int = 20) -> ShrinkResult:
+                  recal_batches: int = 20, ignored_layers=None) -> ShrinkResult:
     """AutoBot as a method: per-layer width allocation to ``budget`` of the MACs.  With
     ``recal_loader``, BatchNorm statistics are re-estimated on the pruned model (EagleEye),
-    as every other shrink in dwrprune does before a model is evaluated."""
+    as every other shrink in dwrprune does before a model is evaluated.  ``ignored_layers``:
+    modules (or names) whose channels stay whole."""
     from ..cost import count_macs, count_params
     from ..training.engine import recalibrate_batchnorm
 
-    shr = Analysis(model)
+    shr = Analysis(model, ignored_layers=ignored_layers)
     bots, cost, target = learn_masks(model, loader, budget, cfg, shr, progress)
     keep = select_channels(bots, cost, target)
     pruned = prune_with_masks(model, shr, bots, keep)

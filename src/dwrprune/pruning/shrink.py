@@ -133,9 +133,10 @@ class Shrinker(Analysis):
                  channel_criterion="l1", round_to: int | None = None,
                  min_resolution: int | None = None, criterion_data: dict | None = None,
                  block_order: list[str] | None = None, block_order_criterion: str | None = None,
-                 width_allocation="uniform", autobot_steps: int = 200):
+                 width_allocation="uniform", autobot_steps: int = 200, ignored_layers=None):
         super().__init__(model, resolution=resolution, in_channels=in_channels, blocks=blocks,
-                         transitions=transitions, min_resolution=min_resolution)
+                         transitions=transitions, min_resolution=min_resolution,
+                         ignored_layers=ignored_layers)
         if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
                                      or round_to < 1):
             raise DwrpruneError(f"round_to must be a whole number >= 1, got {round_to!r}")

@@ -237,7 +237,8 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tenso
 def _resolve_dir(data_dir: str | os.PathLike | None, default: Path | None, what: str) -> Path:
     if data_dir is None:
         if default is None:
-            raise DwrpruneError(f"dataset {what!r} needs --data-dir (no default location)")
+            raise DwrpruneError(f"dataset {what!r} needs data_dir (--data-dir): it has no "
+                                "default location")
         data_dir = default
     root = Path(data_dir)
     if not root.is_dir():
@@ -584,11 +585,35 @@ class ShuffleSampler(torch.utils.data.Sampler[int]):
 
 
 def make_loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
-                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+                num_workers: int = 0, drop_last: bool = False,
+                collate_fn: Callable | None = None) -> DataLoader:
     """A DataLoader whose shuffling is reproducible, resumable and shardable across
     data-parallel ranks (:class:`ShuffleSampler`)."""
     if batch_size < 1:
         raise DwrpruneError(f"batch_size must be >= 1, got {batch_size}")
     sampler = ShuffleSampler(len(dataset), seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed), drop_last=drop_last)
+                      generator=torch.Generator().manual_seed(seed), drop_last=drop_last,
+                      collate_fn=collate_fn)
+
+
+class ResizeCollate:
+    """Collate a batch (with ``collate``, default torch's), then resize its images to
+    ``side`` x ``side`` (bilinear, antialiased) where they are another size: how the
+    resolution axis reaches data dwrprune did not load itself."""
+
+    def __init__(self, side: int, collate: Callable | None = None):
+        self.side, self.collate = side, collate
+
+    def __call__(self, batch):
+        from torch.utils.data import default_collate
+
+        out = (self.collate or default_collate)(batch)
+        if not isinstance(out, (tuple, list)) or not out or not isinstance(out[0], Tensor):
+            return out
+        x = out[0]
+        if x.dim() == 4 and x.is_floating_point() and tuple(x.shape[-2:]) != (self.side,) * 2:
+            x = torch.nn.functional.interpolate(x, size=(self.side, self.side), mode="bilinear",
+                                                antialias=True, align_corners=False)
+            out = (x, *out[1:]) if isinstance(out, tuple) else [x, *out[1:]]
+        return out
