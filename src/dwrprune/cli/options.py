@@ -152,6 +152,7 @@ def _json_object(text: str) -> dict:
 def add_model_args(p, weights: bool = False, model: bool = True) -> None:
     """Your own model class: ``--model package.module:factory`` (imported from the command
     line only, never from a file), ``--model-kwargs`` and, with ``weights``, ``--weights``."""
+    p.set_defaults(own_model_flag=model)  # here --model names only a class of your own
     if model:
         p.add_argument("--model", default=None, help="your own model: package.module:factory "
                        "(a callable returning the nn.Module; run from its folder or install "
@@ -167,7 +168,7 @@ def prepare_model(args) -> None:
     """Register the model class named by ``--model package.module:factory``, also under the
     ``local/...`` name a Python-made checkpoint records, so every command loads it."""
     target = getattr(args, "model", None)
-    if not target or ":" not in target:
+    if not target or (":" not in target and not getattr(args, "own_model_flag", False)):
         given = [f for f in ("weights", "model_kwargs") if getattr(args, f, None) is not None]
         if given:
             raise DwrpruneError(f"--{given[0].replace('_', '-')} goes with --model "

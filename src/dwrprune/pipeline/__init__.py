@@ -39,7 +39,8 @@ from .solve import exact_cost_grid, plan_run, solve_budget
 
 __all__ = [
     "PRESETS", "Collector", "DataSource", "DatasetSource", "FinetuneFn", "Job",
-    "PipelineConfig", "PruneResult", "Run", "SampleJobs", "TorchDataSource", "attach_spec", "build_shrinker",
+    "PipelineConfig", "PruneResult", "Run", "SampleJobs", "TorchDataSource", "attach_spec",
+    "build_shrinker",
     "check_data_matches", "check_validation_split", "collect", "default_finetune",
     "exact_cost_grid", "final_stage", "finetune_final", "fit_run", "fit_samples",
     "largest_under", "model_fingerprint",
