@@ -193,9 +193,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: DatasetSource, spli
     resolution; the dataset must match the model)."""
     model = load(checkpoint)
     spec = spec_of(model)
+    check_data_matches(spec, data.info)
     data = fed_as_recorded(data, spec)
     loader = data.loader(split, spec.resolution)
-    check_data_matches(spec, loader.dataset.info)
     return evaluate(model, loader, progress=progress)
 
 
