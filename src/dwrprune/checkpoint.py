@@ -159,11 +159,12 @@ class ContractCheck:
         x = args[0]
         if spec is None or x.dim() != 4:
             return
-        s = ModelSpec.from_dict(spec)
-        want = (s.in_channels, s.resolution, s.resolution)
+        side = spec["input"]["resolution"]  # validated when it was attached
+        want = (spec["model"]["in_channels"], side, side)
         if tuple(x.shape[1:]) != want:
             import warnings
 
+            s = ModelSpec.from_dict(spec)  # only for the message
             self.warned = True
             warnings.warn(f"{type(module).__name__} takes {want[0]}x{want[1]}x{want[2]} "
                           f"input ({s.contract_line()}), got "
