@@ -32,7 +32,26 @@ def test_prune_end_to_end_and_stage_commands(tmp_path, tiny_checkpoint, capsys, 
               "report/acc_vs_macs.png", "final/model.pt", "predictor.json", "plan.json"):
         assert (run / f).exists(), f
     md = (run / "report/report.md").read_text()
-    assert "## Predictor" in md and "held-out" in md and "## Final model" in md
+    assert "## Predictor" in md and "held-out" in md
+    # the answer first: result, how to feed it, speed-ups, channels, removed blocks
+    heads = [h for h in md.splitlines() if h.startswith("## ")]
+    assert heads[:5] == ["## Result", "## Deploy it", "## Speed-ups", "## Channels per layer",
+                         "## Removed blocks"], heads
+    assert final["contract"] in md and "Out of date" not in md
+    rows = {c["layer"]: c for c in final["channels"]}
+    assert rows["fc"]["after"] == rows["fc"]["before"]  # the classes stay
+    assert all(c["after"] is None or c["after"] <= c["before"] for c in rows.values())
+    gone = {k for k, c in rows.items() if c["after"] is None}
+    assert gone == {k for k in rows if k.rsplit(".", 1)[0] in final["removed_blocks"]}
+    for b in final["removed_blocks"]:
+        assert f"| {b} | " in md  # each removed block with its score
+    # one log line per stage
+    log = capsys.readouterr().out
+    for tag in ("[collect] ", "[fit] predictor", "[plan] chose", "[final] pruning to",
+                "[test] test accuracy"):
+        assert tag in log, tag
+    assert "fine-tunes" in log.split("[collect] ", 1)[1].splitlines()[0]
+    assert "[collect] estimated" in log
     store = SampleStore(run / "samples.sqlite")
     kinds = {s.kind for s in store.samples()}
     assert kinds == {"original", "chain", "mixed", "holdout"}
@@ -46,6 +65,9 @@ def test_prune_end_to_end_and_stage_commands(tmp_path, tiny_checkpoint, capsys, 
     assert sum(("over" in x) or ("itself" in x) for x in out) == 3
     assert main(["fit", "--run", str(run), "--families", "separable"]) == 0
     assert main(["report", "--run", str(run)]) == 0
+    # a re-fit leaves the plan (and the final model) behind it: the report says so
+    md = (run / "report/report.md").read_text()
+    assert "**Out of date:** the plan was made from an earlier fit" in md
 
 
 @pytest.mark.slow

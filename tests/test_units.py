@@ -148,3 +148,25 @@ def test_make_spec_matches_the_typed_view():
     s = make_spec("resnet20", 10, 1, 28, "fashion-mnist", [0.5], [0.25])
     assert s["model"] == {"name": "resnet20", "num_classes": 10, "in_channels": 1}
     assert s["input"]["mean"] == [0.5] and s["arch"] is None
+
+
+def test_collection_cost_is_counted_and_estimated_from_its_own_timings():
+    """Before collecting: how many fine-tunes of how many steps; once one fine-tuned sample
+    is timed: the remaining time, from the evaluation and per-step times measured."""
+    from dwrprune.pipeline import resolve_config
+    from dwrprune.pipeline.jobs import describe_jobs, estimate_seconds, job_steps, plan_jobs
+
+    cfg = resolve_config("quick")
+    jobs = plan_jobs(cfg, 7, 28, 8)
+    assert [job_steps(j, cfg) for j in jobs].count(0) == 1  # the original only
+    line = describe_jobs(jobs, cfg)
+    assert line.startswith(f"{len(jobs)} samples: {len(jobs) - 1} fine-tunes (")
+    assert "of 30 steps" in line and "4000 training images" in line
+
+    def sample(key, steps, seconds):
+        return Sample(key, "chain", 1, 1, 1, 28, 1, 1, 0.9, 0.1, steps, 0, seconds)
+
+    assert estimate_seconds(jobs[1:], [sample("orig", 0, 2.0)], cfg) is None
+    done = [sample("orig", 0, 2.0), sample("d/0", 30, 8.0)]  # 0.2 s per step
+    assert estimate_seconds(jobs[2:], done, cfg) == pytest.approx(
+        sum(2.0 + 0.2 * job_steps(j, cfg) for j in jobs[2:]))

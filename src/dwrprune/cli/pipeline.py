@@ -86,10 +86,14 @@ def _print_final(res: dict, run_path) -> None:
     print(f"chosen point: d={res['point']['d']:.3f} w={res['point']['w']:.3f} "
           f"r={res['point']['r']:.3f} ({res['point']['resolution']}px), removed blocks: "
           f"{', '.join(res['removed_blocks']) or 'none'}")
+    latency = ("" if res.get("latency") else
+               f", latency b1 {res['original_latency_ms']['1']:.2f} -> "
+               f"{res['latency_ms']['1']:.2f} ms")
     print(f"MACs {res['original_macs'] / 1e6:.2f}M -> {res['macs'] / 1e6:.2f}M "
           f"({100 * res['macs_ratio']:.1f}%), params {res['original_params'] / 1e3:.1f}K -> "
-          f"{res['params'] / 1e3:.1f}K, latency b1 {res['original_latency_ms']['1']:.2f} -> "
-          f"{res['latency_ms']['1']:.2f} ms")
+          f"{res['params'] / 1e3:.1f}K{latency}")
+    if res.get("latency"):
+        print(res["latency"]["line"])
     print(f"test accuracy {100 * res['original_test_acc']:.2f}% -> {100 * res['test_acc']:.2f}% "
           f"(val: predicted {100 * res['predicted_val_acc']:.2f}%, measured "
           f"{100 * res['val_acc']:.2f}%)")
@@ -129,12 +133,9 @@ def cmd_fit(args) -> int:
 
     run = Run(args.run)
     cfg, _ = run.load_config(**_overrides(args))
-    pred, holdout = fit_run(run, cfg)
-    print(f"predictor {pred.poly.name()}: LOO RMSE {100 * pred.loo_rmse:.2f} points, "
-          f"MAE {100 * pred.loo_mae:.2f}; monotone: {pred.monotone_report['monotone']}")
-    if holdout.get("count"):
-        print(f"held-out mixed points ({holdout['count']}): MAE {100 * holdout['mae']:.2f} "
-              "points")
+    from ..pipeline.fit import fit_summary
+
+    print(fit_summary(*fit_run(run, cfg)))
     return 0
 
 

@@ -104,6 +104,68 @@ def measure_ms(model, resolution: int, target: LatencyTarget, repeats: int = 20,
             "raw_median_ms": mine.median_ms, "reference_now_ms": ref.median_ms}
 
 
+def latency_verdict(model, resolution: int, target: LatencyTarget, reference: Reference,
+                    budget_ms: float, by_ratio: bool = True, tolerance: float = TOLERANCE,
+                    repeats: int = 20, rounds: int = 3) -> dict:
+    """One decision on whether ``model`` meets ``budget_ms`` on ``target``: the model is
+    timed round-robin beside the original (``reference``) and the verdict is read from that
+    one measurement.  ``by_ratio``: the budget is a fraction of the original's latency, so
+    its ratio to the original now is compared with ``budget_ms / reference.ms`` (drift of
+    the host cancels); else its own median is compared with ``budget_ms``.  When the budget
+    (with its ``tolerance``) lies inside the quartiles of the model's timings, the host was
+    too noisy to decide: the pair is timed again with twice the repeats, at most ``rounds``
+    times, and the last measurement decides (``noisy`` says it still straddled).
+
+    Returns the figures and ``line``, the sentence every place that reports it prints."""
+    fraction = budget_ms / reference.ms
+    n, m, done = repeats, {}, 0
+    while done < rounds:
+        done += 1
+        m = measure_ms(model, resolution, target, n, reference=reference)
+        if by_ratio:  # every figure as a fraction of the original now
+            value, limit = m["ratio"], fraction
+            spread = (m["p25_ms"] / reference.ms, m["p75_ms"] / reference.ms)
+        else:
+            value, limit = m["raw_median_ms"], budget_ms
+            scale = m["raw_median_ms"] / m["median_ms"]
+            spread = (m["p25_ms"] * scale, m["p75_ms"] * scale)
+        noisy = spread[0] <= limit * (1 + tolerance) <= spread[1]
+        if not noisy:
+            break
+        n *= 2
+    over = value / limit - 1
+    within = over <= tolerance
+    verdict = {"target": target.key(), "budget": fraction, "budget_ms": budget_ms,
+               "original_ms": reference.ms, "by_ratio": by_ratio, "value": value,
+               "ratio": m["ratio"], "median_ms": m["median_ms"] if by_ratio else value,
+               "p25_ms": m["p25_ms"], "p75_ms": m["p75_ms"], "within": within,
+               "over_by": over, "tolerance": tolerance, "rounds": done, "noisy": noisy,
+               "repeats": n}
+    verdict["line"] = verdict_line(verdict)
+    return verdict
+
+
+def verdict_line(v: dict) -> str:
+    """``latency on cpu-b1-t1: budget 0.60 x 2.51 ms = 1.51 ms -> 0.59 x (1.48 ms), 1.70x
+    faster: within budget`` (or ``over budget by 4.2%``), from :func:`latency_verdict`."""
+    ms = v["median_ms"]
+    ratio = ms / v["original_ms"]
+    head = (f"latency on {v['target']}: budget {v['budget']:.2f} x {v['original_ms']:.3g} ms "
+            f"= {v['budget_ms']:.3g} ms -> measured {ratio:.2f} x ({ms:.3g} ms), "
+            f"{1 / ratio:.2f}x faster than the original: ")
+    if v["over_by"] <= 0:
+        tail = "within budget"
+    elif v["within"]:
+        tail = (f"within budget (over by {100 * v['over_by']:.1f}%, inside the "
+                f"{100 * v['tolerance']:.0f}% timing tolerance)")
+    else:
+        tail = f"OVER budget by {100 * v['over_by']:.1f}%"
+    if v["noisy"]:
+        tail += (f" (a noisy host: the timings' quartiles still straddle the budget after "
+                 f"{v['rounds']} measurements)")
+    return head + tail
+
+
 class LayerTable:
     """Per-layer lookup table: the time of each conv and linear layer shape on the target,
     measured alone (median of ``repeats``) the first time a query needs it and kept, so

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..checkpoint import load, save_model
 from ..errors import DwrpruneError
@@ -38,7 +39,7 @@ from .data import (
     complete_contract,
     original_accuracy,
 )
-from .finetune import finetune_final
+from .finetune import finetune_final, test_line
 from .fit import fit_run
 from .jobs import model_fingerprint
 from .run import Run
@@ -212,13 +213,17 @@ def prune(model: nn.Module, data: DataSource | str | None = None,
     with run.lock():  # start_run checks the folder and writes the config under it
         start_run(model, source, config, out, checkpoint, keep_original)
         store = collect(model, source, config, run.path, finetune, progress)
-        from .fit import fit_samples
+        from .fit import fit_samples, fit_summary
+        from .solve import choice_line
 
         pred, holdout = fit_samples(store, config)
         run.save_predictor(pred, holdout)
+        tqdm.write(f"[fit] {fit_summary(pred, holdout)}")
         plan_run(run, run_shrinker(run, model, config), config)
+        tqdm.write(f"[plan] {choice_line(run.solution(), run.plan().get('latency'))}")
         result = finetune_final(model, source, config, run_shrinker(run, model, config, source),
                                 run.solution(), run.path, progress, train_fn)
+        tqdm.write(f"[test] {test_line(result)}")
         write_report(run.path)
     final = load(run.final_dir / "model.pt")
     return PruneResult(final, spec_of(final), result["point"], result, run)

@@ -28,7 +28,15 @@ from .executors import (
     raise_failures,
     run_graph,
 )
-from .jobs import Job, SampleJobs, model_fingerprint, plan_jobs
+from .jobs import (
+    Job,
+    SampleJobs,
+    describe_jobs,
+    estimate_seconds,
+    format_seconds,
+    model_fingerprint,
+    plan_jobs,
+)
 from .run import Run
 
 
@@ -103,8 +111,25 @@ class Collector:
 
     def _run_all(self, executor: Executor, resources: Resources | None) -> SampleStore:
         finished = {j.key for j in self.jobs if self.store.has(j.key)}
+        todo = [j for j in self.jobs if j.key not in finished]
+        if not todo:
+            return self.store
+        tqdm.write(f"[collect] {describe_jobs(self.jobs, self.cfg)}"
+                   + (f"; {len(finished)} already measured" if finished else ""))
         bar = tqdm(total=len(self.jobs), initial=len(finished), desc="collect", unit="sample",
                    disable=not self.progress)
+        said = [False]
+
+        def estimate() -> None:  # once, as soon as a fine-tuned sample has been timed
+            left = [j for j in todo if not self.store.has(j.key)]
+            est = estimate_seconds(left, self.store.samples(), self.cfg)
+            if est is not None and left and not said[0]:
+                said[0] = True
+                bar.write(f"[collect] estimated {format_seconds(est)} for the remaining "
+                          f"{len(left)} samples, one after another (from the samples "
+                          "measured so far)")
+
+        estimate()
 
         def node(job: Job) -> Node:
             def done(result):
@@ -114,6 +139,7 @@ class Collector:
                 bar.write(f"[collect] {job.key:8s} d={sample.d:.3f} w={sample.w:.3f} "
                           f"r={sample.r:.3f} MACs={sample.macs / 1e6:.2f}M "
                           f"val_acc={sample.val_acc * 100:.2f}% ({sample.seconds:.0f}s)")
+                estimate()
 
             after = job.parent if job.kind == "chain" and job.parent != "orig" else None
             return Node(job.key, lambda: (self.runner, (job, self._parent(job))), done, after,

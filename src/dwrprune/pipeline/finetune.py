@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import save_model
 from ..cost import cost_reports_side_by_side
+from ..io.spec import ModelSpec
 from ..pruning.shrink import Shrinker
 from ..search.solver import Solution
 from ..training import distributed
@@ -24,6 +25,28 @@ from ..training.engine import TrainConfig, evaluate, train
 from .config import PipelineConfig
 from .data import DataSource
 from .run import Run
+
+
+def channel_table(original: nn.Module, pruned: nn.Module) -> list[dict]:
+    """Every convolution and linear layer of ``original`` with its output channels before
+    and after pruning (``after`` None: the layer went with a removed block)."""
+    kept = dict(pruned.named_modules())
+    rows = []
+    for name, m in original.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            p = kept.get(name)
+            out = "out_channels" if isinstance(m, nn.Conv2d) else "out_features"
+            rows.append({"layer": name, "before": getattr(m, out),
+                         "after": getattr(p, out) if p is not None else None})
+    return rows
+
+
+def test_line(result: dict) -> str:
+    """The final stage in one line: test accuracy before and after, MACs kept."""
+    return (f"test accuracy {100 * result['original_test_acc']:.2f}% -> "
+            f"{100 * result['test_acc']:.2f}% "
+            f"({100 * (result['test_acc'] - result['original_test_acc']):+.2f} points) at "
+            f"{100 * result['macs_ratio']:.1f}% of the MACs")
 
 
 def final_recipe(cfg: PipelineConfig) -> TrainConfig:
@@ -78,6 +101,10 @@ def _finetune_final(model, data, cfg, shrinker, solution, run, progress, train_f
                        "(the collection is kept)")
     distributed.barrier()
     b = solution.best
+    if distributed.is_main():
+        tqdm.write(f"[final] pruning to d={b.d:.3f} w={b.w:.3f} r={b.r:.3f} and fine-tuning "
+                   f"{cfg.final_epochs} epoch{'s' if cfg.final_epochs != 1 else ''} on "
+                   f"{cfg.final_subset or 'all the'} training images")
     pruned, spec, before, history = finetune_point(
         model, data, cfg, shrinker, (b.d, b.w, b.r), run.final_dir, progress, train_fn)
     res = spec["input"]["resolution"]
@@ -111,19 +138,24 @@ def _finetune_final(model, data, cfg, shrinker, solution, run, progress, train_f
         "latency_ms": {str(x.batch_size): x.median_ms for x in new_cost.latency},
         "original_latency_ms": {str(x.batch_size): x.median_ms for x in orig_cost.latency},
         "removed_blocks": [x["name"] for x in spec["arch"]["removed_blocks"]],
+        "channels": channel_table(model, pruned),
+        "contract": ModelSpec.from_dict(spec).contract_line(),
         "history": history, "finetune": asdict(tcfg),
     }
     target = cfg.latency_target
-    if target is not None:  # the budget was latency: measure the final model on the target
-        from ..cost.latency import Reference, measure_ms
+    if target is not None:  # the budget was latency: one verdict, measured beside the original
+        from ..cost.latency import Reference, latency_verdict
 
-        lat = (run.plan().get("latency") or {})
-        result["latency_target"] = target.key()
-        result["latency_budget_ms"] = lat.get("budget_ms")
-        result["measured_latency_ms"] = measure_ms(pruned, res, target)
-        if lat.get("original_ms"):  # beside the original: the fraction of its latency
-            result["measured_latency_vs_original"] = measure_ms(
-                pruned, res, target, reference=Reference(model, base_res, lat["original_ms"]))
+        lat = run.plan().get("latency") or {}
+        verdict = latency_verdict(pruned, res, target,
+                                  Reference(model, base_res, lat["original_ms"]),
+                                  lat["budget_ms"], by_ratio=not cfg.latency_ms)
+        result["latency"] = verdict
+        b = str(target.batch)
+        if target.device == "cpu" and target.threads == 1 and b in result["latency_ms"]:
+            # the same target as the cost table's column: one figure, not two
+            result["original_latency_ms"][b] = verdict["original_ms"]
+            result["latency_ms"][b] = verdict["median_ms"]
     with run.lock():
         save_model(run.final_dir / "model.pt", pruned, spec,
                    {k: v for k, v in result.items() if k != "history"})

@@ -80,6 +80,15 @@ def _validation_size(cfg: PipelineConfig) -> int | None:
         return None
 
 
+def fit_summary(pred: Predictor, holdout: dict) -> str:
+    """The fit in one line: the predictor kept, its leave-one-out and held-out errors."""
+    line = (f"predictor {pred.poly.name()}: LOO RMSE {100 * pred.loo_rmse:.2f} points, "
+            f"MAE {100 * pred.loo_mae:.2f}; monotone: {pred.monotone_report['monotone']}")
+    if holdout.get("count"):
+        line += f"; held-out mixed points ({holdout['count']}): MAE {100 * holdout['mae']:.2f}"
+    return line
+
+
 def fit_run(run: Run, cfg: PipelineConfig) -> tuple[Predictor, dict]:
     """Fit on ``run``'s samples and save predictor.json."""
     with run.lock():

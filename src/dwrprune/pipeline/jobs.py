@@ -88,6 +88,51 @@ def plan_jobs(cfg, n_blocks: int, base_res: int, min_res: int) -> list[Job]:
     return jobs
 
 
+def job_steps(job: Job, cfg) -> int:
+    """The fine-tune steps a job's sample gets (chain steps ``finetune_steps``, mixed and
+    hold-out points ``mixed_finetune_steps``, by default twice that; none for the original
+    and BatchNorm re-calibration samples)."""
+    if job.kind in ("original", "bn_recal"):
+        return 0
+    if job.kind == "chain":
+        return cfg.finetune_steps
+    return (cfg.mixed_finetune_steps if cfg.mixed_finetune_steps is not None
+            else 2 * cfg.finetune_steps)
+
+
+def describe_jobs(jobs: list[Job], cfg) -> str:
+    """What a collection will run, in one line: samples, fine-tunes and their steps."""
+    tuned = [job_steps(j, cfg) for j in jobs if job_steps(j, cfg)]
+    by_steps: dict[int, int] = {}
+    for n in tuned:
+        by_steps[n] = by_steps.get(n, 0) + 1
+    parts = ", ".join(f"{k} of {n} steps" for n, k in sorted(by_steps.items()))
+    rest = len(jobs) - len(tuned)
+    return (f"{len(jobs)} samples: {len(tuned)} fine-tunes ({parts or 'none'}) on "
+            f"{cfg.train_subset or 'all the'} training images, each measured on "
+            f"{cfg.val_subset or 'all the'} validation images"
+            + (f", and {rest} measured without fine-tuning" if rest else ""))
+
+
+def estimate_seconds(todo: list[Job], done: list[Sample], cfg) -> float | None:
+    """Seconds the ``todo`` jobs will take one after another, from the ``done`` samples'
+    own times: an evaluation (the samples without fine-tuning) plus seconds per fine-tune
+    step (the others); None until a fine-tuned sample has been measured."""
+    import statistics
+
+    evals = [s.seconds for s in done if not s.finetune_steps]
+    eval_s = statistics.median(evals) if evals else 0.0
+    per_step = [(s.seconds - eval_s) / s.finetune_steps for s in done if s.finetune_steps]
+    if not per_step:
+        return None
+    step_s = max(statistics.median(per_step), 0.0)
+    return sum(eval_s + job_steps(j, cfg) * step_s for j in todo)
+
+
+def format_seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
 class SampleJobs:
     """Computes one sample from its :class:`Job`, in whichever process the executor picks.
 
@@ -144,15 +189,12 @@ class SampleJobs:
             model, spec = self.model, spec_of(self.model)
         else:
             model, spec = self._prune_job(job, parent.model if parent else self.model)
-            if job.kind != "bn_recal":
-                steps = cfg.finetune_steps if job.kind == "chain" else (
-                    cfg.mixed_finetune_steps if cfg.mixed_finetune_steps is not None
-                    else 2 * cfg.finetune_steps)
-                if steps:
-                    loader = self.data.loader("train", spec.resolution, shuffle=True,
-                                              subset=cfg.train_subset,
-                                              seed=cfg.seed + len(job.key))
-                    self.finetune(model, loader, steps, cfg.finetune_lr, cfg.seed)
+            steps = job_steps(job, cfg)
+            if steps:
+                loader = self.data.loader("train", spec.resolution, shuffle=True,
+                                          subset=cfg.train_subset,
+                                          seed=cfg.seed + len(job.key))
+                self.finetune(model, loader, steps, cfg.finetune_lr, cfg.seed)
         res = spec.resolution
         ev = evaluate(model, self.data.loader("val", res, subset=cfg.val_subset))
         point = spec.point

@@ -139,7 +139,9 @@ def _write_report(run: Path) -> dict:
         plot_slice(pred, plan, out / "slice.png")
     report = {"samples": samples, "predictor": pred_body, "plan": plan,
               "final": {k: v for k, v in (final or {}).items() if k != "history"} or None,
-              "collection_seconds": sum(s["seconds"] for s in samples), "axes": axes}
+              "collection_seconds": sum(s["seconds"] for s in samples), "axes": axes,
+              "block_order": _read(run, "block_order.json"),
+              "out_of_date": folder.out_of_date()}
     try:
         text = _markdown(report)
     except (KeyError, TypeError, ValueError, IndexError) as e:
@@ -152,7 +154,162 @@ def _write_report(run: Path) -> dict:
 
 
 def _markdown(rep: dict) -> str:
+    """The answer first (result, how to deploy it, speed-ups, channels, removed blocks),
+    then how it was chosen (choice, predictor, samples, axes)."""
     lines = ["# dwrprune run report", ""]
+    for why in rep.get("out_of_date") or []:
+        lines.append(f"> **Out of date:** {why}.")
+    if rep.get("out_of_date"):
+        lines.append("")
+    f = rep["final"]
+    lines += _result(f, rep) if f else [
+        "No final model yet: the stages done so far are below (run `dwrprune finetune --run "
+        "RUN` after the plan stage).", ""]
+    lines += _choice(rep["plan"], f) + _predictor(rep["predictor"]) + _samples(rep)
+    lines += ["", "![per-axis](axes.png)", "", "![slice](slice.png)", "",
+              "![accuracy vs MACs](acc_vs_macs.png)", ""]
+    return "\n".join(lines)
+
+
+def _times(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def _result(f: dict, rep: dict) -> list[str]:
+    p = f["point"]
+    drop = 100 * (f["original_test_acc"] - f["test_acc"])
+    lines = ["## Result", "",
+             f"Pruned to d={p['d']:.3f} w={p['w']:.3f} r={p['r']:.3f} "
+             f"({p['resolution']} px input): {_times(f['original_macs'], f['macs'])} fewer "
+             f"MACs, {_times(f['original_params'], f['params'])} fewer parameters. Test "
+             f"accuracy {100 * f['original_test_acc']:.2f}% -> {100 * f['test_acc']:.2f}% "
+             f"({-drop:+.2f} points); validation: predicted {100 * f['predicted_val_acc']:.2f}%, "
+             f"measured {100 * f['val_acc']:.2f}% after fine-tuning "
+             f"({100 * f['val_acc_before_finetune']:.2f}% before).", ""]
+    if f.get("latency"):
+        lines += [f"**{f['latency']['line']}**", ""]
+    if f.get("contract"):
+        lines += ["## Deploy it", "",
+                  "- model: `final/model.pt` (`dwrprune.load(path)`; `dwrprune export "
+                  "--checkpoint final/model.pt --out model.onnx` for ONNX)",
+                  f"- feed it: {f['contract']}", ""]
+    lat, olat = f["latency_ms"], f["original_latency_ms"]
+    lines += ["## Speed-ups", "", "| | original | pruned | original / pruned |",
+              "|---|---|---|---|",
+              f"| MACs (M) | {f['original_macs'] / 1e6:.2f} | {f['macs'] / 1e6:.2f} | "
+              f"{_times(f['original_macs'], f['macs'])} |",
+              f"| params (K) | {f['original_params'] / 1e3:.1f} | {f['params'] / 1e3:.1f} | "
+              f"{_times(f['original_params'], f['params'])} |"]
+    for b in lat:
+        lines.append(f"| latency batch {b}, CPU 1 thread, PyTorch (ms) | {olat[b]:.3f} | "
+                     f"{lat[b]:.3f} | {_times(olat[b], lat[b])} |")
+    v = f.get("latency")
+    if v and not (v["target"].startswith("cpu-") and v["target"].endswith("-t1")):
+        lines.append(f"| latency on {v['target']} (ms) | {v['original_ms']:.3f} | "
+                     f"{v['median_ms']:.3f} | {_times(v['original_ms'], v['median_ms'])} |")
+    lines.append(f"| test accuracy (%) | {100 * f['original_test_acc']:.2f} | "
+                 f"{100 * f['test_acc']:.2f} | |")
+    lines.append("")
+    if f.get("channels"):
+        changed = [c for c in f["channels"] if c["after"] != c["before"]]
+        lines += ["## Channels per layer", "",
+                  f"{len(changed)} of {len(f['channels'])} convolution and linear layers "
+                  "changed (blank: the layer went with a removed block).", "",
+                  "| layer | before | after |", "|---|---|---|"]
+        lines += [f"| {c['layer']} | {c['before']} | "
+                  f"{'' if c['after'] is None else c['after']} |" for c in f["channels"]]
+        lines.append("")
+    order = rep.get("block_order") or {}
+    scores, removed = order.get("scores") or {}, f["removed_blocks"]
+    lines += ["## Removed blocks", ""]
+    if removed:
+        lines += [f"{len(removed)} removed, lowest {order.get('criterion', 'score')} score "
+                  "first (the ranking made at collection):", "", "| block | score |",
+                  "|---|---|"]
+        lines += [f"| {b} | {scores[b]:.4g} |" if b in scores else f"| {b} | |"
+                  for b in removed]
+    else:
+        lines.append("None: every block is kept.")
+    return lines + [""]
+
+
+def _choice(pl: dict | None, final: dict | None) -> list[str]:
+    if not pl:
+        return []
+    sol = pl["solution"]
+    c, b = sol["continuous"], sol["best"]
+    lat = pl.get("latency")
+    kind = (f"latency budget {lat['budget_ms']:.3f} ms on {lat['target']}" if lat else
+            f"budget {sol['budget']:g} of the original's MACs")
+    lines = [f"## How it was chosen: {kind}", ""]
+    if c:
+        lines.append(f"Continuous KKT optimum (cost model d w² r²): d={c['d']:.3f} "
+                     f"w={c['w']:.3f} r={c['r']:.3f}, predicted {100 * c['predicted']:.2f}%, "
+                     f"mu={c['mu']:.4f}.")
+    if lat:
+        how = {"lut": "per-layer lookup table", "features": "whole-network totals"}.get(
+            lat.get("latency_model", "features"), "whole-network totals")
+        lines.append(f"Latency model ({how}, measured on the target): held-out median error "
+                     f"{100 * (lat['heldout_median_ape'] or 0):.1f}%. At planning time the "
+                     f"choice measured {lat['measured']['median_ms']:.3f} ms after "
+                     f"{len(lat['steps'])} tr{'y' if len(lat['steps']) == 1 else 'ies'}"
+                     + ("; the final model's verdict is under Result." if final and
+                        final.get("latency") else "."))
+    dec = sol.get("decision")
+    lines += ["", "| | d | w | r | px | MACs (M) | ratio | predicted val (%) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for tag, x in [("**chosen**", b)] + [(_runner_up_tag(y, b, dec), y)
+                                          for y in sol["runners_up"]]:
+        lines.append(f"| {tag} | {x['d']:.3f} | {x['w']:.3f} | {x['r']:.3f} | "
+                     f"{x['resolution']} | {x['macs'] / 1e6:.2f} | {x['macs_ratio']:.3f} | "
+                     f"{100 * x['predicted']:.2f} |")
+    if dec:
+        a = dec["best_one_axis"]
+        lines += ["", f"Best one-axis alternative: {a['name']} (d={a['d']:.3f} "
+                  f"w={a['w']:.3f} r={a['r']:.3f}, predicted {100 * a['predicted']:.2f}%). "
+                  f"Chosen: {dec['chosen']}, because the {dec['why']} (uncertainty: "
+                  "jackknife over the leave-one-out fits, at least the noise of one "
+                  "validation accuracy)."]
+    return lines + [""]
+
+
+def _runner_up_tag(y: dict, chosen: dict, decision: dict | None) -> str:
+    """What a non-chosen candidate is, truthfully: one the predictor rates higher was
+    passed over (by the uncertainty rule, or as measured over a latency budget)."""
+    if y["predicted"] <= chosen["predicted"]:
+        return "other candidate (predicted lower)"
+    if decision and decision.get("chosen") != "optimum":
+        opt = decision.get("optimum") or {}
+        if all(abs(opt.get(k, -1) - y[k]) < 1e-9 for k in "dwr"):
+            return "predictor's optimum, not taken (gain within the uncertainty)"
+        return "predicted higher, not taken (gain within the uncertainty)"
+    return "predicted higher, not taken"
+
+
+def _predictor(p: dict | None) -> list[str]:
+    if not p:
+        return []
+    pr = p["predictor"]
+    lines = [f"## Predictor: {pr['name']}", "",
+             f"Leave-one-out error on the fitting samples: RMSE "
+             f"{100 * pr['loo_rmse']:.2f} points, MAE {100 * pr['loo_mae']:.2f} points. "
+             f"Monotone over the sampled box: {pr['monotonicity']['monotone']}."]
+    h = p.get("holdout") or {}
+    if h.get("count"):
+        lines.append(f"On {h['count']} held-out mixed points (not used for fitting): "
+                     f"MAE {100 * h['mae']:.2f} points, RMSE {100 * h['rmse']:.2f}.")
+    lines += ["", "| candidate | params | LOO RMSE (pts) | monotone |", "|---|---|---|---|"]
+    for c in pr["candidates"]:
+        name = ("pchip (monotone interpolation)" if c["family"] == "pchip" else
+                f"{c['family']} K={c['degree']}"
+                + (f" R={c['rank']}" if c["family"] == "cp" else ""))
+        lines.append(f"| {name} | {c['n_params']} | {100 * c['loo_rmse']:.2f} | "
+                     f"{c['monotone']} |")
+    return lines + [""]
+
+
+def _samples(rep: dict) -> list[str]:
+    lines = []
     ax = rep.get("axes")
     if ax:
         d, w, r = ax["depth"], ax["width"], ax["resolution"]
@@ -171,81 +328,4 @@ def _markdown(rep: dict) -> str:
                      f"{x['r']:.3f} | {x['resolution']} | {x['macs'] / 1e6:.2f} | "
                      f"{x['params'] / 1e3:.1f} | {100 * x['val_acc']:.2f} | "
                      f"{x['finetune_steps']} | {x['seconds']:.0f} |")
-    p = rep["predictor"]
-    if p:
-        pr = p["predictor"]
-        lines += ["", f"## Predictor: {pr['name']}", "",
-                  f"Leave-one-out error on the fitting samples: RMSE "
-                  f"{100 * pr['loo_rmse']:.2f} points, MAE {100 * pr['loo_mae']:.2f} points. "
-                  f"Monotone over the sampled box: {pr['monotonicity']['monotone']}."]
-        h = p.get("holdout") or {}
-        if h.get("count"):
-            lines.append(f"On {h['count']} held-out mixed points (not used for fitting): "
-                         f"MAE {100 * h['mae']:.2f} points, RMSE {100 * h['rmse']:.2f}.")
-        lines += ["", "| candidate | params | LOO RMSE (pts) | monotone |", "|---|---|---|---|"]
-        for c in pr["candidates"]:
-            name = ("pchip (monotone interpolation)" if c["family"] == "pchip" else
-                    f"{c['family']} K={c['degree']}"
-                    + (f" R={c['rank']}" if c["family"] == "cp" else ""))
-            lines.append(f"| {name} | {c['n_params']} | {100 * c['loo_rmse']:.2f} | "
-                         f"{c['monotone']} |")
-    pl = rep["plan"]
-    if pl:
-        sol = pl["solution"]
-        c, b = sol["continuous"], sol["best"]
-        lat = pl.get("latency")
-        kind = (f"latency budget {lat['budget_ms']:.3f} ms on {lat['target']}" if lat else
-                f"budget {sol['budget']:g}")
-        lines += ["", f"## Choice at {kind}", ""]
-        if c:
-            lines.append(f"Continuous KKT optimum (cost model d w² r²): d={c['d']:.3f} "
-                         f"w={c['w']:.3f} r={c['r']:.3f}, predicted {100 * c['predicted']:.2f}%, "
-                         f"mu={c['mu']:.4f}.")
-        if lat:
-            how = {"lut": "per-layer lookup table", "features": "whole-network totals"}.get(
-                lat.get("latency_model", "features"), "whole-network totals")
-            lines.append(f"Latency model ({how}, measured on the target): held-out median error "
-                         f"{100 * (lat['heldout_median_ape'] or 0):.1f}%; the choice measured "
-                         f"{lat['measured']['median_ms']:.3f} ms (quartiles "
-                         f"{lat['measured']['p25_ms']:.3f}-{lat['measured']['p75_ms']:.3f}) "
-                         f"after {len(lat['steps'])} tr{'y' if len(lat['steps']) == 1 else 'ies'}.")
-        lines += ["", "| | d | w | r | px | MACs (M) | ratio | predicted (%) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for tag, x in [("chosen", b)] + [("runner-up", y) for y in sol["runners_up"]]:
-            lines.append(f"| {tag} | {x['d']:.3f} | {x['w']:.3f} | {x['r']:.3f} | "
-                         f"{x['resolution']} | {x['macs'] / 1e6:.2f} | {x['macs_ratio']:.3f} | "
-                         f"{100 * x['predicted']:.2f} |")
-        dec = sol.get("decision")
-        if dec:
-            a = dec["best_one_axis"]
-            lines += ["", f"Best one-axis alternative: {a['name']} (d={a['d']:.3f} "
-                      f"w={a['w']:.3f} r={a['r']:.3f}, predicted {100 * a['predicted']:.2f}%). "
-                      f"Chosen: {dec['chosen']}, because the {dec['why']} (uncertainty: "
-                      "jackknife over the leave-one-out fits, at least the noise of one "
-                      "validation accuracy)."]
-    f = rep["final"]
-    if f:
-        lines += ["", "## Final model", "",
-                  "| | MACs (M) | params (K) | latency b1 (ms) | latency b64 (ms) | test acc (%) |",
-                  "|---|---|---|---|---|---|",
-                  f"| original | {f['original_macs'] / 1e6:.2f} | "
-                  f"{f['original_params'] / 1e3:.1f} | "
-                  f"{f['original_latency_ms']['1']:.2f} | {f['original_latency_ms']['64']:.2f} | "
-                  f"{100 * f['original_test_acc']:.2f} |",
-                  f"| pruned | {f['macs'] / 1e6:.2f} | {f['params'] / 1e3:.1f} | "
-                  f"{f['latency_ms']['1']:.2f} | {f['latency_ms']['64']:.2f} | "
-                  f"{100 * f['test_acc']:.2f} |", "",
-                  f"Validation accuracy: predicted {100 * f['predicted_val_acc']:.2f}%, "
-                  f"after pruning {100 * f['val_acc_before_finetune']:.2f}%, after fine-tuning "
-                  f"{100 * f['val_acc']:.2f}%. Removed blocks: "
-                  f"{', '.join(f['removed_blocks']) or 'none'}."]
-        if f.get("measured_latency_ms") and f.get("latency_budget_ms"):
-            m, vs = f["measured_latency_ms"], f.get("measured_latency_vs_original")
-            lines.append(f"\nOn the latency target {f['latency_target']}: the final model "
-                         f"measures {m['median_ms']:.3f} ms (quartiles {m['p25_ms']:.3f}-"
-                         f"{m['p75_ms']:.3f}) against a budget of {f['latency_budget_ms']:.3f} ms"
-                         + (f"; timed beside the original, {vs['ratio']:.3f} of its latency "
-                            f"({vs['median_ms']:.3f} ms at the budget's time)." if vs else "."))
-    lines += ["", "![per-axis](axes.png)", "", "![slice](slice.png)", "",
-              "![accuracy vs MACs](acc_vs_macs.png)", ""]
-    return "\n".join(lines)
+    return lines

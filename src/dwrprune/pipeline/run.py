@@ -12,6 +12,7 @@ written, so a refused second process changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -156,8 +157,40 @@ class Run:
                                                        dict(b.get("holdout", {}))))
 
     def save_predictor(self, pred: Predictor, holdout: dict) -> None:
+        """The fit, with the samples it saw (so a later report can tell it is out of date)."""
+        keys = sorted(s.key for s in self.store().samples())
         save_json(self.path / "predictor.json", {"predictor": pred.to_dict(),
-                                                 "holdout": holdout})
+                                                 "holdout": holdout, "samples": keys})
+
+    def _digest(self, name: str) -> str | None:
+        p = self.path / name
+        return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.exists() else None
+
+    def out_of_date(self) -> list[str]:
+        """Each stage file made from another version of the stage before it: the predictor
+        from fewer samples than the store holds, the plan from another fit, the final model
+        for another point than the plan's."""
+        stale = []
+        if (self.path / "predictor.json").exists() and (self.path / "samples.sqlite").exists():
+            fitted = read_json(self.path / "predictor.json", "fitted predictor",
+                               "run the fit stage").get("samples")
+            now = {s.key for s in self.store().samples()}
+            if isinstance(fitted, list) and set(fitted) != now:
+                stale.append(f"the predictor was fitted on {len(fitted)} samples; the store "
+                             f"now holds {len(now)} (run the fit, plan and finetune stages "
+                             "again)")
+        plan = self.plan() if (self.path / "plan.json").exists() else None
+        if plan is not None and plan.get("predictor") not in (None,
+                                                              self._digest("predictor.json")):
+            stale.append("the plan was made from an earlier fit of the predictor (run the "
+                         "plan stage again)")
+        if plan is not None and (self.path / "final.json").exists():
+            b, f = plan["solution"]["best"], self.final()["point"]
+            if any(abs(b[k] - f[k]) > 1e-9 for k in "dwr"):
+                stale.append(f"the final model was made for d={f['d']:.3f} w={f['w']:.3f} "
+                             f"r={f['r']:.3f}, the plan now chooses d={b['d']:.3f} "
+                             f"w={b['w']:.3f} r={b['r']:.3f} (run the finetune stage again)")
+        return stale
 
     def block_ranking(self) -> tuple[list[str] | None, str | None]:
         """The depth ranking saved at collection time, and the criterion that made it."""
@@ -188,7 +221,8 @@ class Run:
         final model made for another point is moved aside (returned), never left beside a
         plan it does not belong to."""
         save_json(self.path / "plan.json", {"budget": budget, "solution": solution.to_dict(),
-                                            "grid": grid, "latency": latency})
+                                            "grid": grid, "latency": latency,
+                                            "predictor": self._digest("predictor.json")})
         b = solution.best
         return self.retire_final([b.d, b.w, b.r])
 

@@ -108,6 +108,16 @@ def plan_run(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     return rows
 
 
+def choice_line(sol: Solution, latency: dict | None = None) -> str:
+    """The plan in one line: the chosen point, its cost and predicted accuracy."""
+    b = sol.best
+    cost = (f"modelled and measured within {latency['budget_ms']:.3g} ms on {latency['target']}"
+            if latency else f"MACs {b.macs_ratio:.3f} of the original")
+    return (f"chose d={b.d:.3f} w={b.w:.3f} r={b.r:.3f} ({b.resolution} px): {cost}, "
+            f"predicted validation accuracy {100 * b.predicted:.2f}%"
+            + (f" ({sol.decision['why']})" if sol.decision else ""))
+
+
 def _said_retired(dest) -> None:
     if dest is not None:
         tqdm.write(f"[plan] the chosen point changed: the final model made for the old one, "
@@ -121,9 +131,14 @@ def latency_model_for(run: Run, shrinker: Shrinker, target, progress=None):
 
     model = run.latency_model(target)
     if model is None:
+        tqdm.write(f"[latency] measuring a latency model on {target.key()} (shrunk models spread "
+                   "over the box, timed on this machine; cached in the run folder)")
         model = build_latency_model(shrinker, target, progress=progress)
         with run.lock():
             run.save_latency_model(model)
+        tqdm.write(f"[latency] {model.kind} model: held-out median error "
+                   f"{100 * (model.heldout_median_ape or 0):.1f}%; the original measures "
+                   f"{model.original_ms:.3g} ms")
     return model
 
 
