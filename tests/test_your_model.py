@@ -252,3 +252,72 @@ def test_cli_prunes_a_model_class_of_your_own(tmp_path, monkeypatch, config_file
         assert main(["eval", "--checkpoint", final, *bad, "--data", "imagefolder",
                      "--data-dir", str(root)]) == 2
         assert msg in capsys.readouterr().err, bad
+
+
+README_MODEL = '''
+import torch
+from torch import nn
+
+
+class MyNet(nn.Module):
+    def __init__(self, width=8, classes=3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU())
+        self.blocks = nn.Sequential(*[nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU()) for _ in range(2)])
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+'''
+
+
+def _readme_quick_start() -> tuple[str, int]:
+    """The README's "your model, your data" Python block, and the lines of code the quick
+    start holds (its Python and shell blocks)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Quick start: your model, your data", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
+    code = [b for lang, b in blocks if lang == "python"]
+    assert len(code) == 1, "one Python block in the quick start"
+    return code[0], sum(len(b.strip().splitlines()) for _, b in blocks)
+
+
+def test_readme_quick_start_is_short():
+    _, n = _readme_quick_start()
+    assert n <= 30, f"the your-model quick start has {n} lines of code"
+
+
+@pytest.mark.slow
+def test_readme_quick_start_runs_as_pasted(tmp_path):
+    """The README's Python quick start, verbatim, in a folder holding what it names (a class
+    in mymod.py, its weights in mynet.pt, 48-px RGB images): prune, load back into the
+    class, export, and a prediction in onnxruntime from an image fed as the contract says."""
+    import subprocess
+    import sys
+
+    code, _ = _readme_quick_start()
+    (tmp_path / "mymod.py").write_text(README_MODEL)
+    _folder(tmp_path / "my_images", side=48, splits=(("train", 30), ("test", 6)))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import mymod
+
+        torch.manual_seed(0)
+        torch.save(mymod.MyNet().state_dict(), tmp_path / "mynet.pt")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("mymod", None)
+    (tmp_path / "quick.py").write_text(code)
+    proc = subprocess.run([sys.executable, "quick.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("my_images/test/c0/0.png -> "), last
+    assert int(last.rsplit(" ", 1)[1]) in (0, 1, 2)
+    assert (tmp_path / "mine.onnx").is_file() and proc.stdout.startswith("original model: ")

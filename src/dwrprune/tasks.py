@@ -213,10 +213,11 @@ def fed_as_recorded(data: DatasetSource, spec) -> DatasetSource:
 def model_info(name: str | None, checkpoint: str | os.PathLike | None,
                resolution: int | None = None, in_channels: int | None = None,
                num_classes: int = 10, batch_sizes: tuple[int, ...] = (1, 64),
-               threads: int = 1, repeats: int = 20) -> tuple[CostReport, str, int]:
+               threads: int = 1, repeats: int = 20
+               ) -> tuple[CostReport, str, int, torch.nn.Module]:
     """MACs, params and latency of a registered model (fresh weights) or a checkpoint, at
-    ``resolution`` (default: the checkpoint's, or 32); returns the report, the model name
-    and its input channels."""
+    ``resolution`` (default: the checkpoint's, or 32); returns the report, the model name,
+    its input channels and the model."""
     from .models import check_resolution, create_model
 
     for label, v in (("resolution", resolution), ("in_channels", in_channels),
@@ -232,7 +233,8 @@ def model_info(name: str | None, checkpoint: str | os.PathLike | None,
         spec = spec_of(model)
         name, in_ch, res = spec.name, spec.in_channels, resolution or spec.resolution
     check_resolution(name, res)
-    return cost_report(model, res, in_ch, tuple(batch_sizes), threads, repeats), name, in_ch
+    return (cost_report(model, res, in_ch, tuple(batch_sizes), threads, repeats), name, in_ch,
+            model)
 
 
 def model_axes(model_or_name, resolution: int | None = None, in_channels: int = 3,

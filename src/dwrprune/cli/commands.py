@@ -60,21 +60,17 @@ def cmd_models(args) -> int:
 
 @command("info", "MACs, parameters and CPU latency of a model at a resolution", _info_args)
 def cmd_info(args) -> int:
-    from ..checkpoint import load
-    from ..cost import format_count, machine_stamp
-    from ..pretrained import DEFAULT
-    from ..tasks import model_info
-
-    rep, name, in_ch = model_info(args.model, checkpoint_path(args.checkpoint or DEFAULT),
-                                  args.resolution, args.in_channels, args.num_classes,
-                                  () if args.no_latency else tuple(args.batch_sizes),
-                                  args.threads, args.repeats)
+    from ..cost import format_count, machine_stamp, measure_latency
     from ..io.spec import spec_of
-    from ..tasks import model_axes
+    from ..pretrained import DEFAULT
+    from ..tasks import model_axes, model_info
 
-    model = None if args.model else load(checkpoint_path(args.checkpoint or DEFAULT),
-                                         check_input=False)
-    spec = spec_of(model) if model is not None else None
+    batches = () if args.no_latency else tuple(args.batch_sizes)
+    rep, name, in_ch, model = model_info(
+        args.model, checkpoint_path(args.checkpoint or DEFAULT), args.resolution,
+        args.in_channels, args.num_classes, batches if args.json else (), args.threads,
+        args.repeats)
+    spec = None if args.model else spec_of(model)
     axes = model_axes(args.model or model, args.resolution, in_ch, args.num_classes)
     if args.json:
         print(json.dumps({"model": name, **rep.as_dict(), "axes": axes,
@@ -87,14 +83,16 @@ def cmd_info(args) -> int:
         print(f"feed it     {spec.contract_line()}")
     print(f"MACs        {format_count(rep.macs)}  ({rep.macs:,})")
     print(f"params      {format_count(rep.params)}  ({rep.params:,})")
-    for lat in rep.latency:
-        print(f"latency     batch {lat.batch_size:3d}: {lat.median_ms:8.2f} ms median "
-              f"({lat.threads} thread{'s' if lat.threads > 1 else ''}, {lat.repeats} repeats)")
     d, w, r = axes["depth"], axes["width"], axes["resolution"]
     print(f"axes        depth: {d['blocks']} removable blocks ({', '.join(d['kinds']) or '-'})"
           f"{' (' + d['why'] + ')' if d['why'] else ''}; "
           f"width: {w['groups']} channel groups{' (' + w['why'] + ')' if w['why'] else ''}; "
-          f"resolution: {r['min']}..{r['base']} px")
+          f"resolution: {r['min']}..{r['base']} px", flush=True)
+    for b in batches:  # the slow part last, each line as soon as it is measured
+        lat = measure_latency(model, res, b, in_ch, args.threads, repeats=args.repeats)
+        print(f"latency     batch {lat.batch_size:3d}: {lat.median_ms:8.2f} ms median "
+              f"({lat.threads} thread{'s' if lat.threads > 1 else ''}, {lat.repeats} repeats)",
+              flush=True)
     return 0
 
 

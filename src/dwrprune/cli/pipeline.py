@@ -74,10 +74,25 @@ def _run_args(stage_fields: tuple[str, ...] | None = None, extra=None):
     return add
 
 
+def _preset_help() -> str:
+    """What each preset runs and how long it took on the bundled ResNet-20 (measured by
+    benchmarks/preset_table.py from the committed run folders)."""
+    import json
+    from importlib import resources
+
+    try:
+        times = json.loads(resources.files("dwrprune.pipeline").joinpath(
+            "preset_times.json").read_text())
+    except (OSError, ValueError):
+        return "a named recipe (see the README's preset table)"
+    return "; ".join(f"{name}: {t['runs']}, then {t['final']} (about {t['total_min']:.0f} "
+                     "min on the bundled ResNet-20, 2 CPU cores)" for name, t in times.items())
+
+
 def _prune_args(p):
     add_checkpoint_arg(p)
     p.add_argument("--out", help="run folder (resumes if it exists)")
-    p.add_argument("--preset", default=None, choices=["quick", "full"])
+    p.add_argument("--preset", default=None, choices=["quick", "full"], help=_preset_help())
     add_progress_arg(p)
     add_pipeline_args(p)
 
