@@ -160,8 +160,11 @@ def test_collection_cost_is_counted_and_estimated_from_its_own_timings():
     jobs = plan_jobs(cfg, 7, 28, 8)
     assert [job_steps(j, cfg) for j in jobs].count(0) == 1  # the original only
     line = describe_jobs(jobs, cfg)
-    assert line.startswith(f"{len(jobs)} samples: {len(jobs) - 1} fine-tunes (")
-    assert "of 30 steps" in line and "4000 training images" in line
+    assert line.startswith(f"{len(jobs)} samples: {len(jobs) - 1} fine-tunes of 30 steps on "
+                           "4000 training images")
+    full = resolve_config("full")
+    assert "fine-tunes (14 of 150 steps, 8 of 300 steps)" in describe_jobs(
+        plan_jobs(full, 7, 28, 8), full)
 
     def sample(key, steps, seconds):
         return Sample(key, "chain", 1, 1, 1, 28, 1, 1, 0.9, 0.1, steps, 0, seconds)

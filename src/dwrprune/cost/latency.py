@@ -22,6 +22,7 @@ width shrinks both MACs and memory), which is what the fit learns per target.
 from __future__ import annotations
 
 import json
+import math
 import random
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -112,9 +113,9 @@ def latency_verdict(model, resolution: int, target: LatencyTarget, reference: Re
     one measurement.  ``by_ratio``: the budget is a fraction of the original's latency, so
     its ratio to the original now is compared with ``budget_ms / reference.ms`` (drift of
     the host cancels); else its own median is compared with ``budget_ms``.  When the budget
-    (with its ``tolerance``) lies inside the quartiles of the model's timings, the host was
-    too noisy to decide: the pair is timed again with twice the repeats, at most ``rounds``
-    times, and the last measurement decides (``noisy`` says it still straddled).
+    (with its ``tolerance``) lies within two standard errors of the measured median, the
+    host was too noisy to decide: the pair is timed again with twice the repeats, at most
+    ``rounds`` times, and the last measurement decides (``noisy`` says it still could not).
 
     Returns the figures and ``line``, the sentence every place that reports it prints."""
     fraction = budget_ms / reference.ms
@@ -129,7 +130,10 @@ def latency_verdict(model, resolution: int, target: LatencyTarget, reference: Re
             value, limit = m["raw_median_ms"], budget_ms
             scale = m["raw_median_ms"] / m["median_ms"]
             spread = (m["p25_ms"] * scale, m["p75_ms"] * scale)
-        noisy = spread[0] <= limit * (1 + tolerance) <= spread[1]
+        # the median's standard error (from the spread of the timings, ~ IQR / 1.35 sd):
+        # undecided while the budget's edge is within two of them of the median
+        se = 1.2533 * (spread[1] - spread[0]) / 1.349 / math.sqrt(n)
+        noisy = abs(value - limit * (1 + tolerance)) < 2 * se
         if not noisy:
             break
         n *= 2
@@ -161,8 +165,8 @@ def verdict_line(v: dict) -> str:
     else:
         tail = f"OVER budget by {100 * v['over_by']:.1f}%"
     if v["noisy"]:
-        tail += (f" (a noisy host: the timings' quartiles still straddle the budget after "
-                 f"{v['rounds']} measurements)")
+        tail += (f" (too close to call on this host: the budget's edge is within the "
+                 f"timing noise after {v['rounds']} measurements)")
     return head + tail
 
 

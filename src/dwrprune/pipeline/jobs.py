@@ -106,9 +106,13 @@ def describe_jobs(jobs: list[Job], cfg) -> str:
     by_steps: dict[int, int] = {}
     for n in tuned:
         by_steps[n] = by_steps.get(n, 0) + 1
-    parts = ", ".join(f"{k} of {n} steps" for n, k in sorted(by_steps.items()))
+    if len(by_steps) == 1:
+        tunes = f"{len(tuned)} fine-tunes of {tuned[0]} steps"
+    else:
+        tunes = f"{len(tuned)} fine-tunes (" + ", ".join(
+            f"{k} of {n} steps" for n, k in sorted(by_steps.items())) + ")"
     rest = len(jobs) - len(tuned)
-    return (f"{len(jobs)} samples: {len(tuned)} fine-tunes ({parts or 'none'}) on "
+    return (f"{len(jobs)} samples: {tunes} on "
             f"{cfg.train_subset or 'all the'} training images, each measured on "
             f"{cfg.val_subset or 'all the'} validation images"
             + (f", and {rest} measured without fine-tuning" if rest else ""))

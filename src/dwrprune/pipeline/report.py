@@ -140,7 +140,7 @@ def _write_report(run: Path) -> dict:
     report = {"samples": samples, "predictor": pred_body, "plan": plan,
               "final": {k: v for k, v in (final or {}).items() if k != "history"} or None,
               "collection_seconds": sum(s["seconds"] for s in samples), "axes": axes,
-              "block_order": _read(run, "block_order.json"),
+              "block_order": _read(run, "block_order.json"), "run": str(run),
               "out_of_date": folder.out_of_date()}
     try:
         text = _markdown(report)
@@ -190,8 +190,9 @@ def _result(f: dict, rep: dict) -> list[str]:
         lines += [f"**{f['latency']['line']}**", ""]
     if f.get("contract"):
         lines += ["## Deploy it", "",
-                  "- model: `final/model.pt` (`dwrprune.load(path)`; `dwrprune export "
-                  "--checkpoint final/model.pt --out model.onnx` for ONNX)",
+                  f"- model: `{rep['run']}/final/model.pt`: `dwrprune.load(path)` in Python; "
+                  f"`dwrprune export --checkpoint {rep['run']}/final/model.pt --onnx "
+                  "model.onnx` for ONNX (give `--model` again for a class of your own)",
                   f"- feed it: {f['contract']}", ""]
     lat, olat = f["latency_ms"], f["original_latency_ms"]
     lines += ["## Speed-ups", "", "| | original | pruned | original / pruned |",
