@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from docs_block import update_docs  # noqa: E402
-
 from dwrprune.pipeline import resolve_config  # noqa: E402
 from dwrprune.pipeline.jobs import describe_jobs, plan_jobs  # noqa: E402
 

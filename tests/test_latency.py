@@ -43,12 +43,12 @@ def test_structure_is_exact_on_the_shrunk_model(shr, point):
     assert s["macs"] == out.macs
 
 
-@pytest.mark.parametrize("kind", ["auto", "features", "lut"])
+@pytest.mark.parametrize("kind", ["auto", "features", "lut", "aligned"])
 def test_latency_model_fits_and_reports_held_out_error(shr, kind):
     lm = L.build_latency_model(shr, L.LatencyTarget(), n_fit=8, n_heldout=4, repeats=3,
                                kind=kind)
     assert len(lm.points) == 12 and lm.heldout_mape is not None
-    kinds = ["features", "lut"] if kind == "auto" else [kind]
+    kinds = ["aligned", "features", "lut"] if kind == "auto" else [kind]
     assert sorted(lm.errors) == kinds and lm.kind in kinds
     assert lm.errors[lm.kind]["loo_median_ape"] == min(e["loo_median_ape"]
                                                        for e in lm.errors.values())
@@ -83,7 +83,7 @@ def test_layer_table_times_each_kept_layer_shape_once(shr):
 
 
 def test_latency_model_kind_is_checked(shr):
-    with pytest.raises(DwrpruneError, match="kind must be auto, features or lut"):
+    with pytest.raises(DwrpruneError, match="kind must be auto, features, lut or aligned"):
         L.build_latency_model(shr, L.LatencyTarget(), kind="table")
     bad = {"target": {"device": "cpu", "batch": 1, "threads": 1}, "kind": "lut",
            "coef": [1.0], "original_ms": 1.0}
@@ -193,7 +193,7 @@ def test_pipeline_under_a_latency_budget(tmp_path, tiny_checkpoint, tiny_options
         scaled = {k: ms * reference.ms for k in out} if reference else {}
         return out | scaled | ({"ratio": ms, "raw_median_ms": ms} if reference else {})
 
-    def in_turns(calls, threads=1, warmup=5, repeats=20):  # the design and the layer table
+    def in_turns(calls, threads=1, warmup=5, repeats=20, runtime="torch"):  # design, table
         times = []
         for module, x in calls:
             counter = FlopCounterMode(display=False)

@@ -109,6 +109,11 @@ def _print_final(res: dict, run_path) -> None:
           f"{res['params'] / 1e3:.1f}K{latency}")
     if res.get("latency"):
         print(res["latency"]["line"])
+    if res.get("max_drop"):
+        md = res["max_drop"]
+        print(f"drop allowed {md['allowed']:g} points: predicted {md['predicted_drop']:.2f} "
+              f"(sd {md['drop_sd']:.2f}), measured {md['val_drop']:.2f} on validation, "
+              f"{md['test_drop']:.2f} on test")
     print(f"test accuracy {100 * res['original_test_acc']:.2f}% -> {100 * res['test_acc']:.2f}% "
           f"(val: predicted {100 * res['predicted_val_acc']:.2f}%, measured "
           f"{100 * res['val_acc']:.2f}%)")
@@ -159,32 +164,53 @@ def _plan_extra(p):
                    help="comma-separated MACs budgets (default: the run's budget)")
     p.add_argument("--latency-budgets", type=_floats, default=None,
                    help="comma-separated fractions of the original measured latency")
+    p.add_argument("--targets", default=None,
+                   help="comma-separated latency targets to plan --latency-budgets (or "
+                        "--max-drop) for from the one collection: cpu-b1 (PyTorch, CPU), "
+                        "ort-b1 (ONNX Runtime, CPU), cuda-b1 (PyTorch eager, GPU), "
+                        "cudagraph-b1 (CUDA graphs); -tN for threads (cpu-b1-t4)")
 
 
 @command("plan", "stage 3: choose (d, w, r) for one or more budgets",
          _run_args(("lower_bounds", "min_gain_sigmas", "latency_batch", "threads",
-                    "device"),
+                    "device", "runtime", "max_drop", "minimize"),
                    _plan_extra), ("run",))
 def cmd_plan(args) -> int:
     from ..cost import format_count
     from ..pipeline import open_run, plan_run, run_shrinker
-    from ..pipeline.solve import plan_latency
+    from ..pipeline.solve import choice_line, parse_targets, plan_targets
 
+    given = sum(x is not None for x in (args.budgets, args.latency_budgets, args.max_drop))
+    if given > 1:
+        raise DwrpruneError("give one of --budgets (MACs), --latency-budgets or --max-drop")
+    targets = parse_targets(args.targets, args.threads or 1) if args.targets else None
+    if targets and args.budgets:
+        raise DwrpruneError("--targets plans latency: give --latency-budgets or --max-drop "
+                            "with it, not --budgets (MACs)")
     cfg, model, _, run = open_run(args.run, **_overrides(args))
     shr = run_shrinker(run, model, cfg)
-    if args.budgets and args.latency_budgets:
-        raise DwrpruneError("give --budgets (MACs) or --latency-budgets, not both")
-    if args.latency_budgets:
-        rows = plan_latency(run, shr, cfg, args.latency_budgets, print)
-        print(f"{'latency':>8s} {'ms':>8s} {'measured':>9s} {'d*':>6s} {'w*':>6s} {'r*':>6s} "
-              f"{'MACs ratio':>10s} {'pred acc':>9s}")
+    if args.latency_budgets or targets or args.max_drop is not None and \
+            cfg.minimize == "latency":
+        if targets is None:
+            targets = [cfg.target()]
+        rows = plan_targets(run, shr, cfg, targets, args.latency_budgets, print)
+        print(f"{'target':24s} {'budget':>7s} {'ms':>8s} {'measured':>9s} {'speed-up':>8s} "
+              f"{'d*':>6s} {'w*':>6s} {'r*':>6s} {'px':>4s} {'MACs':>6s} {'pred acc':>9s}")
         for row in rows:
             x, lat = row["solution"].best, row["latency"]
-            print(f"{row['budget']:8.3f} {lat['budget_ms']:8.3f} "
-                  f"{lat['measured']['median_ms']:9.3f} {x.d:6.3f} {x.w:6.3f} {x.r:6.3f} "
-                  f"{x.macs_ratio:10.3f} {100 * x.predicted:8.2f}%")
+            m = lat["measured"]
+            budget = "-" if lat.get("budget_ms") is None else f"{row['budget']:.3f}"
+            ms = "-" if lat.get("budget_ms") is None else f"{lat['budget_ms']:.3f}"
+            ratio = m.get("ratio", m["median_ms"] / lat["original_ms"])
+            print(f"{lat['target']:24s} {budget:>7s} {ms:>8s} {m['median_ms']:9.3f} "
+                  f"{1 / ratio:7.2f}x {x.d:6.3f} {x.w:6.3f} {x.r:6.3f} {x.resolution:4d} "
+                  f"{x.macs_ratio:6.3f} {100 * x.predicted:8.2f}%")
+        print(f"written to {run.path / 'plans.json'}")
         return 0
     rows = plan_run(run, shr, cfg, args.budgets)
+    if args.max_drop is not None:  # the fewest MACs within the drop
+        print(choice_line(rows[0]["solution"]))
+        return 0
     print(f"{'budget':>7s} {'d*':>6s} {'w*':>6s} {'r*':>6s} {'px':>4s} {'MACs':>10s} "
           f"{'ratio':>6s} {'params':>9s} {'pred acc':>9s}")
     for row in rows:

@@ -2,19 +2,22 @@
 
 Shrinking is fast, so the latency model is fitted to real shrunk models measured on the
 target (device, batch size, threads): a design of (d, w, r) points spread over the box, each
-shrunk and timed (warm-up, fixed threads, median of repeats).  Two kinds of model are fitted
-to the same measurements, each a non-negative combination of terms that are exact for any
-(d, w, r) without building the model (:meth:`dwrprune.pruning.shrink.Shrinker.structure`):
+shrunk and timed (warm-up, fixed threads, median of repeats) in the target's runtime
+(:mod:`dwrprune.cost.runtimes`).  Three kinds of model are fitted to the same measurements,
+each a non-negative combination of terms that are exact for any (d, w, r) without building
+the model (:meth:`dwrprune.pruning.shrink.Shrinker.structure`):
 
 - ``features``: L = t0 + t_mac * MACs + t_act * output elements + t_wt * weights
   + t_layer * layers;
+- ``aligned``: the same with MACs counted as kernels that compute channels in blocks of 8
+  run them (ONNX Runtime's NCHWc layout, GPU tensor cores): 11 channels cost as 16;
 - ``lut``: L = t0 + a * (sum of the kept conv and linear layers' times, each layer shape
   timed alone on the target and kept in a lookup table, as NetAdapt and HALP do for width)
   + t_act * output elements + t_layer * layers; the table sees what totals cannot, such as
   where in the network the work sits and channel counts the kernels handle badly.
 
 The kind with the smaller leave-one-out error on the fitted points is kept (``kind="auto"``);
-held-out points report both kinds' error.  The three axes cost differently on different
+held-out points report every kind's error.  The three axes cost differently on different
 targets (depth removes whole layers and their overheads, resolution shrinks activations,
 width shrinks both MACs and memory), which is what the fit learns per target.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
@@ -40,39 +44,73 @@ if TYPE_CHECKING:  # a Shrinker is what the model is queried with; cost sits bel
     from ..pruning.shrink import Shrinker
 
 FEATURES = {"features": ("bias", "macs", "activations", "weights", "layers"),
-            "lut": ("bias", "layer_table_ms", "activations", "layers")}
+            "lut": ("bias", "layer_table_ms", "activations", "layers"),
+            "aligned": ("bias", "aligned_macs", "activations", "weights", "layers")}
 
 
 TOLERANCE = 0.03  # a model measured within budget x (1 + TOLERANCE) meets the budget
 
 
+_KEY = re.compile(r"^(?:(onnxruntime|cuda-graph)-)?(cpu|cuda)-b(\d+)-t(\d+)$")
+# short names for --targets: cpu-b1, ort-b1, cuda-b1, cudagraph-b1 (threads: -t2)
+_SHORT = {"cpu": ("torch", "cpu"), "ort": ("onnxruntime", "cpu"),
+          "onnxruntime": ("onnxruntime", "cpu"), "cuda": ("torch", "cuda"),
+          "cudagraph": ("cuda-graph", "cuda"), "cuda-graph": ("cuda-graph", "cuda")}
+_SHORT_RE = re.compile(r"^(" + "|".join(sorted(_SHORT, key=len, reverse=True))
+                       + r")-b(\d+)(?:-t(\d+))?$")
+
+
 @dataclass(frozen=True)
 class LatencyTarget:
-    """Where latency is measured: device, batch size, CPU threads."""
+    """Where latency is measured: runtime (:mod:`dwrprune.cost.runtimes`), device, batch
+    size, CPU threads."""
 
     device: str = "cpu"
     batch: int = 1
     threads: int = 1
+    runtime: str = "torch"
 
     def check(self) -> LatencyTarget:
-        check_device(self.device)
+        """Usable here (runtime installed, device present), or one clear error."""
+        from .runtimes import check_runtime
+
         for name in ("batch", "threads"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DwrpruneError(f"latency {name} must be a whole number >= 1, got {v!r}")
+        check_runtime(self.runtime, self.device)
         return self
 
     def key(self) -> str:
-        return f"{self.device}-b{self.batch}-t{self.threads}"
+        """``cpu-b1-t1`` (PyTorch), ``onnxruntime-cpu-b1-t1``, ``cuda-graph-cuda-b1-t1``."""
+        head = "" if self.runtime == "torch" else f"{self.runtime}-"
+        return f"{head}{self.device}-b{self.batch}-t{self.threads}"
 
     @classmethod
     def from_key(cls, key: str) -> LatencyTarget:
-        """The target :meth:`key` names (``cpu-b64-t1``)."""
-        device, sep, rest = key.rpartition("-b")
-        batch, _, threads = rest.partition("-t")
-        if not (sep and batch.isdigit() and threads.isdigit() and device):
-            raise DwrpruneError(f"not a latency target key: {key!r} (expected like cpu-b1-t1)")
-        return cls(device, int(batch), int(threads))
+        """The target :meth:`key` names (``cpu-b64-t1``, ``onnxruntime-cpu-b1-t1``)."""
+        m = _KEY.match(key) if isinstance(key, str) else None
+        if m is None:
+            raise DwrpruneError(f"not a latency target key: {key!r} (expected like cpu-b1-t1 "
+                                "or onnxruntime-cpu-b1-t1)")
+        runtime, device, batch, threads = m.groups()
+        return cls(device, int(batch), int(threads), runtime or "torch")
+
+    @classmethod
+    def parse(cls, name: str, threads: int = 1) -> LatencyTarget:
+        """A target from its short name: ``cpu-b1`` (PyTorch on the CPU), ``ort-b1`` (ONNX
+        Runtime), ``cuda-b1`` (PyTorch eager on a GPU), ``cudagraph-b1`` (CUDA graphs);
+        ``-tN`` sets the CPU threads (default ``threads``); a full key is accepted too."""
+        m = _SHORT_RE.match(name) if isinstance(name, str) else None
+        if m is None:
+            if isinstance(name, str) and _KEY.match(name):
+                return cls.from_key(name)
+            raise DwrpruneError(f"unknown latency target {name!r}; write RUNTIME-bBATCH[-tTHREADS] "
+                                f"with RUNTIME one of {', '.join(_SHORT)} (like cpu-b1, ort-b1, "
+                                "cudagraph-b8)")
+        short, batch, t = m.groups()
+        runtime, device = _SHORT[short]
+        return cls(device, int(batch), int(t) if t else threads, runtime)
 
 
 @dataclass(frozen=True)
@@ -94,7 +132,7 @@ def measure_ms(model, resolution: int, target: LatencyTarget, repeats: int = 20,
     pairs = [(model, resolution)] + ([(reference.model, reference.resolution)]
                                      if reference is not None else [])
     lat = measure_latencies(pairs, target.batch, threads=target.threads, warmup=warmup,
-                            repeats=repeats, device=target.device)
+                            repeats=repeats, device=target.device, runtime=target.runtime)
     if reference is None:
         return {"median_ms": lat[0].median_ms, "p25_ms": lat[0].p25_ms,
                 "p75_ms": lat[0].p75_ms}
@@ -147,6 +185,14 @@ def latency_verdict(model, resolution: int, target: LatencyTarget, reference: Re
                "repeats": n}
     verdict["line"] = verdict_line(verdict)
     return verdict
+
+
+def speed_line(v: dict) -> str:
+    """``latency on cpu-b1-t1: measured 0.45 x 2.51 ms = 1.13 ms, 2.22x faster than the
+    original`` (``v``: :func:`measure_ms` beside the original, with ``target`` and
+    ``original_ms``)."""
+    return (f"latency on {v['target']}: measured {v['ratio']:.2f} x {v['original_ms']:.3g} ms "
+            f"= {v['median_ms']:.3g} ms, {1 / v['ratio']:.2f}x faster than the original")
 
 
 def verdict_line(v: dict) -> str:
@@ -211,7 +257,7 @@ class LayerTable:
         todo = sorted(set(keys) - set(self.entries))
         if todo:
             times = time_in_turns([self._call(k) for k in todo], self.target.threads,
-                                  warmup=3, repeats=self.repeats)
+                                  warmup=3, repeats=self.repeats, runtime=self.target.runtime)
             self.entries.update((k, statistics.median(t)) for k, t in zip(todo, times))
 
     def layer_ms(self, key: str) -> float:
@@ -233,6 +279,9 @@ def _features(kind: str, shr: Shrinker, d: float, w: float, r: float,
     if kind == "lut":
         return np.array([1.0, table.total_ms(shr, d, w, r), s["activations"] / 1e4,
                          s["layers"]], float)
+    if kind == "aligned":
+        return np.array([1.0, s["aligned_macs"] / 1e6, s["activations"] / 1e4,
+                         s["weights"] / 1e4, s["layers"]], float)
     return np.array([1.0, s["macs"] / 1e6, s["activations"] / 1e4, s["weights"] / 1e4,
                      s["layers"]], float)
 
@@ -339,7 +388,8 @@ def measure_design(shr: Shrinker, target: LatencyTarget, n_fit: int = 16,
         progress(f"[latency] timing {len(pts)} shrunk models on {target.key()}, "
                  f"{repeats} rounds")
     with timing_inputs(models, target.batch, target.device, shr.in_channels) as calls:
-        times = time_in_turns(calls, target.threads, warmup=3, repeats=repeats)
+        times = time_in_turns(calls, target.threads, warmup=3, repeats=repeats,
+                              runtime=target.runtime)
     rows = []
     for i, ((d, w, r), t) in enumerate(zip(pts, times)):
         p25, p75 = quartiles(t)

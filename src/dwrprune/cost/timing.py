@@ -39,26 +39,18 @@ MAX_INPUT_ELEMENTS = 1 << 26  # one timed input batch: 256 MB of floats
 
 @DEVICES.register
 class CPU:
-    """PyTorch eager on the CPU, with a fixed number of threads."""
+    """The CPU, with a fixed number of threads."""
 
     name = "cpu"
     needs: frozenset[str] = frozenset()
 
-    @staticmethod
-    def synchronize() -> None:
-        pass
-
 
 @DEVICES.register
 class CUDA:
-    """PyTorch eager on a CUDA GPU, timed with synchronisation."""
+    """A CUDA GPU (timed with synchronisation, see :mod:`dwrprune.cost.runtimes`)."""
 
     name = "cuda"
     needs = frozenset({"gpu"})
-
-    @staticmethod
-    def synchronize() -> None:
-        torch.cuda.synchronize()
 
 
 def check_device(device: str) -> torch.device:
@@ -67,34 +59,36 @@ def check_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-@torch.inference_mode()
 def time_in_turns(calls: list[tuple[nn.Module, torch.Tensor]], threads: int = 1,
-                  warmup: int = 5, repeats: int = 20) -> list[list[float]]:
+                  warmup: int = 5, repeats: int = 20, runtime: str = "torch"
+                  ) -> list[list[float]]:
     """Wall-clock milliseconds of forward passes of each ``(module, input)`` (both on the
-    same device) with ``threads`` CPU threads: ``warmup`` untimed passes of each, then
-    ``repeats`` rounds of one timed pass of each in turn, so that drift in the machine's
-    speed (a shared host) slows every item alike instead of favouring whichever was timed
-    in a quiet moment.  A CUDA device is timed with synchronisation."""
+    same device) in ``runtime`` (:mod:`dwrprune.cost.runtimes`: PyTorch eager by default)
+    with ``threads`` CPU threads: ``warmup`` untimed passes of each, then ``repeats`` rounds
+    of one timed pass of each in turn, so that drift in the machine's speed (a shared host)
+    slows every item alike instead of favouring whichever was timed in a quiet moment.  A
+    CUDA device is timed with synchronisation."""
+    from .runtimes import RUNTIMES
+
     if threads < 1 or repeats < 1:
         raise DwrpruneError(f"threads and repeats must be >= 1, got {threads}, {repeats}")
     if threads > MAX_THREADS:
         raise DwrpruneError(f"threads must be at most {MAX_THREADS}, got {threads}")
-    sync = DEVICES.get("cuda" if any(x.device.type == "cuda" for _, x in calls)
-                       else "cpu").synchronize
+    rt = RUNTIMES.get(runtime)()
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for module, x in calls:
-            for _ in range(warmup):
-                module(x)
-        sync()
-        times: list[list[float]] = [[] for _ in calls]
-        for _ in range(repeats):
-            for out, (module, x) in zip(times, calls):
-                t0 = time.perf_counter()
-                module(x)
-                sync()
-                out.append((time.perf_counter() - t0) * 1e3)
+        fns = [rt.prepare(module, x, threads) for module, x in calls]
+        with torch.inference_mode():
+            for fn in fns:
+                for _ in range(warmup):
+                    fn()
+            times: list[list[float]] = [[] for _ in fns]
+            for _ in range(repeats):
+                for out, fn in zip(times, fns):
+                    t0 = time.perf_counter()
+                    fn()
+                    out.append((time.perf_counter() - t0) * 1e3)
     finally:
         torch.set_num_threads(old_threads)
     return times
@@ -152,15 +146,16 @@ def timing_inputs(models: list[tuple[nn.Module, int]], batch_size: int, device: 
 
 def measure_latencies(models: list[tuple[nn.Module, int]], batch_size: int = 1,
                       in_channels: int | None = None, threads: int = 1, warmup: int = 5,
-                      repeats: int = 20, device: str = "cpu") -> list[Latency]:
+                      repeats: int = 20, device: str = "cpu", runtime: str = "torch"
+                      ) -> list[Latency]:
     """Median wall-clock of one forward pass of each ``(model, resolution)``, timed in turns
     (:func:`time_in_turns`) with ``threads`` CPU threads on ``device`` (the CPU, or a CUDA
-    GPU timed with synchronisation)."""
+    GPU timed with synchronisation) in ``runtime``."""
     if threads < 1 or batch_size < 1 or repeats < 1:
         raise DwrpruneError(f"threads, batch size and repeats must be >= 1, got {threads}, "
                             f"{batch_size}, {repeats}")
     with timing_inputs(models, batch_size, device, in_channels) as calls:
-        times = time_in_turns(calls, threads, warmup, repeats)
+        times = time_in_turns(calls, threads, warmup, repeats, runtime)
     return [Latency(batch_size, threads, statistics.median(t), min(t), repeats, *quartiles(t),
                     device) for t in times]
 

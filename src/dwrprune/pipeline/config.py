@@ -105,6 +105,14 @@ class PipelineConfig:
     latency_batch: int = _f(1, "plan", F, "batch size latency is measured at")
     threads: int = _f(1, "plan", F, "CPU threads latency is measured with")
     device: str = _f("cpu", "plan", F, "where latency is measured: cpu | cuda")
+    runtime: str = _f("torch", "plan", F, "what latency is measured in: torch (PyTorch "
+                      "eager) | onnxruntime (the exported model, CPU) | cuda-graph (CUDA "
+                      "graphs replayed on the GPU)")
+    max_drop: float | None = _f(None, "plan", F, "instead of a budget: the fastest model whose "
+                                "predicted validation accuracy stays within this many points "
+                                "of the original's (hedged by the predictor's uncertainty)")
+    minimize: str = _f("latency", "plan", F, "what --max-drop minimises: latency (on the "
+                       "target: --runtime, --device, --latency-batch, --threads) | macs")
     min_gain_sigmas: float = _f(1.0, "plan", F, "leave the best one-axis point only when the "
                                 "predicted gain exceeds this many standard deviations (0: the "
                                 "predictor's optimum always, as the paper does)")
@@ -139,11 +147,18 @@ class PipelineConfig:
     @property
     def latency_target(self):
         """The :class:`~dwrprune.cost.latency.LatencyTarget` of a latency budget, else None."""
-        if self.latency_budget is None and self.latency_ms is None:
+        if self.latency_budget is None and self.latency_ms is None and not (
+                self.max_drop is not None and self.minimize == "latency"):
             return None
+        return self.target()
+
+    def target(self):
+        """The latency target these options name, budget or not (``cuda-graph`` runs on
+        the GPU whatever ``device`` says)."""
         from ..cost.latency import LatencyTarget
 
-        return LatencyTarget(self.device, self.latency_batch, self.threads)
+        device = "cuda" if self.runtime == "cuda-graph" else self.device
+        return LatencyTarget(device, self.latency_batch, self.threads, self.runtime)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -268,4 +283,7 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
     lat = [k for k in ("latency_budget", "latency_ms") if values.get(k) is not None]
     if lat and "budget" in given:
         raise DwrpruneError(f"give one budget: budget (MACs) or {lat[0]} (latency), not both")
+    if values.get("max_drop") is not None and (lat or "budget" in given):
+        raise DwrpruneError(f"max_drop chooses the fastest model within an accuracy loss; it "
+                            f"cannot go with a budget ({(lat or ['budget'])[0]}): give one")
     return PipelineConfig.from_dict(values)

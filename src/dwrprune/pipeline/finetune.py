@@ -143,19 +143,33 @@ def _finetune_final(model, data, cfg, shrinker, solution, run, progress, train_f
         "history": history, "finetune": asdict(tcfg),
     }
     target = cfg.latency_target
-    if target is not None:  # the budget was latency: one verdict, measured beside the original
-        from ..cost.latency import Reference, latency_verdict
+    if target is not None:  # one latency figure for the target, measured beside the original
+        from ..cost.latency import Reference, latency_verdict, measure_ms, speed_line
 
         lat = run.plan().get("latency") or {}
-        verdict = latency_verdict(pruned, res, target,
-                                  Reference(model, base_res, lat["original_ms"]),
-                                  lat["budget_ms"], by_ratio=not cfg.latency_ms)
-        result["latency"] = verdict
+        ref = Reference(model, base_res, lat["original_ms"])
+        if lat.get("budget_ms") is not None:  # a latency budget: the verdict
+            v = latency_verdict(pruned, res, target, ref, lat["budget_ms"],
+                                by_ratio=not cfg.latency_ms)
+        else:  # the fastest within a drop: how fast it is
+            v = {"target": target.key(), "original_ms": lat["original_ms"],
+                 **measure_ms(pruned, res, target, reference=ref)}
+            v["line"] = speed_line(v)
+        result["latency"] = v
         b = str(target.batch)
-        if target.device == "cpu" and target.threads == 1 and b in result["latency_ms"]:
-            # the same target as the cost table's column: one figure, not two
-            result["original_latency_ms"][b] = verdict["original_ms"]
-            result["latency_ms"][b] = verdict["median_ms"]
+        if target.runtime == "torch" and target.device == "cpu" and target.threads == 1 and \
+                b in result["latency_ms"]:  # the cost table's column: one figure, not two
+            result["original_latency_ms"][b] = v["original_ms"]
+            result["latency_ms"][b] = v["median_ms"]
+    if cfg.max_drop is not None:  # the drop allowed, predicted and measured
+        orig_val = evaluate(model, data.loader("val", base_res), progress=progress,
+                            desc="val (original)").accuracy
+        dec = solution.decision or {}
+        result["max_drop"] = {"allowed": cfg.max_drop,
+                              "predicted_drop": 100 * dec.get("predicted_drop", float("nan")),
+                              "drop_sd": 100 * dec.get("drop_sd", float("nan")),
+                              "val_drop": 100 * (orig_val - after.accuracy),
+                              "test_drop": 100 * (base_test.accuracy - test.accuracy)}
     with run.lock():
         save_model(run.final_dir / "model.pt", pruned, spec,
                    {k: v for k, v in result.items() if k != "history"})

@@ -188,6 +188,12 @@ def _result(f: dict, rep: dict) -> list[str]:
              f"({100 * f['val_acc_before_finetune']:.2f}% before).", ""]
     if f.get("latency"):
         lines += [f"**{f['latency']['line']}**", ""]
+    md = f.get("max_drop")
+    if md:
+        lines += [f"Allowed drop {md['allowed']:g} points of validation accuracy: predicted "
+                  f"{md['predicted_drop']:.2f} (sd {md['drop_sd']:.2f}); measured after "
+                  f"fine-tuning {md['val_drop']:.2f} on validation, {md['test_drop']:.2f} on "
+                  "test.", ""]
     if f.get("contract"):
         lines += ["## Deploy it", "",
                   f"- model: `{rep['run']}/final/model.pt`: `dwrprune.load(path)` in Python; "
@@ -240,8 +246,15 @@ def _choice(pl: dict | None, final: dict | None) -> list[str]:
     sol = pl["solution"]
     c, b = sol["continuous"], sol["best"]
     lat = pl.get("latency")
-    kind = (f"latency budget {lat['budget_ms']:.3f} ms on {lat['target']}" if lat else
-            f"budget {sol['budget']:g} of the original's MACs")
+    dec = sol.get("decision")
+    drop = dec.get("max_drop") if dec else None
+    if drop is not None:
+        kind = (f"the {'fastest on ' + lat['target'] if lat else 'fewest MACs'} within "
+                f"{drop:g} points of predicted accuracy")
+    elif lat:
+        kind = f"latency budget {lat['budget_ms']:.3f} ms on {lat['target']}"
+    else:
+        kind = f"budget {sol['budget']:g} of the original's MACs"
     lines = [f"## How it was chosen: {kind}", ""]
     if c:
         lines.append(f"Continuous KKT optimum (cost model d w² r²): d={c['d']:.3f} "
@@ -252,11 +265,11 @@ def _choice(pl: dict | None, final: dict | None) -> list[str]:
             lat.get("latency_model", "features"), "whole-network totals")
         lines.append(f"Latency model ({how}, measured on the target): held-out median error "
                      f"{100 * (lat['heldout_median_ape'] or 0):.1f}%. At planning time the "
-                     f"choice measured {lat['measured']['median_ms']:.3f} ms after "
-                     f"{len(lat['steps'])} tr{'y' if len(lat['steps']) == 1 else 'ies'}"
+                     f"choice measured {lat['measured']['median_ms']:.3f} ms"
+                     + (f" after {len(lat['steps'])} tr{'y' if len(lat['steps']) == 1 else 'ies'}"
+                        if lat["steps"] else "")
                      + ("; the final model's verdict is under Result." if final and
                         final.get("latency") else "."))
-    dec = sol.get("decision")
     lines += ["", "| | d | w | r | px | MACs (M) | ratio | predicted val (%) |",
               "|---|---|---|---|---|---|---|---|"]
     for tag, x in [("**chosen**", b)] + [(_runner_up_tag(y, b, dec), y)
@@ -264,7 +277,10 @@ def _choice(pl: dict | None, final: dict | None) -> list[str]:
         lines.append(f"| {tag} | {x['d']:.3f} | {x['w']:.3f} | {x['r']:.3f} | "
                      f"{x['resolution']} | {x['macs'] / 1e6:.2f} | {x['macs_ratio']:.3f} | "
                      f"{100 * x['predicted']:.2f} |")
-    if dec:
+    if drop is not None:
+        lines += ["", f"Chosen: {dec['why']} (the uncertainty: jackknife over the "
+                  "leave-one-out fits, at least the noise of one validation accuracy)."]
+    elif dec:
         a = dec["best_one_axis"]
         lines += ["", f"Best one-axis alternative: {a['name']} (d={a['d']:.3f} "
                   f"w={a['w']:.3f} r={a['r']:.3f}, predicted {100 * a['predicted']:.2f}%). "
@@ -277,6 +293,8 @@ def _choice(pl: dict | None, final: dict | None) -> list[str]:
 def _runner_up_tag(y: dict, chosen: dict, decision: dict | None) -> str:
     """What a non-chosen candidate is, truthfully: one the predictor rates higher was
     passed over (by the uncertainty rule, or as measured over a latency budget)."""
+    if decision and decision.get("max_drop") is not None:
+        return "also within the drop, costlier"
     if y["predicted"] <= chosen["predicted"]:
         return "other candidate (predicted lower)"
     if decision and decision.get("chosen") != "optimum":

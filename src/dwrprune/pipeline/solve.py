@@ -88,6 +88,8 @@ def plan_run(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     plans.json (every budget) and, when the run's own budget is among them, plan.json (what
     the final stage prunes to).  Another budget for the final model is a new run setting:
     ``dwrprune prune --budget B`` on the same folder reuses the collection."""
+    if cfg.max_drop is not None and not budgets:
+        return [plan_max_drop(run, shrinker, cfg)]
     if cfg.latency_target is not None and not budgets:
         return plan_latency(run, shrinker, cfg)
     budgets = list(budgets) if budgets else [cfg.budget]
@@ -111,8 +113,13 @@ def plan_run(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
 def choice_line(sol: Solution, latency: dict | None = None) -> str:
     """The plan in one line: the chosen point, its cost and predicted accuracy."""
     b = sol.best
-    cost = (f"modelled and measured within {latency['budget_ms']:.3g} ms on {latency['target']}"
-            if latency else f"MACs {b.macs_ratio:.3f} of the original")
+    if latency and latency.get("budget_ms") is None:  # the fastest within a drop
+        cost = (f"measured {latency['measured']['median_ms']:.3g} ms on {latency['target']}, "
+                f"{latency['fraction']:.2f} of the original's latency")
+    elif latency:
+        cost = f"modelled and measured within {latency['budget_ms']:.3g} ms on {latency['target']}"
+    else:
+        cost = f"MACs {b.macs_ratio:.3f} of the original"
     return (f"chose d={b.d:.3f} w={b.w:.3f} r={b.r:.3f} ({b.resolution} px): {cost}, "
             f"predicted validation accuracy {100 * b.predicted:.2f}%"
             + (f" ({sol.decision['why']})" if sol.decision else ""))
@@ -143,14 +150,16 @@ def latency_model_for(run: Run, shrinker: Shrinker, target, progress=None):
 
 
 def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
-                 fractions: list[float] | None = None, progress=None) -> list[dict]:
+                 fractions: list[float] | None = None, progress=None, save: bool = True,
+                 own_target: bool = True) -> list[dict]:
     """Choose (d, w, r) under latency budgets on the config's target, from the same
     predictor as MACs budgets: ``fractions`` of the original model's measured latency (default:
-    the config's own budget).  The run's own budget also writes plan.json."""
+    the config's own budget).  ``save``: write plans.json; with ``own_target`` (the run's own
+    target) the run's own budget also writes plan.json."""
     from ..cost.latency import Reference
     from ..search.latency import choose_under_latency
 
-    target = cfg.latency_target or cfg.replace(latency_budget=0.5).latency_target
+    target = cfg.latency_target or cfg.target()
     for f in fractions or []:  # every budget checked before any work
         cfg.replace(latency_budget=f, latency_ms=None)
     pred, _ = run.predictor()
@@ -177,15 +186,111 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
                      "solution": Solution(ms / lat.original_ms, base, None, cands[0],
                                           cands[1:])})
     own = None
-    if cfg.latency_target is not None and not fractions:
+    if not own_target:
+        pass
+    elif cfg.latency_target is not None and not fractions:
         own = rows[0]
     elif cfg.latency_budget is not None:
         own = next((r for r in rows if abs(r["budget"] - cfg.latency_budget) < 1e-12), None)
     with run.lock():
         if lat.table is not None:  # the layer shapes the solver timed join the cached table
             run.save_latency_model(lat)
-        run.save_plans([{**r, "solution": r["solution"].to_dict()} for r in rows])
+        if save:
+            run.save_plans([{**r, "solution": r["solution"].to_dict()} for r in rows])
         if own is not None:
             _said_retired(run.save_plan(own["budget"], own["solution"], exact_cost_grid(
                 shrinker, own["solution"].best.d, pred.lower), latency=own["latency"]))
+    return rows
+
+
+def plan_max_drop(run: Run, shrinker: Shrinker, cfg: PipelineConfig, progress=None,
+                  save: bool = True, own_target: bool = True) -> dict:
+    """The cheapest point whose hedged predicted drop stays within ``cfg.max_drop`` points
+    (:func:`~dwrprune.search.within_drop.solve_max_drop`): fewest MACs, or on a latency
+    target the lowest latency, where the few cheapest by the latency model are measured for
+    real beside the original and the fastest measured is taken.  Writes plan.json."""
+    from ..cost.latency import Reference, measure_ms
+    from ..search.within_drop import solve_max_drop
+
+    pred, _ = run.predictor()
+    lo = search_box(cfg.lower_bounds, pred, shrinker)
+    target = cfg.latency_target
+    lat = latency_model_for(run, shrinker, target, progress) if target is not None else None
+    res = solve_max_drop(pred, shrinker, cfg.max_drop, lo, lat)
+    cands = [res["best"], *res["runners_up"]]
+    info = None
+    if lat is not None:  # the model steers; the choice is the fastest measured of the few
+        ref = Reference(shrinker.model, shrinker.base_resolution, lat.original_ms)
+        for c in cands[:3]:
+            out = shrinker.shrink(c["d"], c["w"], c["r"])
+            c["measured"] = measure_ms(out.model, out.spec["input"]["resolution"], target,
+                                       reference=ref)
+        cands = sorted(cands[:3], key=lambda c: c["measured"]["median_ms"]) + cands[3:]
+        m = cands[0]["measured"]
+        info = {"target": target.key(), "budget_ms": None, "original_ms": lat.original_ms,
+                "fraction": m["ratio"], "measured": m, "steps": [],
+                "latency_model": lat.kind, "heldout_median_ape": lat.heldout_median_ape}
+    base = shrinker.macs(1, 1, 1)
+    chosen = [Candidate(c["d"], c["w"], c["r"], round(c["d"] * len(shrinker.blocks)),
+                        c["resolution"], c["macs"], c["macs"] / base, c["predicted"])
+              for c in cands]
+    budget = info["fraction"] if info else chosen[0].macs_ratio
+    sol = Solution(budget, base, None, chosen[0], chosen[1:])
+    b = cands[0]
+    sol.decision = {"max_drop": cfg.max_drop, "predicted_drop": b["drop"],
+                    "drop_sd": b["drop_sd"], "minimised": res["minimised"],
+                    "why": f"the {'fastest measured' if info else 'fewest MACs'} of the points "
+                           f"whose predicted drop {100 * b['drop']:.2f} + one sd "
+                           f"{100 * b['drop_sd']:.2f} stays within {cfg.max_drop:g} points",
+                    "chosen": "max_drop"}
+    row = {"budget": budget, "solution": sol, "latency": info, "max_drop": cfg.max_drop}
+    with run.lock():
+        if save:
+            run.save_plans([{**row, "solution": sol.to_dict()}])
+        if own_target:
+            _said_retired(run.save_plan(budget, sol, exact_cost_grid(
+                shrinker, b["d"], pred.lower), latency=info))
+    return row
+
+
+def parse_targets(text: str, threads: int = 1) -> list:
+    """``cpu-b1,ort-b1,cudagraph-b1`` as latency targets, each checked usable here (the
+    runtime installed, the device present): one error before any work."""
+    from ..cost.latency import LatencyTarget
+
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not names:
+        raise DwrpruneError("--targets needs at least one target, like cpu-b1,ort-b1")
+    targets = [LatencyTarget.parse(n, threads) for n in names]
+    keys = [t.key() for t in targets]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise DwrpruneError(f"target {twice[0]} is listed twice in --targets")
+    for t in targets:
+        t.check()
+    return targets
+
+
+def plan_targets(run: Run, shrinker: Shrinker, cfg: PipelineConfig, targets: list,
+                 fractions: list[float] | None = None, progress=None) -> list[dict]:
+    """One collection planned for many targets: for every target, the choice under each
+    latency budget in ``fractions`` (or, with ``cfg.max_drop``, the fastest within the
+    drop), each with its own cached latency model.  Writes every row to plans.json; plan.json
+    only for the run's own target and budget."""
+    if not fractions and cfg.max_drop is None and cfg.latency_target is None:
+        raise DwrpruneError("planning for latency targets needs latency budgets "
+                            "(--latency-budgets 0.5,0.7) or --max-drop")
+    own = cfg.latency_target
+    rows: list[dict] = []
+    for t in targets:
+        tcfg = cfg.replace(device=t.device, latency_batch=t.batch, threads=t.threads,
+                           runtime=t.runtime, **({"max_drop": None} if fractions else {}))
+        if cfg.max_drop is not None and not fractions:
+            rows.append(plan_max_drop(run, shrinker, tcfg, progress, save=False,
+                                      own_target=t == own))
+        else:
+            rows += plan_latency(run, shrinker, tcfg, fractions, progress, save=False,
+                                 own_target=t == own)
+    with run.lock():
+        run.save_plans([{**r, "solution": r["solution"].to_dict()} for r in rows])
     return rows

@@ -95,6 +95,14 @@ def validate_config(cfg) -> None:
     _need(1 <= cfg.threads <= MAX_THREADS, f"threads must be in [1, {MAX_THREADS}], got "
           f"{cfg.threads}")
     _one_of("device", cfg.device, ("cpu", "cuda"))
+    from ..cost.runtimes import RUNTIMES
+
+    _one_of("runtime", cfg.runtime, tuple(RUNTIMES.names()))
+    _one_of("minimize", cfg.minimize, ("latency", "macs"))
+    _need(cfg.max_drop is None or 0.0 <= cfg.max_drop <= 100.0,
+          f"max_drop must be points of accuracy in [0, 100], got {cfg.max_drop}")
+    _need(cfg.max_drop is None or (cfg.latency_budget is None and cfg.latency_ms is None),
+          "max_drop cannot go with a latency budget: give one")
     check_device(cfg.device)  # cuda on a machine without one, whatever the budget
     if cfg.latency_target is not None:
         cfg.latency_target.check()  # cuda on a machine without one, say

@@ -58,6 +58,9 @@ class LayerGeom:
     positions: int  # output H*W for convs, rows for linear layers
 
 
+ALIGN = 8  # the channel block many kernels compute in (see ChannelCost.structure)
+
+
 class ChannelCost:
     """MACs of the conv and linear layers as a function of how many channels each coupled
     group keeps.  One piece of arithmetic serves both cost models: with integer counts it is
@@ -103,11 +106,15 @@ class ChannelCost:
     def structure(self, counts=(), dropped: frozenset[str] | set[str] = frozenset()) -> dict:
         """What else a forward pass costs beyond MACs: output elements written (memory
         traffic), weights read, and layers run (per-call overheads)."""
-        out = {"activations": 0, "weights": 0, "layers": 0}
+        out = {"activations": 0, "weights": 0, "layers": 0, "aligned_macs": 0}
         for g, _, cout, per_group in self._layers(counts, dropped):
             out["activations"] += g.positions * cout
             out["weights"] += g.kernel * per_group * cout
             out["layers"] += 1
+            # MACs as kernels that block channels by 8 (ONNX Runtime's NCHWc, GPU tensor
+            # cores) run them: each channel count rounded up to a multiple of 8
+            k_in = per_group if per_group == 1 else -(-per_group // ALIGN) * ALIGN
+            out["aligned_macs"] += g.positions * g.kernel * k_in * (-(-cout // ALIGN) * ALIGN)
         return out
 
 

@@ -1,0 +1,177 @@
+"""What a model runs in when it is timed: the runtimes a latency target can name.
+
+A runtime turns a module and an example input into a *timed call*: a function of no
+arguments that runs one forward pass and returns when it is done.  Everything that measures
+latency (whole models, one layer of the lookup table, the final verdict) goes through
+:meth:`Runtime.prepare`, so a new runtime is one small class::
+
+    @RUNTIMES.register
+    class MyRuntime:
+        name = "my-runtime"
+        devices = ("cpu",)
+
+        def check(self, device: str) -> None:   # installed, and the device is there?
+            pass
+
+        def prepare(self, module, x, threads):  # -> a call that runs module(x) once
+            return lambda: module(x)
+
+The three shipped:
+
+    torch        PyTorch eager, CPU (fixed threads) or CUDA (synchronised)
+    onnxruntime  the module exported to ONNX and run in an InferenceSession with fixed
+                 intra-op threads (CPU): what most CPU servers run
+    cuda-graph   PyTorch on CUDA, captured once as a CUDA graph and replayed: what a GPU
+                 server runs at small batch, free of the CPU's kernel-launch time
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ..errors import DwrpruneError
+from ..registry import Registry
+
+TimedCall = Callable[[], None]
+
+
+class Runtime(Protocol):
+    name: str
+    devices: tuple[str, ...]
+
+    def check(self, device: str) -> None:
+        """One clear error when this runtime cannot run on ``device`` here."""
+
+    def prepare(self, module: nn.Module, x: torch.Tensor, threads: int) -> TimedCall:
+        """A call that runs ``module(x)`` once (``module`` in eval mode, ``x`` on the
+        device) and returns when the result is ready; it is called under
+        ``torch.inference_mode``."""
+
+
+RUNTIMES: Registry = Registry("runtime")
+
+
+def _check_cuda(name: str) -> None:
+    if not torch.cuda.is_available():
+        raise DwrpruneError(f"the {name} runtime needs a CUDA GPU, and this machine has none; "
+                            "time on the CPU (--device cpu, --runtime torch or onnxruntime)")
+
+
+@RUNTIMES.register
+class TorchEager:
+    """PyTorch eager mode; on CUDA each pass is synchronised."""
+
+    name = "torch"
+    devices = ("cpu", "cuda")
+
+    def check(self, device: str) -> None:
+        if device == "cuda":
+            _check_cuda("torch (cuda)")
+
+    def prepare(self, module: nn.Module, x: torch.Tensor, threads: int) -> TimedCall:
+        if x.device.type != "cuda":
+            return lambda: module(x)
+
+        def call() -> None:
+            module(x)
+            torch.cuda.synchronize()
+
+        return call
+
+
+def onnx_bytes(module: nn.Module, x: torch.Tensor) -> bytes:
+    """``module`` as an ONNX model for input ``x`` (fixed shape), in memory: the TorchScript
+    exporter first (fast), the torch.export one where that fails; one error naming what
+    neither could export."""
+    errors = []
+    for dynamo in (False, True):
+        f = io.BytesIO()
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, (x,), f, dynamo=dynamo, input_names=["input"],
+                                  output_names=["output"])
+            return f.getvalue()
+        except Exception as e:  # noqa: BLE001 - both exporters' reasons go into the error
+            errors.append(f"{'torch.export' if dynamo else 'TorchScript'}: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+    raise DwrpruneError(f"{type(module).__name__} cannot be exported to ONNX, so it cannot be "
+                        f"timed in onnxruntime ({'; '.join(errors)})")
+
+
+@RUNTIMES.register
+class OnnxRuntime:
+    """ONNX Runtime on the CPU: one InferenceSession per module, ``threads`` intra-op
+    threads, sequential execution, all graph optimisations (as a server deploys it)."""
+
+    name = "onnxruntime"
+    devices = ("cpu",)
+
+    def check(self, device: str) -> None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise DwrpruneError("the onnxruntime runtime needs onnxruntime: pip install "
+                                "'dwrprune[onnx]'") from None
+
+    def prepare(self, module: nn.Module, x: torch.Tensor, threads: int) -> TimedCall:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(onnx_bytes(module, x.cpu()), opts,
+                                    providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x.cpu().numpy()}
+        return lambda: sess.run(None, feed)
+
+
+@RUNTIMES.register
+class CudaGraph:
+    """PyTorch on CUDA, captured as a CUDA graph after a warm-up on a side stream, then
+    replayed: one launch per pass, so batch-1 timings measure the GPU, not the CPU."""
+
+    name = "cuda-graph"
+    devices = ("cuda",)
+
+    def check(self, device: str) -> None:
+        _check_cuda("cuda-graph")
+
+    def prepare(self, module: nn.Module, x: torch.Tensor, threads: int) -> TimedCall:
+        static = x.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(stream):
+            for _ in range(3):
+                module(static)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            module(static)
+
+        def call() -> None:
+            graph.replay()
+            torch.cuda.synchronize()
+
+        return call
+
+
+def check_runtime(runtime: str, device: str) -> Runtime:
+    """The registered runtime, checked for ``device`` on this machine."""
+    rt = RUNTIMES.get(runtime)()
+    if device not in rt.devices:
+        raise DwrpruneError(f"the {runtime} runtime runs on {' or '.join(rt.devices)}, not "
+                            f"{device!r}")
+    rt.check(device)
+    return rt

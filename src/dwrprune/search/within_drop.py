@@ -1,0 +1,78 @@
+"""The cheapest (d, w, r) within an accuracy loss: instead of a budget, a largest allowed drop
+of predicted validation accuracy below the original's, and the fewest MACs (or, with a
+latency model, the lowest modelled latency on its target) that keeps within it.
+
+The drop is hedged by the predictor's uncertainty as the budgeted choice is: a point
+qualifies when its predicted drop plus one standard deviation of that drop
+(:meth:`~dwrprune.search.predictor.Predictor.gain` against the original, floored at the
+noise of one measured accuracy) is at most ``max_drop``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from ..errors import DwrpruneError
+from ..pruning.shrink import Shrinker
+
+
+def narrowest(ok: Callable[[float], bool], lo: float, steps: int = 12) -> float | None:
+    """The narrowest w in [lo, 1] for which ``ok`` holds, given that accuracy never falls
+    as w grows: ``lo`` if it holds there, None if not even at 1, else bisection."""
+    if not ok(1.0):
+        return None
+    if ok(lo):
+        return lo
+    a, b = lo, 1.0  # fails at a, holds at b
+    for _ in range(steps):
+        mid = (a + b) / 2
+        a, b = (a, mid) if ok(mid) else (mid, b)
+    return b
+
+
+def hedged_drop(pred, point) -> tuple[float, float]:
+    """Predicted drop (fraction of accuracy) of ``point`` below the original, and its sd."""
+    gain, sd = pred.gain(tuple(point), (1.0, 1.0, 1.0))
+    return -gain, sd
+
+
+def solve_max_drop(pred, shr: Shrinker, max_drop: float, lower: tuple[float, float, float],
+                   latency=None, keep: int = 5) -> dict:
+    """Every kept-block count and input side in the box, each with the narrowest width whose
+    hedged drop is within ``max_drop`` (points); the cheapest first (``latency``: a
+    :class:`~dwrprune.cost.latency.LatencyModel`, else exact MACs).  Returns ``best`` and
+    up to ``keep - 1`` ``runners_up`` (candidate dicts)."""
+    if not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop) and max_drop >= 0):
+        raise DwrpruneError(f"max_drop must be a number of points >= 0, got {max_drop!r}")
+    limit = max_drop / 100
+    nb, px = len(shr.blocks), shr.base_resolution
+    ds = [k / nb for k in range(nb, 0, -1) if k / nb >= lower[0] - 1e-9] if nb else [1.0]
+    pmin = max(shr.min_resolution, math.ceil(lower[2] * px - 1e-9))
+    cands = []
+    for d in ds:
+        for p in range(px, pmin - 1, -1):
+            r = p / px
+            w = narrowest(lambda w, d=d, r=r: sum(hedged_drop(pred, (d, w, r))) <= limit,
+                          lower[1])
+            if w is None:
+                continue
+            drop, sd = hedged_drop(pred, (d, w, r))
+            c = {"d": d, "w": w, "r": r, "resolution": p, "predicted": float(pred(d, w, r)),
+                 "drop": drop, "drop_sd": sd, "macs": shr.macs(d, w, r)}
+            if latency is not None:
+                c["latency_ms"] = latency(shr, d, w, r)
+            cands.append(c)
+    if not cands:
+        _, sd = hedged_drop(pred, (1.0, 1.0, 1.0))
+        raise DwrpruneError(
+            f"no pruned model is predicted within {max_drop:g} points of the original (the "
+            f"prediction's own uncertainty is {100 * sd:.2f} points: measure on more "
+            "validation images, or allow a larger drop)")
+    cost = "latency_ms" if latency is not None else "macs"
+    cands.sort(key=lambda c: (c[cost], -c["predicted"]))
+    if all(cands[0][k] == 1.0 for k in "dwr"):
+        raise DwrpruneError(f"only the original itself is predicted within {max_drop:g} points "
+                            "of the original: allow a larger drop")
+    return {"max_drop": max_drop, "best": cands[0], "runners_up": cands[1:keep],
+            "minimised": cost}

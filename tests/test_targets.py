@@ -1,0 +1,216 @@
+"""Latency targets beyond PyTorch on the CPU: runtimes as small objects (PyTorch eager,
+ONNX Runtime, CUDA graphs), target names and keys, one collection planned for many targets,
+and the fastest model within an accuracy loss (--max-drop)."""
+
+import builtins
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dwrprune
+from dwrprune import DwrpruneError
+from dwrprune.cli import main
+from dwrprune.cost import latency as L
+from dwrprune.cost.runtimes import RUNTIMES
+from dwrprune.cost.timing import time_in_turns
+from dwrprune.pipeline import resolve_config
+from dwrprune.pipeline.solve import parse_targets
+from dwrprune.search.within_drop import narrowest, solve_max_drop
+
+
+@pytest.fixture(scope="module")
+def shr():
+    m = dwrprune.create_model("resnet_tiny2", num_classes=10, in_channels=3)
+    m.dwrprune_spec = dwrprune.make_spec("resnet_tiny2", 10, 3, 16)
+    return dwrprune.Shrinker(m)
+
+
+@pytest.mark.parametrize("name, key", [
+    ("cpu-b1", "cpu-b1-t1"), ("cpu-b64-t4", "cpu-b64-t4"), ("ort-b1", "onnxruntime-cpu-b1-t1"),
+    ("onnxruntime-b8-t2", "onnxruntime-cpu-b8-t2"), ("cuda-b1", "cuda-b1-t1"),
+    ("cudagraph-b1", "cuda-graph-cuda-b1-t1"), ("onnxruntime-cpu-b1-t1", "onnxruntime-cpu-b1-t1"),
+])
+def test_target_names_and_keys_round_trip(name, key):
+    t = L.LatencyTarget.parse(name)
+    assert t.key() == key and L.LatencyTarget.from_key(key) == t
+    # the key names every part, so cached latency models never mix targets
+    assert L.LatencyTarget.from_key(L.LatencyTarget("cpu", 1, 1).key()).runtime == "torch"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("tpu-b1", "unknown latency target 'tpu-b1'"),
+    ("cpu-b1,ort-b2,cpu-b1", "target cpu-b1-t1 is listed twice"),
+    ("cpu", "unknown latency target 'cpu'"),
+    (",", "needs at least one target"),
+])
+def test_bad_targets_are_one_clear_error(text, message):
+    with pytest.raises(DwrpruneError, match=message):
+        parse_targets(text)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+@pytest.mark.parametrize("name", ["cudagraph-b1", "cuda-b1"])
+def test_gpu_targets_without_a_gpu_say_so_before_any_work(name):
+    with pytest.raises(DwrpruneError, match="CUDA GPU|no GPU|cuda"):
+        parse_targets(name)
+
+
+def test_onnxruntime_not_installed_names_the_extra(monkeypatch):
+    real = builtins.__import__
+
+    def no_ort(name, *a, **k):
+        if name == "onnxruntime":
+            raise ImportError("no onnxruntime")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_ort)
+    with pytest.raises(DwrpruneError, match=r"pip install 'dwrprune\[onnx\]'"):
+        L.LatencyTarget.parse("ort-b1").check()
+
+
+def test_onnxruntime_times_the_exported_model_and_agrees_with_torch(shr):
+    """The onnxruntime runtime runs the module exported to ONNX (its output is PyTorch's),
+    timed in turns like every runtime."""
+    import onnxruntime as ort
+
+    from dwrprune.cost.runtimes import onnx_bytes
+
+    m = shr.shrink(0.5, 0.75, 1.0).model.eval()
+    x = torch.randn(1, 3, 16, 16)
+    sess = ort.InferenceSession(onnx_bytes(m, x), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert np.allclose(sess.run(None, {"input": x.numpy()})[0], m(x).numpy(), atol=1e-4)
+    times = time_in_turns([(m, x), (shr.model.eval(), x)], repeats=5, runtime="onnxruntime")
+    assert [len(t) for t in times] == [5, 5] and all(v > 0 for t in times for v in t)
+
+
+def test_a_model_onnx_cannot_export_is_named(monkeypatch):
+    from dwrprune.cost.runtimes import onnx_bytes
+
+    class Odd(nn.Module):
+        def forward(self, x):
+            return torch.fft.fft2(x).abs()  # complex intermediates: no ONNX export
+
+    def refuse(*a, **k):
+        raise RuntimeError("Exporting the operator 'aten::fft_fft2' to ONNX is not supported")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    with pytest.raises(DwrpruneError, match="Odd cannot be exported to ONNX.*aten::fft_fft2"):
+        onnx_bytes(Odd(), torch.zeros(1, 1, 4, 4))
+
+
+def test_a_runtime_is_one_small_class(shr):
+    """A new runtime registers with a name, its devices, check and prepare; the latency
+    model, the lookup table and the verdict all time through it."""
+    calls = []
+
+    @RUNTIMES.register
+    class Counting:
+        name = "counting"
+        devices = ("cpu",)
+
+        def check(self, device):
+            pass
+
+        def prepare(self, module, x, threads):
+            def run():
+                calls.append(x.shape[-1])
+                module(x)
+            return run
+
+    try:
+        t = L.LatencyTarget("cpu", 1, 1, "counting").check()
+        assert t.key() == "counting-cpu-b1-t1" or t.key().startswith("counting")
+        lm = L.build_latency_model(shr, t, n_fit=6, n_heldout=2, repeats=2, kind="lut")
+        assert calls and lm.target.runtime == "counting"
+    finally:
+        RUNTIMES.unregister("counting")
+
+
+# ---------------------------------------------------------------------------- max drop
+class _Pred:
+    """Accuracy falls linearly along each axis; a fixed uncertainty."""
+
+    lower = (0.25, 0.25, 0.5)
+
+    def __init__(self, sd=0.001):
+        self.sd = sd
+
+    def __call__(self, d, w, r):
+        return 0.9 - 0.02 * (1 - d) - 0.04 * (1 - w) - 0.03 * (1 - r)
+
+    def gain(self, a, b):
+        return self(*a) - self(*b), self.sd
+
+
+def test_narrowest_width_within_a_drop():
+    assert narrowest(lambda w: w >= 0.6, 0.25) == pytest.approx(0.6, abs=1e-3)
+    assert narrowest(lambda w: True, 0.25) == 0.25
+    assert narrowest(lambda w: False, 0.25) is None
+
+
+def test_fewest_macs_within_the_drop_and_hedged_by_the_uncertainty(shr):
+    res = solve_max_drop(_Pred(), shr, 1.0, (0.25, 0.25, 0.5))
+    b = res["best"]
+    assert res["minimised"] == "macs" and 100 * (b["drop"] + b["drop_sd"]) <= 1.0 + 1e-6
+    assert all(c["macs"] >= b["macs"] for c in res["runners_up"])
+    # a larger uncertainty leaves less room: the choice costs more
+    hedged = solve_max_drop(_Pred(sd=0.005), shr, 1.0, (0.25, 0.25, 0.5))["best"]
+    assert hedged["macs"] > b["macs"]
+    with pytest.raises(DwrpruneError, match="uncertainty is 2.00 points"):
+        solve_max_drop(_Pred(sd=0.02), shr, 1.0, (0.25, 0.25, 0.5))
+
+
+@pytest.mark.parametrize("opts, message", [
+    ({"max_drop": -1.0}, "max_drop must be points"),
+    ({"max_drop": float("nan")}, "max_drop must be points"),
+    ({"max_drop": 0.5, "budget": 0.5}, "cannot go with a budget"),
+    ({"max_drop": 0.5, "latency_budget": 0.5}, "cannot go with a budget"),
+    ({"runtime": "tensorrt"}, "runtime must be one of torch, onnxruntime, cuda-graph"),
+    ({"minimize": "params"}, "minimize must be one of latency, macs"),
+])
+def test_max_drop_and_runtime_options_are_checked(opts, message):
+    with pytest.raises(DwrpruneError, match=message):
+        resolve_config(None, **opts)
+
+
+def test_max_drop_from_the_cli_is_checked_before_any_work(tmp_path, capsys):
+    assert main(["prune", "--max-drop", "abc", "--out", str(tmp_path / "r")]) == 2
+    assert "--max-drop" in capsys.readouterr().err
+    assert main(["prune", "--max-drop", "0.5", "--budget", "0.5", "--out",
+                 str(tmp_path / "r")]) == 2
+    assert "cannot go with a budget" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_max_drop_and_many_targets_from_one_collection(tmp_path, tiny_checkpoint, tiny_options,
+                                                       capsys):
+    """--max-drop (fewest MACs) through the pipeline, with the drop predicted and measured
+    in final.json; then the same collection planned for two targets at two budgets."""
+    opts = {k: v for k, v in tiny_options.items() if k not in ("data", "budget")}
+    res = dwrprune.prune(dwrprune.load(tiny_checkpoint), "synthetic", out=tmp_path / "run",
+                         progress="never", max_drop=30.0, minimize="macs",
+                         checkpoint=str(tiny_checkpoint), **opts)
+    md = res.report["max_drop"]
+    assert md["allowed"] == 30.0 and md["predicted_drop"] + md["drop_sd"] <= 30.0 + 1e-6
+    assert {"val_drop", "test_drop"} <= set(md) and res.report["macs_ratio"] < 1.0
+    assert "Allowed drop 30 points" in res.report_path.read_text()
+    capsys.readouterr()
+    assert main(["plan", "--run", str(tmp_path / "run"), "--targets", "cpu-b1,ort-b1",
+                 "--latency-budgets", "0.85,0.95"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads((tmp_path / "run" / "plans.json").read_text())
+    assert sorted((r["latency"]["target"], round(r["budget"], 3)) for r in rows) == [
+        ("cpu-b1-t1", 0.85), ("cpu-b1-t1", 0.95), ("onnxruntime-cpu-b1-t1", 0.85),
+        ("onnxruntime-cpu-b1-t1", 0.95)]
+    assert "onnxruntime-cpu-b1-t1" in out
+    for key in ("cpu-b1-t1", "onnxruntime-cpu-b1-t1"):  # one latency model per target
+        assert (tmp_path / "run" / "latency" / f"{key}.json").is_file()
+    # the run's own plan (the max-drop choice) is left as it was
+    plan = dwrprune.pipeline.Run(tmp_path / "run").plan()
+    assert plan["solution"]["decision"]["max_drop"] == 30.0
