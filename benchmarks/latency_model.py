@@ -1,14 +1,16 @@
 """How well the latency model predicts measured latency, per target (run on a quiet machine).
 
-    python benchmarks/latency_model.py [--checkpoint resnet20-fashion-mnist] [--batches 1,64]
-        [--threads 1] [--fit 16] [--heldout 12] [--out benchmarks/results/latency-model]
-        [--update-docs]
+    python benchmarks/latency_model.py [--checkpoint resnet20-fashion-mnist]
+        [--targets cpu-b1,cpu-b64,ort-b1] [--threads 1] [--fit 16] [--heldout 12]
+        [--out benchmarks/results/latency-model] [--update-docs]
 
-For each batch size: measure the original and ``fit + heldout`` shrunk models spread over
-the (d, w, r) box (Latin hypercube), fit both kinds of latency model (whole-network totals,
-per-layer lookup table) on the first ``fit``, and report each one's leave-one-out error on
-the fit points (what ``kind="auto"`` chooses by) and its error on the held-out ones.  Writes
-OUT/points.csv (every measured point, with both models' values) and OUT/table.md.
+For each target (PyTorch on the CPU at batch 1 and 64, ONNX Runtime at batch 1): measure the
+original and ``fit + heldout`` shrunk models spread over the (d, w, r) box (Latin
+hypercube), fit every kind of latency model (whole-network totals, the same with channels
+counted in blocks of 8, per-layer lookup table) on the first ``fit``, and report each one's
+leave-one-out error on the fit points (what ``kind="auto"`` chooses by) and its error on the
+held-out ones.  Writes OUT/points.csv (every measured point, with every model's values) and
+OUT/table.md.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="resnet20-fashion-mnist")
-    ap.add_argument("--batches", default="1,64")
+    ap.add_argument("--targets", default="cpu-b1,cpu-b64,ort-b1")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fit", type=int, default=16)
     ap.add_argument("--heldout", type=int, default=12)
@@ -44,8 +46,8 @@ def main() -> None:
     lines = ["| target | latency model | original (ms) | fit points | held-out points | "
              "LOO median error (fit points) | held-out median error | held-out mean error | "
              "worst | kept by auto |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for b in (int(x) for x in args.batches.split(",")):
-        target = LatencyTarget("cpu", b, args.threads)
+    for name in args.targets.split(","):
+        target = LatencyTarget.parse(name, args.threads).check()
         design = measure_design(shr, target, args.fit, args.heldout, repeats=args.repeats,
                                 progress=print)
         models = {k: fit_latency_model(shr, target, design, k) for k in FEATURES}
@@ -65,8 +67,11 @@ def main() -> None:
                          f"{100 * e['heldout_worst_ape']:.1f}% | "
                          f"{'yes' if k == kept else ''} |")
     stamp = machine_stamp()
-    lines.append(f"\nMeasured with torch {stamp['torch']} on {stamp['cpu']}, "
-                 f"{args.threads} thread(s), median of {args.repeats} runs per point.")
+    import onnxruntime
+
+    lines.append(f"\nMeasured with torch {stamp['torch']} and onnxruntime "
+                 f"{onnxruntime.__version__} on {stamp['cpu']}, {args.threads} thread(s), "
+                 f"median of {args.repeats} runs per point.")
     with open(out / "points.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

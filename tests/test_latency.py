@@ -41,6 +41,11 @@ def test_structure_is_exact_on_the_shrunk_model(shr, point):
     assert (s["activations"], s["weights"], s["layers"]) == (sum(acts), sum(weights),
                                                               len(layers))
     assert s["macs"] == out.macs
+    # every layer's MACs fall on one side: channels all multiples of 8, or not
+    assert s["aligned_macs"] + s["unaligned_macs"] == s["macs"]
+    convs = [m for m in out.model.modules() if isinstance(m, nn.Conv2d)]
+    if all(m.in_channels % 8 == 0 and m.out_channels % 8 == 0 for m in convs[1:]):
+        assert s["aligned_macs"] > 0
 
 
 @pytest.mark.parametrize("kind", ["auto", "features", "lut", "aligned"])

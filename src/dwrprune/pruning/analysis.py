@@ -106,15 +106,17 @@ class ChannelCost:
     def structure(self, counts=(), dropped: frozenset[str] | set[str] = frozenset()) -> dict:
         """What else a forward pass costs beyond MACs: output elements written (memory
         traffic), weights read, and layers run (per-call overheads)."""
-        out = {"activations": 0, "weights": 0, "layers": 0, "aligned_macs": 0}
-        for g, _, cout, per_group in self._layers(counts, dropped):
+        out = {"activations": 0, "weights": 0, "layers": 0, "aligned_macs": 0,
+               "unaligned_macs": 0}
+        for g, cin, cout, per_group in self._layers(counts, dropped):
             out["activations"] += g.positions * cout
             out["weights"] += g.kernel * per_group * cout
             out["layers"] += 1
-            # MACs as kernels that block channels by 8 (ONNX Runtime's NCHWc, GPU tensor
-            # cores) run them: each channel count rounded up to a multiple of 8
-            k_in = per_group if per_group == 1 else -(-per_group // ALIGN) * ALIGN
-            out["aligned_macs"] += g.positions * g.kernel * k_in * (-(-cout // ALIGN) * ALIGN)
+            # kernels that compute channels in blocks of 8 (ONNX Runtime's NCHWc layout, GPU
+            # tensor cores) take a faster path when every channel count is a multiple of 8
+            aligned = cin % ALIGN == 0 and cout % ALIGN == 0
+            out["aligned_macs" if aligned else "unaligned_macs"] += \
+                g.positions * g.kernel * per_group * cout
         return out
 
 
