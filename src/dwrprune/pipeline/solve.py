@@ -134,9 +134,11 @@ def _said_retired(dest) -> None:
 def latency_model_for(run: Run, shrinker: Shrinker, target, progress=None):
     """The run's latency model for ``target``: cached in ``run/latency/``, else measured on
     this machine now (a minute or two) and cached."""
-    from ..cost.latency import build_latency_model
+    from ..cost.latency import FEATURES, build_latency_model
 
     model = run.latency_model(target)
+    if model is not None and model.errors and not set(FEATURES) <= set(model.errors):
+        model = None  # cached before a kind of model existed: measure and choose again
     if model is None:
         tqdm.write(f"[latency] measuring a latency model on {target.key()} (shrunk models spread "
                    "over the box, timed on this machine; cached in the run folder)")
@@ -227,6 +229,11 @@ def plan_max_drop(run: Run, shrinker: Shrinker, cfg: PipelineConfig, progress=No
                                        reference=ref)
         cands = sorted(cands[:3], key=lambda c: c["measured"]["median_ms"]) + cands[3:]
         m = cands[0]["measured"]
+        if m["ratio"] >= 1.0:
+            raise DwrpruneError(
+                f"no model predicted within {cfg.max_drop:g} points of the original is faster "
+                f"than the original on {target.key()} (the fastest measured "
+                f"{m['ratio']:.2f}x its latency); allow a larger drop")
         info = {"target": target.key(), "budget_ms": None, "original_ms": lat.original_ms,
                 "fraction": m["ratio"], "measured": m, "steps": [],
                 "latency_model": lat.kind, "heldout_median_ape": lat.heldout_median_ape}

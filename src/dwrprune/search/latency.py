@@ -9,7 +9,7 @@ import math
 from ..cost.latency import TOLERANCE, LatencyModel, Reference, measure_ms
 from ..errors import DwrpruneError
 from ..pruning.shrink import Shrinker
-from .solver import widest
+from .solver import whole_channel_widths, widest
 
 
 class LatencyOutOfReach(DwrpruneError):
@@ -22,12 +22,10 @@ def _wider_within(shr: Shrinker, lat: LatencyModel, d: float, w: float, r: float
     not always monotone in width: a lookup table sees that kernels can run a channel count
     that is a multiple of 8 or 16 faster than one channel fewer (the "round the channels"
     effect), which bisection alone would miss.  Steps of one channel of the widest group."""
-    step = 1.0 / max((g.size for g in shr.groups()), default=1)
-    best, x = w, w + step
-    while x <= min(1.0, w + span) + 1e-12:
-        if lat(shr, d, min(x, 1.0), r) <= budget_ms:
-            best = min(x, 1.0)
-        x += step
+    best = w
+    for x in whole_channel_widths(shr, w, w + span):
+        if lat(shr, d, x, r) <= budget_ms:
+            best = x
     return best
 
 

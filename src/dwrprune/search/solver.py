@@ -15,6 +15,7 @@ accuracy wins; runners-up are returned too.  No returned point exceeds the budge
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -92,6 +93,14 @@ def widest(fits: Callable[[float], bool], lo: float, steps: int = 14) -> float:
         mid = (a + b) / 2
         a, b = (mid, b) if fits(mid) else (a, mid)
     return a
+
+
+def whole_channel_widths(shr, lo: float, hi: float) -> list[float]:
+    """The widths in (lo, hi] at which the widest channel group keeps a whole number of
+    channels (so 1.0 is among them when hi reaches it): where latency can step."""
+    size = max((g.size for g in shr.groups()), default=1)
+    first = math.floor(lo * size + 1e-9) + 1
+    return [k / size for k in range(first, math.floor(min(hi, 1.0) * size + 1e-9) + 1)]
 
 
 def search_box(lower, pred, shr) -> tuple[float, float, float]:

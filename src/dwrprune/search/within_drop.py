@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from ..errors import DwrpruneError
 from ..pruning.shrink import Shrinker
+from .solver import whole_channel_widths
 
 
 def narrowest(ok: Callable[[float], bool], lo: float, steps: int = 12) -> float | None:
@@ -29,6 +30,19 @@ def narrowest(ok: Callable[[float], bool], lo: float, steps: int = 12) -> float 
         mid = (a + b) / 2
         a, b = (a, mid) if ok(mid) else (mid, b)
     return b
+
+
+def _fastest_wider(shr: Shrinker, latency, d: float, w: float, r: float,
+                   span: float = 0.2) -> tuple[float, float]:
+    """The width in [w, w + span] (whole channels of the widest group) with the lowest
+    modelled latency: wider keeps the accuracy, and kernels that compute channels in blocks
+    can run a wider layer faster."""
+    best = (w, latency(shr, d, w, r))
+    for x in whole_channel_widths(shr, w, w + span):
+        ms = latency(shr, d, x, r)
+        if ms < best[1]:
+            best = (x, ms)
+    return best
 
 
 def hedged_drop(pred, point) -> tuple[float, float]:
@@ -57,11 +71,14 @@ def solve_max_drop(pred, shr: Shrinker, max_drop: float, lower: tuple[float, flo
                           lower[1])
             if w is None:
                 continue
+            ms = None
+            if latency is not None:  # a little wider can run faster (channels in blocks)
+                w, ms = _fastest_wider(shr, latency, d, w, r)
             drop, sd = hedged_drop(pred, (d, w, r))
             c = {"d": d, "w": w, "r": r, "resolution": p, "predicted": float(pred(d, w, r)),
                  "drop": drop, "drop_sd": sd, "macs": shr.macs(d, w, r)}
-            if latency is not None:
-                c["latency_ms"] = latency(shr, d, w, r)
+            if ms is not None:
+                c["latency_ms"] = ms
             cands.append(c)
     if not cands:
         _, sd = hedged_drop(pred, (1.0, 1.0, 1.0))
