@@ -59,7 +59,8 @@ def cmd_run(args) -> None:
     if args.latency_budgets:
         from dwrprune.cost.latency import LatencyTarget
 
-        target = LatencyTarget(args.device, args.latency_batch, args.threads)
+        target = LatencyTarget("cuda" if args.runtime == "cuda-graph" else args.device,
+                               args.latency_batch, args.threads, args.runtime)
         budgets = args.latency_budgets
     methods = (args.methods.split(",") if args.methods else
                list(METHODS) + (["3d-latency"] if target else []))
@@ -289,6 +290,8 @@ def main() -> None:
     r.add_argument("--latency-batch", type=int, default=1)
     r.add_argument("--threads", type=int, default=1, help="threads latency is measured with")
     r.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    r.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime", "cuda-graph"],
+                   help="what latency is measured in (see dwrprune.cost.runtimes)")
     r.set_defaults(func=cmd_run)
     la = sub.add_parser("latency", help="(re-)measure the latency columns on a quiet machine")
     la.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))

@@ -173,3 +173,6 @@ def test_collection_cost_is_counted_and_estimated_from_its_own_timings():
     done = [sample("orig", 0, 2.0), sample("d/0", 30, 8.0)]  # 0.2 s per step
     assert estimate_seconds(jobs[2:], done, cfg) == pytest.approx(
         sum(2.0 + 0.2 * job_steps(j, cfg) for j in jobs[2:]))
+    # with each job's MACs, a step of a smaller model costs less (the sample had 1 MAC)
+    assert estimate_seconds(jobs[2:], done, cfg, lambda j: 0.5) == pytest.approx(
+        sum(2.0 + 0.1 * job_steps(j, cfg) for j in jobs[2:]))

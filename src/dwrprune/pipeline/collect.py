@@ -122,7 +122,8 @@ class Collector:
 
         def estimate() -> None:  # once, as soon as a fine-tuned sample has been timed
             left = [j for j in todo if not self.store.has(j.key)]
-            est = estimate_seconds(left, self.store.samples(), self.cfg)
+            est = estimate_seconds(left, self.store.samples(), self.cfg,
+                                   lambda j: self.shrinker.macs(*j.point))
             if est is not None and left and not said[0]:
                 said[0] = True
                 bar.write(f"[collect] estimated {format_seconds(est)} for the remaining "

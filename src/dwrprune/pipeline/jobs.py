@@ -118,19 +118,26 @@ def describe_jobs(jobs: list[Job], cfg) -> str:
             + (f", and {rest} measured without fine-tuning" if rest else ""))
 
 
-def estimate_seconds(todo: list[Job], done: list[Sample], cfg) -> float | None:
+def estimate_seconds(todo: list[Job], done: list[Sample], cfg,
+                     macs: Callable[[Job], float] | None = None) -> float | None:
     """Seconds the ``todo`` jobs will take one after another, from the ``done`` samples'
-    own times: an evaluation (the samples without fine-tuning) plus seconds per fine-tune
-    step (the others); None until a fine-tuned sample has been measured."""
+    own times: an evaluation (the samples without fine-tuning) plus the fine-tune steps, a
+    step costing in proportion to the model's MACs when ``macs`` gives a job's (a pruned
+    model trains faster), else alike; None until a fine-tuned sample has been measured."""
     import statistics
 
     evals = [s.seconds for s in done if not s.finetune_steps]
     eval_s = statistics.median(evals) if evals else 0.0
-    per_step = [(s.seconds - eval_s) / s.finetune_steps for s in done if s.finetune_steps]
-    if not per_step:
+    tuned = [s for s in done if s.finetune_steps]
+    if not tuned:
         return None
-    step_s = max(statistics.median(per_step), 0.0)
-    return sum(eval_s + job_steps(j, cfg) * step_s for j in todo)
+    if macs is None:
+        step_s = max(statistics.median((s.seconds - eval_s) / s.finetune_steps
+                                       for s in tuned), 0.0)
+        return sum(eval_s + job_steps(j, cfg) * step_s for j in todo)
+    per_mac = max(statistics.median((s.seconds - eval_s) / (s.finetune_steps * max(s.macs, 1))
+                                    for s in tuned), 0.0)
+    return sum(eval_s + job_steps(j, cfg) * per_mac * macs(j) for j in todo)
 
 
 def format_seconds(s: float) -> str:
