@@ -211,6 +211,11 @@ def test_max_drop_and_many_targets_from_one_collection(tmp_path, tiny_checkpoint
     assert "onnxruntime-cpu-b1-t1" in out
     for key in ("cpu-b1-t1", "onnxruntime-cpu-b1-t1"):  # one latency model per target
         assert (tmp_path / "run" / "latency" / f"{key}.json").is_file()
+    # each row carries the one-axis trade-offs on its target; the report draws them
+    assert {"depth", "width", "resolution"} <= set(rows[0]["latency"]["curves"])
+    assert main(["report", "--run", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "report" / "targets.png").is_file()
+    assert "## Latency targets" in (tmp_path / "run" / "report" / "report.md").read_text()
     # the run's own plan (the max-drop choice) is left as it was
     plan = dwrprune.pipeline.Run(tmp_path / "run").plan()
     assert plan["solution"]["decision"]["max_drop"] == 30.0

@@ -111,6 +111,36 @@ def plot_acc_vs_macs(samples: list[dict], final: dict | None, path: Path) -> Non
     save_figure(fig, path)
 
 
+def plot_targets(rows: list[dict], path: Path) -> bool:
+    """Per latency target in plans.json: predicted accuracy against latency (a fraction of
+    the original's) for the chosen points (measured) and along each axis alone (modelled).
+    False when there is nothing to draw."""
+    by_target: dict[str, list[dict]] = {}
+    for r in rows:
+        lat = r.get("latency") if isinstance(r, dict) else None
+        if lat and lat.get("measured"):
+            by_target.setdefault(lat["target"], []).append(r)
+    if not by_target:
+        return False
+    fig, axes = plt.subplots(1, len(by_target), figsize=(5 * len(by_target), 4), squeeze=False)
+    for ax, (key, rs) in zip(axes[0], by_target.items()):
+        for name, pts in (rs[0]["latency"].get("curves") or {}).items():
+            ax.plot([p["fraction"] for p in pts], [100 * p["predicted"] for p in pts], "-",
+                    label=f"{name} only (modelled)")
+        m = [r["latency"]["measured"] for r in rs]
+        frac = [x.get("ratio", x["median_ms"] / r["latency"]["original_ms"])
+                for x, r in zip(m, rs)]
+        ax.scatter(frac, [100 * r["solution"]["best"]["predicted"] for r in rs], marker="*",
+                   s=160, c="tab:red", edgecolors="k", zorder=4, label="chosen (measured)")
+        ax.set_title(key)
+        ax.set_xlabel("latency / original's")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("predicted validation accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    save_figure(fig, path)
+    return True
+
+
 def write_report(run_dir: str | Path) -> dict:
     """Render whatever stages the run folder has finished."""
     run = Path(run_dir)
@@ -137,10 +167,13 @@ def _write_report(run: Path) -> dict:
     plot_acc_vs_macs(samples, final, out / "acc_vs_macs.png")
     if pred and plan:
         plot_slice(pred, plan, out / "slice.png")
+    plans = _read(run, "plans.json")
+    targets = isinstance(plans, list) and plot_targets(plans, out / "targets.png")
     report = {"samples": samples, "predictor": pred_body, "plan": plan,
               "final": {k: v for k, v in (final or {}).items() if k != "history"} or None,
               "collection_seconds": sum(s["seconds"] for s in samples), "axes": axes,
               "block_order": _read(run, "block_order.json"), "run": str(run),
+              "targets_plot": bool(targets),
               "out_of_date": folder.out_of_date()}
     try:
         text = _markdown(report)
@@ -166,6 +199,10 @@ def _markdown(rep: dict) -> str:
         "No final model yet: the stages done so far are below (run `dwrprune finetune --run "
         "RUN` after the plan stage).", ""]
     lines += _choice(rep["plan"], f) + _predictor(rep["predictor"]) + _samples(rep)
+    if rep.get("targets_plot"):
+        lines += ["## Latency targets", "", "Per target planned (`dwrprune plan --targets`): "
+                  "predicted accuracy against latency, the chosen points as measured and "
+                  "each axis alone as modelled.", "", "![targets](targets.png)", ""]
     lines += ["", "![per-axis](axes.png)", "", "![slice](slice.png)", "",
               "![accuracy vs MACs](acc_vs_macs.png)", ""]
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 
 import numpy as np
@@ -151,6 +152,22 @@ def latency_model_for(run: Run, shrinker: Shrinker, target, progress=None):
     return model
 
 
+def one_axis_curves(pred, shrinker: Shrinker, lat, lower, points: int = 12) -> dict:
+    """Along each axis alone (the others whole): modelled latency as a fraction of the
+    original's, and predicted accuracy; the trade-off a one-axis method offers on the
+    target, drawn beside the chosen points by the report."""
+    nb, px = len(shrinker.blocks), shrinker.base_resolution
+    axes = {"depth": [(k / nb, 1.0, 1.0) for k in range(nb, 0, -1)
+                      if k / nb >= lower[0] - 1e-9] if nb else [],
+            "width": [(1.0, float(w), 1.0) for w in np.linspace(1.0, lower[1], points)],
+            "resolution": [(1.0, 1.0, p / px) for p in range(
+                px, max(shrinker.min_resolution, math.ceil(lower[2] * px - 1e-9)) - 1,
+                -max(1, px // points))]}
+    return {name: [{"fraction": lat(shrinker, *x) / lat.original_ms,
+                    "predicted": float(pred(*x))} for x in pts]
+            for name, pts in axes.items() if pts}
+
+
 def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
                  fractions: list[float] | None = None, progress=None, save: bool = True,
                  own_target: bool = True) -> list[dict]:
@@ -175,6 +192,7 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     # a budget in ms is checked as measured
     ref = (None if cfg.latency_ms and not fractions else
            Reference(shrinker.model, shrinker.base_resolution, lat.original_ms))
+    curves = one_axis_curves(pred, shrinker, lat, lo)
     for ms in budgets:
         res = choose_under_latency(pred, shrinker, lat, ms, lo, reference=ref)
         cands = [Candidate(c["d"], c["w"], c["r"], round(c["d"] * len(shrinker.blocks)),
@@ -183,7 +201,7 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
         info = {"target": target.key(), "budget_ms": ms, "original_ms": lat.original_ms,
                 "fraction": ms / lat.original_ms, "measured": res["measured"],
                 "steps": res["steps"], "latency_model": lat.kind,
-                "heldout_median_ape": lat.heldout_median_ape}
+                "heldout_median_ape": lat.heldout_median_ape, "curves": curves}
         rows.append({"budget": ms / lat.original_ms, "latency": info,
                      "solution": Solution(ms / lat.original_ms, base, None, cands[0],
                                           cands[1:])})
