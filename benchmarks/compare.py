@@ -82,6 +82,8 @@ def cmd_run(args) -> None:
 
 
 def table(summary: list[dict]) -> str:
+    from dwrprune.cost.latency import LatencyTarget
+
     def pm(s, key, scale=1.0, fmt="{:.2f}"):
         if s[key] is None:
             return "-"
@@ -98,9 +100,11 @@ def table(summary: list[dict]) -> str:
     note = []
     if kind and kind.startswith("latency"):
         ms = {s["budget"]: s["latency_budget_ms"] for s in summary if s["latency_budget_ms"]}
+        runtime = LatencyTarget.from_key(kind.removeprefix("latency-")).runtime
         note = [f"Budgets are fractions of the original's measured latency on the target "
                 f"({kind}): " + ", ".join(f"{b:g} = {v:.2f} ms" for b, v in sorted(ms.items()))
-                + ".", ""]
+                + "." + (f"  The latency columns are measured in {runtime}, one CPU thread."
+                         if runtime != "torch" else ""), ""]
     lines = note + [
         "| budget | method | seeds | MACs ratio | MACs cut | test acc pruned (%) | test acc "
         "fine-tuned (%) | latency b1 (ms) | speed-up b1 | latency b64 (ms) | speed-up b64 "

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dwrprune.checkpoint import save_model
-from dwrprune.cost import count_macs, count_params, machine_stamp, measure_latency
+from dwrprune.cost import count_macs, count_params, machine_stamp, measure_latencies
 from dwrprune.cost.latency import LatencyTarget, Reference, measure_ms
 from dwrprune.errors import DwrpruneError
 from dwrprune.io.settings import check_same_settings
@@ -89,6 +89,14 @@ def settings_model(out: str | Path) -> str | None:
     """The fingerprint of the original a benchmark folder was filled from (None: no record)."""
     path = Path(out) / "bench_settings.json"
     return json.loads(path.read_text()).get("model") if path.is_file() else None
+
+
+def settings_runtime(out: str | Path) -> str:
+    """The runtime a latency comparison in ``out`` was made for (its latency columns are
+    measured in it): the runtime its latency target names, else PyTorch."""
+    path = Path(out) / "bench_settings.json"
+    key = json.loads(path.read_text()).get("latency_target") if path.is_file() else None
+    return LatencyTarget.from_key(key).runtime if key else "torch"
 
 
 def bundled_original(out: str | Path) -> str | None:
@@ -321,9 +329,11 @@ def time_result_models(out: str | Path, original: nn.Module, repeats: int = 20,
     spec = original.dwrprune_spec
     base_res = spec["input"]["resolution"]
     stamp = machine_stamp() | {"threads": threads}  # the threads latency is measured with
+    runtime = settings_runtime(out)  # an ONNX Runtime comparison is timed in onnxruntime
 
     def median_ms(model: nn.Module, res: int, batch: int) -> float:
-        return measure_latency(model, res, batch, threads=threads, repeats=repeats).median_ms
+        return measure_latencies([(model, res)], batch, threads=threads, repeats=repeats,
+                                 runtime=runtime)[0].median_ms
 
     base = {"original_latency_b1_ms": median_ms(original, base_res, 1),
             "original_latency_b64_ms": median_ms(original, base_res, 64)}
@@ -339,7 +349,7 @@ def time_result_models(out: str | Path, original: nn.Module, repeats: int = 20,
         res = m.dwrprune_spec["input"]["resolution"]
         row = {**r, **base, **stamp}
         for b in (1, 64):  # timed round-robin beside the original: drift cancels
-            ms = measure_ms(m, res, LatencyTarget("cpu", b, threads), repeats,
+            ms = measure_ms(m, res, LatencyTarget("cpu", b, threads, runtime), repeats,
                             reference=refs[b])
             row[f"latency_b{b}_ms"], row[f"latency_b{b}_ratio"] = ms["median_ms"], ms["ratio"]
         updates[_key(r)] = row
