@@ -39,7 +39,7 @@ from .data import (
     complete_contract,
     original_accuracy,
 )
-from .finetune import finetune_final, test_line
+from .finetune import finetune_final, result_line
 from .fit import fit_run
 from .jobs import model_fingerprint
 from .run import Run
@@ -223,7 +223,7 @@ def prune(model: nn.Module, data: DataSource | str | None = None,
         tqdm.write(f"[plan] {choice_line(run.solution(), run.plan().get('latency'))}")
         result = finetune_final(model, source, config, run_shrinker(run, model, config, source),
                                 run.solution(), run.path, progress, train_fn)
-        tqdm.write(f"[test] {test_line(result)}")
+        tqdm.write(f"[test] {result_line(result)}")
         write_report(run.path)
     final = load(run.final_dir / "model.pt")
     return PruneResult(final, spec_of(final), result["point"], result, run)

@@ -41,7 +41,7 @@ def channel_table(original: nn.Module, pruned: nn.Module) -> list[dict]:
     return rows
 
 
-def test_line(result: dict) -> str:
+def result_line(result: dict) -> str:
     """The final stage in one line: test accuracy before and after, MACs kept."""
     return (f"test accuracy {100 * result['original_test_acc']:.2f}% -> "
             f"{100 * result['test_acc']:.2f}% "
