@@ -80,7 +80,7 @@ def test_latency_pass_fills_rows_and_keeps_rows_appended_meanwhile(tmp_path, mon
     append_row(csv_path, {"method": "width-only", "budget": 0.5, "seed": 0, "status": "ok"})
     append_row(csv_path, {"method": "depth-only", "budget": 0.5, "seed": 0,
                           "status": "infeasible"})
-    real = bench.measure_latency
+    real = bench.measure_latencies
 
     def measure_while_another_process_appends(*a, **k):  # a parallel benchmark's new row
         if not getattr(measure_while_another_process_appends, "done", False):
@@ -88,9 +88,9 @@ def test_latency_pass_fills_rows_and_keeps_rows_appended_meanwhile(tmp_path, mon
             append_row(csv_path, {"method": "3d", "budget": 0.5, "seed": 0, "status": "ok"})
         return real(*a, **k)
 
-    monkeypatch.setattr(bench, "measure_latency", measure_while_another_process_appends)
+    monkeypatch.setattr(bench, "measure_latencies", measure_while_another_process_appends)
     assert time_result_models(tmp_path, model, repeats=2) == 1
-    monkeypatch.setattr(bench, "measure_latency", real)
+    monkeypatch.setattr(bench, "measure_latencies", real)
     rows = list(csv.DictReader(open(csv_path)))
     assert [r["method"] for r in rows] == ["width-only", "depth-only", "3d"]
     assert float(rows[0]["latency_b1_ms"]) > 0
