@@ -38,6 +38,42 @@ def tiny_options() -> dict:
 
 
 @pytest.fixture
+def macs_timing(monkeypatch):
+    """``macs_timing(model)``: latency made deterministic, a model's time being its MACs over
+    ``model``'s, for every timing the latency code does (the choice, the design and its
+    layer table, the verdict).  Real figures come from the benchmark scripts."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import dwrprune
+    from dwrprune.cost import latency as L
+    from dwrprune.search import latency as S
+
+    def install(model):
+        base = dwrprune.Shrinker(model).macs(1, 1, 1)
+
+        def measure(m, res, target, repeats=20, warmup=5, reference=None):
+            ms = dwrprune.count_macs(m, res, 3) / base
+            out = {"median_ms": ms, "p25_ms": ms, "p75_ms": ms}
+            scaled = {k: ms * reference.ms for k in out} if reference else {}
+            return out | scaled | ({"ratio": ms, "raw_median_ms": ms} if reference else {})
+
+        def in_turns(calls, threads=1, warmup=5, repeats=20, runtime="torch"):
+            times = []
+            for module, x in calls:
+                counter = FlopCounterMode(display=False)
+                with counter, torch.no_grad():
+                    module(x)
+                times.append([counter.get_total_flops() / 2 / base] * repeats)
+            return times
+
+        monkeypatch.setattr(S, "measure_ms", measure)  # the choice
+        monkeypatch.setattr(L, "measure_ms", measure)  # the verdict, max-drop candidates
+        monkeypatch.setattr(L, "time_in_turns", in_turns)  # the design and layer table
+
+    return install
+
+
+@pytest.fixture
 def config_file(tmp_path):
     """``config_file(**extra)``: a YAML file of the tiny options plus ``extra``."""
     import yaml

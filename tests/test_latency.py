@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import dwrprune
 from dwrprune import DwrpruneError
@@ -185,31 +184,11 @@ def test_cuda_target_without_a_gpu_is_a_clear_error():
 
 
 @pytest.mark.slow
-def test_pipeline_under_a_latency_budget(tmp_path, tiny_checkpoint, tiny_options, monkeypatch):
+def test_pipeline_under_a_latency_budget(tmp_path, tiny_checkpoint, tiny_options, macs_timing):
     """End to end: plan under a latency budget, final model measured on the target.
     (Timing is made deterministic here; real figures come from the benchmark script.)"""
     model = dwrprune.load(tiny_checkpoint)
-    shr0 = dwrprune.Shrinker(model)
-    base = shr0.macs(1, 1, 1)
-
-    def measure(m, res, target, repeats=20, warmup=5, reference=None):
-        ms = dwrprune.count_macs(m, res, 3) / base
-        out = {"median_ms": ms, "p25_ms": ms, "p75_ms": ms}
-        scaled = {k: ms * reference.ms for k in out} if reference else {}
-        return out | scaled | ({"ratio": ms, "raw_median_ms": ms} if reference else {})
-
-    def in_turns(calls, threads=1, warmup=5, repeats=20, runtime="torch"):  # design, table
-        times = []
-        for module, x in calls:
-            counter = FlopCounterMode(display=False)
-            with counter, torch.no_grad():
-                module(x)
-            times.append([counter.get_total_flops() / 2 / base] * repeats)
-        return times
-
-    monkeypatch.setattr(S, "measure_ms", measure)  # the choice
-    monkeypatch.setattr(L, "measure_ms", measure)  # the final model
-    monkeypatch.setattr(L, "time_in_turns", in_turns)
+    macs_timing(model)
     opts = {k: v for k, v in tiny_options.items() if k not in ("data", "budget")}
     result = dwrprune.prune(model, "synthetic", out=tmp_path / "run", progress="never",
                             latency_budget=0.6, **opts)

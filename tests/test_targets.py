@@ -223,32 +223,12 @@ def test_max_drop_and_many_targets_from_one_collection(tmp_path, tiny_checkpoint
 
 @pytest.mark.slow
 def test_fastest_within_a_drop_on_a_latency_target(tmp_path, tiny_checkpoint, tiny_options,
-                                                   monkeypatch):
+                                                   macs_timing):
     """--max-drop on a latency target: the candidates the latency model ranks fastest are
     measured beside the original, the fastest measured is taken, and final.json says how
     fast it is and how much it dropped.  (Timing made deterministic: time = MACs.)"""
-    from torch.utils.flop_counter import FlopCounterMode
-
     model = dwrprune.load(tiny_checkpoint)
-    base = dwrprune.Shrinker(model).macs(1, 1, 1)
-
-    def measure(m, res, target, repeats=20, warmup=5, reference=None):
-        ms = dwrprune.count_macs(m, res, 3) / base
-        out = {"median_ms": ms, "p25_ms": ms, "p75_ms": ms}
-        scaled = {k: ms * reference.ms for k in out} if reference else {}
-        return out | scaled | ({"ratio": ms, "raw_median_ms": ms} if reference else {})
-
-    def in_turns(calls, threads=1, warmup=5, repeats=20, runtime="torch"):
-        times = []
-        for module, x in calls:
-            counter = FlopCounterMode(display=False)
-            with counter, torch.no_grad():
-                module(x)
-            times.append([counter.get_total_flops() / 2 / base] * repeats)
-        return times
-
-    monkeypatch.setattr(L, "measure_ms", measure)
-    monkeypatch.setattr(L, "time_in_turns", in_turns)
+    macs_timing(model)
     opts = {k: v for k, v in tiny_options.items() if k not in ("data", "budget")}
     res = dwrprune.prune(model, "synthetic", out=tmp_path / "run", progress="never",
                          max_drop=30.0, runtime="onnxruntime", checkpoint=str(tiny_checkpoint),
