@@ -206,11 +206,9 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
                      "solution": Solution(ms / lat.original_ms, base, None, cands[0],
                                           cands[1:])})
     own = None
-    if not own_target:
-        pass
-    elif cfg.latency_target is not None and not fractions:
+    if own_target and cfg.latency_target is not None and not fractions:
         own = rows[0]
-    elif cfg.latency_budget is not None:
+    elif own_target and cfg.latency_budget is not None:
         own = next((r for r in rows if abs(r["budget"] - cfg.latency_budget) < 1e-12), None)
     with run.lock():
         if lat.table is not None:  # the layer shapes the solver timed join the cached table
