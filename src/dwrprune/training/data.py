@@ -5,9 +5,10 @@ choice dwrprune makes), ``trainval`` (the whole training set) and ``test`` (kept
 reporting only).  ``resolution`` resizes every image in the data pipeline, never inside the
 network, so that a resolution-pruned model's MACs are its real cost.
 
-Images are kept as uint8 tensors and transformed with ``torchvision.transforms.v2`` one sample
-at a time; the in-memory sources are cached per process so that repeated loaders (sample
-collection builds many) cost nothing.
+In-memory sources (Fashion-MNIST, CIFAR, synthetic) are kept as uint8 tensors, cached per
+process, and transformed a batch at a time on the compute device
+(:mod:`dwrprune.training.device_data`); image folders are read by a DataLoader with
+torchvision transforms per image, as their users read them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torchvision.transforms import v2
 
 from ..errors import DwrpruneError
 from ..registry import Registry
+from .device_data import BatchTransform, TensorLoader, _resolve
 
 SPLITS = ("train", "val", "trainval", "test")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -49,16 +51,19 @@ class DatasetInfo:
 
 
 class ImageTensorDataset(Dataset):
-    """uint8 images (N, C, H, W) + int64 labels, with a v2 transform applied per sample."""
+    """uint8 images (N, C, H, W) + int64 labels and the :class:`BatchTransform` that makes
+    them model inputs.  :func:`make_loader` transforms whole batches on the device; indexing
+    one image applies the same transform to it alone (augmenting with the global RNG)."""
 
-    def __init__(self, images: Tensor, labels: Tensor, transform: Callable, info: DatasetInfo):
+    def __init__(self, images: Tensor, labels: Tensor, transform: BatchTransform,
+                 info: DatasetInfo):
         self.images, self.labels, self.transform, self.info = images, labels, transform, info
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return self.transform(self.images[i]), int(self.labels[i])
+        return self.transform(self.images[i:i + 1])[0], int(self.labels[i])
 
 
 class SubsetWithInfo(torch.utils.data.Subset):
@@ -212,16 +217,10 @@ def _make_synthetic(num_classes: int, in_channels: int, resolution: int, size: i
 
 
 # ---------------------------------------------------------------------------- transforms
-def build_transform(info: DatasetInfo, resolution: int, augment: bool) -> v2.Compose:
+def build_transform(info: DatasetInfo, resolution: int, augment: bool) -> BatchTransform:
     """Augment at native size (random crop with padding, flip), resize, scale, normalise."""
-    steps: list = []
-    if augment:
-        steps += [v2.RandomCrop(info.resolution, padding=max(1, info.resolution // 8)),
-                  v2.RandomHorizontalFlip()]
-    if resolution != info.resolution:
-        steps.append(v2.Resize((resolution, resolution), antialias=True))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)]
-    return v2.Compose(steps)
+    return BatchTransform(info.resolution, resolution, tuple(info.mean), tuple(info.std),
+                          augment)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -587,14 +586,20 @@ class ShuffleSampler(torch.utils.data.Sampler[int]):
 def make_loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
                 num_workers: int = 0, drop_last: bool = False,
                 collate_fn: Callable | None = None) -> DataLoader:
-    """A DataLoader whose shuffling is reproducible, resumable and shardable across
-    data-parallel ranks (:class:`ShuffleSampler`)."""
+    """A loader whose shuffling is reproducible, resumable and shardable across
+    data-parallel ranks (:class:`ShuffleSampler`).  A tensor dataset (Fashion-MNIST, CIFAR,
+    synthetic, or a subset of one) gets a :class:`TensorLoader`, which makes each batch on
+    the compute device; anything else a torch DataLoader (``num_workers`` processes, pinned
+    memory where a GPU is there)."""
     if batch_size < 1:
         raise DwrpruneError(f"batch_size must be >= 1, got {batch_size}")
     sampler = ShuffleSampler(len(dataset), seed) if shuffle else None
+    if collate_fn is None and _resolve(dataset) is not None:
+        return TensorLoader(dataset, batch_size, sampler, seed, drop_last)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed), drop_last=drop_last,
-                      collate_fn=collate_fn)
+                      collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=num_workers > 0)
 
 
 class ResizeCollate:

@@ -128,6 +128,8 @@ def shard_train_loader(loader: DataLoader) -> DataLoader:
     if loader.batch_size is None or loader.batch_size % n:
         raise DwrpruneError(f"under torchrun the batch size ({loader.batch_size}) is the global "
                             f"batch and must be divisible by the number of processes ({n})")
+    if hasattr(loader, "shard"):  # a TensorLoader
+        return loader.shard(rank(), n, train=True)
     sampler = loader.sampler
     if isinstance(sampler, ShuffleSampler):
         sampler = sampler.shard(rank(), n)
@@ -144,5 +146,7 @@ def shard_eval_loader(loader: DataLoader) -> DataLoader:
     """Every N-th sample for this rank, no padding: summed counts cover each sample once."""
     if not active():
         return loader
+    if hasattr(loader, "shard"):  # a TensorLoader
+        return loader.shard(rank(), world_size(), train=False)
     idx = list(range(rank(), len(loader.dataset), world_size()))
     return _like(loader, Subset(loader.dataset, idx), loader.batch_size)

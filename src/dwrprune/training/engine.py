@@ -6,9 +6,17 @@ cosine learning-rate schedule stepped per batch, optional label smoothing, and a
 teacher for knowledge distillation (Hinton et al. 2015: KL between temperature-softened
 distributions, scaled by T^2).
 
-Determinism and resumption: at the start of epoch ``e`` the global torch RNG (augmentation)
-and the loader's shuffling generator are both seeded from ``seed`` and ``e``, so a run resumed
+Determinism and resumption: at the start of epoch ``e`` the global torch RNG and the loader's
+epoch (its order and augmentation) are both seeded from ``seed`` and ``e``, so a run resumed
 from the checkpoint of epoch ``e-1`` sees exactly the batches an uninterrupted run would.
+
+Speed: batches of dwrprune's tensor datasets are made on the compute device
+(:mod:`~dwrprune.training.device_data`); other loaders' batches are copied without blocking.
+A training step never waits for the device: loss and accuracy are summed there and read at
+the end of an epoch, when the progress bar is redrawn (at most every ``REFRESH_S`` seconds) and
+every ``CHECK_EVERY`` steps, which is also when a diverged loss is caught.  ``precision``
+(``bf16``, ``fp16``: autocast, with BatchNorm and the weights in fp32) and ``channels_last``
+are options of :class:`TrainConfig`; evaluation is always fp32.
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ class TrainConfig:
     kd_alpha: float = 0.0  # weight of the distillation term (needs a teacher)
     kd_temperature: float = 4.0
     seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 on a GPU only)
+    channels_last: bool = False
 
     def validate(self) -> None:
         if self.steps is None and self.epochs < 1:
@@ -61,6 +71,41 @@ class TrainConfig:
             raise DwrpruneError(f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise DwrpruneError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.precision not in PRECISIONS:
+            raise DwrpruneError(f"precision {self.precision!r} is not known; choose "
+                                f"{' | '.join(PRECISIONS)}")
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHECK_EVERY = 50  # steps between reads of the running loss (divergence check)
+REFRESH_S = 1.0  # seconds between progress-bar redraws (each one reads the sums)
+
+
+def check_precision(precision: str, device: str | torch.device) -> None:
+    """``precision`` runs on ``device``, or one error naming what does: fp16 needs a GPU,
+    bf16 a GPU that has it (or the CPU)."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise DwrpruneError(f"precision {precision!r} is not known; choose "
+                            f"{' | '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise DwrpruneError("precision fp16 needs a GPU (--device cuda); on the CPU use fp32 "
+                            "or bf16")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DwrpruneError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16; "
+                            "use fp16 or fp32")
+
+
+def on_device(loader, device: torch.device):
+    """``loader`` yielding batches on ``device``: a :class:`TensorLoader` makes them there,
+    any other loader is copied per batch (without blocking where the memory is pinned)."""
+    return loader.on(device) if hasattr(loader, "on") else loader
+
+
+def _to(t: Tensor, device: torch.device, channels_last: bool = False) -> Tensor:
+    t = t.to(device, non_blocking=True)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 \
+        else t
 
 
 @dataclass
@@ -106,21 +151,23 @@ def evaluate(model: nn.Module, loader: DataLoader, progress: bool = False,
 @torch.no_grad()
 def _evaluate(model: nn.Module, loader: DataLoader, progress: bool, desc: str,
               max_batches: int | None) -> EvalResult:
-    loader = distributed.shard_eval_loader(loader)
     was_training = model.training
     model.eval()
     device = _device_of(model)
-    loss_sum, correct, n = 0.0, 0, 0
+    loader = on_device(distributed.shard_eval_loader(loader), device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct: one read
+    n = 0
     it = tqdm(loader, desc=desc, leave=False, disable=not progress)
     for i, (x, y) in enumerate(it):
         if max_batches is not None and i >= max_batches:
             break
-        x, y = x.to(device), y.to(device)
+        x, y = _to(x, device), _to(y, device)
         out = model(x)
-        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
+        sums[0] += F.cross_entropy(out, y, reduction="sum")
+        sums[1] += (out.argmax(1) == y).sum()
         n += len(y)
     model.train(was_training)
+    loss_sum, correct = sums.tolist()
     loss_sum, correct, n = distributed.sum_across(loss_sum, correct, n)
     n, correct = int(n), int(correct)
     if n == 0:
@@ -128,14 +175,21 @@ def _evaluate(model: nn.Module, loader: DataLoader, progress: bool, desc: str,
     return EvalResult(loss_sum / n, correct / n, n)
 
 
-@torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, num_batches: int = 50,
-                          progress: bool = False) -> nn.Module:
+                          progress: bool = False,
+                          device: str | torch.device | None = None) -> nn.Module:
     """EagleEye's adaptive BatchNorm: re-estimate running statistics on training batches.
 
     Statistics are reset and accumulated as a cumulative average (momentum=None) over
-    ``num_batches`` batches in train mode with gradients off; weights are unchanged.
+    ``num_batches`` batches in train mode with gradients off; weights are unchanged.  Runs
+    on ``device`` (default: :func:`compute_device`); the model is put back where it was.
     """
+    with visiting(compute_device(device), model):
+        return _recalibrate(model, loader, num_batches, progress)
+
+
+@torch.no_grad()
+def _recalibrate(model: nn.Module, loader, num_batches: int, progress: bool) -> nn.Module:
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return model
@@ -147,11 +201,11 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, num_batches: int
     model.train()
     device = _device_of(model)
     seen = 0
-    for x, _ in tqdm(loader, desc="bn-recal", leave=False, disable=not progress,
-                     total=min(num_batches, len(loader))):
+    for x, _ in tqdm(on_device(loader, device), desc="bn-recal", leave=False,
+                     disable=not progress, total=min(num_batches, len(loader))):
         if seen >= num_batches:
             break
-        model(x.to(device))
+        model(_to(x, device))
         seen += 1
     for m, mom in saved:
         m.momentum = mom
@@ -225,6 +279,12 @@ def _train(model, train_loader, config, val_loader, teacher, checkpoint_dir, spe
     total = config.steps if config.steps is not None else config.epochs * n_batches
     n_epochs = math.ceil(total / n_batches)
     device = _device_of(model)
+    check_precision(config.precision, device)
+    train_loader = on_device(train_loader, device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    amp_dtype = PRECISIONS[config.precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
 
     decay, no_decay = [], []
     for p in model.parameters():
@@ -277,48 +337,68 @@ def _train(model, train_loader, config, val_loader, teacher, checkpoint_dir, spe
     for epoch in range(start_epoch, n_epochs):
         t0 = time.perf_counter()
         torch.manual_seed(config.seed * 100003 + epoch)
-        if hasattr(train_loader.sampler, "set_epoch"):
+        if hasattr(train_loader, "set_epoch"):  # a TensorLoader: order and augmentation
+            train_loader.set_epoch(config.seed * 100003 + epoch)
+        elif hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(config.seed * 100003 + epoch)
         elif train_loader.generator is not None:  # a user's shuffled loader
             train_loader.generator.manual_seed(config.seed * 100003 + epoch)
         model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        skip = 0
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
+        seen, skip = 0, 0
         if partial is not None and epoch == start_epoch:
             skip = int(partial["batch"])
-            loss_sum, correct, seen = partial["loss_sum"], partial["correct"], partial["seen"]
+            sums += torch.tensor([partial["loss_sum"], partial["correct"]],
+                                 dtype=torch.float64).to(device)
+            seen = partial["seen"]
         bar = tqdm(train_loader, desc=f"{desc} {epoch + 1}/{n_epochs}", leave=False,
                    disable=not progress, total=min(n_batches, total - step + skip))
+        shown = time.perf_counter()
+
+        def read(where: str) -> tuple[float, float]:
+            """The running sums, read from the device; a non-finite loss stops the run."""
+            loss_total, right = sums.tolist()
+            if not math.isfinite(loss_total):
+                raise DwrpruneError(f"training diverged (loss {loss_total / max(seen, 1)}) "
+                                    f"{where}; lower the learning rate")
+            return loss_total, right
+
         for batch, (x, y) in enumerate(bar):
             if batch < skip:  # trained before the resume: same batches, same order
                 continue
             if step >= total:
                 break
-            x, y = x.to(device), y.to(device)
-            out = net(x)
-            loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
-            if teacher is not None and config.kd_alpha > 0:
-                with torch.no_grad():
-                    t_out = teacher(x)
-                loss = ((1 - config.kd_alpha) * loss
-                        + config.kd_alpha * distillation_loss(out, t_out, config.kd_temperature))
-            if not torch.isfinite(loss):
-                raise DwrpruneError(f"training diverged (loss {loss.item()}) at step {step}; "
-                                    "lower the learning rate")
+            x, y = _to(x, device, config.channels_last), _to(y, device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = net(x)
+                loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
+                if teacher is not None and config.kd_alpha > 0:
+                    with torch.no_grad():
+                        t_out = teacher(x)
+                    loss = ((1 - config.kd_alpha) * loss + config.kd_alpha
+                            * distillation_loss(out, t_out, config.kd_temperature))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             step += 1
-            loss_sum += loss.item() * len(y)
-            correct += (out.argmax(1) == y).sum().item()
+            sums[0] += loss.detach().float() * len(y)
+            sums[1] += (out.argmax(1) == y).sum()
             seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                            lr=f"{sched.get_last_lr()[0]:.3g}")
+            if step % CHECK_EVERY == 0:
+                read(f"by step {step}")
+            if progress and time.perf_counter() - shown > REFRESH_S:
+                loss_total, right = read(f"by step {step}")
+                bar.set_postfix(loss=f"{loss_total / seen:.3f}", acc=f"{right / seen:.3f}",
+                                lr=f"{sched.get_last_lr()[0]:.3g}", refresh=False)
+                shown = time.perf_counter()
             if (ckpt_path is not None and checkpoint_every and step % checkpoint_every == 0
                     and batch + 1 < n_batches and step < total and distributed.is_main()):
-                save(epoch - 1, {"epoch": epoch, "batch": batch + 1, "loss_sum": loss_sum,
-                                 "correct": correct, "seen": seen})
+                loss_total, right = read(f"by step {step}")  # never save a diverged model
+                save(epoch - 1, {"epoch": epoch, "batch": batch + 1, "loss_sum": loss_total,
+                                 "correct": right, "seen": seen})
+        loss_sum, correct = read(f"in epoch {epoch + 1} (by step {step})")
         loss_sum, correct, seen = distributed.sum_across(loss_sum, correct, seen)
         row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
                "train_acc": correct / max(seen, 1), "lr": sched.get_last_lr()[0]}
