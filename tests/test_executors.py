@@ -84,16 +84,12 @@ def test_unportable_model_is_refused_up_front():
 
 
 def test_executor_choice_errors():
-    with pytest.raises(DwrpruneError, match="available: local, ray"):
+    with pytest.raises(DwrpruneError, match="available: local, pool, ray"):
         create_executor("dask")
     with pytest.raises(DwrpruneError, match="needs --executor ray"):
         create_executor("local", address="127.0.0.1:1")
     with pytest.raises(DwrpruneError, match="executor must be"):
         PipelineConfig.from_dict({"executor": "spark"})
-
-
-
-
 
 
 def _samples(run):
@@ -122,6 +118,21 @@ def test_ray_collection_matches_local(tmp_path, tiny_checkpoint, ray_cluster, co
     for s in remote.values():  # chain models were written by the driver, loadable
         if s.checkpoint:
             assert load(tmp_path / "ray" / s.checkpoint).dwrprune_spec["arch"]
+
+
+@pytest.mark.slow
+def test_jobs_side_by_side_give_the_serial_rows(tmp_path, tiny_checkpoint, config_file):
+    """--jobs 2: the pool of worker processes writes the rows a serial collection writes."""
+    common = ["collect", "--checkpoint", str(tiny_checkpoint), "--config", config_file(),
+              "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "serial")]) == 0
+    assert main([*common, "--out", str(tmp_path / "pool"), "--jobs", "2"]) == 0
+    serial, pool = _samples(tmp_path / "serial"), _samples(tmp_path / "pool")
+    assert sorted(serial) == sorted(pool) and len(serial) == 11
+    for k, a in serial.items():
+        b = pool[k]
+        assert (a.d, a.w, a.r, a.resolution, a.macs) == (b.d, b.w, b.r, b.resolution, b.macs)
+        assert abs(a.val_acc - b.val_acc) < 1e-6 and abs(a.val_loss - b.val_loss) < 1e-4, k
 
 
 class _KillWorkerOnce:

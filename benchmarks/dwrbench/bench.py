@@ -36,6 +36,7 @@ from dwrprune.pipeline.executors import (
     raise_failures,
     run_graph,
 )
+from dwrprune.training.device_data import DATA_PATH
 from dwrprune.training.engine import TrainConfig, evaluate
 
 from .methods import (
@@ -51,7 +52,8 @@ FIELDS = ["method", "budget", "seed", "status", "note", "macs", "macs_ratio", "p
           "latency_b64_ms", "prune_seconds", "finetune_seconds", "collection_seconds",
           "original_macs", "original_test_acc", "original_latency_b1_ms",
           "original_latency_b64_ms", "torch", "cpu", "threads", "timestamp", "budget_kind",
-          "latency_budget_ms", "latency_b1_ratio", "latency_b64_ratio", "model_key"]
+          "latency_budget_ms", "latency_b1_ratio", "latency_b64_ratio", "model_key",
+          "data_path"]
 REUSED = ("test_acc", "val_acc", "val_loss")  # what an identical model's fine-tune gave
 
 
@@ -74,7 +76,7 @@ def _bind_settings(out: Path, model: nn.Module, recipe: TrainConfig,
 
     settings = {"recipe": asdict(recipe) | {"seed": None}, "finetune_subset": finetune_subset,
                 "pipeline": pipeline.collect_config() | {"seed": None},
-                "model": model_fingerprint(model)}
+                "model": model_fingerprint(model), "data_path": DATA_PATH}
     if latency_target is not None:
         settings["latency_target"] = latency_target.key()
     path = out / "bench_settings.json"
@@ -166,6 +168,7 @@ class BenchJob:
         model, data = self.original.model, self.ctx.data
         in_ch = model.dwrprune_spec["model"]["in_channels"]
         row = {"method": name, "budget": budget, "seed": seed, **self.orig, **machine_stamp(),
+               "data_path": DATA_PATH,
                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "budget_kind": "macs"}
         target = self.ctx.latency_target
         if target is not None:

@@ -110,6 +110,10 @@ def _train_args(p):
     p.add_argument("--seed", type=NONNEG, default=0)
     p.add_argument("--no-augment", action="store_true",
                    help="train without random crops and flips")
+    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast; fp16 "
+                   "on a GPU only; default fp32)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="train in channels_last memory layout")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="start from this unpruned checkpoint's weights (a warm restart with a "
                         "new schedule) instead of from scratch")
@@ -123,11 +127,13 @@ def _train_args(p):
 def cmd_train(args) -> int:
     from ..tasks import train_model
     from ..training import distributed
-    from ..training.engine import TrainConfig
+    from ..training.engine import TrainConfig, check_precision, compute_device
 
     cfg = TrainConfig(epochs=args.epochs, steps=args.steps, lr=args.lr,
                       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                      seed=args.seed)
+                      seed=args.seed, precision=args.precision,
+                      channels_last=args.channels_last)
+    check_precision(cfg.precision, compute_device())
     card = train_model(args.model, data_source(args), args.out, resolution=args.resolution,
                        config=cfg, subset=args.subset, augment=False if args.no_augment
                        else None, progress=progress(args), init=args.init,

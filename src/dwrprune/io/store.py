@@ -146,6 +146,20 @@ class SampleStore:
         self.set_meta("collect_config", config)
         self.set_meta("model_fingerprint", fingerprint)
 
+    def bind_data_path(self, version: int, resumed: bool) -> None:
+        """Samples are made on one data path (see :mod:`dwrprune.training.device_data`):
+        resuming a collection begun on another one is refused, since its remaining samples
+        would see other batches than its first ones."""
+        old = self.get_meta("data_path")
+        if resumed and (old or 1) != version:
+            raise DwrpruneError(
+                f"run store {self.path} was collected on data path {old or 1} (an older "
+                f"dwrprune's {'per-image transforms' if not old else 'batches'}); this one "
+                f"makes batches on data path {version}, so the remaining samples would see "
+                "other random crops than the first ones: finish the collection with the "
+                "dwrprune that began it, or use a new --out folder")
+        self.set_meta("data_path", version)
+
     # ------------------------------------------------------------------ one writer
     @contextmanager
     def exclusive(self, wait: bool = False, on_wait=None) -> Iterator[None]:

@@ -15,6 +15,7 @@ from ..checkpoint import load, save_model
 from ..errors import DwrpruneError
 from ..io.spec import spec_of
 from ..io.store import Sample, SampleStore
+from ..training.device_data import DATA_PATH
 from .config import PipelineConfig
 from .data import DataSource, FinetuneFn, check_source
 from .executors import (
@@ -114,6 +115,7 @@ class Collector:
         todo = [j for j in self.jobs if j.key not in finished]
         if not todo:
             return self.store
+        self.store.bind_data_path(DATA_PATH, bool(finished))
         tqdm.write(f"[collect] {describe_jobs(self.jobs, self.cfg)}"
                    + (f"; {len(finished)} already measured" if finished else ""))
         bar = tqdm(total=len(self.jobs), initial=len(finished), desc="collect", unit="sample",
@@ -164,7 +166,8 @@ def collect(model: nn.Module, data: DataSource, config: PipelineConfig, run_dir,
         collector = Collector(model, data, config, run_dir, finetune, progress)
         own = executor is None
         if own:
-            executor = create_executor(config.executor, config.ray_address, config.retries)
+            executor = create_executor(config.executor, config.ray_address, config.retries,
+                                       jobs=config.jobs)
         try:
             return collector.run_all(executor, Resources(config.job_cpus, config.job_gpus),
                                      wait_for_lock)

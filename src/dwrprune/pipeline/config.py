@@ -85,6 +85,9 @@ class PipelineConfig:
     bn_samples: bool = _f(False, "collect", C, "also record BN-recalibrated-only samples")
     recal_batches: int = _f(20, "collect", C, "BatchNorm re-calibration batches")
     seed: int = _f(0, "collect", C)
+    precision: str = _f("fp32", "collect", C, "training precision: fp32 | bf16 | fp16 "
+                        "(autocast; fp16 on a GPU only); evaluation is fp32")
+    channels_last: bool = _f(False, "collect", C, "train in channels_last memory layout")
     # predictor
     families: list[str] = _f(["pchip"], "fit", None, "pchip (monotone interpolation of the "
                              "one-axis samples; ranks the iso-cost oracle best) or polynomials "
@@ -124,6 +127,8 @@ class PipelineConfig:
     label_smoothing: float = _f(0.0, "final", F, "in [0, 1)")
     # where sample jobs run (never changes results; see dwrprune.executors)
     executor: str = _f("local", "executor", None, "local | ray")
+    jobs: int = _f(1, "executor", None, "sample jobs side by side on this machine, each in a "
+                   "worker process (several small fine-tunes share one GPU)")
     ray_address: str | None = _f(None, "executor")
     job_cpus: float = _f(1.0, "executor")
     job_gpus: float = _f(0.0, "executor")

@@ -253,6 +253,7 @@ FinetuneFn = Callable[[nn.Module, DataLoader, int, float, int], None]
 
 
 def default_finetune(model: nn.Module, loader: DataLoader, steps: int, lr: float,
-                     seed: int) -> None:
+                     seed: int, precision: str = "fp32", channels_last: bool = False) -> None:
     """Short fine-tune for a sample: SGD + cosine over ``steps`` batches."""
-    train(model, loader, TrainConfig(steps=steps, lr=lr, seed=seed), progress=False, log=False)
+    train(model, loader, TrainConfig(steps=steps, lr=lr, seed=seed, precision=precision,
+                                     channels_last=channels_last), progress=False, log=False)

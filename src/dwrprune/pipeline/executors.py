@@ -1,4 +1,6 @@
-"""Where independent jobs run: in this process (``local``, the default) or on a Ray cluster.
+"""Where independent jobs run: in this process (``local``, the default), in ``--jobs N``
+worker processes side by side on this machine (``pool``: several small fine-tunes sharing one
+GPU, or the CPU's cores), or on a Ray cluster.
 
 Sample collection and the benchmark both describe their work as a small graph of jobs (a
 chain step needs its parent's fine-tuned model; everything else is independent) and hand it
@@ -141,6 +143,56 @@ class LocalExecutor:
         pass
 
 
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+@EXECUTORS.register
+class PoolExecutor:
+    """Runs up to ``jobs`` jobs side by side, each in a worker process on this machine (what
+    ``--jobs N`` selects).  On a GPU, several small fine-tunes share it, each its own CUDA
+    context; on the CPU the cores are split between the workers.  Workers start fresh
+    (spawn) and each job seeds its own randomness, so the rows are those of a serial run."""
+
+    name = "pool"
+
+    @classmethod
+    def from_context(cls, address: str | None = None, jobs: int = 2, **_) -> PoolExecutor:
+        if address:
+            raise DwrpruneError("--ray-address needs --executor ray")
+        return cls(jobs)
+
+    def __init__(self, jobs: int):
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        self.cf = cf
+        self.pool = cf.ProcessPoolExecutor(
+            jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+            initargs=(max(1, torch.get_num_threads() // jobs),))
+
+    def submit(self, fn: Callable, args: tuple, resources: Resources):
+        return self.pool.submit(_call, fn, *args)
+
+    def wait_one(self, handles: list) -> tuple[Any, Any, BaseException | None]:
+        done, _ = self.cf.wait(handles, return_when=self.cf.FIRST_COMPLETED)
+        h = next(h for h in handles if h in done)  # the earliest submitted of those done
+        error = h.exception()
+        return h, None if error is not None else h.result(), error
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_jobs(jobs: int, device: str | torch.device | None = None) -> None:
+    """``--jobs``: at least 1, and at most one per CPU core (each worker needs a core to feed
+    its device), or one error line."""
+    cores = os.cpu_count() or 1
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= cores:
+        raise DwrpruneError(f"--jobs must be a whole number from 1 to {cores} (this machine's "
+                            f"CPU cores: each job side by side needs one), got {jobs!r}")
+
+
 def _is_loopback(address: str) -> bool:
     host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
     return host == "localhost" or host.startswith("127.") or host == "::1"
@@ -225,10 +277,16 @@ class RayExecutor:
 
 
 def create_executor(name: str = "local", address: str | None = None,
-                    retries: int = 2, py_modules: list | None = None) -> Executor:
-    """A registered executor: ``local`` or ``ray`` (``address``: a running cluster; None:
-    start one here; ``py_modules``: see :class:`RayExecutor`)."""
-    return EXECUTORS.create(name, address=address, retries=retries, py_modules=py_modules)
+                    retries: int = 2, py_modules: list | None = None,
+                    jobs: int = 1) -> Executor:
+    """A registered executor: ``local``, or with ``jobs`` above 1 ``pool`` (that many
+    worker processes here), or ``ray`` (``address``: a running cluster; None: start one
+    here; ``py_modules``: see :class:`RayExecutor`)."""
+    check_jobs(jobs)
+    if name == "local" and jobs > 1:
+        name = "pool"
+    return EXECUTORS.create(name, address=address, retries=retries, py_modules=py_modules,
+                            jobs=jobs)
 
 
 # ---------------------------------------------------------------------------- the job graph

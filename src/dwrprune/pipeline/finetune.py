@@ -52,7 +52,8 @@ def result_line(result: dict) -> str:
 def final_recipe(cfg: PipelineConfig) -> TrainConfig:
     """The final fine-tune's recipe."""
     return TrainConfig(epochs=cfg.final_epochs, lr=cfg.final_lr, seed=cfg.seed,
-                       kd_alpha=cfg.distill, label_smoothing=cfg.label_smoothing)
+                       kd_alpha=cfg.distill, label_smoothing=cfg.label_smoothing,
+                       precision=cfg.precision, channels_last=cfg.channels_last)
 
 
 def finetune_point(model: nn.Module, data: DataSource, cfg: PipelineConfig,

@@ -14,6 +14,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -156,7 +157,8 @@ class SampleJobs:
                  block_order: list[str] | None, finetune: FinetuneFn | None = None):
         self.original, self.data, self.cfg = PortableModel(model), data, cfg
         self.block_order = block_order
-        self.finetune = finetune or default_finetune
+        self.finetune = finetune or partial(default_finetune, precision=cfg.precision,
+                                            channels_last=cfg.channels_last)
         self._shrinker_cache: Shrinker | None = None
 
     def __getstate__(self) -> dict:

@@ -27,6 +27,7 @@ from ..io.settings import check_same_settings
 from ..io.store import SampleStore
 from ..search.predictor import Predictor
 from ..search.solver import Solution
+from ..training.device_data import DATA_PATH
 from .config import PipelineConfig
 
 
@@ -275,7 +276,9 @@ class Run:
         """What the final model depends on: the chosen point and the final-stage options."""
         b = solution.best
         return {"point": [b.d, b.w, b.r], **cfg.final_config(),
-                "recal_batches": cfg.recal_batches, "seed": cfg.seed}
+                "recal_batches": cfg.recal_batches, "seed": cfg.seed,
+                "precision": cfg.precision, "channels_last": cfg.channels_last,
+                "data_path": DATA_PATH}
 
     def prepare_final(self, settings: dict) -> str | None:
         """Bind ``final/`` to ``settings``.  Work made with other settings (another budget

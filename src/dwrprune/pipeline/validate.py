@@ -9,7 +9,7 @@ from ..errors import DwrpruneError
 from ..pruning.criteria import CHANNEL_CRITERIA, DEPTH_CRITERIA
 from ..pruning.shrink import WIDTH_ALLOCATIONS
 from ..search.predictor import FAMILIES
-from .executors import EXECUTORS
+from .executors import EXECUTORS, check_jobs
 
 MONOTONE = ("prefer", "require", "ignore")
 
@@ -124,3 +124,10 @@ def validate_config(cfg) -> None:
     _need(cfg.retries >= 0, f"retries must be >= 0, got {cfg.retries}")
     _need(cfg.ray_address is None or cfg.executor == "ray",
           "--ray-address needs --executor ray")
+    check_jobs(cfg.jobs)
+    _need(cfg.jobs == 1 or cfg.executor == "local", "--jobs runs jobs side by side on this "
+          "machine; with --executor ray, Ray places them (--job-cpus, --job-gpus)")
+    # training engine: the precision must run where training does
+    from ..training.engine import check_precision, compute_device
+
+    check_precision(cfg.precision, compute_device())

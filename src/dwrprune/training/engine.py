@@ -89,8 +89,8 @@ def check_precision(precision: str, device: str | torch.device) -> None:
         raise DwrpruneError(f"precision {precision!r} is not known; choose "
                             f"{' | '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
-        raise DwrpruneError("precision fp16 needs a GPU (--device cuda); on the CPU use fp32 "
-                            "or bf16")
+        raise DwrpruneError("precision fp16 needs a GPU to train on (training runs on the "
+                            f"{device.type}); on the CPU use fp32 or bf16")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DwrpruneError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16; "
                             "use fp16 or fp32")
