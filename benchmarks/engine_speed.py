@@ -1,35 +1,50 @@
-"""Training speed of dwrprune's engine against a tight reference loop, on this machine.
+"""Speed of dwrprune's engine against a tight reference loop, and against the per-image data
+path it replaced, on this machine.
 
     python benchmarks/engine_speed.py [--device cpu|cuda] [--steps 60] [--batch 128]
-        [--out benchmarks/results/engine/engine_speed.csv]
+        [--prune quick] [--out benchmarks/results/engine/engine_speed.csv] [--update-docs]
 
-Both train the bundled ResNet-20's architecture on Fashion-MNIST for the same number of
-steps with the same recipe (SGD, Nesterov momentum, lr 0.1, batch 128, random crop with
-4-pixel padding and horizontal flip, normalisation):
+All train the bundled ResNet-20's architecture on Fashion-MNIST with the same recipe (SGD,
+Nesterov momentum, lr 0.1, batch 128, random crop with 3-pixel padding and horizontal flip,
+normalisation):
 
-- ``dwrprune.train``: the library's loop with its own data loader (``DatasetSource``);
 - ``tight loop``: the images resident on the device as one uint8 tensor, crop, flip and
-  normalisation done per batch on the device, no host synchronisation until the end.
+  normalisation done per batch on the device, no host synchronisation until the end;
+- ``dwrprune.train``: the library's loop with its own loader (``DatasetSource``);
+- ``per-image loader``: ``dwrprune.train`` fed by a torch DataLoader applying torchvision
+  transforms to one image at a time (dwrprune's data path 1, before the batched one).
 
-Each is timed after a few warm-up steps; rows are appended to the CSV with the machine, so
-runs on other machines add rows rather than replacing them.
+Evaluation (the 6,000 validation images) and BatchNorm re-calibration (20 batches) are timed
+for the batched and the per-image path.  ``--prune quick`` also times ``dwrprune prune
+--preset quick`` end to end (a fresh folder).  Rows are appended to the CSV with the machine
+and the data path, so runs on other machines add rows rather than replacing them;
+``--update-docs`` regenerates the table in docs/engine.md from the whole CSV.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 import dwrprune
 from dwrprune.training.data import DATASETS
+from dwrprune.training.device_data import DATA_PATH
 
-FIELDS = ["device", "device_name", "loop", "batch", "steps", "seconds", "steps_per_s",
-          "images_per_s", "ratio_to_tight", "torch"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_block import update_docs  # noqa: E402
+
+FIELDS = ["device", "device_name", "what", "loop", "batch", "steps", "seconds", "steps_per_s",
+          "images_per_s", "ratio", "data_path", "torch"]
+MEAN, STD = 0.2860, 0.3530
 
 
 def _device_name(device: str) -> str:
@@ -53,8 +68,7 @@ def tight_loop(x_u8: torch.Tensor, y: torch.Tensor, steps: int, batch: int, devi
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
     x_u8, y = x_u8.to(device), y.to(device)
-    n, side, pad = len(y), x_u8.shape[-1], 4
-    mean, std = 0.2860, 0.3530
+    n, side, pad = len(y), x_u8.shape[-1], 3
     gen = torch.Generator(device=device).manual_seed(0)
     base = torch.arange(side, device=device)
     padded = F.pad(x_u8, (pad, pad, pad, pad))
@@ -67,7 +81,7 @@ def tight_loop(x_u8: torch.Tensor, y: torch.Tensor, steps: int, batch: int, devi
         xb = padded[idx[:, None, None], 0, rows, cols].unsqueeze(1)  # random crops
         flip = torch.rand(batch, device=device, generator=gen) < 0.5
         xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
-        xb = (xb.float() / 255 - mean) / std
+        xb = (xb.float() / 255 - MEAN) / STD
         loss = F.cross_entropy(model(xb), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -83,14 +97,38 @@ def tight_loop(x_u8: torch.Tensor, y: torch.Tensor, steps: int, batch: int, devi
     return time.perf_counter() - t0
 
 
-def engine_loop(steps: int, batch: int, device: str, warmup: int = 5) -> float:
+class PerImage(torch.utils.data.Dataset):
+    """Data path 1: torchvision transforms applied to one uint8 image at a time."""
+
+    def __init__(self, ds, augment: bool):
+        base = ds.dataset
+        self.images, self.labels, self.indices = base.images, base.labels, ds.indices
+        steps = [v2.RandomCrop(28, padding=3), v2.RandomHorizontalFlip()] if augment else []
+        self.tf = v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True),
+                                      v2.Normalize((MEAN,), (STD,))])
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        j = self.indices[i]
+        return self.tf(self.images[j]), int(self.labels[j])
+
+
+def loaders(batch: int, per_image: bool, split: str, shuffle: bool):
+    ds = dwrprune.create_dataset("fashion-mnist", split)
+    if not per_image:
+        return dwrprune.make_loader(ds, batch, shuffle=shuffle)
+    return torch.utils.data.DataLoader(PerImage(ds, augment=split == "train"), batch,
+                                       shuffle=shuffle)
+
+
+def engine_loop(loader, steps: int, device: str, warmup: int = 5) -> float:
     """Seconds for ``steps`` steps of ``dwrprune.train`` (after ``warmup`` untimed ones)."""
     torch.manual_seed(0)
     model = dwrprune.create_model("resnet20", num_classes=10, in_channels=1)
-    loader = dwrprune.DatasetSource("fashion-mnist", batch_size=batch).loader(
-        "train", 28, shuffle=True)
-    cfg = dwrprune.TrainConfig(steps=warmup, lr=0.1)
-    dwrprune.train(model, loader, cfg, progress=False, log=False, device=device)
+    dwrprune.train(model, loader, dwrprune.TrainConfig(steps=warmup, lr=0.1), progress=False,
+                   log=False, device=device)
     _sync(device)
     t0 = time.perf_counter()
     dwrprune.train(model, loader, dwrprune.TrainConfig(steps=steps, lr=0.1), progress=False,
@@ -99,38 +137,96 @@ def engine_loop(steps: int, batch: int, device: str, warmup: int = 5) -> float:
     return time.perf_counter() - t0
 
 
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def prune_seconds(preset: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        return timed(lambda: subprocess.run(
+            ["dwrprune", "prune", "--preset", preset, "--out", f"{tmp}/run", "--no-progress"],
+            check=True, stdout=subprocess.DEVNULL))
+
+
+def measure(args) -> list[dict]:
+    device, batch, steps = args.device, args.batch, args.steps
+    x, y, _ = DATASETS.get("fashion-mnist")(None, True)
+    rows = []
+
+    def row(what, loop, sec, n_steps, ref, size=batch):
+        rows.append({"what": what, "loop": loop, "batch": size, "steps": n_steps,
+                     "seconds": round(sec, 3), "steps_per_s": round(n_steps / sec, 2),
+                     "images_per_s": round(n_steps * size / sec), "ratio": round(ref / sec, 3)})
+
+    tight = tight_loop(x, y, steps, batch, device)
+    row("train", "tight loop", tight, steps, tight)
+    for per_image, name in ((False, "dwrprune.train"), (True, "per-image loader")):
+        sec = engine_loop(loaders(batch, per_image, "train", True), steps, device)
+        row("train", name, sec, steps, tight)
+    model = dwrprune.load(dwrprune.pretrained.path())
+    evals, recals = {}, {}
+    for per_image in (False, True):
+        val = loaders(500, per_image, "val", False)
+        dwrprune.evaluate(model, val, device=device, max_batches=1)  # warm
+        evals[per_image] = timed(lambda: dwrprune.evaluate(model, val, device=device))
+        tr = loaders(batch, per_image, "train", True)
+        recals[per_image] = timed(lambda: dwrprune.recalibrate_batchnorm(
+            model, tr, 20, device=device))
+    n_val = len(dwrprune.create_dataset("fashion-mnist", "val"))
+    for per_image, name in ((False, "batched (dwrprune)"), (True, "per-image loader")):
+        row("evaluate", name, evals[per_image], n_val // 500, evals[False], 500)
+        row("bn-recalibrate", name, recals[per_image], 20, recals[False])
+    if args.prune:
+        sec = prune_seconds(args.prune)
+        rows.append({"what": f"prune --preset {args.prune}", "loop": "dwrprune prune",
+                     "seconds": round(sec, 1)})
+    stamp = {"device": device, "device_name": _device_name(device), "data_path": DATA_PATH,
+             "torch": torch.__version__}
+    return [stamp | r for r in rows]
+
+
+def markdown(rows: list[dict]) -> str:
+    out = ["| machine | what | loop | steps/s | images/s | seconds | vs reference |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{float(r['ratio']):.2f}x" if r.get("ratio") else ""
+        out.append(f"| {r['device_name']} | {r['what']} | {r['loop']} | "
+                   f"{r.get('steps_per_s') or ''} | {r.get('images_per_s') or ''} | "
+                   f"{r['seconds']} | {ratio} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     choices=["cpu", "cuda"])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default Debian's)")
+    ap.add_argument("--prune", choices=["quick", "full"], default=None,
+                    help="also time `dwrprune prune --preset ...` end to end")
     ap.add_argument("--out", default="benchmarks/results/engine/engine_speed.csv")
+    ap.add_argument("--update-docs", action="store_true")
+    ap.add_argument("--render-only", action="store_true", help="only regenerate the table")
     args = ap.parse_args()
-    x, y, _ = DATASETS.get("fashion-mnist")(args.data_dir, True)
-    if args.data_dir:  # the engine's loader reads the same folder
-        import functools
-
-        dwrprune.DatasetSource = functools.partial(dwrprune.DatasetSource,
-                                                   data_dir=args.data_dir)
-    tight = tight_loop(x, y, args.steps, args.batch, args.device)
-    engine = engine_loop(args.steps, args.batch, args.device)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists()
-    with open(out, "a", newline="") as f:
-        w = csv.DictWriter(f, FIELDS)
-        if new:
-            w.writeheader()
-        for loop, sec in (("tight loop", tight), ("dwrprune.train", engine)):
-            row = {"device": args.device, "device_name": _device_name(args.device),
-                   "loop": loop, "batch": args.batch, "steps": args.steps,
-                   "seconds": round(sec, 3), "steps_per_s": round(args.steps / sec, 2),
-                   "images_per_s": round(args.steps * args.batch / sec),
-                   "ratio_to_tight": round(tight / sec, 3), "torch": torch.__version__}
-            w.writerow(row)
-            print(row)
+    if not args.render_only:
+        rows = measure(args)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        new = not out.exists()
+        with open(out, "a", newline="") as f:
+            w = csv.DictWriter(f, FIELDS)
+            if new:
+                w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in FIELDS})
+                print(r)
+    with open(out, newline="") as f:
+        text = markdown([r for r in csv.DictReader(f) if r.get("data_path")])
+    print(text)
+    if args.update_docs:
+        print(f"updated {update_docs('engine-speed', text)}")
 
 
 if __name__ == "__main__":

@@ -95,3 +95,18 @@ def test_info_lists_the_axes_a_model_offers(capsys):
     assert axes["depth"] == {"blocks": 4, "kinds": ["residual"], "why": ""}
     assert axes["width"]["groups"] > 0 and axes["width"]["why"] == ""
     assert axes["resolution"] == {"base": 16, "min": 8}
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["prune", "--help"],
+                                  ["plan", "--help"]])
+def test_version_and_help_answer_without_importing_torch(argv):
+    """Start-up: the answers that need no model come before torch is imported (under a
+    second; torch alone takes several)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom dwrprune.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-400:]
+    assert "dwrprune" in out.stdout or "usage" in out.stdout

@@ -28,6 +28,8 @@ def build_parser(yaml_values: dict | None = None, for_command: str | None = None
     for name, (fn, add, help_, _) in _COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.add_argument("--config", default=None, help="YAML file of option values")
+        if name != for_command:
+            continue  # only the command being run gets its options (some import torch)
         add(sp)
         if "--progress" not in sp._option_string_actions:  # noqa: SLF001 - every command has it
             add_progress_arg(sp)
@@ -118,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv == ["--version"]:  # answered before the parser imports the library
         print(f"dwrprune {__version__}")
         return 0
-    from ..training import distributed
-
+    distributed = None
     try:
-        args = parse(argv)
+        args = parse(argv)  # --help answers here, before torch is imported
+        from ..training import distributed
+
         if distributed.launched():
             if args.command not in DISTRIBUTED_COMMANDS:
                 raise DwrpruneError(
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
               "once that is fixed", file=sys.stderr)
         return 2
     finally:
-        distributed.shutdown(wait=False)  # after an error: leave without waiting
+        if distributed is not None:
+            distributed.shutdown(wait=False)  # after an error: leave without waiting
 
 
 if __name__ == "__main__":

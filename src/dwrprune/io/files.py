@@ -12,12 +12,12 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DwrpruneError, quote_error
+
+if TYPE_CHECKING:
+    from torch import nn
 
 FORMAT = "dwrprune"
 FORMAT_VERSION = 1
@@ -41,6 +41,8 @@ def atomic_write_bytes(path: str | os.PathLike, writer) -> None:
 
 
 def save_torch(path: str | os.PathLike, payload: dict) -> None:
+    import torch  # here, not at import: the command line reads YAML without torch
+
     atomic_write_bytes(path, lambda f: torch.save(payload, f))
 
 
@@ -51,6 +53,8 @@ def save_json(path: str | os.PathLike, obj: Any) -> None:
 
 def load_torch(path: str | os.PathLike) -> dict:
     """``torch.load(weights_only=True)`` with clear errors for missing or corrupt files."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise DwrpruneError(f"checkpoint {path} does not exist")

@@ -17,25 +17,59 @@
 Samples and choices use the validation split; the test set is touched once, at the end.
 """
 
-from .api import PruneResult, attach_spec, final_stage, open_run, prune, start_run
-from .collect import Collector, collect
-from .config import PRESETS, PipelineConfig, read_options_file, resolve_config
-from .data import (
-    DatasetSource,
-    DataSource,
-    FinetuneFn,
-    TorchDataSource,
-    check_data_matches,
-    check_validation_split,
-    default_finetune,
-)
-from .finetune import finetune_final
-from .fit import fit_run, fit_samples
-from .jobs import Job, SampleJobs, model_fingerprint, plan_jobs
-from .points import largest_under, one_axis_point
-from .run import Run
-from .shrinker import build_shrinker, run_shrinker
-from .solve import exact_cost_grid, plan_run, solve_budget
+import importlib
+
+# name -> module of this package; imported on first use (PEP 562), so that the command line
+# reads the options file and answers --help without importing torch.
+_API = {
+    "PruneResult": "api",
+    "attach_spec": "api",
+    "final_stage": "api",
+    "open_run": "api",
+    "prune": "api",
+    "start_run": "api",
+    "Collector": "collect",
+    "collect": "collect",
+    "PRESETS": "config",
+    "PipelineConfig": "config",
+    "read_options_file": "config",
+    "resolve_config": "config",
+    "DatasetSource": "data",
+    "DataSource": "data",
+    "FinetuneFn": "data",
+    "TorchDataSource": "data",
+    "check_data_matches": "data",
+    "check_validation_split": "data",
+    "default_finetune": "data",
+    "finetune_final": "finetune",
+    "fit_run": "fit",
+    "fit_samples": "fit",
+    "Job": "jobs",
+    "SampleJobs": "jobs",
+    "model_fingerprint": "jobs",
+    "plan_jobs": "jobs",
+    "largest_under": "points",
+    "one_axis_point": "points",
+    "Run": "run",
+    "build_shrinker": "shrinker",
+    "run_shrinker": "shrinker",
+    "exact_cost_grid": "solve",
+    "plan_run": "solve",
+    "solve_budget": "solve",
+}
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
+
 
 __all__ = [
     "PRESETS", "Collector", "DataSource", "DatasetSource", "FinetuneFn", "Job",
