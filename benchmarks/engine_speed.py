@@ -12,10 +12,13 @@ normalisation):
   normalisation done per batch on the device, no host synchronisation until the end;
 - ``dwrprune.train``: the library's loop with its own loader (``DatasetSource``);
 - ``per-image loader``: ``dwrprune.train`` fed by a torch DataLoader applying torchvision
-  transforms to one image at a time (dwrprune's data path 1, before the batched one).
+  transforms to one image at a time (dwrprune's data path 1, before the batched one);
+- ``dwrprune.train bf16``, ``channels_last`` (and on a GPU ``fp16``, ``bf16 +
+  channels_last``): the precision and layout options, whose speed decides the defaults.
 
-Evaluation (the 6,000 validation images) and BatchNorm re-calibration (20 batches) are timed
-for the batched and the per-image path.  ``--prune quick`` also times ``dwrprune prune
+Evaluation (the 6,000 validation images, batch 500) and BatchNorm re-calibration (20 batches)
+are timed for the batched and the per-image path, the median of ``--repeats`` interleaved
+runs.  ``--prune quick`` also times ``dwrprune prune
 --preset quick`` end to end (a fresh folder).  Rows are appended to the CSV with the machine
 and the data path, so runs on other machines add rows rather than replacing them;
 ``--update-docs`` regenerates the table in docs/engine.md from the whole CSV.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,16 +127,17 @@ def loaders(batch: int, per_image: bool, split: str, shuffle: bool):
                                        shuffle=shuffle)
 
 
-def engine_loop(loader, steps: int, device: str, warmup: int = 5) -> float:
-    """Seconds for ``steps`` steps of ``dwrprune.train`` (after ``warmup`` untimed ones)."""
+def engine_loop(loader, steps: int, device: str, warmup: int = 5, **options) -> float:
+    """Seconds for ``steps`` steps of ``dwrprune.train`` (after ``warmup`` untimed ones);
+    ``options``: TrainConfig's precision and channels_last."""
     torch.manual_seed(0)
     model = dwrprune.create_model("resnet20", num_classes=10, in_channels=1)
-    dwrprune.train(model, loader, dwrprune.TrainConfig(steps=warmup, lr=0.1), progress=False,
-                   log=False, device=device)
+    dwrprune.train(model, loader, dwrprune.TrainConfig(steps=warmup, lr=0.1, **options),
+                   progress=False, log=False, device=device)
     _sync(device)
     t0 = time.perf_counter()
-    dwrprune.train(model, loader, dwrprune.TrainConfig(steps=steps, lr=0.1), progress=False,
-                   log=False, device=device)
+    dwrprune.train(model, loader, dwrprune.TrainConfig(steps=steps, lr=0.1, **options),
+                   progress=False, log=False, device=device)
     _sync(device)
     return time.perf_counter() - t0
 
@@ -165,15 +170,27 @@ def measure(args) -> list[dict]:
     for per_image, name in ((False, "dwrprune.train"), (True, "per-image loader")):
         sec = engine_loop(loaders(batch, per_image, "train", True), steps, device)
         row("train", name, sec, steps, tight)
+    variants = [("bf16", {"precision": "bf16"}), ("channels_last", {"channels_last": True})]
+    if device == "cuda":
+        variants += [("fp16", {"precision": "fp16"}),
+                     ("bf16 + channels_last", {"precision": "bf16", "channels_last": True})]
+    for label, options in variants:
+        sec = engine_loop(loaders(batch, False, "train", True), steps, device, **options)
+        row("train", f"dwrprune.train {label}", sec, steps, tight)
     model = dwrprune.load(dwrprune.pretrained.path())
-    evals, recals = {}, {}
-    for per_image in (False, True):
-        val = loaders(500, per_image, "val", False)
-        dwrprune.evaluate(model, val, device=device, max_batches=1)  # warm
-        evals[per_image] = timed(lambda: dwrprune.evaluate(model, val, device=device))
-        tr = loaders(batch, per_image, "train", True)
-        recals[per_image] = timed(lambda: dwrprune.recalibrate_batchnorm(
-            model, tr, 20, device=device))
+    evals: dict[bool, list[float]] = {False: [], True: []}
+    recals: dict[bool, list[float]] = {False: [], True: []}
+    val = {p: loaders(500, p, "val", False) for p in (False, True)}
+    tr = {p: loaders(batch, p, "train", True) for p in (False, True)}
+    for p in (False, True):
+        dwrprune.evaluate(model, val[p], device=device, max_batches=1)  # warm
+    for _ in range(args.repeats):  # interleaved, so a slow moment hits both paths alike
+        for p in (False, True):
+            evals[p].append(timed(lambda: dwrprune.evaluate(model, val[p], device=device)))
+            recals[p].append(timed(lambda: dwrprune.recalibrate_batchnorm(
+                model, tr[p], 20, device=device)))
+    evals = {p: statistics.median(v) for p, v in evals.items()}
+    recals = {p: statistics.median(v) for p, v in recals.items()}
     n_val = len(dwrprune.create_dataset("fashion-mnist", "val"))
     for per_image, name in ((False, "batched (dwrprune)"), (True, "per-image loader")):
         row("evaluate", name, evals[per_image], n_val // 500, evals[False], 500)
@@ -204,6 +221,8 @@ def main() -> None:
                     choices=["cpu", "cuda"])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="evaluation and re-calibration: the median of this many runs")
     ap.add_argument("--prune", choices=["quick", "full"], default=None,
                     help="also time `dwrprune prune --preset ...` end to end")
     ap.add_argument("--out", default="benchmarks/results/engine/engine_speed.csv")

@@ -16,6 +16,7 @@ from dwrprune.cli import main
 from dwrprune.cost import latency as L
 from dwrprune.cost.runtimes import RUNTIMES
 from dwrprune.cost.timing import time_in_turns
+from dwrprune.io.store import SampleStore
 from dwrprune.pipeline import resolve_config
 from dwrprune.pipeline.solve import parse_targets
 from dwrprune.search.within_drop import narrowest, solve_max_drop
@@ -239,3 +240,49 @@ def test_fastest_within_a_drop_on_a_latency_target(tmp_path, tiny_checkpoint, ti
     assert plan["latency"]["budget_ms"] is None and plan["solution"]["decision"]["max_drop"] == 30
     assert res.report["max_drop"]["predicted_drop"] + res.report["max_drop"]["drop_sd"] <= 30 + 1e-6
     assert lat["line"] in res.report_path.read_text()
+
+
+@pytest.mark.slow
+def test_a_budget_beyond_the_sampled_box_extends_a_chain(tmp_path, tiny_checkpoint,
+                                                        tiny_options, macs_timing, capsys):
+    """A latency budget no sampled point reaches: the collection is extended along the axis
+    that reaches it (new chain samples, recorded in the run's config), refitted, planned and
+    fine-tuned within budget; running the same call again keeps the extension.  A budget the
+    model itself cannot reach is one error naming its fastest point."""
+    model = dwrprune.load(tiny_checkpoint)
+    macs_timing(model)
+    opts = {k: v for k, v in tiny_options.items() if k not in ("data", "budget")}
+    run = tmp_path / "run"
+    res = dwrprune.prune(model, "synthetic", out=run, progress="never", latency_budget=0.02,
+                         checkpoint=str(tiny_checkpoint), **opts)
+    assert "lies beyond the sampled box; extending the collection along" in \
+        capsys.readouterr().out
+    assert res.report["latency"]["ratio"] <= 0.02 * 1.03
+    cfg, _ = dwrprune.pipeline.Run(run).load_config()
+    longer = [k for k in ("depth_steps", "width_steps", "resolution_steps")
+              if len(getattr(cfg, k)) > len(opts[k])]
+    assert len(longer) == 1
+    samples = {s.key for s in SampleStore(run / "samples.sqlite").samples()}
+    axis = longer[0][0]
+    assert f"{axis}/2" in samples  # a chain step past the two the config asked for
+    # the same call again: the extension is kept, nothing is re-collected
+    dwrprune.prune(model, "synthetic", out=run, progress="never", latency_budget=0.02,
+                   checkpoint=str(tiny_checkpoint), **opts)
+    assert {s.key for s in SampleStore(run / "samples.sqlite").samples()} == samples
+    with pytest.raises(DwrpruneError, match="the model itself cannot go that fast: its "
+                                            "fastest point, d=.* is modelled at"):
+        dwrprune.prune(model, "synthetic", out=tmp_path / "run2", progress="never",
+                       latency_budget=1e-4, checkpoint=str(tiny_checkpoint), **opts)
+
+
+def test_a_chain_continued_further_down_is_the_same_collection():
+    from dwrprune.io.settings import differing, extends
+
+    assert extends([0.75, 0.5, 0.3], [0.75, 0.5]) and not extends([0.75, 0.5], [0.75, 0.5])
+    assert not extends([0.75, 0.6, 0.3], [0.75, 0.5])  # another step on the way
+    assert not extends([0.75, 0.5, 0.6], [0.75, 0.5])  # not further down
+    old = {"depth_steps": [0.75, 0.5], "width_steps": [0.75], "seed": 0}
+    assert differing(old, {**old, "depth_steps": [0.75, 0.5, 0.25]}) == []
+    assert differing({**old, "depth_steps": [0.75, 0.5, 0.25]}, old) == []  # and back
+    assert differing(old, {**old, "depth_steps": [0.7, 0.5]}) == ["depth_steps"]
+    assert differing(old, {**old, "seed": 1}) == ["seed"]

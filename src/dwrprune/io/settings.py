@@ -6,12 +6,26 @@ from __future__ import annotations
 
 from ..errors import DwrpruneError
 
+CHAIN_KEYS = ("depth_steps", "width_steps", "resolution_steps")
+
+
+def extends(longer, shorter) -> bool:
+    """``longer`` is the chain ``shorter`` continued further down (more pruning): the same
+    steps, then smaller ones."""
+    if not (isinstance(longer, list) and isinstance(shorter, list)) or \
+            len(longer) <= len(shorter) or longer[:len(shorter)] != shorter:
+        return False
+    return not shorter or all(v < shorter[-1] for v in longer[len(shorter):])
+
 
 def differing(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
     """Keys whose values differ.  A key an older record lacks counts as equal when the new
-    value is its default (older code behaved that way)."""
+    value is its default (older code behaved that way).  A chain of pruning steps that
+    continues the other's (``extends``) is the same collection, extended."""
     old = {**{k: v for k, v in (defaults or {}).items() if k in new and k not in old}, **old}
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not (
+        k in CHAIN_KEYS and (extends(old.get(k), new.get(k)) or extends(new.get(k),
+                                                                        old.get(k)))))
 
 
 def check_same_settings(old: dict | None, new: dict, where: str, what: str = "collected",

@@ -27,6 +27,7 @@ from ..checkpoint import load, save_model
 from ..errors import DwrpruneError
 from ..io.spec import ModelSpec, make_spec, spec_of
 from ..pruning.analysis import check_model_usable
+from ..search.latency import LatencyOutOfReach
 from ..training.progress import resolve_progress
 from .collect import collect
 from .config import PipelineConfig, resolve_config
@@ -173,6 +174,19 @@ def final_stage(model: nn.Module, data: DataSource, cfg: PipelineConfig, run: Ru
                           run.solution(), run.path, resolve_progress(progress), train_fn)
 
 
+MAX_EXTENSIONS = 3  # chain extensions one prune call makes to reach a latency budget
+
+
+def extend_chain(cfg: PipelineConfig, axis: str, value: float) -> PipelineConfig:
+    """``cfg`` with the ``axis`` chain (d, w or r) continued down to ``value``: one step
+    there, and one half-way where the last step is more than 0.2 above it."""
+    key = {"d": "depth_steps", "w": "width_steps", "r": "resolution_steps"}[axis]
+    steps = list(getattr(cfg, key))
+    last = steps[-1] if steps else 1.0
+    new = [round((last + value) / 2, 4), value] if last - value > 0.2 else [value]
+    return cfg.replace(**{key: steps + [round(v, 6) for v in new]})
+
+
 def prune(model: nn.Module, data: DataSource | str | None = None,
           config: PipelineConfig | None = None, out: str | os.PathLike | None = None, *,
           budget: float | None = None, preset: str | None = None,
@@ -211,15 +225,29 @@ def prune(model: nn.Module, data: DataSource | str | None = None,
     source = as_source(data, config)
     run = Run(out)
     with run.lock():  # start_run checks the folder and writes the config under it
+        config = run.adopt_extensions(config)
         start_run(model, source, config, out, checkpoint, keep_original)
         store = collect(model, source, config, run.path, finetune, progress)
         from .fit import fit_samples, fit_summary
         from .solve import choice_line
 
-        pred, holdout = fit_samples(store, config)
-        run.save_predictor(pred, holdout)
-        tqdm.write(f"[fit] {fit_summary(pred, holdout)}")
-        plan_run(run, run_shrinker(run, model, config), config)
+        for extension in range(MAX_EXTENSIONS + 1):
+            pred, holdout = fit_samples(store, config)
+            run.save_predictor(pred, holdout)
+            tqdm.write(f"[fit] {fit_summary(pred, holdout)}")
+            try:
+                plan_run(run, run_shrinker(run, model, config), config)
+                break
+            except LatencyOutOfReach as e:
+                if e.reach is None or extension == MAX_EXTENSIONS:
+                    raise
+                config = extend_chain(config, *e.reach)
+                tqdm.write(f"[plan] {e.budget_ms:.3f} ms lies beyond the sampled box; "
+                           f"extending the collection along {e.reach[0]} to "
+                           f"{e.reach[1]:.3f}")
+                _, written = run.load_config()
+                run.save_config(config, written, model_fingerprint(model))
+                store = collect(model, source, config, run.path, finetune, progress)
         tqdm.write(f"[plan] {choice_line(run.solution(), run.plan().get('latency'))}")
         result = finetune_final(model, source, config, run_shrinker(run, model, config, source),
                                 run.solution(), run.path, progress, train_fn)

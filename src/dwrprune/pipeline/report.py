@@ -173,7 +173,7 @@ def _write_report(run: Path) -> dict:
               "final": {k: v for k, v in (final or {}).items() if k != "history"} or None,
               "collection_seconds": sum(s["seconds"] for s in samples), "axes": axes,
               "block_order": _read(run, "block_order.json"), "run": str(run),
-              "targets_plot": bool(targets),
+              "targets_plot": bool(targets), "engine": _engine(store),
               "out_of_date": folder.out_of_date()}
     try:
         text = _markdown(report)
@@ -184,6 +184,14 @@ def _write_report(run: Path) -> dict:
     save_json(out / "report.json", report)
     (out / "report.md").write_text(text)
     return report
+
+
+def _engine(store: SampleStore) -> dict:
+    """How the samples were trained: precision, memory layout, data path."""
+    cfg = store.get_meta("collect_config") or {}
+    return {"precision": cfg.get("precision", "fp32"),
+            "channels_last": bool(cfg.get("channels_last", False)),
+            "data_path": store.get_meta("data_path") or 1}
 
 
 def _markdown(rep: dict) -> str:
@@ -376,8 +384,15 @@ def _samples(rep: dict) -> list[str]:
                   f"- width: not available ({w['why']})",
                   f"- resolution: input side {r['min']} to {r['base']} px", ""]
     s = rep["samples"]
-    lines += [f"## Samples ({len(s)}, {rep['collection_seconds']:.0f} s of collection)", "",
-              "| key | kind | d | w | r | px | MACs (M) | params (K) | val acc (%) | "
+    lines += [f"## Samples ({len(s)}, {rep['collection_seconds']:.0f} s of collection)", ""]
+    e = rep.get("engine")
+    if e:
+        path = ("batches made on the compute device" if e["data_path"] >= 2
+                else "per-image transforms")
+        layout = "channels_last" if e["channels_last"] else "NCHW"
+        lines += [f"Trained in {e['precision']}, {layout} layout, data path {e['data_path']} "
+                  f"({path}); evaluated in fp32.", ""]
+    lines += ["| key | kind | d | w | r | px | MACs (M) | params (K) | val acc (%) | "
               "fine-tune steps | seconds |", "|" + "---|" * 11]
     for x in s:
         lines.append(f"| {x['key']} | {x['kind']} | {x['d']:.3f} | {x['w']:.3f} | "

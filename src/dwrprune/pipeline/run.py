@@ -23,7 +23,7 @@ import yaml
 
 from ..errors import DwrpruneError
 from ..io.files import atomic_write_bytes, check_folder_writable, read_json, read_yaml, save_json
-from ..io.settings import check_same_settings
+from ..io.settings import CHAIN_KEYS, check_same_settings, extends
 from ..io.store import SampleStore
 from ..search.predictor import Predictor
 from ..search.solver import Solution
@@ -81,6 +81,17 @@ class Run:
     @property
     def config_path(self) -> Path:
         return self.path / "config.yaml"
+
+    def adopt_extensions(self, cfg: PipelineConfig) -> PipelineConfig:
+        """``cfg`` with the chains this folder's collection was extended along (a latency
+        budget beyond the sampled box extends a chain; the same command run again keeps
+        the extension)."""
+        if not self.config_path.exists():
+            return cfg
+        old, _ = self.load_config()
+        longer = {k: getattr(old, k) for k in CHAIN_KEYS
+                  if extends(getattr(old, k), getattr(cfg, k))}
+        return cfg.replace(**longer) if longer else cfg
 
     def save_config(self, cfg: PipelineConfig, checkpoint: str,
                     fingerprint: str | None = None) -> None:

@@ -11,9 +11,54 @@ from ..errors import DwrpruneError
 from ..pruning.shrink import Shrinker
 from .solver import whole_channel_widths, widest
 
+MIN_WIDTH = 0.125  # the narrowest width a chain is extended to (an eighth of the channels)
+
 
 class LatencyOutOfReach(DwrpruneError):
-    """No model in the searched box reaches the latency budget."""
+    """No model in the searched box reaches the latency budget.  ``reach``: the one-axis
+    extension of the box that does (see :func:`reach`), or None where the model itself
+    cannot go that fast."""
+
+    def __init__(self, message: str, budget_ms: float, reach: tuple[str, float] | None):
+        super().__init__(message)
+        self.budget_ms, self.reach = budget_ms, reach
+
+
+def _axis_values(shr: Shrinker, axis: str, below: float) -> list[float]:
+    """Realisable values of ``axis`` under ``below``, largest first, down to what the model
+    allows (one block; an eighth of the width; the smallest input)."""
+    if axis == "d":
+        nb = len(shr.blocks)
+        return [k / nb for k in range(nb - 1, 0, -1) if k / nb < below - 1e-9]
+    if axis == "w":
+        return [w for w in reversed(whole_channel_widths(shr, MIN_WIDTH - 1e-9, 1.0))
+                if w < below - 1e-9]
+    px = shr.base_resolution
+    return [p / px for p in range(px - 1, shr.min_resolution - 1, -1) if p / px < below - 1e-9]
+
+
+def reach(shr: Shrinker, lat: LatencyModel, budget_ms: float,
+          lower: tuple[float, float, float]) -> tuple[str, float] | None:
+    """Where to extend the sampled box so that a model reaches ``budget_ms``: the axis (d, w
+    or r) and value, at the box's lower corner on the other two axes, that reach it with the
+    smallest step past the box (relative to the box's bound), or None where no single axis
+    does."""
+    best = None
+    for i, axis in enumerate("dwr"):
+        for v in _axis_values(shr, axis, lower[i]):
+            point = tuple(v if j == i else lower[j] for j in range(3))
+            if lat(shr, *point) <= budget_ms:
+                step = v / lower[i]
+                if best is None or step > best[2]:
+                    best = (axis, v, step)
+                break
+    return None if best is None else best[:2]
+
+
+def fastest(shr: Shrinker, lat: LatencyModel) -> tuple[tuple[float, float, float], float]:
+    """The fastest point the model can be pruned to, and its modelled latency."""
+    point = tuple((_axis_values(shr, a, 1.0) or [1.0])[-1] for a in "dwr")
+    return point, lat(shr, *point)
 
 
 def _wider_within(shr: Shrinker, lat: LatencyModel, d: float, w: float, r: float,
@@ -52,10 +97,22 @@ def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
                           "predicted": float(pred(d, a, r)),
                           "latency_ms": lat(shr, d, a, r), "macs": shr.macs(d, a, r)})
     if not cands:
+        where = reach(shr, lat, budget_ms, lower)
+        smallest = lat(shr, ds[-1], lower[1], pmin / px)
+        if where is not None:
+            name = {"d": "depth", "w": "width", "r": "resolution"}[where[0]]
+            hint = (f"the {name} chain reaches it at {where[0]}={where[1]:.3f}: `dwrprune "
+                    "prune` extends the collection there, or lower the bounds")
+        else:
+            point, ms = fastest(shr, lat)
+            at = f"d={point[0]:.3f} w={point[1]:.3f} r={point[2]:.3f}"
+            hint = (f"no single axis reaches it; lower the bounds of several (--lower-bounds; "
+                    f"the fastest point, {at}, is modelled at {ms:.3f} ms)" if ms <= budget_ms
+                    else f"the model itself cannot go that fast: its fastest point, {at}, is "
+                    f"modelled at {ms:.3f} ms; raise the latency budget")
         raise LatencyOutOfReach(f"no model in the searched box reaches {budget_ms:.3f} ms on "
-                            f"{lat.target.key()} (the smallest modelled: "
-                            f"{lat(shr, ds[-1], lower[1], pmin / px):.3f} ms); raise the "
-                            "latency budget or lower the bounds")
+                                f"{lat.target.key()} (the smallest modelled: {smallest:.3f} "
+                                f"ms); {hint}", budget_ms, where)
     cands.sort(key=lambda c: -c["predicted"])
     return {"budget_ms": budget_ms, "best": cands[0], "runners_up": cands[1:5]}
 
