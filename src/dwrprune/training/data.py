@@ -598,8 +598,7 @@ def make_loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = False, 
         return TensorLoader(dataset, batch_size, sampler, seed, drop_last)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed), drop_last=drop_last,
-                      collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=num_workers > 0)
+                      collate_fn=collate_fn, pin_memory=torch.cuda.is_available())
 
 
 class ResizeCollate:
