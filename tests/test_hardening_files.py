@@ -186,6 +186,26 @@ def test_a_user_data_source_gets_its_first_batch_checked(tiny_checkpoint, x, y, 
         check_source(_Source(x, y), spec)
 
 
+class _TrainSplitWrong(_Source):
+    """Right validation batches, training batches as raw uint8 images."""
+
+    def loader(self, split, resolution, *, shuffle=False, subset=None, seed=0, augment=None):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        x = self.x if split == "val" else (self.x * 255).to(torch.uint8)
+        return DataLoader(TensorDataset(x, self.y), batch_size=4)
+
+
+def test_a_user_training_split_is_checked_before_any_work(tiny_checkpoint):
+    from dwrprune.io.spec import ModelSpec
+    from dwrprune.pipeline.data import check_source
+
+    spec = ModelSpec.from_dict(dwrprune.load(tiny_checkpoint).dwrprune_spec)
+    with pytest.raises(DwrpruneError, match="training loader yields torch.uint8 images"):
+        check_source(_TrainSplitWrong(torch.zeros(4, 3, 16, 16),
+                                      torch.zeros(4, dtype=torch.long)), spec)
+
+
 # ---------------------------------------------------------------------------- limits
 @pytest.mark.parametrize("argv,needle", [
     (["info", "--resolution", "30000"], "must be <= 1024"),

@@ -5,7 +5,7 @@
     shrinker   the one place a config becomes a Shrinker
     jobs       the job list of a collection and the sample each job computes
     executors  local and Ray job graphs (run_graph)
-    collect    stage 1: samples into the run's store, resumably
+    collection stage 1: samples into the run's store, resumably
     fit        stage 2: the accuracy predictor (MAP)
     points     realisable one-axis points under a budget
     solve      stage 3: the best realisable (d, w, r) per budget
@@ -28,8 +28,8 @@ _API = {
     "open_run": "api",
     "prune": "api",
     "start_run": "api",
-    "Collector": "collect",
-    "collect": "collect",
+    "Collector": "collection",
+    "collect": "collection",
     "PRESETS": "config",
     "PipelineConfig": "config",
     "read_options_file": "config",

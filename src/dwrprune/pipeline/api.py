@@ -29,7 +29,7 @@ from ..io.spec import ModelSpec, make_spec, spec_of
 from ..pruning.analysis import check_model_usable
 from ..search.latency import LatencyOutOfReach
 from ..training.progress import resolve_progress
-from .collect import collect
+from .collection import collect
 from .config import PipelineConfig, resolve_config
 from .data import (
     DatasetSource,

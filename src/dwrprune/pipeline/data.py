@@ -189,14 +189,23 @@ def original_accuracy(model: nn.Module, data: DataSource, cfg, spec: ModelSpec) 
 
 def check_source(data: DataSource, spec: ModelSpec) -> None:
     """What every stage checks before work: the data fits the model (where the source can
-    say), and there is a non-empty validation split to measure samples on."""
+    say), there is a non-empty validation split to measure samples on, and the first batch
+    of the validation and of the training split is what the model takes."""
     info = getattr(data, "info", None)
     if info is not None:
         check_data_matches(spec, info)
     check_first_batch(check_validation_split(data, spec.resolution), spec)
+    try:
+        train = data.loader("train", spec.resolution, shuffle=True)
+    except DwrpruneError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a user's DataSource may raise anything here
+        raise DwrpruneError(f"the data source has no training split ({type(e).__name__}: "
+                            f"{str(e)[:120]})") from None
+    check_first_batch(train, spec, "training")
 
 
-def check_first_batch(loader, spec: ModelSpec) -> None:
+def check_first_batch(loader, spec: ModelSpec, split: str = "validation") -> None:
     """The first validation batch of a source is what the model takes: images (N, C, R, R)
     as floats with the model's channels and side, labels whole numbers in its class range.
     Checked once before any work, so a user's own source fails with one line, not mid-run."""
@@ -205,9 +214,9 @@ def check_first_batch(loader, spec: ModelSpec) -> None:
     except DwrpruneError:
         raise
     except StopIteration:
-        raise DwrpruneError("the validation loader yields no batch") from None
+        raise DwrpruneError(f"the {split} loader yields no batch") from None
     except Exception as e:  # noqa: BLE001 - a user's DataSource may raise anything here
-        raise DwrpruneError(f"the data source's validation loader fails on its first batch "
+        raise DwrpruneError(f"the data source's {split} loader fails on its first batch "
                             f"({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(batch, (tuple, list)) or len(batch) < 2 or not all(
             isinstance(t, torch.Tensor) for t in batch[:2]):
@@ -216,18 +225,21 @@ def check_first_batch(loader, spec: ModelSpec) -> None:
     x, y = batch[0], batch[1]
     side = spec.resolution
     if x.dim() != 4 or x.shape[1] != spec.in_channels or tuple(x.shape[2:]) != (side, side):
-        raise DwrpruneError(f"the data source yields images of shape {tuple(x.shape)}; the "
-                            f"model takes (N, {spec.in_channels}, {side}, {side})")
+        raise DwrpruneError(f"the data source's {split} loader yields images of shape "
+                            f"{tuple(x.shape)}; the model takes (N, {spec.in_channels}, {side}, "
+                            f"{side})")
     if not x.is_floating_point():
-        raise DwrpruneError(f"the data source yields {x.dtype} images; the model takes float "
-                            "tensors (scaled and normalised)")
+        raise DwrpruneError(f"the data source's {split} loader yields {x.dtype} images; the "
+                            "model takes float tensors (scaled and normalised)")
     if y.dim() != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) \
             or len(y) != len(x):
-        raise DwrpruneError(f"the data source yields labels of shape {tuple(y.shape)} and type "
+        raise DwrpruneError(f"the data source's {split} loader yields labels of shape "
+                            f"{tuple(y.shape)} and type "
                             f"{y.dtype}; one whole-number class index per image is needed")
     k = spec.num_classes
     if k and len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
-        raise DwrpruneError(f"the data source yields labels {int(y.min())}..{int(y.max())}; "
+        raise DwrpruneError(f"the data source's {split} loader yields labels "
+                            f"{int(y.min())}..{int(y.max())}; "
                             f"the model has {k} classes (0..{k - 1})")
 
 
