@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load, save_model
 from ..errors import DwrpruneError
+from ..io.settings import CHAIN_KEYS
 from ..io.spec import ModelSpec, make_spec, spec_of
 from ..pruning.analysis import check_model_usable
 from ..search.latency import LatencyOutOfReach
@@ -180,7 +181,7 @@ MAX_EXTENSIONS = 3  # chain extensions one prune call makes to reach a latency b
 def extend_chain(cfg: PipelineConfig, axis: str, value: float) -> PipelineConfig:
     """``cfg`` with the ``axis`` chain (d, w or r) continued down to ``value``: one step
     there, and one half-way where the last step is more than 0.2 above it."""
-    key = {"d": "depth_steps", "w": "width_steps", "r": "resolution_steps"}[axis]
+    key = CHAIN_KEYS["dwr".index(axis)]
     steps = list(getattr(cfg, key))
     last = steps[-1] if steps else 1.0
     new = [round((last + value) / 2, 4), value] if last - value > 0.2 else [value]

@@ -184,7 +184,7 @@ class PoolExecutor:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def check_jobs(jobs: int, device: str | torch.device | None = None) -> None:
+def check_jobs(jobs: int) -> None:
     """``--jobs``: at least 1, and at most one per CPU core (each worker needs a core to feed
     its device), or one error line."""
     cores = os.cpu_count() or 1

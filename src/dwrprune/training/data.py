@@ -31,7 +31,7 @@ from torchvision.transforms import v2
 
 from ..errors import DwrpruneError
 from ..registry import Registry
-from .device_data import BatchTransform, TensorLoader, _resolve
+from .device_data import BatchTransform, tensor_loader
 
 SPLITS = ("train", "val", "trainval", "test")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -588,14 +588,16 @@ def make_loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = False, 
                 collate_fn: Callable | None = None) -> DataLoader:
     """A loader whose shuffling is reproducible, resumable and shardable across
     data-parallel ranks (:class:`ShuffleSampler`).  A tensor dataset (Fashion-MNIST, CIFAR,
-    synthetic, or a subset of one) gets a :class:`TensorLoader`, which makes each batch on
-    the compute device; anything else a torch DataLoader (``num_workers`` processes, pinned
-    memory where a GPU is there)."""
+    synthetic, or a subset of one) gets a :class:`~.device_data.TensorLoader`, which makes
+    each batch on the compute device; anything else a torch DataLoader (``num_workers``
+    processes, pinned memory where a GPU is there)."""
     if batch_size < 1:
         raise DwrpruneError(f"batch_size must be >= 1, got {batch_size}")
     sampler = ShuffleSampler(len(dataset), seed) if shuffle else None
-    if collate_fn is None and _resolve(dataset) is not None:
-        return TensorLoader(dataset, batch_size, sampler, seed, drop_last)
+    fast = tensor_loader(dataset, batch_size, sampler, seed, drop_last) if collate_fn is None \
+        else None
+    if fast is not None:
+        return fast
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed), drop_last=drop_last,
                       collate_fn=collate_fn, pin_memory=torch.cuda.is_available())

@@ -113,7 +113,7 @@ def resident(t: Tensor, device: torch.device) -> Tensor:
     return out
 
 
-def _resolve(dataset) -> tuple[object, Tensor] | None:
+def resolve_tensor_dataset(dataset) -> tuple[object, Tensor] | None:
     """(the dataset holding the tensors, indices into it) for a tensor dataset, possibly
     wrapped in ``Subset``\\ s; None for anything else."""
     from torch.utils.data import Subset
@@ -137,17 +137,12 @@ class TensorLoader:
     It has what dwrprune reads of a DataLoader (``dataset``, ``batch_size``, ``sampler``,
     ``len``, iteration) and :meth:`on`, which returns the same loader yielding batches on
     another device (the images copied there once).  Build it with
-    :func:`dwrprune.make_loader`; any other dataset gets a torch DataLoader."""
+    :func:`dwrprune.make_loader` (or :func:`tensor_loader`); any other dataset gets a torch
+    DataLoader.  ``base`` and ``index``: what :func:`resolve_tensor_dataset` found."""
 
-    num_workers = 0
-    generator = None
-
-    def __init__(self, dataset, batch_size: int, sampler=None, seed: int = 0,
-                 drop_last: bool = False):
-        resolved = _resolve(dataset)
-        if resolved is None:
-            raise TypeError("TensorLoader needs a tensor dataset (create_dataset's)")
-        self.base, self.index = resolved
+    def __init__(self, dataset, base, index: Tensor, batch_size: int, sampler=None,
+                 seed: int = 0, drop_last: bool = False):
+        self.base, self.index = base, index
         self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
         self.seed, self.drop_last, self.epoch = seed, drop_last, 0
         self.device = torch.device("cpu")
@@ -201,3 +196,12 @@ class TensorLoader:
             pos = order[b * bs:(b + 1) * bs]
             ids = index[pos]
             yield tf(images[ids], None if params is None else params[pos]), labels[ids]
+
+
+def tensor_loader(dataset, batch_size: int, sampler=None, seed: int = 0,
+                  drop_last: bool = False) -> TensorLoader | None:
+    """A :class:`TensorLoader` over ``dataset``, or None when it is not a tensor dataset."""
+    resolved = resolve_tensor_dataset(dataset)
+    if resolved is None:
+        return None
+    return TensorLoader(dataset, *resolved, batch_size, sampler, seed, drop_last)

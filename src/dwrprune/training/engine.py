@@ -71,9 +71,7 @@ class TrainConfig:
             raise DwrpruneError(f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise DwrpruneError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.precision not in PRECISIONS:
-            raise DwrpruneError(f"precision {self.precision!r} is not known; choose "
-                                f"{' | '.join(PRECISIONS)}")
+        check_precision(self.precision)
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -81,13 +79,15 @@ CHECK_EVERY = 50  # steps between reads of the running loss (divergence check)
 REFRESH_S = 1.0  # seconds between progress-bar redraws (each one reads the sums)
 
 
-def check_precision(precision: str, device: str | torch.device) -> None:
-    """``precision`` runs on ``device``, or one error naming what does: fp16 needs a GPU,
-    bf16 a GPU that has it (or the CPU)."""
-    device = torch.device(device)
+def check_precision(precision: str, device: str | torch.device | None = None) -> None:
+    """``precision`` is known and (with ``device``) runs there, or one error naming what does:
+    fp16 needs a GPU, bf16 a GPU that has it (or the CPU)."""
     if precision not in PRECISIONS:
         raise DwrpruneError(f"precision {precision!r} is not known; choose "
                             f"{' | '.join(PRECISIONS)}")
+    if device is None:
+        return
+    device = torch.device(device)
     if precision == "fp16" and device.type != "cuda":
         raise DwrpruneError("precision fp16 needs a GPU to train on (training runs on the "
                             f"{device.type}); on the CPU use fp32 or bf16")
