@@ -30,6 +30,8 @@ def _ints(s):
 def cmd_run(args) -> None:
     import dwrprune
     from dwrbench.bench import METHODS, run_benchmark
+    from dwrbench.methods import DROP_METHODS
+    from dwrprune import DwrpruneError
     from dwrprune.pipeline import DatasetSource, resolve_config
 
     if args.quick:  # a tiny model trained on the spot: exercises every code path in seconds
@@ -52,18 +54,25 @@ def cmd_run(args) -> None:
         model = dwrprune.load(dwrprune.pretrained.resolve(args.checkpoint))
         data = DatasetSource(args.data, args.data_dir, batch_size=args.batch_size)
         pipe = resolve_config(args.preset, args.config, data=args.data,
-                              data_dir=args.data_dir, batch_size=args.batch_size)
-        recipe = dwrprune.TrainConfig(epochs=args.epochs, lr=args.lr, seed=0)
+                              data_dir=args.data_dir, batch_size=args.batch_size,
+                              precision=args.precision)
+        recipe = dwrprune.TrainConfig(epochs=args.epochs, lr=args.lr, seed=0,
+                                      precision=args.precision)
         budgets, seeds, subset = args.budgets, args.seeds, args.finetune_subset
     target = None
-    if args.latency_budgets:
+    if args.latency_budgets and args.max_drops:
+        raise DwrpruneError("give --latency-budgets or --max-drops, not both")
+    if args.latency_budgets or args.max_drops:
         from dwrprune.cost.latency import LatencyTarget
 
         target = LatencyTarget("cuda" if args.runtime == "cuda-graph" else args.device,
                                args.latency_batch, args.threads, args.runtime)
-        budgets = args.latency_budgets
-    methods = (args.methods.split(",") if args.methods else
-               list(METHODS) + (["3d-latency"] if target else []))
+        budgets = args.latency_budgets or args.max_drops
+    if args.max_drops:
+        methods = args.methods.split(",") if args.methods else list(DROP_METHODS)
+    else:
+        methods = (args.methods.split(",") if args.methods else
+                   list(METHODS) + (["3d-latency"] if target else []))
     import dwrbench
     from dwrprune.pipeline.executors import create_executor
 
@@ -72,7 +81,8 @@ def cmd_run(args) -> None:
     try:
         csv_path = run_benchmark(model, data, methods, budgets, seeds, recipe, pipe, args.out,
                                  finetune_subset=subset, progress=not args.no_progress,
-                                 executor=executor, latency_target=target)
+                                 executor=executor, latency_target=target,
+                                 max_drop=bool(args.max_drops))
     finally:
         executor.close()
     print(f"results: {csv_path}")
@@ -97,6 +107,8 @@ def table(summary: list[dict]) -> str:
         return f"{orig / lat:.2f}x" if lat and orig else "-"
 
     kind = summary[0].get("budget_kind") if summary else None
+    if kind and kind.startswith("drop-"):
+        return drop_table(summary, kind.removeprefix("drop-"))
     note = []
     if kind and kind.startswith("latency"):
         ms = {s["budget"]: s["latency_budget_ms"] for s in summary if s["latency_budget_ms"]}
@@ -130,13 +142,41 @@ def table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def drop_table(summary: list[dict], target: str) -> str:
+    """The fastest model within an accuracy drop: per (drop, method), the fine-tuned test
+    accuracy, its drop below the original and the latency on the target."""
+    orig = summary[0]["original_test_acc"]
+    lines = [f"The fastest model on {target} whose hedged predicted validation accuracy stays "
+             "within the drop; latency measured beside the original in one pass.", "",
+             "| max drop (points) | method | seeds | MACs ratio | test acc fine-tuned (%) | "
+             "test drop (points) | latency b1 (ms) | speed-up b1 |", "|" + "---|" * 8]
+    for s in summary:
+        if s["status"] != "ok":
+            lines.append(f"| {s['budget']:g} | {s['method']} | {s['seeds']} | infeasible "
+                         "| - | - | - | - |")
+            continue
+        drop = 100 * (orig - s["test_acc"])
+        ratio = s["latency_b1_ratio"]
+        lines.append(
+            f"| {s['budget']:g} | {s['method']} | {s['seeds']} | {s['macs_ratio']:.3f} | "
+            f"{100 * s['test_acc']:.2f} ± {100 * s['test_acc_std']:.2f} | {drop:.2f} | "
+            + (f"{s['latency_b1_ms']:.3f} ± {s['latency_b1_ms_std']:.3f} | {1 / ratio:.2f}x |"
+               if ratio else "- | - |"))
+    lat = summary[0]["original_latency_b1_ms"]
+    lines.append(f"\nUnpruned: test accuracy {100 * orig:.2f}%"
+                 + (f", latency {lat:.3f} ms (b1)." if lat else "."))
+    return "\n".join(lines)
+
+
 def target_batch(summary: list[dict]) -> int | None:
     """The batch size of a latency comparison (its budget kind names the target:
     ``latency-cpu-b1-t1``), None for a MACs comparison."""
     from dwrprune.cost.latency import LatencyTarget
 
     kind = (summary[0].get("budget_kind") or "macs") if summary else "macs"
-    return LatencyTarget.from_key(kind.removeprefix("latency-")).batch if kind != "macs" else None
+    if kind == "macs":
+        return None
+    return LatencyTarget.from_key(kind.split("-", 1)[1]).batch
 
 
 def plot(summary: list[dict], path: Path) -> None:
@@ -172,7 +212,8 @@ def plot(summary: list[dict], path: Path) -> None:
         for ax in axes:
             ax.set_xlabel("MACs / original MACs")
     else:
-        for b in sorted({s["budget"] for s in summary}):
+        drops = str(summary[0].get("budget_kind")).startswith("drop-")
+        for b in sorted({s["budget"] for s in summary}) if not drops else []:
             for ax in axes:
                 ax.axvline(b, color="grey", ls=":", lw=1)
         axes[1].set_ylabel("MACs / original MACs")
@@ -239,7 +280,7 @@ def cmd_choices(args) -> None:
         raise dwrprune.DwrpruneError(f"{out} was not filled from a bundled checkpoint: give "
                                      "--checkpoint, the model its rows were pruned from")
     model = dwrprune.load(dwrprune.pretrained.resolve(checkpoint))
-    pipe = resolve_config(args.preset, args.config)
+    pipe = resolve_config(args.preset, args.config, precision=args.precision)
     rows = []
     if (out / "results.csv").exists():
         with open(out / "results.csv", newline="") as f:
@@ -275,6 +316,9 @@ def main() -> None:
     r.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     r.add_argument("--epochs", type=int, default=3, help="fine-tune epochs (same for all)")
     r.add_argument("--lr", type=float, default=0.02)
+    r.add_argument("--precision", default="fp32",
+                   help="training precision of every fine-tune and sample (the committed "
+                        "comparisons: fp32)")
     r.add_argument("--finetune-subset", type=int, default=None)
     r.add_argument("--preset", default="full", help="pipeline preset for the 3d method")
     r.add_argument("--config", default=None,
@@ -291,6 +335,10 @@ def main() -> None:
     r.add_argument("--latency-budgets", type=_floats, default=None,
                    help="compare at equal measured latency: fractions of the original's "
                         "latency on the target (use a separate --out)")
+    r.add_argument("--max-drops", type=_floats, default=None,
+                   help="instead of budgets: allowed accuracy drops (points); the fastest "
+                        "model on the latency target within each (methods 3d-drop, "
+                        "width-only-drop)")
     r.add_argument("--latency-batch", type=int, default=1)
     r.add_argument("--threads", type=int, default=1, help="threads latency is measured with")
     r.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -313,6 +361,7 @@ def main() -> None:
                         "folder was filled from)")
     c.add_argument("--preset", default="full")
     c.add_argument("--config", default=None, help="YAML of pipeline options over the preset")
+    c.add_argument("--precision", default="fp32", help="the collections' training precision")
     c.add_argument("--budgets", type=_floats, default=None,
                    help="MACs budgets (default: those of the folder's 3d rows)")
     c.set_defaults(func=cmd_choices)

@@ -129,7 +129,9 @@ def loaders(batch: int, per_image: bool, split: str, shuffle: bool):
 
 def engine_loop(loader, steps: int, device: str, warmup: int = 5, **options) -> float:
     """Seconds for ``steps`` steps of ``dwrprune.train`` (after ``warmup`` untimed ones);
-    ``options``: TrainConfig's precision and channels_last."""
+    ``options``: TrainConfig's precision (default here fp32, as the tight loop) and
+    channels_last."""
+    options = {"precision": "fp32", **options}
     torch.manual_seed(0)
     model = dwrprune.create_model("resnet20", num_classes=10, in_channels=1)
     dwrprune.train(model, loader, dwrprune.TrainConfig(steps=warmup, lr=0.1, **options),

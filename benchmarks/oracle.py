@@ -82,7 +82,8 @@ def cmd_run(args) -> None:
         cfg, checkpoint = Run(run_dir).load_config()
         model = dwrprune.load(dwrprune.pretrained.resolve(checkpoint))
         data = DatasetSource.from_config(cfg)
-        recipe = dwrprune.TrainConfig(epochs=args.epochs, lr=args.lr, seed=0)
+        recipe = dwrprune.TrainConfig(epochs=args.epochs, lr=args.lr, seed=0,
+                                      precision=args.precision)
     run = Run(run_dir)
     cfg, _ = run.load_config()
     shr = run_shrinker(run, model, cfg)
@@ -423,6 +424,8 @@ def main() -> None:
                    help="how far under the budget a point may be (fraction of original MACs)")
     r.add_argument("--epochs", type=int, default=3, help="the benchmark recipe's epochs")
     r.add_argument("--lr", type=float, default=0.02)
+    r.add_argument("--precision", default="fp32",
+                   help="training precision of the fine-tunes (the committed oracle: fp32)")
     r.add_argument("--finetune-subset", type=int, default=None)
     r.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "oracle"))
     r.add_argument("--choice-tag", default="",

@@ -29,7 +29,8 @@ from dwrprune.training.device_data import DATA_PATH
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docs_block import update_docs  # noqa: E402
 
-VARIANTS = {"fp32": {}, "bf16": {"precision": "bf16"}, "channels_last": {"channels_last": True},
+VARIANTS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
+            "channels_last": {"precision": "fp32", "channels_last": True},
             "bf16+channels_last": {"precision": "bf16", "channels_last": True}}
 FIELDS = ["variant", "seed", "val_acc", "test_acc", "seconds", "device", "data_path", "torch"]
 

@@ -105,7 +105,7 @@ def test_precision_and_layout_train_close_to_fp32(options):
         train(m, tr, TrainConfig(steps=4, lr=0.05, **kw), progress=False, log=False)
         return torch.cat([p.detach().flatten() for p in m.parameters()])
 
-    ref, other = trained(), trained(**options)
+    ref, other = trained(precision="fp32"), trained(**{"precision": "fp32", **options})
     assert torch.isfinite(other).all()
     tol = 1e-4 if "channels_last" in options else 5e-2  # bf16 rounds activations
     assert (ref - other).abs().max() < tol
@@ -115,7 +115,7 @@ def test_precision_and_layout_train_close_to_fp32(options):
 def test_precision_the_device_cannot_run_is_one_error():
     with pytest.raises(DwrpruneError, match="fp16 needs a GPU"):
         check_precision("fp16", "cpu")
-    with pytest.raises(DwrpruneError, match="not known; choose fp32 | bf16 | fp16"):
+    with pytest.raises(DwrpruneError, match="not known; choose auto | fp32 | bf16 | fp16"):
         TrainConfig(precision="fp8").validate()
     tr = make_loader(_ds(16), 8)
     with pytest.raises(DwrpruneError, match="fp16 needs a GPU"):
@@ -147,3 +147,38 @@ def test_a_collection_begun_on_the_old_data_path_is_not_resumed(tmp_path):
 def test_jobs_out_of_range_is_one_error(jobs, match):
     with pytest.raises(DwrpruneError, match=match):
         dwrprune.PipelineConfig.from_dict({"jobs": jobs})
+
+
+def test_auto_precision_is_bf16_only_where_the_device_computes_it(monkeypatch):
+    import dwrprune.training.engine as engine
+    from dwrprune.pipeline import PipelineConfig
+
+    assert TrainConfig().precision == "auto"
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(engine, "native_bf16", lambda device, n=native: n)
+        assert engine.resolve_precision("auto", "cpu") == expected
+        assert engine.resolve_precision("fp32", "cpu") == "fp32"  # a choice is kept
+        # a pipeline records what auto meant on this machine, so a resumed collection on
+        # another machine is refused rather than silently trained in another precision
+        assert PipelineConfig.from_dict({}).precision == expected
+        assert PipelineConfig.from_dict({"precision": "fp32"}).precision == "fp32"
+
+
+def test_auto_precision_trains_as_the_precision_it_resolves_to(monkeypatch, tmp_path):
+    import dwrprune.training.engine as engine
+
+    monkeypatch.setattr(engine, "native_bf16", lambda device: True)
+    tr = make_loader(_ds(32), 8, shuffle=True)
+
+    def trained(precision, folder):
+        torch.manual_seed(0)
+        m = create_model("resnet_tiny", num_classes=4, in_channels=3)
+        train(m, tr, TrainConfig(steps=2, lr=0.05, precision=precision), progress=False,
+              log=False, checkpoint_dir=folder)
+        return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+    auto = trained("auto", tmp_path / "a")
+    assert torch.equal(auto, trained("bf16", tmp_path / "b"))
+    assert not torch.equal(auto, trained("fp32", tmp_path / "c"))
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    assert state["train_config"]["precision"] == "bf16"  # the checkpoint says what ran

@@ -40,6 +40,7 @@ from dwrprune.training.device_data import DATA_PATH
 from dwrprune.training.engine import TrainConfig, evaluate
 
 from .methods import (
+    DROP_METHODS,
     METHODS,
     BenchContext,
     Infeasible,
@@ -69,7 +70,7 @@ def model_key(model: nn.Module) -> str:
 
 def _bind_settings(out: Path, model: nn.Module, recipe: TrainConfig,
                    pipeline: PipelineConfig, finetune_subset: int | None,
-                   latency_target=None) -> None:
+                   latency_target=None, max_drop: bool = False) -> None:
     """Rows of one CSV must share a recipe: store it, and refuse to resume with another.
     (Methods, budgets and seeds may be added later; they are columns of the rows.)"""
     from dataclasses import asdict
@@ -79,6 +80,8 @@ def _bind_settings(out: Path, model: nn.Module, recipe: TrainConfig,
                 "model": model_fingerprint(model), "data_path": DATA_PATH}
     if latency_target is not None:
         settings["latency_target"] = latency_target.key()
+    if max_drop:  # budgets are allowed accuracy drops
+        settings["budgets"] = "max-drop"
     path = out / "bench_settings.json"
     if path.exists():
         check_same_settings(json.loads(path.read_text()), json.loads(json.dumps(settings)),
@@ -171,7 +174,9 @@ class BenchJob:
                "data_path": DATA_PATH,
                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "budget_kind": "macs"}
         target = self.ctx.latency_target
-        if target is not None:
+        if self.ctx.max_drop:
+            row["budget_kind"] = f"drop-{target.key()}"
+        elif target is not None:
             row.update(budget_kind=f"latency-{target.key()}",
                        latency_budget_ms=budget * self.ctx.original_latency_ms)
         t0 = time.perf_counter()
@@ -207,7 +212,8 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
                   budgets: list[float], seeds: list[int], recipe: TrainConfig,
                   pipeline: PipelineConfig, out: str | Path, finetune_subset: int | None = None,
                   latency_repeats: int = 20, progress: bool = True,
-                  executor: Executor | None = None, latency_target=None) -> Path:
+                  executor: Executor | None = None, latency_target=None,
+                  max_drop: bool = False) -> Path:
     """Run every (method, budget, seed) not yet in ``out/results.csv``; returns the CSV.
 
     Jobs go to ``executor`` (default: in this process); the driver writes each finished row
@@ -217,24 +223,33 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
     With ``latency_target`` (a :class:`~dwrprune.cost.latency.LatencyTarget`), ``budgets`` are
     fractions of the original model's measured latency there: ``3d-latency`` chooses under
     the latency budget, every other method is pruned to the largest model that measures
-    within it (:func:`~dwrbench.methods.latency_methods`); use its own ``out``."""
-    known = (list(latency_methods(list(METHODS) + ["3d-latency"])) if latency_target
-             is not None else list(METHODS))
+    within it (:func:`~dwrbench.methods.latency_methods`); use its own ``out``.  With
+    ``max_drop`` too, ``budgets`` are the largest allowed accuracy drops (points) and the
+    methods are :data:`~dwrbench.methods.DROP_METHODS`: the fastest model on the target
+    within each drop."""
+    if max_drop and latency_target is None:
+        raise DwrpruneError("a comparison within an accuracy drop needs a latency target")
+    if max_drop:
+        table = DROP_METHODS
+    elif latency_target is not None:
+        table = latency_methods(list(METHODS) + ["3d-latency"])
+    else:
+        table = METHODS
     for m in methods:
-        if m not in known:
-            raise DwrpruneError(f"unknown method {m!r}; available: {', '.join(known)}")
-    table = latency_methods(methods) if latency_target is not None else METHODS
+        if m not in table:
+            raise DwrpruneError(f"unknown method {m!r}; available: {', '.join(table)}")
     executor = executor or LocalExecutor()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _bind_settings(out, model, recipe, pipeline, finetune_subset, latency_target)
+    _bind_settings(out, model, recipe, pipeline, finetune_subset, latency_target, max_drop)
     csv_path = out / "results.csv"
     done = done_keys(csv_path)
     spec = model.dwrprune_spec
     base_res, in_ch = spec["input"]["resolution"], spec["model"]["in_channels"]
     orig = {"original_macs": count_macs(model, base_res, in_ch),
             "original_test_acc": evaluate(model, data.loader("test", base_res)).accuracy}
-    ctx = BenchContext(data, out, pipeline, progress=progress and executor.name == "local")
+    ctx = BenchContext(data, out, pipeline, progress=progress and executor.name == "local",
+                       max_drop=max_drop)
     if latency_target is not None:
         ctx.latency_target = latency_target.check()
         ctx.latency_reference = Reference(

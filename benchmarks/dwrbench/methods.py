@@ -74,6 +74,7 @@ class BenchContext:
     progress: bool = False
     latency_target: object = None  # a LatencyTarget: budgets are latency fractions
     latency_reference: object = None  # a latency.Reference: the original, timed beside
+    max_drop: bool = False  # budgets are allowed accuracy drops (points), not costs
     prepared: dict = field(default_factory=dict)  # what Method.prepare computed, per job
 
     @property
@@ -199,6 +200,47 @@ class ThreeDLatency(ThreeD):
         return out
 
 
+class WithinDrop(ThreeDLatency):
+    """The fastest model within an accuracy loss (``dwrprune prune --max-drop``): ``budget``
+    is the largest allowed drop of hedged predicted validation accuracy (points) below the
+    original; the point with the lowest latency on ``ctx.latency_target`` that keeps within it,
+    the few fastest by the latency model measured for real and the fastest measured taken, as
+    :func:`~dwrprune.pipeline.solve.plan_max_drop` does.  ``axes="w"``: width only (depth and
+    resolution held at 1), from the same collection and predictor, so both answer the same
+    question with the same information: how fast can the model get within this drop?"""
+
+    def __init__(self, axes: str = "dwr"):
+        self.axes = axes
+        self.name = "3d-drop" if axes == "dwr" else "width-only-drop"
+
+    def prune(self, model, budget, seed, ctx) -> Pruned:
+        from dwrprune.cost.latency import measure_ms
+        from dwrprune.errors import DwrpruneError
+        from dwrprune.search.solver import search_box
+        from dwrprune.search.within_drop import solve_max_drop
+
+        p, lat = ctx.prepared[("3d", seed)], ctx.prepared[("latency-model", seed)]
+        shr = self.shrinker(model, seed, ctx)
+        lo = search_box(ctx.pipeline.lower_bounds, p["predictor"], shr)
+        if self.axes == "w":
+            lo = (1.0, lo[1], 1.0)
+        try:
+            res = solve_max_drop(p["predictor"], shr, budget, lo, lat)
+        except DwrpruneError:
+            raise Infeasible from None
+        ref = replace(ctx.latency_reference, ms=lat.original_ms)
+        timed = []
+        for c in [res["best"], *res["runners_up"]][:3]:
+            out = shr.shrink(c["d"], c["w"], c["r"])
+            timed.append((measure_ms(out.model, out.spec["input"]["resolution"],
+                                     ctx.latency_target, reference=ref)["ratio"], c))
+        ratio, c = min(timed, key=lambda t: t[0])
+        out = self._shrink(model, (c["d"], c["w"], c["r"]), seed, ctx)
+        out.note += (f"; predicted drop {100 * c['drop']:.2f} + sd {100 * c['drop_sd']:.2f}; "
+                     f"measured {ratio:.3f} of the original")
+        return out
+
+
 class UnderLatency:
     """Any MACs-budget method pruned to the largest model whose measured latency on
     ``ctx.latency_target`` is within ``budget`` x the original's, with the tolerance
@@ -307,6 +349,10 @@ METHODS: dict[str, Method] = {
     "resolution-only": OneAxis("r"), "torch-pruning": TorchPruningGlobal(),
     "autobot": AutoBotMethod(),
 }
+
+
+DROP_METHODS: dict[str, Method] = {"3d-drop": WithinDrop("dwr"),
+                                   "width-only-drop": WithinDrop("w")}
 
 
 def latency_methods(names: list[str]) -> dict[str, Method]:

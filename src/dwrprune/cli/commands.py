@@ -110,8 +110,9 @@ def _train_args(p):
     p.add_argument("--seed", type=NONNEG, default=0)
     p.add_argument("--no-augment", action="store_true",
                    help="train without random crops and flips")
-    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 (autocast; fp16 "
-                   "on a GPU only; default fp32)")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (autocast; "
+                   "fp16 on a GPU only; auto, the default: bf16 where the device computes it "
+                   "natively, else fp32)")
     p.add_argument("--channels-last", action="store_true",
                    help="train in channels_last memory layout")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
@@ -127,13 +128,19 @@ def _train_args(p):
 def cmd_train(args) -> int:
     from ..tasks import train_model
     from ..training import distributed
-    from ..training.engine import TrainConfig, check_precision, compute_device
+    from ..training.engine import (
+        TrainConfig,
+        check_precision,
+        compute_device,
+        resolve_precision,
+    )
 
+    check_precision(args.precision, compute_device())
     cfg = TrainConfig(epochs=args.epochs, steps=args.steps, lr=args.lr,
                       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                      seed=args.seed, precision=args.precision,
+                      seed=args.seed, precision=resolve_precision(args.precision,
+                                                                  compute_device()),
                       channels_last=args.channels_last)
-    check_precision(cfg.precision, compute_device())
     card = train_model(args.model, data_source(args), args.out, resolution=args.resolution,
                        config=cfg, subset=args.subset, augment=False if args.no_augment
                        else None, progress=progress(args), init=args.init,

@@ -85,8 +85,10 @@ class PipelineConfig:
     bn_samples: bool = _f(False, "collect", C, "also record BN-recalibrated-only samples")
     recal_batches: int = _f(20, "collect", C, "BatchNorm re-calibration batches")
     seed: int = _f(0, "collect", C)
-    precision: str = _f("fp32", "collect", C, "training precision: fp32 | bf16 | fp16 "
-                        "(autocast; fp16 on a GPU only); evaluation is fp32")
+    precision: str = _f("auto", "collect", C, "training precision: auto | fp32 | bf16 | "
+                        "fp16 (autocast; fp16 on a GPU only; auto: bf16 where the training "
+                        "device computes it natively, else fp32, recorded as chosen); "
+                        "evaluation is fp32")
     channels_last: bool = _f(False, "collect", C, "train in channels_last memory layout")
     # predictor
     families: list[str] = _f(["pchip"], "fit", None, "pchip (monotone interpolation of the "
@@ -181,6 +183,10 @@ class PipelineConfig:
         if unknown:
             raise DwrpruneError(f"unknown {where} {unknown}; known: {sorted(types)}")
         clean = {k: coerce(k, v, types[k]) for k, v in values.items()}
+        if clean.get("precision", cls.precision) == "auto":  # recorded as what it means here
+            from ..training.engine import compute_device, resolve_precision
+
+            clean["precision"] = resolve_precision("auto", compute_device())
         cfg = cls(**clean)
         cfg.validate()
         return cfg
