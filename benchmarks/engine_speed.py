@@ -13,8 +13,8 @@ normalisation):
 - ``dwrprune.train``: the library's loop with its own loader (``DatasetSource``);
 - ``per-image loader``: ``dwrprune.train`` fed by a torch DataLoader applying torchvision
   transforms to one image at a time (dwrprune's data path 1, before the batched one);
-- ``dwrprune.train bf16``, ``channels_last`` (and on a GPU ``fp16``, ``bf16 +
-  channels_last``): the precision and layout options, whose speed decides the defaults.
+- ``dwrprune.train bf16``, ``channels_last``, ``bf16 + channels_last`` (and on a GPU
+  ``fp16``): the precision and layout options, whose speed decides the defaults.
 
 Evaluation (the 6,000 validation images, batch 500) and BatchNorm re-calibration (20 batches)
 are timed for the batched and the per-image path, the median of ``--repeats`` interleaved
@@ -172,10 +172,10 @@ def measure(args) -> list[dict]:
     for per_image, name in ((False, "dwrprune.train"), (True, "per-image loader")):
         sec = engine_loop(loaders(batch, per_image, "train", True), steps, device)
         row("train", name, sec, steps, tight)
-    variants = [("bf16", {"precision": "bf16"}), ("channels_last", {"channels_last": True})]
+    variants = [("bf16", {"precision": "bf16"}), ("channels_last", {"channels_last": True}),
+                ("bf16 + channels_last", {"precision": "bf16", "channels_last": True})]
     if device == "cuda":
-        variants += [("fp16", {"precision": "fp16"}),
-                     ("bf16 + channels_last", {"precision": "bf16", "channels_last": True})]
+        variants += [("fp16", {"precision": "fp16"})]
     for label, options in variants:
         sec = engine_loop(loaders(batch, False, "train", True), steps, device, **options)
         row("train", f"dwrprune.train {label}", sec, steps, tight)

@@ -56,13 +56,19 @@ def markdown(rows: list[dict]) -> str:
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["variant"], []).append(r)
-    out = ["| variant | seeds | validation % | test % | fine-tune seconds |",
-           "|---|---|---|---|---|"]
+    out = ["| variant | seeds | validation % (each seed) | mean | test % (each seed) | mean "
+           "| fine-tune seconds (each seed) |", "|---|---|---|---|---|---|---|"]
     for name, rs in by.items():
+        rs = sorted(rs, key=lambda r: int(r["seed"]))
+
+        def each(k, fmt="{:.2f}"):
+            return ", ".join(fmt.format(float(r[k])) for r in rs)
+
         def mean(k):
             return sum(float(r[k]) for r in rs) / len(rs)
-        out.append(f"| {name} | {','.join(r['seed'] for r in rs)} | {mean('val_acc'):.2f} | "
-                   f"{mean('test_acc'):.2f} | {mean('seconds'):.0f} |")
+        out.append(f"| {name} | {','.join(r['seed'] for r in rs)} | {each('val_acc')} | "
+                   f"{mean('val_acc'):.2f} | {each('test_acc')} | {mean('test_acc'):.2f} | "
+                   f"{each('seconds', '{:.0f}')} |")
     return "\n".join(out)
 
 

@@ -80,7 +80,8 @@ def test_resuming_with_other_config_is_refused(tmp_path, tiny_checkpoint, capsys
     assert main(["collect", "--checkpoint", str(tiny_checkpoint), "--config",
                  config_file(), "--out", str(run), "--finetune-steps", "4",
                  "--no-progress"]) == 2
-    assert "with different settings (differs in: finetune_steps)" in capsys.readouterr().err
+    assert ("with different settings (differs in: finetune_steps (was 3, now 4))"
+            in capsys.readouterr().err)
     assert yaml.safe_load((run / "config.yaml").read_text())["finetune_steps"] == 3
     other = tmp_path / "other"
     assert main(["train", "--model", "resnet_tiny2", "--data", "synthetic", "--steps", "2",

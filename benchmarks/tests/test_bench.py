@@ -138,6 +138,24 @@ def test_compare_at_equal_measured_latency(tmp_path):
     assert (tmp_path / "compare.png").stat().st_size > 0  # accuracy vs measured latency
 
 
+@pytest.mark.slow
+def test_compare_within_an_accuracy_drop(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "run", "--quick",
+           "--max-drops", "20", "--out", str(tmp_path), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert {x["method"] for x in rows} == {"3d-drop", "width-only-drop"}
+    assert all(x["budget_kind"] == "drop-cpu-b1-t1" for x in rows)
+    width = [x for x in rows if x["method"] == "width-only-drop" and x["status"] == "ok"]
+    assert width and all("d=1.000" in x["note"] and "r=1.000" in x["note"]
+                         for x in width)  # width only: every block, full resolution
+    assert "test drop (points)" in (tmp_path / "table.md").read_text()
+    mixed = subprocess.run(cmd[:4] + ["--latency-budgets", "0.5"] + cmd[4:],
+                           capture_output=True, text=True)
+    assert mixed.returncode == 2 and "not both" in mixed.stderr
+
+
 def test_the_same_pruned_model_gets_the_same_row_whatever_ran_before(tmp_path):
     """Common random numbers: a method's row depends on the model it chose and the seed,
     not on the random numbers its own choosing used (3d's choice equal to width-only's must

@@ -37,4 +37,14 @@ def check_same_settings(old: dict | None, new: dict, where: str, what: str = "co
     diff = differing(old, new, defaults)
     if diff:
         raise DwrpruneError(f"{where} was {what} with different settings (differs in: "
-                            f"{', '.join(diff)}); resume with the same settings or {hint}")
+                            f"{', '.join(_named(k, old, new, defaults) for k in diff)}); "
+                            f"resume with the same settings or {hint}")
+
+
+def _named(key: str, old: dict, new: dict, defaults: dict | None) -> str:
+    """``precision (was 'bf16', now 'fp32')`` where both values are short, else the key."""
+    was = old.get(key, (defaults or {}).get(key))
+    if isinstance(was, dict) or isinstance(new.get(key), dict) or \
+            len(repr(was)) + len(repr(new.get(key))) > 60:
+        return key
+    return f"{key} (was {was!r}, now {new.get(key)!r})"
