@@ -163,6 +163,9 @@ def test_fewest_macs_within_the_drop_and_hedged_by_the_uncertainty(shr):
     assert hedged["macs"] > b["macs"]
     with pytest.raises(DwrpruneError, match="uncertainty is 2.00 points"):
         solve_max_drop(_Pred(sd=0.02), shr, 1.0, (0.25, 0.25, 0.5))
+    # within a drop only the original reaches: the original is never the answer
+    with pytest.raises(DwrpruneError, match="no pruned model is predicted within 0.1 points"):
+        solve_max_drop(_Pred(sd=0.0), shr, 0.1, (1.0, 1.0, 1.0))
 
 
 @pytest.mark.parametrize("opts, message", [
