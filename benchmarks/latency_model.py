@@ -1,7 +1,7 @@
 """How well the latency model predicts measured latency, per target (run on a quiet machine).
 
     python benchmarks/latency_model.py [--checkpoint resnet20-fashion-mnist]
-        [--targets cpu-b1,cpu-b64,ort-b1] [--threads 1] [--fit 16] [--heldout 12]
+        [--targets cpu-b1,cpu-b64,ort-b1] [--threads 1] [--fit 16] [--heldout 12] [--seed 0]
         [--out benchmarks/results/latency-model] [--update-docs]
 
 For each target (PyTorch on the CPU at batch 1 and 64, ONNX Runtime at batch 1): measure the
@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--fit", type=int, default=16)
     ap.add_argument("--heldout", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the design's points")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency-model"))
     ap.add_argument("--update-docs", action="store_true")
     args = ap.parse_args()
@@ -49,7 +50,7 @@ def main() -> None:
     for name in args.targets.split(","):
         target = LatencyTarget.parse(name, args.threads).check()
         design = measure_design(shr, target, args.fit, args.heldout, repeats=args.repeats,
-                                progress=print)
+                                seed=args.seed, progress=print)
         models = {k: fit_latency_model(shr, target, design, k) for k in FEATURES}
         kept = min(models, key=lambda k: models[k].errors[k]["loo_median_ape"])
         for p in design:
