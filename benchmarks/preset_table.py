@@ -40,7 +40,11 @@ def preset_row(name: str, run: Path) -> dict:
     cfg = resolve_config(name)
     recorded = yaml.safe_load((run / "config.yaml").read_text())
     want = cfg.collect_config()  # settings added since the run are at their defaults there
-    differ = sorted(k for k in want if k in recorded and recorded[k] != want[k])
+    # the training precision changes the time, not what a preset runs: shown beside it
+    # (runs from before the option trained in fp32)
+    precision = recorded.get("precision", "fp32")
+    differ = sorted(k for k in want if k in recorded and recorded[k] != want[k]
+                    and k != "precision")
     if differ:
         sys.exit(f"{run} was collected with other settings than preset {name!r} now has "
                  f"({', '.join(differ)}); run the preset again into a new folder")
@@ -54,7 +58,7 @@ def preset_row(name: str, run: Path) -> dict:
                      f"{cfg.final_subset or 'all the'} training images"
                      + (f", distilled from the original ({cfg.distill:g})" if cfg.distill
                         else ""),
-            "samples": n, "collect_min": round(collect_s / 60, 1),
+            "samples": n, "precision": precision, "collect_min": round(collect_s / 60, 1),
             "final_min": round(final_s / 60, 1),
             "total_min": round((collect_s + final_s) / 60, 1), "run": str(run.relative_to(ROOT))}
 
@@ -65,11 +69,11 @@ def minutes(m: float) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| preset | what it runs | final fine-tune | time on the bundled ResNet-20, 2 CPU "
-             "cores (collection + final) |", "|---|---|---|---|"]
+             "cores (collection + final) | trained in |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| `{r['preset']}` | {r['runs']} | {r['final']} | "
                      f"{minutes(r['total_min'])} min ({minutes(r['collect_min'])} + "
-                     f"{minutes(r['final_min'])}) |")
+                     f"{minutes(r['final_min'])}) | {r['precision']} |")
     return "\n".join(lines)
 
 
@@ -85,7 +89,7 @@ def main(argv=None) -> int:
         w.writeheader()
         w.writerows(rows)
     PACKAGED.write_text(json.dumps({r["preset"]: {k: r[k] for k in (
-        "runs", "final", "total_min")} for r in rows}, indent=1) + "\n")
+        "runs", "final", "total_min", "precision")} for r in rows}, indent=1) + "\n")
     text = markdown(rows)
     print(text)
     if args.update_docs:

@@ -86,7 +86,8 @@ def _preset_help() -> str:
     except (OSError, ValueError):
         return "a named recipe (see the README's preset table)"
     return "; ".join(f"{name}: {t['runs']}, then {t['final']} (about {t['total_min']:.0f} "
-                     "min on the bundled ResNet-20, 2 CPU cores)" for name, t in times.items())
+                     f"min on the bundled ResNet-20, 2 CPU cores, {t.get('precision', 'fp32')})"
+                     for name, t in times.items())
 
 
 def _prune_args(p):
