@@ -24,12 +24,9 @@ def shr():
 @pytest.mark.parametrize("point", [(1, 1, 1), (0.5, 0.5, 0.75), (0.75, 0.7, 1.0)])
 def test_structure_is_exact_on_the_shrunk_model(shr, point):
     out = shr.shrink(*point)
-    acts, weights, layers, blocked = [], [], [], []
+    acts, weights, layers = [], [], []
 
     def hook(mod, args, y):
-        cin, cout = mod.weight.shape[1], mod.weight.shape[0]  # (groups are 1 here)
-        if cin % 8 or cout % 8:  # unaligned: inputs padded to whole blocks of 16
-            blocked.append(y[0].numel() * (mod.weight[0].numel() // cin) * -(-cin // 16) * 16)
         acts.append(y[0].numel())
         weights.append(mod.weight.numel())
         layers.append(1)
@@ -45,19 +42,17 @@ def test_structure_is_exact_on_the_shrunk_model(shr, point):
     assert s["macs"] == out.macs
     # every layer's MACs fall on one side: channels all multiples of 8, or not
     assert s["aligned_macs"] + s["unaligned_macs"] == s["macs"]
-    # unaligned layers as computed: input channels padded to whole blocks of 16
-    assert s["blocked_macs"] == sum(blocked)
     convs = [m for m in out.model.modules() if isinstance(m, nn.Conv2d)]
     if all(m.in_channels % 8 == 0 and m.out_channels % 8 == 0 for m in convs[1:]):
         assert s["aligned_macs"] > 0
 
 
-@pytest.mark.parametrize("kind", ["auto", "features", "lut", "aligned", "blocked"])
+@pytest.mark.parametrize("kind", ["auto", "features", "lut", "aligned"])
 def test_latency_model_fits_and_reports_held_out_error(shr, kind):
     lm = L.build_latency_model(shr, L.LatencyTarget(), n_fit=8, n_heldout=4, repeats=3,
                                kind=kind)
     assert len(lm.points) == 12 and lm.heldout_mape is not None
-    kinds = ["aligned", "blocked", "features", "lut"] if kind == "auto" else [kind]
+    kinds = ["aligned", "features", "lut"] if kind == "auto" else [kind]
     assert sorted(lm.errors) == kinds and lm.kind in kinds
     assert lm.errors[lm.kind]["loo_median_ape"] == min(e["loo_median_ape"]
                                                        for e in lm.errors.values())
@@ -92,7 +87,7 @@ def test_layer_table_times_each_kept_layer_shape_once(shr):
 
 
 def test_latency_model_kind_is_checked(shr):
-    with pytest.raises(DwrpruneError, match="kind must be auto, features, lut, aligned or blocked"):
+    with pytest.raises(DwrpruneError, match="kind must be auto, features, lut or aligned"):
         L.build_latency_model(shr, L.LatencyTarget(), kind="table")
     bad = {"target": {"device": "cpu", "batch": 1, "threads": 1}, "kind": "lut",
            "coef": [1.0], "original_ms": 1.0}

@@ -13,9 +13,6 @@ the model (:meth:`dwrprune.pruning.shrink.Shrinker.structure`):
   + t_u * MACs of the others + t_act * output elements + t_layer * layers: kernels that
   compute channels in blocks of 8 (ONNX Runtime's NCHWc layout, GPU tensor cores) take a
   faster path on aligned layers, so 11 channels can cost more than 16;
-- ``blocked``: as ``aligned``, with an unaligned layer's MACs counted with its input
-  channels padded up to whole blocks of 16 (the GEMM that runs it packs inputs in blocks;
-  ONNX Runtime on an AVX-512 CPU);
 - ``lut``: L = t0 + a * (sum of the kept conv and linear layers' times, each layer shape
   timed alone on the target and kept in a lookup table, as NetAdapt and HALP do for width)
   + t_act * output elements + t_layer * layers; the table sees what totals cannot, such as
@@ -50,8 +47,7 @@ if TYPE_CHECKING:  # a Shrinker is what the model is queried with; cost sits bel
 
 FEATURES = {"features": ("bias", "macs", "activations", "weights", "layers"),
             "lut": ("bias", "layer_table_ms", "activations", "layers"),
-            "aligned": ("bias", "aligned_macs", "unaligned_macs", "activations", "layers"),
-            "blocked": ("bias", "aligned_macs", "blocked_macs", "activations", "layers")}
+            "aligned": ("bias", "aligned_macs", "unaligned_macs", "activations", "layers")}
 
 
 TOLERANCE = 0.03  # a model measured within budget x (1 + TOLERANCE) meets the budget
@@ -285,9 +281,8 @@ def _features(kind: str, shr: Shrinker, d: float, w: float, r: float,
     if kind == "lut":
         return np.array([1.0, table.total_ms(shr, d, w, r), s["activations"] / 1e4,
                          s["layers"]], float)
-    if kind in ("aligned", "blocked"):
-        other = s["unaligned_macs" if kind == "aligned" else "blocked_macs"]
-        return np.array([1.0, s["aligned_macs"] / 1e6, other / 1e6,
+    if kind == "aligned":
+        return np.array([1.0, s["aligned_macs"] / 1e6, s["unaligned_macs"] / 1e6,
                          s["activations"] / 1e4, s["layers"]], float)
     return np.array([1.0, s["macs"] / 1e6, s["activations"] / 1e4, s["weights"] / 1e4,
                      s["layers"]], float)

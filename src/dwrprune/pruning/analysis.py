@@ -59,7 +59,6 @@ class LayerGeom:
 
 
 ALIGN = 8  # the channel block many kernels compute in (see ChannelCost.structure)
-BLOCK = 16  # the input-channel block an unaligned layer's GEMM is padded to (AVX-512: 16)
 
 
 class ChannelCost:
@@ -108,7 +107,7 @@ class ChannelCost:
         """What else a forward pass costs beyond MACs: output elements written (memory
         traffic), weights read, and layers run (per-call overheads)."""
         out = {"activations": 0, "weights": 0, "layers": 0, "aligned_macs": 0,
-               "unaligned_macs": 0, "blocked_macs": 0}
+               "unaligned_macs": 0}
         for g, cin, cout, per_group in self._layers(counts, dropped):
             out["activations"] += g.positions * cout
             out["weights"] += g.kernel * per_group * cout
@@ -118,9 +117,6 @@ class ChannelCost:
             aligned = cin % ALIGN == 0 and cout % ALIGN == 0
             out["aligned_macs" if aligned else "unaligned_macs"] += \
                 g.positions * g.kernel * per_group * cout
-            if not aligned:  # as computed: inputs padded to whole blocks (not depthwise)
-                padded = -(-per_group // BLOCK) * BLOCK if g.groups == 1 else per_group
-                out["blocked_macs"] += g.positions * g.kernel * padded * cout
         return out
 
 
