@@ -123,8 +123,7 @@ def table(summary: list[dict]) -> str:
         "| prune + collect (s) |", "|" + "---|" * 12]
     for s in summary:
         if s["status"] != "ok":
-            lines.append(f"| {s['budget']:g} | {s['method']} | {s['seeds']} | infeasible "
-                         "| - | - | - | - | - | - | - | - |")
+            lines.append(infeasible_row(s, 12))
             continue
         cost = (s["prune_seconds"] or 0) + (s["collection_seconds"] or 0)
         lines.append(
@@ -142,6 +141,12 @@ def table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def infeasible_row(s: dict, columns: int) -> str:
+    """A table row for a (method, budget) no seed could reach: dashes after the seeds."""
+    return (f"| {s['budget']:g} | {s['method']} | {s['seeds']} | infeasible |"
+            + " - |" * (columns - 4))
+
+
 def drop_table(summary: list[dict], target: str) -> str:
     """The fastest model within an accuracy drop: per (drop, method), the fine-tuned test
     accuracy, its drop below the original and the latency on the target."""
@@ -152,8 +157,7 @@ def drop_table(summary: list[dict], target: str) -> str:
              "test drop (points) | latency b1 (ms) | speed-up b1 |", "|" + "---|" * 8]
     for s in summary:
         if s["status"] != "ok":
-            lines.append(f"| {s['budget']:g} | {s['method']} | {s['seeds']} | infeasible "
-                         "| - | - | - | - |")
+            lines.append(infeasible_row(s, 8))
             continue
         drop = 100 * (orig - s["test_acc"])
         ratio = s["latency_b1_ratio"]
