@@ -39,6 +39,12 @@ def test_train_eval_and_yaml_config(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["steps"] == 3 and saved["model"] == "resnet_tiny"
+    from dwrprune.training.engine import compute_device, resolve_precision
+
+    # the default precision is recorded as what it resolved to here, in the card too
+    here = resolve_precision("auto", compute_device())
+    assert saved["precision"] == here
+    assert json.loads((out / "card.json").read_text())["precision"] == here
     assert main(["eval", "--checkpoint", str(out / "model.pt"), "--data", "synthetic",
                  "--split", "val", "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

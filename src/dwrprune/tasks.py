@@ -21,7 +21,7 @@ from .io.spec import make_spec, spec_of
 from .pipeline.data import DatasetSource, check_data_matches
 from .pruning.shrink import Shrinker, ShrinkResult, data_needs
 from .training import distributed
-from .training.engine import TrainConfig, evaluate, train
+from .training.engine import TrainConfig, compute_device, evaluate, resolve_precision, train
 
 
 def train_model(name: str, data: DatasetSource, out: str | os.PathLike, *,
@@ -38,6 +38,9 @@ def train_model(name: str, data: DatasetSource, out: str | os.PathLike, *,
 
     config = config or TrainConfig()
     config.validate()
+    # recorded as what "auto" means here, so a resumed folder trains as it began
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision,
+                                                                     compute_device()))
     out = check_folder_writable(out, "training folder")
     torch.manual_seed(config.seed)
     train_loader = data.loader("train", resolution, shuffle=True, subset=subset,
@@ -67,6 +70,7 @@ def train_model(name: str, data: DatasetSource, out: str | os.PathLike, *,
     card = {"command": command, "seed": config.seed, "test_acc": test.accuracy,
             "test_loss": test.loss, "val_acc": result.history[-1].get("val_acc"),
             "epochs": len(result.history), "train_seconds": result.seconds,
+            "precision": config.precision, "channels_last": config.channels_last,
             "dwrprune_version": __version__, "torch": torch.__version__,
             "processes": distributed.world_size()}
     if init_card is not None:
