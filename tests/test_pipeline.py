@@ -38,7 +38,11 @@ def test_prune_end_to_end_and_stage_commands(tmp_path, tiny_checkpoint, capsys, 
     assert heads[:5] == ["## Result", "## Deploy it", "## Speed-ups", "## Channels per layer",
                          "## Removed blocks"], heads
     assert final["contract"] in md and "Out of date" not in md
-    assert "Trained in fp32, NCHW layout, data path 2 (batches made on the compute device)" in md
+    from dwrprune.training.engine import compute_device, resolve_precision
+
+    here = resolve_precision("auto", compute_device())  # the default, as recorded
+    assert (f"Trained in {here}, NCHW layout, data path 2 (batches made on the compute device)"
+            in md)
     rows = {c["layer"]: c for c in final["channels"]}
     assert rows["fc"]["after"] == rows["fc"]["before"]  # the classes stay
     assert all(c["after"] is None or c["after"] <= c["before"] for c in rows.values())
