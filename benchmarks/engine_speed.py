@@ -21,7 +21,8 @@ are timed for the batched and the per-image path, the median of ``--repeats`` in
 runs.  ``--prune quick`` also times ``dwrprune prune
 --preset quick`` end to end (a fresh folder).  Rows are appended to the CSV with the machine
 and the data path, so runs on other machines add rows rather than replacing them;
-``--update-docs`` regenerates the table in docs/engine.md from the whole CSV.
+``--update-docs`` regenerates the table in docs/engine.md from the CSV (the newest row of each
+machine, what, loop and data path).
 """
 
 from __future__ import annotations
@@ -206,6 +207,15 @@ def measure(args) -> list[dict]:
     return [stamp | r for r in rows]
 
 
+def latest(rows: list[dict]) -> list[dict]:
+    """The newest row of each (machine, what, loop, data path), in first-seen order: a run
+    again on the same machine replaces its figures in the table (the CSV keeps them all)."""
+    last: dict[tuple, dict] = {}
+    for r in rows:
+        last[(r["device_name"], r["what"], r["loop"], r["data_path"])] = r
+    return list(last.values())
+
+
 def markdown(rows: list[dict]) -> str:
     out = ["| machine | what | loop | steps/s | images/s | seconds | vs reference |",
            "|---|---|---|---|---|---|---|"]
@@ -244,7 +254,7 @@ def main() -> None:
                 w.writerow({k: r.get(k, "") for k in FIELDS})
                 print(r)
     with open(out, newline="") as f:
-        text = markdown([r for r in csv.DictReader(f) if r.get("data_path")])
+        text = markdown(latest([r for r in csv.DictReader(f) if r.get("data_path")]))
     print(text)
     if args.update_docs:
         print(f"updated {update_docs('engine-speed', text)}")
