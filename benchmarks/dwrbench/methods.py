@@ -235,6 +235,8 @@ class WithinDrop(ThreeDLatency):
             timed.append((measure_ms(out.model, out.spec["input"]["resolution"],
                                      ctx.latency_target, reference=ref)["ratio"], c))
         ratio, c = min(timed, key=lambda t: t[0])
+        if ratio >= 1.0:  # as prune --max-drop: nothing within the drop is faster
+            raise Infeasible
         out = self._shrink(model, (c["d"], c["w"], c["r"]), seed, ctx)
         out.note += (f"; predicted drop {100 * c['drop']:.2f} + sd {100 * c['drop_sd']:.2f}; "
                      f"measured {ratio:.3f} of the original")
