@@ -394,6 +394,7 @@ def summarise(csv_path: str | Path) -> list[dict]:
     out = []
     for (method, budget), rows in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         s = {"method": method, "budget": budget, "seeds": len(rows),
+             "ok_seeds": sum(r["status"] == "ok" for r in rows),
              "budget_kind": rows[0].get("budget_kind") or "macs",
              "status": "ok" if any(r["status"] == "ok" for r in rows) else rows[0]["status"]}
         for key in ("test_acc", "test_acc_pruned", "macs_ratio", "params", "latency_b1_ms",
