@@ -86,6 +86,21 @@ def test_layer_table_times_each_kept_layer_shape_once(shr):
     assert L.LayerTable(L.LatencyTarget(), repeats=5).total_ms(shr, 1, 1, 1) > total
 
 
+def test_lookup_table_times_depthwise_layers_as_the_shrunk_model_has_them():
+    m = dwrprune.create_model("mobilenetv2_tiny", num_classes=10, in_channels=3)
+    m.dwrprune_spec = dwrprune.make_spec("mobilenetv2_tiny", 10, 3, 16)
+    shr = dwrprune.Shrinker(m)
+    out = shr.shrink(0.5, 0.6, 0.75)
+    res, layers = shr.kept_layers(0.5, 0.6, 0.75)
+    depthwise = [(g, cin, cout) for g, cin, cout in layers if g.groups > 1]
+    assert depthwise
+    for g, cin, cout in depthwise:  # kept channels in = out = groups, as built
+        conv = out.model.get_submodule(g.name)
+        assert (cin, cout) == (conv.in_channels, conv.out_channels) == (conv.groups,) * 2
+    table = L.LayerTable(L.LatencyTarget(), repeats=2)
+    assert table.total_ms(shr, 0.5, 0.6, 0.75) > 0  # every layer shape builds and runs
+
+
 def test_latency_model_kind_is_checked(shr):
     with pytest.raises(DwrpruneError, match="kind must be auto, features, lut or aligned"):
         L.build_latency_model(shr, L.LatencyTarget(), kind="table")

@@ -87,7 +87,8 @@ class ChannelCost:
             cin = g.in_ch - sum(f * (self.sizes[gi] - counts[gi]) for gi, f in ins)
             cout = g.out_ch - sum(f * (self.sizes[gi] - counts[gi]) for gi, f in outs)
             if g.groups > 1 and g.groups == g.in_ch == g.out_ch:  # depthwise: in = out = groups
-                cout, per_group = min(cin, cout), 1
+                cin = cout = min(cin, cout)  # as the shrunk model has it
+                per_group = 1
             else:  # every output needs (in / groups) * k_h * k_w products
                 per_group = cin // g.groups if isinstance(cin, int) else cin / g.groups
             yield g, cin, cout, per_group
