@@ -293,6 +293,34 @@ def test_one_class_dataset_is_refused(capsys, tmp_path):
         dwrprune.create_dataset("synthetic", "train", num_classes=1)
 
 
+# ---------------------------------------------------------------------------- data vs model
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenetv2"])
+@pytest.mark.parametrize("mismatch, needle", [
+    ({"num_classes": 5, "in_channels": 3}, "10 classes but the model outputs 5"),
+    ({"num_classes": 10, "in_channels": 1}, "3 input channels but the model expects 1"),
+])
+@pytest.mark.parametrize("command", ["eval", "collect", "prune"])
+def test_a_checkpoint_that_does_not_fit_the_data_is_one_line(tmp_path, capsys, arch,
+                                                             mismatch, needle, command):
+    """Another class count or input channel count than the data: named as such, before any
+    work, by every command that reads the data (not as a mean of the wrong length)."""
+    from dwrprune.checkpoint import save_model
+
+    c = mismatch["in_channels"]
+    model = dwrprune.create_model(arch, **mismatch)
+    spec = {"model": {"name": arch, **mismatch},
+            "input": {"resolution": 16, "mean": [0.5] * c, "std": [0.25] * c}}
+    save_model(tmp_path / "m.pt", model, spec)
+    args = [command, "--checkpoint", str(tmp_path / "m.pt"), "--data", "synthetic"]
+    if command != "eval":
+        args += ["--preset", "quick", "--out", str(tmp_path / "run"), "--no-progress"]
+    if command == "prune":
+        args += ["--budget", "0.5"]
+    assert main(args) == 2
+    _one_error_line(capsys, needle)
+    assert not (tmp_path / "run" / "samples.sqlite").exists()
+
+
 # ---------------------------------------------------------------------------- mid-epoch resume
 def test_killed_epoch_resumes_mid_epoch_with_the_same_result(tmp_path, monkeypatch):
     import dwrprune.training.engine as eng

@@ -143,6 +143,7 @@ def complete_contract(model: nn.Module, data: DataSource, cfg=None) -> ModelSpec
     spec = spec_of(model)
     info = getattr(data, "info", None)
     if info is not None:
+        check_data_matches(spec, info)  # before its mean and std are read as the model's
         mean, std = list(info.mean), list(info.std)
         resize, dataset = info.resize, info.name
     else:
