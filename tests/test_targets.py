@@ -19,7 +19,7 @@ from dwrprune.cost.timing import time_in_turns
 from dwrprune.io.store import SampleStore
 from dwrprune.pipeline import resolve_config
 from dwrprune.pipeline.solve import parse_targets
-from dwrprune.search.within_drop import narrowest, solve_max_drop
+from dwrprune.search.within_drop import Reference, narrowest, solve_max_drop
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +168,38 @@ def test_fewest_macs_within_the_drop_and_hedged_by_the_uncertainty(shr):
         solve_max_drop(_Pred(sd=0.0), shr, 0.1, (1.0, 1.0, 1.0))
 
 
+def test_a_reference_counts_the_drop_from_the_briefly_fine_tuned_original(shr):
+    """The brief fine-tune's own cost (the reference's shortfall) is taken out of the
+    predicted drop, its noise is added to the sd; a reference that gains is no shortfall."""
+    base = solve_max_drop(_Pred(), shr, 1.0, (0.25, 0.25, 0.5))["best"]
+    ref = Reference(shortfall=0.004, sd=0.001)
+    res = solve_max_drop(_Pred(), shr, 1.0, (0.25, 0.25, 0.5), reference=ref)
+    b = res["best"]
+    assert res["reference"] == {"shortfall": 0.004, "sd": 0.001}
+    assert b["drop"] == pytest.approx(0.9 - _Pred()(b["d"], b["w"], b["r"]) - 0.004)
+    assert b["drop_sd"] == pytest.approx((0.001 ** 2 + 0.001 ** 2) ** 0.5)
+    assert 100 * (b["drop"] + b["drop_sd"]) <= 1.0 + 1e-6 and b["macs"] < base["macs"]
+    # a noisy reference costs room: with sd as large as the shortfall nothing is gained
+    noisy = solve_max_drop(_Pred(), shr, 1.0, (0.25, 0.25, 0.5),
+                           reference=Reference(0.004, 0.006))["best"]
+    assert noisy["macs"] > b["macs"]
+    assert Reference.measured(0.90, 0.93, 6000).shortfall == 0.0
+    m = Reference.measured(0.94, 0.936, 6000)
+    assert m.shortfall == pytest.approx(0.004)
+    assert m.sd == pytest.approx((0.936 * 0.064 / 6000) ** 0.5)
+
+
+def test_max_drop_plans_a_reference_job(tmp_path):
+    from dwrprune.pipeline.jobs import job_steps, plan_jobs
+
+    cfg = resolve_config("quick")
+    assert "ref" not in [j.key for j in plan_jobs(cfg, 9, 28, 8)]
+    jobs = plan_jobs(cfg.replace(max_drop=0.5), 9, 28, 8)
+    ref = next(j for j in jobs if j.key == "ref")
+    assert ref.kind == "reference" and ref.point == (1.0, 1.0, 1.0)
+    assert job_steps(ref, cfg) == cfg.finetune_steps
+
+
 @pytest.mark.parametrize("opts, message", [
     ({"max_drop": -1.0}, "max_drop must be points"),
     ({"max_drop": float("nan")}, "max_drop must be points"),
@@ -204,6 +236,15 @@ def test_max_drop_and_many_targets_from_one_collection(tmp_path, tiny_checkpoint
     assert md["allowed"] == 30.0 and md["predicted_drop"] + md["drop_sd"] <= 30.0 + 1e-6
     assert {"val_drop", "test_drop"} <= set(md) and res.report["macs_ratio"] < 1.0
     assert "Allowed drop 30 points" in res.report_path.read_text()
+    # the collection holds the reference (the original, fine-tuned as briefly), which the
+    # drop is counted from; the predictor is not fitted to it
+    store = dwrprune.pipeline.Run(tmp_path / "run").store()
+    ref, orig = store.get("ref"), store.get("orig")
+    assert ref.kind == "reference" and ref.finetune_steps > 0 and (ref.d, ref.w, ref.r) == (1, 1, 1)
+    assert md["reference_shortfall"] == pytest.approx(100 * max(0.0, orig.val_acc - ref.val_acc))
+    assert "fine-tuned as briefly as the samples" in res.report_path.read_text()
+    fitted = json.loads((tmp_path / "run" / "predictor.json").read_text())["predictor"]
+    assert "orig" in json.dumps(fitted) and '"ref"' not in json.dumps(fitted)
     capsys.readouterr()
     assert main(["plan", "--run", str(tmp_path / "run"), "--targets", "cpu-b1,ort-b1",
                  "--latency-budgets", "0.85,0.95"]) == 0

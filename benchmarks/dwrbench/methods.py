@@ -23,6 +23,7 @@ from dwrprune.pipeline import (
     one_axis_point,
     solve_budget,
 )
+from dwrprune.pipeline.solve import drop_reference
 from dwrprune.pruning.shrink import Shrinker
 from dwrprune.pruning.surgery import record_layer_changes
 from dwrprune.search.solver import BudgetOutOfReach
@@ -124,6 +125,8 @@ class ThreeD:
             if ("3d", seed) in ctx.prepared:
                 continue
             cfg = ctx.pipeline.replace(seed=seed)
+            if ctx.max_drop:  # as prune --max-drop: the collection holds the reference
+                cfg = cfg.replace(max_drop=max(b for b, _ in todo))
             run = Run(ctx.out / "3d" / f"seed{seed}")
             store = collect(model, ctx.data, cfg, run.path, progress=ctx.progress,
                             executor=executor, wait_for_lock=True)  # shared by processes
@@ -131,7 +134,8 @@ class ThreeD:
             pred, _ = fit_samples(store, cfg)
             ctx.prepared[("3d", seed)] = {
                 "predictor": pred, "block_order": run.block_ranking(),
-                "collection_seconds": collection, "run": str(run.path)}
+                "collection_seconds": collection, "run": str(run.path),
+                "reference": drop_reference(run) if ctx.max_drop else None}
 
     def shrinker(self, model, seed, ctx, data=None) -> Shrinker:
         """The seed's shrinker with the block ranking saved at its collection."""
@@ -207,7 +211,9 @@ class WithinDrop(ThreeDLatency):
     the few fastest by the latency model measured for real and the fastest measured taken, as
     :func:`~dwrprune.pipeline.solve.plan_max_drop` does.  ``axes="w"``: width only (depth and
     resolution held at 1), from the same collection and predictor, so both answer the same
-    question with the same information: how fast can the model get within this drop?"""
+    question with the same information: how fast can the model get within this drop?  The
+    drop is counted from the collection's reference sample (the original fine-tuned as
+    briefly as the samples), as prune --max-drop counts it."""
 
     def __init__(self, axes: str = "dwr"):
         self.axes = axes
@@ -225,7 +231,8 @@ class WithinDrop(ThreeDLatency):
         if self.axes == "w":
             lo = (1.0, lo[1], 1.0)
         try:
-            res = solve_max_drop(p["predictor"], shr, budget, lo, lat)
+            res = solve_max_drop(p["predictor"], shr, budget, lo, lat,
+                                 reference=p["reference"])
         except DwrpruneError:
             raise Infeasible from None
         ref = replace(ctx.latency_reference, ms=lat.original_ms)

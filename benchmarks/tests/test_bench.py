@@ -151,6 +151,11 @@ def test_compare_within_an_accuracy_drop(tmp_path):
     assert width and all("d=1.000" in x["note"] and "r=1.000" in x["note"]
                          for x in width)  # width only: every block, full resolution
     assert "test drop (points)" in (tmp_path / "table.md").read_text()
+    from dwrprune.io.store import SampleStore  # the drop is counted from the reference
+
+    for seed in (0, 1):
+        ref = SampleStore(tmp_path / "3d" / f"seed{seed}" / "samples.sqlite").get("ref")
+        assert ref is not None and ref.kind == "reference"
     mixed = subprocess.run(cmd[:4] + ["--latency-budgets", "0.5"] + cmd[4:],
                            capture_output=True, text=True)
     assert mixed.returncode == 2 and "not both" in mixed.stderr

@@ -115,7 +115,9 @@ class PipelineConfig:
                       "graphs replayed on the GPU)")
     max_drop: float | None = _f(None, "plan", F, "instead of a budget: the fastest model whose "
                                 "predicted validation accuracy stays within this many points "
-                                "of the original's (hedged by the predictor's uncertainty)")
+                                "of the original's (hedged by the predictor's uncertainty; "
+                                "the collection adds one sample, the original fine-tuned as "
+                                "briefly as the others, which the drop is counted from)")
     minimize: str = _f("latency", "plan", F, "what --max-drop minimises: latency (on the "
                        "target: --runtime, --device, --latency-batch, --threads) | macs")
     min_gain_sigmas: float = _f(1.0, "plan", F, "leave the best one-axis point only when the "

@@ -170,7 +170,9 @@ def _finetune_final(model, data, cfg, shrinker, solution, run, progress, train_f
                               "predicted_drop": 100 * dec.get("predicted_drop", float("nan")),
                               "drop_sd": 100 * dec.get("drop_sd", float("nan")),
                               "val_drop": 100 * (orig_val - after.accuracy),
-                              "test_drop": 100 * (base_test.accuracy - test.accuracy)}
+                              "test_drop": 100 * (base_test.accuracy - test.accuracy),
+                              "reference_shortfall": None if not dec.get("reference") else
+                              100 * dec["reference"]["shortfall"]}
     with run.lock():
         save_model(run.final_dir / "model.pt", pruned, spec,
                    {k: v for k, v in result.items() if k != "history"})

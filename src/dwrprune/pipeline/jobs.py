@@ -3,11 +3,14 @@ job into one (d, w, r, accuracy) sample in whichever process an executor picks.
 
 A chain job prunes the fine-tuned model of the previous step of its chain a little further
 (iterative pruning); mixed and hold-out jobs prune the original; every sample is fine-tuned
-briefly and measured on the validation split.
+briefly and measured on the validation split.  With ``max_drop`` set, a reference job
+fine-tunes the unpruned model as briefly as a chain step: what the brief fine-tune alone
+does to accuracy, which a drop below the original is measured against.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -47,7 +50,7 @@ def model_fingerprint(model: nn.Module, spec_keys: tuple[str, ...] | None = None
 @dataclass
 class Job:
     key: str
-    kind: str  # original | chain | mixed | holdout | bn_recal
+    kind: str  # original | reference | chain | mixed | holdout | bn_recal
     point: tuple[float, float, float]  # absolute target (d, w, r)
     chain: str | None = None
     step: int | None = None
@@ -58,6 +61,8 @@ def plan_jobs(cfg, n_blocks: int, base_res: int, min_res: int) -> list[Job]:
     """The deterministic job list of a collection; chain steps that would realise the same
     point as the previous step (whole blocks, whole pixels) are dropped."""
     jobs = [Job("orig", "original", (1.0, 1.0, 1.0))]
+    if getattr(cfg, "max_drop", None) is not None:
+        jobs.append(Job("ref", "reference", (1.0, 1.0, 1.0)))
 
     def chain(axis: str, values: list[float], realise: Callable[[float], float]):
         parent, last, step = "orig", 1.0, 0
@@ -90,12 +95,12 @@ def plan_jobs(cfg, n_blocks: int, base_res: int, min_res: int) -> list[Job]:
 
 
 def job_steps(job: Job, cfg) -> int:
-    """The fine-tune steps a job's sample gets (chain steps ``finetune_steps``, mixed and
-    hold-out points ``mixed_finetune_steps``, by default twice that; none for the original
-    and BatchNorm re-calibration samples)."""
+    """The fine-tune steps a job's sample gets (chain steps and the reference
+    ``finetune_steps``, mixed and hold-out points ``mixed_finetune_steps``, by default twice
+    that; none for the original and BatchNorm re-calibration samples)."""
     if job.kind in ("original", "bn_recal"):
         return 0
-    if job.kind == "chain":
+    if job.kind in ("chain", "reference"):
         return cfg.finetune_steps
     return (cfg.mixed_finetune_steps if cfg.mixed_finetune_steps is not None
             else 2 * cfg.finetune_steps)
@@ -201,7 +206,10 @@ class SampleJobs:
         if job.kind == "original":
             model, spec = self.model, spec_of(self.model)
         else:
-            model, spec = self._prune_job(job, parent.model if parent else self.model)
+            if job.kind == "reference":  # unpruned, fine-tuned as a first chain step is
+                model, spec = copy.deepcopy(self.model), spec_of(self.model)
+            else:
+                model, spec = self._prune_job(job, parent.model if parent else self.model)
             steps = job_steps(job, cfg)
             if steps:
                 loader = self.data.loader("train", spec.resolution, shuffle=True,

@@ -22,7 +22,7 @@ from ..io.store import SampleStore  # noqa: E402
 from .run import Run  # noqa: E402
 
 _COLORS = {"original": "k", "chain": "tab:blue", "mixed": "tab:green", "holdout": "tab:red",
-           "bn_recal": "tab:gray"}
+           "bn_recal": "tab:gray", "reference": "tab:purple"}
 
 
 def save_figure(fig, path: Path) -> None:
@@ -235,10 +235,14 @@ def _result(f: dict, rep: dict) -> list[str]:
         lines += [f"**{f['latency']['line']}**", ""]
     md = f.get("max_drop")
     if md:
+        ref = md.get("reference_shortfall")
+        counted = ("counted from the original" if ref is None else
+                   f"counted from the original fine-tuned as briefly as the samples, which "
+                   f"scored {ref:.2f} points below it")
         lines += [f"Allowed drop {md['allowed']:g} points of validation accuracy: predicted "
-                  f"{md['predicted_drop']:.2f} (sd {md['drop_sd']:.2f}); measured after "
-                  f"fine-tuning {md['val_drop']:.2f} on validation, {md['test_drop']:.2f} on "
-                  "test.", ""]
+                  f"{md['predicted_drop']:.2f} (sd {md['drop_sd']:.2f}; {counted}); "
+                  f"measured after fine-tuning {md['val_drop']:.2f} on validation, "
+                  f"{md['test_drop']:.2f} on test.", ""]
     if f.get("contract"):
         lines += ["## Deploy it", "",
                   f"- model: `{rep['run']}/final/model.pt`: `dwrprune.load(path)` in Python; "

@@ -221,6 +221,20 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
     return rows
 
 
+def drop_reference(run: Run):
+    """The run's :class:`~dwrprune.search.within_drop.Reference` (the unpruned model
+    fine-tuned as briefly as a chain step, against the original), or None where the
+    collection has no reference sample (one collected without ``max_drop``)."""
+    from ..search.within_drop import Reference
+
+    store = run.store()
+    orig, ref = store.get("orig"), store.get("ref")
+    n = store.get_meta("val_images")
+    if orig is None or ref is None or ref.kind != "reference" or not n:
+        return None
+    return Reference.measured(orig.val_acc, ref.val_acc, int(n))
+
+
 def plan_max_drop(run: Run, shrinker: Shrinker, cfg: PipelineConfig, progress=None,
                   save: bool = True, own_target: bool = True) -> dict:
     """The cheapest point whose hedged predicted drop stays within ``cfg.max_drop`` points
@@ -234,7 +248,13 @@ def plan_max_drop(run: Run, shrinker: Shrinker, cfg: PipelineConfig, progress=No
     lo = search_box(cfg.lower_bounds, pred, shrinker)
     target = cfg.latency_target
     lat = latency_model_for(run, shrinker, target, progress) if target is not None else None
-    res = solve_max_drop(pred, shrinker, cfg.max_drop, lo, lat)
+    reference = drop_reference(run)
+    if reference is None:
+        tqdm.write("[plan] no reference sample in this collection (it was collected without "
+                 "--max-drop): the predicted drop is counted from the original itself, "
+                 "which over-states it by what the brief fine-tune alone costs; run "
+                 "collect or prune with --max-drop to add it")
+    res = solve_max_drop(pred, shrinker, cfg.max_drop, lo, lat, reference=reference)
     cands = [res["best"], *res["runners_up"]]
     info = None
     if lat is not None:  # the model steers; the choice is the fastest measured of the few
@@ -260,11 +280,16 @@ def plan_max_drop(run: Run, shrinker: Shrinker, cfg: PipelineConfig, progress=No
     budget = info["fraction"] if info else chosen[0].macs_ratio
     sol = Solution(budget, base, None, chosen[0], chosen[1:])
     b = cands[0]
+    counted = ("" if reference is None else
+               f", counted from the original fine-tuned as briefly as the samples "
+               f"({100 * reference.shortfall:.2f} points below the original)")
     sol.decision = {"max_drop": cfg.max_drop, "predicted_drop": b["drop"],
                     "drop_sd": b["drop_sd"], "minimised": res["minimised"],
+                    "reference": res["reference"],
                     "why": f"the {'fastest measured' if info else 'fewest MACs'} of the points "
                            f"whose predicted drop {100 * b['drop']:.2f} + one sd "
-                           f"{100 * b['drop_sd']:.2f} stays within {cfg.max_drop:g} points",
+                           f"{100 * b['drop_sd']:.2f} stays within {cfg.max_drop:g} points"
+                           f"{counted}",
                     "chosen": "max_drop"}
     row = {"budget": budget, "solution": sol, "latency": info, "max_drop": cfg.max_drop}
     with run.lock():

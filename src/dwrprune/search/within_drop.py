@@ -6,12 +6,20 @@ The drop is hedged by the predictor's uncertainty as the budgeted choice is: a p
 qualifies when its predicted drop plus one standard deviation of that drop
 (:meth:`~dwrprune.search.predictor.Predictor.gain` against the original, floored at the
 noise of one measured accuracy) is at most ``max_drop``.
+
+The samples are measured after a brief fine-tune, which by itself moves accuracy: the
+unpruned model fine-tuned as briefly (the collection's reference sample) typically scores a
+few tenths of a point below the original, and pruned models recover more in the final
+fine-tune than in the brief one.  A :class:`Reference` takes that out: the predicted drop is
+counted from the briefly fine-tuned unpruned model (never from above the original), and the
+reference's own measurement noise joins the standard deviation.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..errors import DwrpruneError
 from ..pruning.shrink import Shrinker
@@ -45,18 +53,43 @@ def _fastest_wider(shr: Shrinker, latency, d: float, w: float, r: float,
     return best
 
 
-def hedged_drop(pred, point) -> tuple[float, float]:
-    """Predicted drop (fraction of accuracy) of ``point`` below the original, and its sd."""
+@dataclass(frozen=True)
+class Reference:
+    """What the samples' brief fine-tune alone costs the unpruned model: ``shortfall``
+    (fraction of accuracy, >= 0) of the briefly fine-tuned original below the original, and
+    ``sd``, the noise of that measurement (one accuracy on the validation images)."""
+
+    shortfall: float
+    sd: float
+
+    @staticmethod
+    def measured(original_acc: float, reference_acc: float, val_images: int) -> Reference:
+        """From the two validation accuracies; a brief fine-tune that gains is no shortfall
+        (the drop is never counted from above the original)."""
+        a = min(max(reference_acc, 0.0), 1.0)
+        return Reference(max(0.0, original_acc - reference_acc),
+                         math.sqrt(a * (1 - a) / val_images) if val_images > 0 else 0.0)
+
+    def to_dict(self) -> dict:
+        return {"shortfall": self.shortfall, "sd": self.sd}
+
+
+def hedged_drop(pred, point, reference: Reference | None = None) -> tuple[float, float]:
+    """Predicted drop (fraction of accuracy) of ``point`` below the original, and its sd;
+    with a ``reference``, counted from the briefly fine-tuned original."""
     gain, sd = pred.gain(tuple(point), (1.0, 1.0, 1.0))
-    return -gain, sd
+    if reference is None:
+        return -gain, sd
+    return -gain - reference.shortfall, math.hypot(sd, reference.sd)
 
 
 def solve_max_drop(pred, shr: Shrinker, max_drop: float, lower: tuple[float, float, float],
-                   latency=None, keep: int = 5) -> dict:
+                   latency=None, keep: int = 5, reference: Reference | None = None) -> dict:
     """Every kept-block count and input side in the box, each with the narrowest width whose
     hedged drop is within ``max_drop`` (points); the cheapest first (``latency``: a
-    :class:`~dwrprune.cost.latency.LatencyModel`, else exact MACs).  Returns ``best`` and
-    up to ``keep - 1`` ``runners_up`` (candidate dicts)."""
+    :class:`~dwrprune.cost.latency.LatencyModel`, else exact MACs).  ``reference``: the
+    drop is counted from the briefly fine-tuned original (see the module docstring).
+    Returns ``best`` and up to ``keep - 1`` ``runners_up`` (candidate dicts)."""
     if not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop) and max_drop >= 0):
         raise DwrpruneError(f"max_drop must be a number of points >= 0, got {max_drop!r}")
     limit = max_drop / 100
@@ -67,8 +100,8 @@ def solve_max_drop(pred, shr: Shrinker, max_drop: float, lower: tuple[float, flo
     for d in ds:
         for p in range(px, pmin - 1, -1):
             r = p / px
-            w = narrowest(lambda w, d=d, r=r: sum(hedged_drop(pred, (d, w, r))) <= limit,
-                          lower[1])
+            w = narrowest(lambda w, d=d, r=r: sum(hedged_drop(pred, (d, w, r), reference))
+                          <= limit, lower[1])
             if w is None:
                 continue
             ms = None
@@ -76,20 +109,23 @@ def solve_max_drop(pred, shr: Shrinker, max_drop: float, lower: tuple[float, flo
                 w, ms = _fastest_wider(shr, latency, d, w, r)
             if d == w == r == 1.0:  # the original itself is not a pruned model
                 continue
-            drop, sd = hedged_drop(pred, (d, w, r))
+            drop, sd = hedged_drop(pred, (d, w, r), reference)
             c = {"d": d, "w": w, "r": r, "resolution": p, "predicted": float(pred(d, w, r)),
                  "drop": drop, "drop_sd": sd, "macs": shr.macs(d, w, r)}
             if ms is not None:
                 c["latency_ms"] = ms
             cands.append(c)
     if not cands:
-        _, sd = hedged_drop(pred, (1.0, 1.0, 1.0))
+        _, sd = hedged_drop(pred, (1.0, 1.0, 1.0), reference)
+        brief = ("counted from the original fine-tuned as briefly" if reference else
+                 "counted from the original, which the samples' brief fine-tune alone "
+                 "falls short of")
         raise DwrpruneError(
             f"no pruned model is predicted within {max_drop:g} points of the original (the "
-            f"prediction's own uncertainty is {100 * sd:.2f} points, and the prediction is of "
-            "accuracy after the samples' brief fine-tune, which the final fine-tune exceeds: "
-            "allow a larger drop, or measure on more validation images)")
+            f"prediction's own uncertainty is {100 * sd:.2f} points; the predicted drop is "
+            f"of accuracy after the samples' brief fine-tune, {brief}): allow a larger drop, "
+            "or measure on more validation images")
     cost = "latency_ms" if latency is not None else "macs"
     cands.sort(key=lambda c: (c[cost], -c["predicted"]))
     return {"max_drop": max_drop, "best": cands[0], "runners_up": cands[1:keep],
-            "minimised": cost}
+            "minimised": cost, "reference": None if reference is None else reference.to_dict()}
