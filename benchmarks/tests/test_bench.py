@@ -339,3 +339,20 @@ def test_benchmark_shrinker_keeps_round_to_and_allocation(tiny_checkpoint, tiny_
     ctx = BenchContext(DatasetSource("synthetic", batch_size=32), Path("."), cfg)
     shr = ctx.shrinker(dwrprune.load(tiny_checkpoint))
     assert shr.round_to == 4 and shr.width_allocation.name == "uniform"
+
+
+def test_round_to_times_each_rounding_beside_the_original(tmp_path):
+    """benchmarks/round_to.py: one row per (target, point, rounding), the channel counts the
+    rounding gave, and a ratio against the original timed in the same rounds."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "round_to.py"),
+                        "--points", "1,0.72,1;0.57,1,0.86", "--round-to", "8",
+                        "--targets", "cpu-b1", "--repeats", "2", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "round_to.csv")))
+    assert [(x["d"], x["round_to"]) for x in rows] == [("1.0", ""), ("1.0", "8"),
+                                                       ("0.57", ""), ("0.57", "8")]
+    assert rows[0]["channels"] == "11/23/46" and rows[1]["channels"] != rows[0]["channels"]
+    assert all(int(c) % 8 == 0 for c in rows[1]["channels"].split("/"))
+    assert all(float(x["ratio"]) > 0 for x in rows)
+    assert "vs original" in (tmp_path / "table.md").read_text()

@@ -1,0 +1,128 @@
+"""Does ``--round-to`` change the latency?  Shrinks a model to given (d, w, r) points with the
+channel counts the width allocation gives and with them rounded to multiples of 8 and 16,
+and times every variant beside the original on each target (round-robin, median of
+``--repeats`` rounds); writes ``round_to.csv`` and ``table.md`` to ``--out``.
+
+    python benchmarks/round_to.py --checkpoint mobilenetv2-fashion-mnist \\
+        --run benchmarks/results/pipeline/mobilenetv2-fmnist-full \\
+        --points "1,0.703,1;0.6,0.8,0.857" --round-to 8,16 --targets cpu-b1,ort-b1 \\
+        --out benchmarks/results/round-to-mobilenetv2 [--update-docs --block TAG]
+
+``--run``: prune with that run folder's block ranking and options (what ``prune`` would
+build); without it, blocks are ranked by weight norm.  Timing only: no training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = ["target", "d", "w", "r", "round_to", "resolution", "macs_ratio", "channels",
+          "median_ms", "ratio", "original_ms", "repeats", "machine"]
+
+
+def points(text: str) -> list[tuple[float, float, float]]:
+    out = []
+    for p in text.split(";"):
+        d, w, r = (float(v) for v in p.split(","))
+        out.append((d, w, r))
+    return out
+
+
+def channel_summary(model) -> str:
+    """The distinct output channel counts of the model's convolutions, smallest first."""
+    from torch import nn
+
+    counts = sorted({m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)})
+    return "/".join(str(c) for c in counts)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| target | (d, w, r) | round to | px | MACs ratio | output channels | ms | "
+             "vs original |", "|---|---|---|---|---|---|---|---|"]
+    for x in rows:
+        lines.append(f"| {x['target']} | ({float(x['d']):.3g}, {float(x['w']):.3g}, "
+                     f"{float(x['r']):.3g}) | {x['round_to'] or '-'} | {x['resolution']} | "
+                     f"{float(x['macs_ratio']):.3f} | {x['channels']} | "
+                     f"{float(x['median_ms']):.3f} | {float(x['ratio']):.3f}x |")
+    first = rows[0] if rows else {}
+    return "\n".join(lines) + (f"\n\nMeasured on {first.get('machine')}, median of "
+                               f"{first.get('repeats')} rounds, each variant timed in turn "
+                               "with the original." if rows else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default="resnet20-fashion-mnist")
+    ap.add_argument("--run", default=None, help="run folder whose block ranking to use")
+    ap.add_argument("--points", type=points, required=True, help='"d,w,r;d,w,r"')
+    ap.add_argument("--round-to", default="8,16")
+    ap.add_argument("--targets", default="cpu-b1,ort-b1")
+    ap.add_argument("--repeats", type=int, default=100)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--update-docs", action="store_true")
+    ap.add_argument("--block", default=None, help="docs block tag (default: the out folder)")
+    args = ap.parse_args()
+
+    import dwrprune
+    from dwrprune.cost.latency import LatencyTarget
+    from dwrprune.cost.timing import machine_stamp, time_in_turns, timing_inputs
+    from dwrprune.pipeline import Run, build_shrinker, resolve_config, run_shrinker
+
+    model = dwrprune.load(dwrprune.pretrained.resolve(args.checkpoint))
+    if args.run:
+        cfg, _ = Run(args.run).load_config()
+    else:
+        cfg = resolve_config(None, depth_criterion="weight_norm")
+    rounds = [None] + [int(k) for k in args.round_to.split(",") if k]
+
+    def shrinker(k):
+        c = cfg.replace(round_to=k)
+        return run_shrinker(Run(args.run), model, c) if args.run else \
+            build_shrinker(model, c, None)
+
+    shrinkers = {k: shrinker(k) for k in rounds}
+    base = shrinkers[None]
+    variants = []  # (point, round_to, model, resolution)
+    for d, w, r in args.points:
+        for k in rounds:
+            out = shrinkers[k].shrink(d, w, r)
+            variants.append(((d, w, r), k, out.model, out.spec["input"]["resolution"]))
+    stamp = machine_stamp()
+    machine = f"{stamp.get('cpu', 'this CPU')}, torch {stamp.get('torch', '')}"
+    rows = []
+    for name in args.targets.split(","):
+        target = LatencyTarget.parse(name).check()
+        models = [(model, base.base_resolution)] + [(m, px) for _, _, m, px in variants]
+        with timing_inputs(models, target.batch, target.device, base.in_channels) as calls:
+            times = time_in_turns(calls, target.threads, warmup=5, repeats=args.repeats,
+                                  runtime=target.runtime)
+        orig = statistics.median(times[0])
+        for (pt, k, m, px), t in zip(variants, times[1:]):
+            ms = statistics.median(t)
+            rows.append({"target": target.key(), "d": pt[0], "w": pt[1], "r": pt[2],
+                         "round_to": k or "", "resolution": px,
+                         "macs_ratio": shrinkers[k].macs(*pt) / base.macs(1, 1, 1),
+                         "channels": channel_summary(m), "median_ms": ms, "ratio": ms / orig,
+                         "original_ms": orig, "repeats": args.repeats, "machine": machine})
+            print(f"{target.key()} {pt} round_to={k}: {ms:.3f} ms = {ms / orig:.3f}x "
+                  f"({channel_summary(m)})", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "round_to.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    text = table(rows)
+    (out / "table.md").write_text(text + "\n")
+    if args.update_docs:
+        from docs_block import update_docs
+
+        print(f"updated {update_docs(args.block or out.name, text)}")
+
+
+if __name__ == "__main__":
+    main()
