@@ -3,6 +3,7 @@ ONNX Runtime, CUDA graphs), target names and keys, one collection planned for ma
 and the fastest model within an accuracy loss (--max-drop)."""
 
 import builtins
+import copy
 import json
 
 import numpy as np
@@ -186,7 +187,30 @@ def test_a_reference_counts_the_drop_from_the_briefly_fine_tuned_original(shr):
     assert Reference.measured(0.90, 0.93, 6000).shortfall == 0.0
     m = Reference.measured(0.94, 0.936, 6000)
     assert m.shortfall == pytest.approx(0.004)
-    assert m.sd == pytest.approx((0.936 * 0.064 / 6000) ** 0.5)
+    assert m.sd == pytest.approx((0.936 * 0.064 / 6000) ** 0.5)  # without pairs: one accuracy
+    assert Reference.measured(0.94, 0.936, 6000, paired_sd=0.001).sd == 0.001
+
+
+def test_paired_noise_of_two_models_on_the_same_images():
+    """McNemar's variance: two models that disagree on few images differ with little noise;
+    identical models with none."""
+    from dwrprune.training.engine import PairedResult, evaluate_pair
+
+    p = PairedResult(count=6000, only_a=40, only_b=16)
+    assert p.difference_sd() == pytest.approx((56 - 24 ** 2 / 6000) ** 0.5 / 6000)
+    assert p.difference_sd() < (0.94 * 0.06 / 6000) ** 0.5 / 2
+    torch.manual_seed(0)
+    a = dwrprune.create_model("resnet_tiny", num_classes=10, in_channels=3)
+    b = copy.deepcopy(a)
+    loader = dwrprune.make_loader(dwrprune.create_dataset("synthetic", "val"), 32)
+    same = evaluate_pair(a, b, loader)
+    assert (same.only_a, same.only_b, same.difference_sd()) == (0, 0, 0.0)
+    assert same.count == len(loader.dataset)
+    with torch.no_grad():
+        b.fc.weight.mul_(-1.0)
+    other = evaluate_pair(a, b, loader)
+    acc = [dwrprune.evaluate(m, loader).accuracy for m in (a, b)]
+    assert (other.only_a - other.only_b) / other.count == pytest.approx(acc[0] - acc[1])
 
 
 def test_max_drop_plans_a_reference_job(tmp_path):
@@ -242,6 +266,14 @@ def test_max_drop_and_many_targets_from_one_collection(tmp_path, tiny_checkpoint
     ref, orig = store.get("ref"), store.get("orig")
     assert ref.kind == "reference" and ref.finetune_steps > 0 and (ref.d, ref.w, ref.r) == (1, 1, 1)
     assert md["reference_shortfall"] == pytest.approx(100 * max(0.0, orig.val_acc - ref.val_acc))
+    pair = store.get_meta("reference_paired")  # its noise: the paired difference's
+    assert pair["count"] == store.get_meta("val_images")
+    assert abs(pair["only_a"] - pair["only_b"]) == round(abs(orig.val_acc - ref.val_acc)
+                                                         * pair["count"])
+    from dwrprune.pipeline.solve import drop_reference
+
+    assert drop_reference(res.run).sd == pytest.approx(
+        dwrprune.training.engine.PairedResult(**pair).difference_sd())
     assert "fine-tuned as briefly as the samples" in res.report_path.read_text()
     fitted = json.loads((tmp_path / "run" / "predictor.json").read_text())["predictor"]
     assert "orig" in json.dumps(fitted) and '"ref"' not in json.dumps(fitted)

@@ -6,6 +6,7 @@ after their parent) and writes each finished sample, and its chain model, as it 
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from torch import nn
@@ -16,6 +17,7 @@ from ..errors import DwrpruneError
 from ..io.spec import spec_of
 from ..io.store import Sample, SampleStore
 from ..training.device_data import DATA_PATH
+from ..training.engine import PairedResult
 from .config import PipelineConfig
 from .data import DataSource, FinetuneFn, check_source
 from .executors import (
@@ -91,9 +93,12 @@ class Collector:
                 "the collection in a new --out folder")
         return PortableModel(load(path, check_input=False))
 
-    def _write(self, sample: Sample, model: PortableModel | None) -> None:
-        """Model first, then the sample row: a row in the store means its file exists."""
-        if model is not None:
+    def _write(self, sample: Sample, model: PortableModel | PairedResult | None) -> None:
+        """Model first, then the sample row: a row in the store means its file exists (and
+        the reference's paired counts, which the drop's noise is computed from)."""
+        if isinstance(model, PairedResult):
+            self.store.set_meta("reference_paired", asdict(model))
+        elif model is not None:
             save_model(self.run.path / sample.checkpoint, model.model, model.model.dwrprune_spec,
                        {"job": sample.key, "val_acc": sample.val_acc})
         self.store.add(sample)

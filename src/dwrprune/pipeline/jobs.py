@@ -28,7 +28,7 @@ from ..cost.rounding import kept_blocks, kept_resolution
 from ..io.spec import ModelSpec, spec_of
 from ..io.store import Sample
 from ..pruning.shrink import Shrinker
-from ..training.engine import evaluate
+from ..training.engine import PairedResult, evaluate, evaluate_pair
 from .data import DataSource, FinetuneFn, default_finetune
 from .executors import PortableModel
 from .shrinker import build_shrinker
@@ -193,10 +193,10 @@ class SampleJobs:
                                 seed=self.cfg.seed)
 
     def __call__(self, job: Job, parent: PortableModel | None
-                 ) -> tuple[Sample, PortableModel | None]:
+                 ) -> tuple[Sample, PortableModel | PairedResult | None]:
         """The sample of ``job`` (``parent``: the fine-tuned model of the previous chain step,
         None for the original), and for chain steps the fine-tuned model the next step
-        starts from."""
+        starts from; for the reference, how it and the original differ image by image."""
         t0 = time.perf_counter()
         cfg = self.cfg
         steps = 0
@@ -217,13 +217,16 @@ class SampleJobs:
                                           seed=cfg.seed + len(job.key))
                 self.finetune(model, loader, steps, cfg.finetune_lr, cfg.seed)
         res = spec.resolution
-        ev = evaluate(model, self.data.loader("val", res, subset=cfg.val_subset))
+        val = self.data.loader("val", res, subset=cfg.val_subset)
+        ev = evaluate(model, val)
         point = spec.point
         ckpt = f"models/{job.key.replace('/', '_')}.pt" if job.kind == "chain" else None
         sample = Sample(job.key, job.kind, point["d"], point["w"], point["r"], res,
                         count_macs(model, res), count_params(model), ev.accuracy, ev.loss,
                         steps, cfg.seed, time.perf_counter() - t0, job.chain, job.step,
                         job.parent, ckpt)
+        if job.kind == "reference":  # the drop's noise is that of a paired difference
+            return sample, evaluate_pair(self.model, model, val)
         if ckpt is None:
             return sample, None
         return sample, PortableModel(model.eval())  # the shrunk model carries its spec

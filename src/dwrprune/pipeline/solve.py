@@ -226,13 +226,19 @@ def drop_reference(run: Run):
     fine-tuned as briefly as a chain step, against the original), or None where the
     collection has no reference sample (one collected without ``max_drop``)."""
     from ..search.within_drop import Reference
+    from ..training.engine import PairedResult
 
     store = run.store()
     orig, ref = store.get("orig"), store.get("ref")
     n = store.get_meta("val_images")
     if orig is None or ref is None or ref.kind != "reference" or not n:
         return None
-    return Reference.measured(orig.val_acc, ref.val_acc, int(n))
+    try:  # the paired noise where it was recorded, else one accuracy's (conservative)
+        pair = PairedResult(**store.get_meta("reference_paired"))
+        sd = pair.difference_sd() if pair.count > 0 else None
+    except (TypeError, ValueError):
+        sd = None
+    return Reference.measured(orig.val_acc, ref.val_acc, int(n), sd)
 
 
 def plan_max_drop(run: Run, shrinker: Shrinker, cfg: PipelineConfig, progress=None,

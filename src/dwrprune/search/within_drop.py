@@ -12,7 +12,9 @@ unpruned model fine-tuned as briefly (the collection's reference sample) typical
 few tenths of a point below the original, and pruned models recover more in the final
 fine-tune than in the brief one.  A :class:`Reference` takes that out: the predicted drop is
 counted from the briefly fine-tuned unpruned model (never from above the original), and the
-reference's own measurement noise joins the standard deviation.
+reference's own measurement noise joins the standard deviation: the noise of a paired
+difference (the two models on the same validation images, which they mostly agree on), a
+small fraction of one accuracy's.
 """
 
 from __future__ import annotations
@@ -57,18 +59,23 @@ def _fastest_wider(shr: Shrinker, latency, d: float, w: float, r: float,
 class Reference:
     """What the samples' brief fine-tune alone costs the unpruned model: ``shortfall``
     (fraction of accuracy, >= 0) of the briefly fine-tuned original below the original, and
-    ``sd``, the noise of that measurement (one accuracy on the validation images)."""
+    ``sd``, the noise of that measurement."""
 
     shortfall: float
     sd: float
 
     @staticmethod
-    def measured(original_acc: float, reference_acc: float, val_images: int) -> Reference:
+    def measured(original_acc: float, reference_acc: float, val_images: int,
+                 paired_sd: float | None = None) -> Reference:
         """From the two validation accuracies; a brief fine-tune that gains is no shortfall
-        (the drop is never counted from above the original)."""
+        (the drop is never counted from above the original).  The noise is ``paired_sd``
+        (the two models on the same images, :meth:`PairedResult.difference_sd
+        <dwrprune.training.engine.PairedResult.difference_sd>`) where it was measured, else,
+        conservatively, that of one accuracy on ``val_images`` images."""
         a = min(max(reference_acc, 0.0), 1.0)
-        return Reference(max(0.0, original_acc - reference_acc),
-                         math.sqrt(a * (1 - a) / val_images) if val_images > 0 else 0.0)
+        if paired_sd is None:
+            paired_sd = math.sqrt(a * (1 - a) / val_images) if val_images > 0 else 0.0
+        return Reference(max(0.0, original_acc - reference_acc), paired_sd)
 
     def to_dict(self) -> dict:
         return {"shortfall": self.shortfall, "sd": self.sd}

@@ -205,6 +205,50 @@ def _evaluate(model: nn.Module, loader: DataLoader, progress: bool, desc: str,
     return EvalResult(loss_sum / n, correct / n, n)
 
 
+@dataclass
+class PairedResult:
+    """Two models on the same images: how many images each classified right that the other
+    got wrong (what the noise of their accuracy difference depends on)."""
+
+    count: int
+    only_a: int
+    only_b: int
+
+    def difference_sd(self) -> float:
+        """Standard deviation of accuracy(a) - accuracy(b) on these images, paired: far
+        below two independent accuracies' noise when the models mostly agree."""
+        n, k, diff = self.count, self.only_a + self.only_b, self.only_a - self.only_b
+        return math.sqrt(max(k - diff * diff / n, 0.0)) / n
+
+
+def evaluate_pair(a: nn.Module, b: nn.Module, loader: DataLoader,
+                  device: str | torch.device | None = None) -> PairedResult:
+    """Both models on every batch of ``loader`` (eval mode, on ``device``, one read)."""
+    with visiting(compute_device(device), a, b):
+        return _evaluate_pair(a, b, loader)
+
+
+@torch.no_grad()
+def _evaluate_pair(a: nn.Module, b: nn.Module, loader: DataLoader) -> PairedResult:
+    modes = a.training, b.training
+    a.eval(), b.eval()
+    device = _device_of(a)
+    counts = torch.zeros(2, dtype=torch.int64, device=device)  # only a, only b right
+    n = 0
+    for x, y in on_device(distributed.shard_eval_loader(loader), device):
+        x, y = _to(x, device), _to(y, device)
+        ra, rb = a(x).argmax(1) == y, b(x).argmax(1) == y
+        counts[0] += (ra & ~rb).sum()
+        counts[1] += (rb & ~ra).sum()
+        n += len(y)
+    a.train(modes[0]), b.train(modes[1])
+    only_a, only_b = counts.tolist()
+    only_a, only_b, n = distributed.sum_across(only_a, only_b, n)
+    if n == 0:
+        raise DwrpruneError("evaluation loader yielded no samples")
+    return PairedResult(int(n), int(only_a), int(only_b))
+
+
 def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, num_batches: int = 50,
                           progress: bool = False,
                           device: str | torch.device | None = None) -> nn.Module:
