@@ -176,6 +176,26 @@ def drop_table(summary: list[dict], target: str) -> str:
     return "\n".join(lines)
 
 
+def reference_line(out: Path) -> str:
+    """Per seed, the 3d collection's reference sample (the original fine-tuned as briefly as
+    the samples, which ``--max-drop`` counts the drop from): its shortfall below the original
+    on validation and that figure's paired noise; empty where no collection has one."""
+    from dwrprune.pipeline import Run
+    from dwrprune.pipeline.solve import drop_reference
+
+    parts = []
+    for d in sorted((out / "3d").glob("seed*")):
+        ref = drop_reference(Run(d)) if (d / "samples.sqlite").is_file() else None
+        if ref is not None:
+            parts.append(f"{d.name.removeprefix('seed')}: {100 * ref.shortfall:.2f} "
+                         f"(sd {100 * ref.sd:.2f})")
+    if not parts:
+        return ""
+    return ("The drop is counted from each seed's reference sample, the original fine-tuned as "
+            "briefly as the samples; points of validation accuracy it scored below the "
+            "original, per seed (paired sd): " + "; ".join(parts) + ".")
+
+
 def target_batch(summary: list[dict]) -> int | None:
     """The batch size of a latency comparison (its budget kind names the target:
     ``latency-cpu-b1-t1``), None for a MACs comparison."""
@@ -242,6 +262,8 @@ def cmd_render(args) -> None:
         raise DwrpruneError(f"no results.csv in {out}; run `compare.py run --out {out}` first")
     summary = summarise(out / "results.csv")
     text = table(summary)
+    if summary and str(summary[0].get("budget_kind")).startswith("drop-"):
+        text += ("\n\n" + reference_line(out)).rstrip()
     print(text)
     plot(summary, out / "compare.png")
     (out / "table.md").write_text(text + "\n")

@@ -156,6 +156,7 @@ def test_compare_within_an_accuracy_drop(tmp_path):
     for seed in (0, 1):
         ref = SampleStore(tmp_path / "3d" / f"seed{seed}" / "samples.sqlite").get("ref")
         assert ref is not None and ref.kind == "reference"
+    assert "counted from each seed's reference sample" in (tmp_path / "table.md").read_text()
     mixed = subprocess.run(cmd[:4] + ["--latency-budgets", "0.5"] + cmd[4:],
                            capture_output=True, text=True)
     assert mixed.returncode == 2 and "not both" in mixed.stderr
