@@ -194,7 +194,7 @@ def test_a_reference_counts_the_drop_from_the_briefly_fine_tuned_original(shr):
 def test_paired_noise_of_two_models_on_the_same_images():
     """McNemar's variance: two models that disagree on few images differ with little noise;
     identical models with none."""
-    from dwrprune.training.engine import PairedResult, evaluate_pair
+    from dwrprune.training.engine import PairedResult, evaluate
 
     p = PairedResult(count=6000, only_a=40, only_b=16)
     assert p.difference_sd() == pytest.approx((56 - 24 ** 2 / 6000) ** 0.5 / 6000)
@@ -203,12 +203,12 @@ def test_paired_noise_of_two_models_on_the_same_images():
     a = dwrprune.create_model("resnet_tiny", num_classes=10, in_channels=3)
     b = copy.deepcopy(a)
     loader = dwrprune.make_loader(dwrprune.create_dataset("synthetic", "val"), 32)
-    same = evaluate_pair(a, b, loader)
+    same = evaluate(b, loader, against=a).paired  # one pass: a = against, b = the model
     assert (same.only_a, same.only_b, same.difference_sd()) == (0, 0, 0.0)
     assert same.count == len(loader.dataset)
     with torch.no_grad():
         b.fc.weight.mul_(-1.0)
-    other = evaluate_pair(a, b, loader)
+    other = evaluate(b, loader, against=a).paired
     acc = [dwrprune.evaluate(m, loader).accuracy for m in (a, b)]
     assert (other.only_a - other.only_b) / other.count == pytest.approx(acc[0] - acc[1])
 

@@ -28,7 +28,7 @@ from ..cost.rounding import kept_blocks, kept_resolution
 from ..io.spec import ModelSpec, spec_of
 from ..io.store import Sample
 from ..pruning.shrink import Shrinker
-from ..training.engine import PairedResult, evaluate, evaluate_pair
+from ..training.engine import PairedResult, evaluate
 from .data import DataSource, FinetuneFn, default_finetune
 from .executors import PortableModel
 from .shrinker import build_shrinker
@@ -217,16 +217,17 @@ class SampleJobs:
                                           seed=cfg.seed + len(job.key))
                 self.finetune(model, loader, steps, cfg.finetune_lr, cfg.seed)
         res = spec.resolution
-        val = self.data.loader("val", res, subset=cfg.val_subset)
-        ev = evaluate(model, val)
+        # the reference is run beside the original: the drop's noise is a paired difference's
+        ev = evaluate(model, self.data.loader("val", res, subset=cfg.val_subset),
+                      against=self.model if job.kind == "reference" else None)
         point = spec.point
         ckpt = f"models/{job.key.replace('/', '_')}.pt" if job.kind == "chain" else None
         sample = Sample(job.key, job.kind, point["d"], point["w"], point["r"], res,
                         count_macs(model, res), count_params(model), ev.accuracy, ev.loss,
                         steps, cfg.seed, time.perf_counter() - t0, job.chain, job.step,
                         job.parent, ckpt)
-        if job.kind == "reference":  # the drop's noise is that of a paired difference
-            return sample, evaluate_pair(self.model, model, val)
+        if job.kind == "reference":
+            return sample, ev.paired
         if ckpt is None:
             return sample, None
         return sample, PortableModel(model.eval())  # the shrunk model carries its spec

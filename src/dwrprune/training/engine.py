@@ -139,10 +139,27 @@ def _to(t: Tensor, device: torch.device, channels_last: bool = False) -> Tensor:
 
 
 @dataclass
+class PairedResult:
+    """Two models on the same images: how many images each classified right that the other
+    got wrong (what the noise of their accuracy difference depends on)."""
+
+    count: int
+    only_a: int
+    only_b: int
+
+    def difference_sd(self) -> float:
+        """Standard deviation of accuracy(a) - accuracy(b) on these images, paired: far
+        below two independent accuracies' noise when the models mostly agree."""
+        n, k, diff = self.count, self.only_a + self.only_b, self.only_a - self.only_b
+        return math.sqrt(max(k - diff * diff / n, 0.0)) / n
+
+
+@dataclass
 class EvalResult:
     loss: float
     accuracy: float  # fraction in [0, 1]
     count: int
+    paired: PairedResult | None = None  # with ``against``: a = that model, b = this one
 
 
 @dataclass
@@ -170,22 +187,28 @@ def compute_device(device: str | torch.device | None = None) -> torch.device:
 
 def evaluate(model: nn.Module, loader: DataLoader, progress: bool = False,
              desc: str = "eval", max_batches: int | None = None,
-             device: str | torch.device | None = None) -> EvalResult:
+             device: str | torch.device | None = None,
+             against: nn.Module | None = None) -> EvalResult:
     """Mean cross-entropy and top-1 accuracy over ``loader`` in eval mode (under torchrun,
     each rank evaluates every N-th sample and the counts are summed); on ``device``
-    (default: :func:`compute_device`), the model put back where it was afterwards."""
-    with visiting(compute_device(device), model):
-        return _evaluate(model, loader, progress, desc, max_batches)
+    (default: :func:`compute_device`), the model put back where it was afterwards.
+    ``against``: another model run on the same batches in the same pass; ``paired`` then
+    counts the images each got right and the other wrong (a = ``against``, b = ``model``)."""
+    with visiting(compute_device(device), model, against):
+        return _evaluate(model, loader, progress, desc, max_batches, against)
 
 
 @torch.no_grad()
 def _evaluate(model: nn.Module, loader: DataLoader, progress: bool, desc: str,
-              max_batches: int | None) -> EvalResult:
-    was_training = model.training
+              max_batches: int | None, against: nn.Module | None = None) -> EvalResult:
+    modes = model.training, against is not None and against.training
     model.eval()
+    if against is not None:
+        against.eval()
     device = _device_of(model)
     loader = on_device(distributed.shard_eval_loader(loader), device)
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct: one read
+    # loss, correct, only against right, only model right: one read
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
     n = 0
     it = tqdm(loader, desc=desc, leave=False, disable=not progress)
     for i, (x, y) in enumerate(it):
@@ -193,60 +216,23 @@ def _evaluate(model: nn.Module, loader: DataLoader, progress: bool, desc: str,
             break
         x, y = _to(x, device), _to(y, device)
         out = model(x)
+        right = out.argmax(1) == y
         sums[0] += F.cross_entropy(out, y, reduction="sum")
-        sums[1] += (out.argmax(1) == y).sum()
+        sums[1] += right.sum()
+        if against is not None:
+            other = against(x).argmax(1) == y
+            sums[2] += (other & ~right).sum()
+            sums[3] += (right & ~other).sum()
         n += len(y)
-    model.train(was_training)
-    loss_sum, correct = sums.tolist()
-    loss_sum, correct, n = distributed.sum_across(loss_sum, correct, n)
+    model.train(modes[0])
+    if against is not None:
+        against.train(modes[1])
+    loss_sum, correct, only_a, only_b, n = distributed.sum_across(*sums.tolist(), n)
     n, correct = int(n), int(correct)
     if n == 0:
         raise DwrpruneError("evaluation loader yielded no samples")
-    return EvalResult(loss_sum / n, correct / n, n)
-
-
-@dataclass
-class PairedResult:
-    """Two models on the same images: how many images each classified right that the other
-    got wrong (what the noise of their accuracy difference depends on)."""
-
-    count: int
-    only_a: int
-    only_b: int
-
-    def difference_sd(self) -> float:
-        """Standard deviation of accuracy(a) - accuracy(b) on these images, paired: far
-        below two independent accuracies' noise when the models mostly agree."""
-        n, k, diff = self.count, self.only_a + self.only_b, self.only_a - self.only_b
-        return math.sqrt(max(k - diff * diff / n, 0.0)) / n
-
-
-def evaluate_pair(a: nn.Module, b: nn.Module, loader: DataLoader,
-                  device: str | torch.device | None = None) -> PairedResult:
-    """Both models on every batch of ``loader`` (eval mode, on ``device``, one read)."""
-    with visiting(compute_device(device), a, b):
-        return _evaluate_pair(a, b, loader)
-
-
-@torch.no_grad()
-def _evaluate_pair(a: nn.Module, b: nn.Module, loader: DataLoader) -> PairedResult:
-    modes = a.training, b.training
-    a.eval(), b.eval()
-    device = _device_of(a)
-    counts = torch.zeros(2, dtype=torch.int64, device=device)  # only a, only b right
-    n = 0
-    for x, y in on_device(distributed.shard_eval_loader(loader), device):
-        x, y = _to(x, device), _to(y, device)
-        ra, rb = a(x).argmax(1) == y, b(x).argmax(1) == y
-        counts[0] += (ra & ~rb).sum()
-        counts[1] += (rb & ~ra).sum()
-        n += len(y)
-    a.train(modes[0]), b.train(modes[1])
-    only_a, only_b = counts.tolist()
-    only_a, only_b, n = distributed.sum_across(only_a, only_b, n)
-    if n == 0:
-        raise DwrpruneError("evaluation loader yielded no samples")
-    return PairedResult(int(n), int(only_a), int(only_b))
+    paired = PairedResult(n, int(only_a), int(only_b)) if against is not None else None
+    return EvalResult(loss_sum / n, correct / n, n, paired)
 
 
 def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, num_batches: int = 50,
