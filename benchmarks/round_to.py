@@ -10,6 +10,7 @@ and times every variant beside the original on each target (round-robin, median 
 
 ``--run``: prune with that run folder's block ranking and options (what ``prune`` would
 build); without it, blocks are ranked by weight norm.  Timing only: no training.
+``--render``: measure nothing, rebuild the table (and the docs block) from the CSV.
 """
 
 from __future__ import annotations
@@ -41,31 +42,63 @@ def channel_summary(model) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| target | (d, w, r) | round to | px | MACs ratio | output channels | ms | "
-             "vs original |", "|---|---|---|---|---|---|---|---|"]
+    """One line per (target, point): its latency against the original's as allocated and
+    with each rounding, the MACs ratio each rounding gives beside it.  ``rows`` are
+    round_to.csv's (strings) or the measuring loop's."""
+    roundings = list(dict.fromkeys(str(x["round_to"] or "") for x in rows))
+    head = ["as allocated" if not k else f"round to {k}" for k in roundings]
+    lines = ["| target | (d, w, r) | px | " + " | ".join(head) + " |",
+             "|---|---|---|" + "---|" * len(head)]
+    cells: dict[tuple, dict[str, str]] = {}
     for x in rows:
-        lines.append(f"| {x['target']} | ({float(x['d']):.3g}, {float(x['w']):.3g}, "
-                     f"{float(x['r']):.3g}) | {x['round_to'] or '-'} | {x['resolution']} | "
-                     f"{float(x['macs_ratio']):.3f} | {x['channels']} | "
-                     f"{float(x['median_ms']):.3f} | {float(x['ratio']):.3f}x |")
+        key = (x["target"], float(x["d"]), float(x["w"]), float(x["r"]), x["resolution"])
+        cells.setdefault(key, {})[str(x["round_to"] or "")] = (
+            f"{float(x['ratio']):.2f}x ({float(x['median_ms']):.2f} ms, MACs "
+            f"{float(x['macs_ratio']):.2f})")
+    for (target, d, w, r, px), c in cells.items():
+        lines.append(f"| {target} | ({d:.3g}, {w:.3g}, {r:.3g}) | {px} | "
+                     + " | ".join(c.get(k, "-") for k in roundings) + " |")
     first = rows[0] if rows else {}
-    return "\n".join(lines) + (f"\n\nMeasured on {first.get('machine')}, median of "
-                               f"{first.get('repeats')} rounds, each variant timed in turn "
-                               "with the original." if rows else "")
+    return "\n".join(lines) + (
+        "\n\nLatency against the original's on the target (the channel counts of each "
+        f"variant are in round_to.csv).  Measured on {first.get('machine')}, median of "
+        f"{first.get('repeats')} rounds, each variant timed in turn with the original."
+        if rows else "")
+
+
+def write(out: Path, rows: list[dict], update_docs_block: str | None) -> None:
+    """table.md from ``rows``, and the docs block ``update_docs_block`` when given."""
+    text = table(rows)
+    (out / "table.md").write_text(text + "\n")
+    if update_docs_block:
+        from docs_block import update_docs
+
+        print(f"updated {update_docs(update_docs_block, text)}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="resnet20-fashion-mnist")
     ap.add_argument("--run", default=None, help="run folder whose block ranking to use")
-    ap.add_argument("--points", type=points, required=True, help='"d,w,r;d,w,r"')
+    ap.add_argument("--points", type=points, default=None, help='"d,w,r;d,w,r"')
     ap.add_argument("--round-to", default="8,16")
     ap.add_argument("--targets", default="cpu-b1,ort-b1")
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--out", required=True)
     ap.add_argument("--update-docs", action="store_true")
     ap.add_argument("--block", default=None, help="docs block tag (default: the out folder)")
+    ap.add_argument("--render", action="store_true",
+                    help="measure nothing: rebuild table.md (and the docs block with "
+                         "--update-docs) from --out's round_to.csv")
     args = ap.parse_args()
+    out = Path(args.out)
+    block = (args.block or out.name) if args.update_docs else None
+    if args.render:
+        with open(out / "round_to.csv", newline="") as f:
+            write(out, list(csv.DictReader(f)), block)
+        return
+    if not args.points:
+        ap.error("--points is required (unless --render)")
 
     import dwrprune
     from dwrprune.cost.latency import LatencyTarget
@@ -89,8 +122,8 @@ def main() -> None:
     variants = []  # (point, round_to, model, resolution)
     for d, w, r in args.points:
         for k in rounds:
-            out = shrinkers[k].shrink(d, w, r)
-            variants.append(((d, w, r), k, out.model, out.spec["input"]["resolution"]))
+            res = shrinkers[k].shrink(d, w, r)
+            variants.append(((d, w, r), k, res.model, res.spec["input"]["resolution"]))
     stamp = machine_stamp()
     machine = f"{stamp.get('cpu', 'this CPU')}, torch {stamp.get('torch', '')}"
     rows = []
@@ -110,19 +143,12 @@ def main() -> None:
                          "original_ms": orig, "repeats": args.repeats, "machine": machine})
             print(f"{target.key()} {pt} round_to={k}: {ms:.3f} ms = {ms / orig:.3f}x "
                   f"({channel_summary(m)})", flush=True)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "round_to.csv", "w", newline="") as f:
         w = csv.DictWriter(f, FIELDS)
         w.writeheader()
         w.writerows(rows)
-    text = table(rows)
-    (out / "table.md").write_text(text + "\n")
-    if args.update_docs:
-        from docs_block import update_docs
-
-        print(f"updated {update_docs(args.block or out.name, text)}")
-
+    write(out, rows, block)
 
 if __name__ == "__main__":
     main()

@@ -356,4 +356,10 @@ def test_round_to_times_each_rounding_beside_the_original(tmp_path):
     assert rows[0]["channels"] == "11/23/46" and rows[1]["channels"] != rows[0]["channels"]
     assert all(int(c) % 8 == 0 for c in rows[1]["channels"].split("/"))
     assert all(float(x["ratio"]) > 0 for x in rows)
-    assert "vs original" in (tmp_path / "table.md").read_text()
+    text = (tmp_path / "table.md").read_text()
+    assert "| as allocated | round to 8 |" in text and text.count("| cpu-b1-t1 |") == 2
+    (tmp_path / "table.md").unlink()  # --render rebuilds it from the CSV alone
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "round_to.py"), "--render",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "table.md").read_text() == text
