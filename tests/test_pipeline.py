@@ -55,6 +55,10 @@ def test_prune_end_to_end_and_stage_commands(tmp_path, tiny_checkpoint, capsys, 
     for tag in ("[collect] ", "[fit] predictor", "[plan] chose", "[final] pruning to",
                 "[test] test accuracy"):
         assert tag in log, tag
+    from dwrprune.cost.rounding import misaligned
+
+    odd = misaligned([(c["before"], c["after"]) for c in final["channels"]])
+    assert ("[note] " in log) == ("off a multiple of 8" in md) == bool(odd)
     assert "fine-tunes" in log.split("[collect] ", 1)[1].splitlines()[0]
     assert "[collect] estimated" in log
     store = SampleStore(run / "samples.sqlite")

@@ -176,3 +176,30 @@ def test_collection_cost_is_counted_and_estimated_from_its_own_timings():
     # with each job's MACs, a step of a smaller model costs less (the sample had 1 MAC)
     assert estimate_seconds(jobs[2:], done, cfg, lambda j: 0.5) == pytest.approx(
         sum(2.0 + 0.1 * job_steps(j, cfg) for j in jobs[2:]))
+
+
+@pytest.mark.parametrize("pairs, odd", [
+    ([(16, 11), (32, 23), (64, 46)], [11, 23, 46]),   # ResNet-20 at w=0.72
+    ([(16, 8), (32, 16), (64, 40)], []),              # the same rounded to 8
+    ([(10, 7), (64, None), (3, 3)], []),              # off 8 before pruning; removed; kept
+])
+def test_misaligned_counts_only_what_pruning_moved_off_eight(pairs, odd):
+    from dwrprune.cost.rounding import misaligned
+
+    assert misaligned(pairs) == odd
+    assert misaligned([(b, b) for b, _ in pairs]) == []
+
+
+def test_alignment_note_names_the_counts_and_stays_quiet_when_measured_on_the_target():
+    from dwrprune.pipeline.report import alignment_note
+
+    chans = [{"layer": f"l{i}", "before": 16 * (i + 1), "after": 16 * (i + 1) - 5}
+             for i in range(8)]
+    note = alignment_note({"channels": chans})
+    assert note.startswith("8 pruned layers") and "11, 27, 43, 59, 75, 91, ..." in note
+    assert "--round-to 8" in note
+    assert alignment_note({"channels": chans, "latency": {"target": "cpu-b1-t1"}}) == note
+    assert alignment_note({"channels": chans,
+                           "latency": {"target": "onnxruntime-cpu-b1-t1"}}) is None
+    rounded = [{**c, "after": 8 * (i + 1)} for i, c in enumerate(chans)]
+    assert alignment_note({"channels": rounded}) is None

@@ -46,6 +46,20 @@ def kept_channels(n: int, w: float, ch_groups: int = 1, round_to: int | None = N
     return min(per, k) * ch_groups
 
 
+def misaligned(channels: list[tuple[int, int | None]], multiple: int = 8) -> list[int]:
+    """The kept channel counts that pruning moved off a multiple of ``multiple``: of the
+    ``(before, after)`` pairs, those whose ``before`` was one and ``after`` is not (``after``
+    None: the layer was removed).  ONNX Runtime's and GPUs' kernels work in blocks of 8 or 16
+    channels, and a layer off them can run slower than the larger original: ``round_to``
+    keeps pruned counts on them.
+
+    >>> misaligned([(16, 11), (32, 24), (10, 7), (64, None)])
+    [11]
+    """
+    return [a for b, a in channels
+            if a is not None and b % multiple == 0 and a % multiple != 0]
+
+
 def kept_resolution(native: int, r: float) -> int:
     """Input side kept at resolution fraction ``r`` (rounded to nearest pixel, at least 1)."""
     return max(1, math.floor(native * r + 0.5 + _EPS))

@@ -204,7 +204,7 @@ def prune(model: nn.Module, data: DataSource | str | None = None,
     ``ignore`` option): their channels stay whole, blocks holding them are never removed.
     ``data`` may also be torch Datasets or DataLoaders (see :func:`as_source`).
     """
-    from .report import write_report
+    from .report import alignment_note, write_report
 
     if out is None:
         raise DwrpruneError("prune needs out= (the run folder)")
@@ -253,6 +253,8 @@ def prune(model: nn.Module, data: DataSource | str | None = None,
         result = finetune_final(model, source, config, run_shrinker(run, model, config, source),
                                 run.solution(), run.path, progress, train_fn)
         tqdm.write(f"[test] {result_line(result)}")
+        if note := alignment_note(result):
+            tqdm.write(f"[note] {note}")
         write_report(run.path)
     final = load(run.final_dir / "model.pt")
     return PruneResult(final, spec_of(final), result["point"], result, run)

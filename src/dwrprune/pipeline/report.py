@@ -220,6 +220,23 @@ def _times(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
+def alignment_note(result: dict) -> str | None:
+    """A line when pruning left channel counts off multiples of 8 (None otherwise, and
+    where the model was measured on a target other than PyTorch on the CPU: that
+    measurement speaks for itself)."""
+    from ..cost.rounding import misaligned
+
+    odd = misaligned([(c["before"], c["after"]) for c in result.get("channels") or []])
+    measured = (result.get("latency") or {}).get("target", "cpu-")
+    if not odd or not measured.startswith("cpu-"):
+        return None
+    shown = ", ".join(str(c) for c in sorted(set(odd))[:6])
+    return (f"{len(odd)} pruned layers have channel counts off a multiple of 8 ({shown}"
+            f"{', ...' if len(set(odd)) > 6 else ''}): ONNX Runtime and GPUs can run such "
+            "a model slower than the original; prune with --round-to 8 for those targets "
+            "(docs/latency.md)")
+
+
 def _result(f: dict, rep: dict) -> list[str]:
     p = f["point"]
     drop = 100 * (f["original_test_acc"] - f["test_acc"])
@@ -275,6 +292,8 @@ def _result(f: dict, rep: dict) -> list[str]:
         lines += [f"| {c['layer']} | {c['before']} | "
                   f"{'' if c['after'] is None else c['after']} |" for c in f["channels"]]
         lines.append("")
+        if note := alignment_note(f):
+            lines += [f"Note: {note}.", ""]
     order = rep.get("block_order") or {}
     scores, removed = order.get("scores") or {}, f["removed_blocks"]
     lines += ["## Removed blocks", ""]
