@@ -31,7 +31,7 @@ def main() -> None:
 
     import dwrprune
     from dwrprune.cost.latency import _fit, _loo_ape
-    from dwrprune.pruning.analysis import ALIGN
+    from dwrprune.cost.rounding import ALIGN
 
     with open(args.points, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["target"] == args.target]

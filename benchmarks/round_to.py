@@ -150,5 +150,6 @@ def main() -> None:
         w.writerows(rows)
     write(out, rows, block)
 
+
 if __name__ == "__main__":
     main()

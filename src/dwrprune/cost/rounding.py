@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 _EPS = 1e-9
+ALIGN = 8  # the channel block many kernels compute in (ONNX Runtime's CPU kernels, GPUs)
 
 
 def check_fraction(name: str, value: float) -> float:
@@ -46,7 +47,7 @@ def kept_channels(n: int, w: float, ch_groups: int = 1, round_to: int | None = N
     return min(per, k) * ch_groups
 
 
-def misaligned(channels: list[tuple[int, int | None]], multiple: int = 8) -> list[int]:
+def misaligned(channels: list[tuple[int, int | None]], multiple: int = ALIGN) -> list[int]:
     """The kept channel counts that pruning moved off a multiple of ``multiple``: of the
     ``(before, after)`` pairs, those whose ``before`` was one and ``after`` is not (``after``
     None: the layer was removed).  ONNX Runtime's and GPUs' kernels work in blocks of 8 or 16

@@ -224,17 +224,17 @@ def alignment_note(result: dict) -> str | None:
     """A line when pruning left channel counts off multiples of 8 (None otherwise, and
     where the model was measured on a target other than PyTorch on the CPU: that
     measurement speaks for itself)."""
-    from ..cost.rounding import misaligned
+    from ..cost.rounding import ALIGN, misaligned
 
     odd = misaligned([(c["before"], c["after"]) for c in result.get("channels") or []])
-    measured = (result.get("latency") or {}).get("target", "cpu-")
-    if not odd or not measured.startswith("cpu-"):
+    target = (result.get("latency") or {}).get("target")
+    if not odd or (target is not None and not target.startswith("cpu-")):
         return None
-    shown = ", ".join(str(c) for c in sorted(set(odd))[:6])
-    return (f"{len(odd)} pruned layers have channel counts off a multiple of 8 ({shown}"
-            f"{', ...' if len(set(odd)) > 6 else ''}): ONNX Runtime and GPUs can run such "
-            "a model slower than the original; prune with --round-to 8 for those targets "
-            "(docs/latency.md)")
+    distinct = sorted(set(odd))
+    shown = ", ".join(str(c) for c in distinct[:6]) + (", ..." if len(distinct) > 6 else "")
+    return (f"{len(odd)} pruned layers have channel counts off a multiple of {ALIGN} "
+            f"({shown}): ONNX Runtime and GPUs can run such a model slower than the original; "
+            f"prune with --round-to {ALIGN} for those targets (docs/latency.md)")
 
 
 def _result(f: dict, rep: dict) -> list[str]:

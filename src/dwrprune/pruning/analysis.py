@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..cost import first_conv_in_channels
+from ..cost.rounding import ALIGN
 from ..errors import DwrpruneError
 from ..io.spec import make_spec
 from .blocks import resolve_blocks
@@ -58,7 +59,6 @@ class LayerGeom:
     positions: int  # output H*W for convs, rows for linear layers
 
 
-ALIGN = 8  # the channel block many kernels compute in (see ChannelCost.structure)
 
 
 class ChannelCost:
