@@ -48,29 +48,74 @@ def macs_timing(monkeypatch):
     from dwrprune.cost import latency as L
     from dwrprune.search import latency as S
 
-    def install(model):
+    def aligned_macs(module, x, align):
+        """MACs of the conv and linear layers ``module(x)`` runs, those whose output
+        channel count is off a multiple of ``align`` counted twice."""
+        total = []
+
+        def hook(m, inp, out):
+            k = (m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                 if isinstance(m, torch.nn.Conv2d) else m.in_features)
+            c = m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features
+            total.append(out.numel() * k * (1 if c % align == 0 else 2))
+
+        hooks = [m.register_forward_hook(hook) for m in module.modules()
+                 if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        with torch.no_grad():
+            module(x)
+        for h in hooks:
+            h.remove()
+        return sum(total)
+
+    def install(model, align: int | None = None):
+        """``align``: a target whose kernels run channel counts off a multiple of ``align``
+        at half speed (the "round the channels" effect)."""
         base = dwrprune.Shrinker(model).macs(1, 1, 1)
 
+        def cost(m, x):
+            if align:
+                return aligned_macs(m, x, align)
+            counter = FlopCounterMode(display=False)
+            with counter, torch.no_grad():
+                m(x)
+            return counter.get_total_flops() / 2
+
         def measure(m, res, target, repeats=20, warmup=5, reference=None):
-            ms = dwrprune.count_macs(m, res, 3) / base
+            ms = (aligned_macs(m, torch.zeros(1, 3, res, res), align) if align
+                  else dwrprune.count_macs(m, res, 3)) / base
             out = {"median_ms": ms, "p25_ms": ms, "p75_ms": ms}
             scaled = {k: ms * reference.ms for k in out} if reference else {}
             return out | scaled | ({"ratio": ms, "raw_median_ms": ms} if reference else {})
 
         def in_turns(calls, threads=1, warmup=5, repeats=20, runtime="torch"):
-            times = []
-            for module, x in calls:
-                counter = FlopCounterMode(display=False)
-                with counter, torch.no_grad():
-                    module(x)
-                times.append([counter.get_total_flops() / 2 / base] * repeats)
-            return times
+            return [[cost(module, x) / base] * repeats for module, x in calls]
 
         monkeypatch.setattr(S, "measure_ms", measure)  # the choice
         monkeypatch.setattr(L, "measure_ms", measure)  # the verdict, max-drop candidates
         monkeypatch.setattr(L, "time_in_turns", in_turns)  # the design and layer table
 
     return install
+
+
+@pytest.fixture
+def aligned_latency_model():
+    """``aligned_latency_model()``: a lookup-table latency model of a target whose kernels run
+    output channel counts off a multiple of 4 at half speed per channel (the "round the
+    channels" effect); a layer's time is its output channels, doubled where unaligned."""
+    import json
+
+    from dwrprune.cost import latency as L
+
+    class Aligned(L.LayerTable):
+        def layer_ms(self, key):
+            cout = json.loads(key)[2]
+            return cout * (1.0 if cout % 4 == 0 else 2.0)
+
+    def make():
+        return L.LatencyModel(L.LatencyTarget(), [0, 1, 0, 0], 1.0, kind="lut",
+                              table=Aligned(L.LatencyTarget()))
+
+    return make
 
 
 @pytest.fixture

@@ -247,18 +247,8 @@ def test_latency_verdict_decides_once_and_remeasures_when_noisy(monkeypatch, rat
     assert "budget 0.60 x 2 ms = 1.2 ms" in v["line"]
 
 
-class _AlignedTable(L.LayerTable):
-    """A target whose kernels run output channel counts that are multiples of 4 twice as
-    fast per channel as other counts (the "round the channels" effect)."""
-
-    def layer_ms(self, key):
-        cout = json.loads(key)[2]
-        return cout * (1.0 if cout % 4 == 0 else 2.0)
-
-
-def test_latency_choice_finds_wider_models_that_run_faster(shr):
-    lm = L.LatencyModel(L.LatencyTarget(), [0, 1, 0, 0], 1.0, kind="lut",
-                        table=_AlignedTable(L.LatencyTarget()))
+def test_latency_choice_finds_wider_models_that_run_faster(shr, aligned_latency_model):
+    lm = aligned_latency_model()
     budget = lm(shr, 1, 0.7, 1)
     assert lm(shr, 1, 0.75, 1) < budget  # wider, yet faster: bisection alone cannot see it
     w = S._wider_within(shr, lm, 1, 0.7, 1, budget)
@@ -308,3 +298,86 @@ def test_side_by_side_cost_reports_take_turns(shr):
                    for x in rep.latency)
     with pytest.raises(DwrpruneError, match="repeats"):
         cost_reports_side_by_side(pair, repeats=0)
+
+
+def test_rounded_shrinker_is_a_copy_that_only_rounds(shr):
+    assert shr.rounded(None) is shr and shr.round_to is None
+    r4 = shr.rounded(4)
+    assert r4 is not shr and r4.round_to == 4 and shr.round_to is None
+    assert r4.rounded(4) is r4 and r4.block_order() == shr.block_order()
+    layers = r4.kept_layers(1, 0.7, 1)[1]
+    counts = [c for _, _, c in layers]
+    assert all(c % 4 == 0 or c == g.out_ch for g, _, c in layers)  # the classifier: whole
+    assert counts != [c for _, _, c in shr.kept_layers(1, 0.7, 1)[1]]
+    for bad in (0, 2.5, True, "8"):
+        with pytest.raises(DwrpruneError, match="round_to must be a whole number"):
+            shr.rounded(bad)
+
+
+def test_equivalent_width_matches_the_rounded_models_macs(shr):
+    r4 = shr.rounded(4)
+    w = S.equivalent_width(shr, r4, 1, 0.7, 1, 0.25)
+    assert shr.macs(1, w, 1) <= r4.macs(1, 0.7, 1) < shr.macs(1, w + 1e-3, 1)
+    assert S.equivalent_width(shr, r4, 1, 0.7, 1, w + 0.01) is None  # below the box
+
+
+def test_latency_choice_weighs_rounded_widths(shr, monkeypatch, aligned_latency_model):
+    """On a target that runs channel counts off 4 at half speed, the widest unrounded model
+    within the budget is narrower than the widest rounded one; the rounded one is predicted
+    as the unrounded width of its MACs and chosen where that is higher, then measured as
+    built: rounded."""
+    lm = aligned_latency_model()
+    pred = lambda d, w, r: w  # noqa: E731
+    budget = lm(shr.rounded(4), 1, 0.75, 1)
+    lo = (1.0, 0.25, 1.0)
+    plain = S.solve_latency(pred, shr, lm, budget, lo)["best"]
+    assert plain["round_to"] is None
+    sol = S.solve_latency(pred, shr, lm, budget, lo, round_to=4)
+    best = sol["best"]
+    assert best["round_to"] == 4 and best["w"] > plain["w"]
+    assert best["latency_ms"] <= budget
+    eq = S.equivalent_width(shr, shr.rounded(4), 1, best["w"], 1, lo[1])
+    assert best["predicted"] == pytest.approx(eq) and eq > plain["w"]
+    assert best["macs"] == shr.rounded(4).macs(1, best["w"], 1)
+    seen = []
+
+    def measure(model, res, target, repeats=20, warmup=5, reference=None):
+        seen.append([m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)])
+        return {"median_ms": budget, "p25_ms": budget, "p75_ms": budget}
+
+    monkeypatch.setattr(S, "measure_ms", measure)
+    res = S.choose_under_latency(pred, shr, lm, budget, lo, round_to=4)
+    assert res["best"]["round_to"] == 4 and res["steps"][0]["round_to"] == 4
+    assert all(c % 4 == 0 for c in seen[0])  # the model measured is the rounded one
+    # a shrinker that rounds already weighs nothing else
+    assert S.solve_latency(pred, shr.rounded(4), lm, budget, lo, round_to=8)["best"][
+        "round_to"] is None
+
+
+@pytest.mark.slow
+def test_pipeline_under_a_latency_budget_rounds_channels_where_that_pays(
+        tmp_path, tiny_checkpoint, tiny_options, macs_timing):
+    """On a target that runs channel counts off 4 at half speed, the plan weighs rounded
+    widths (``latency_round_to``), the final model is built rounded as planned and meets the
+    budget; with ``latency_round_to: none`` the same collection plans an unrounded model."""
+    model = dwrprune.load(tiny_checkpoint)
+    macs_timing(model, align=4)
+    opts = {k: v for k, v in tiny_options.items() if k not in ("data", "budget")}
+    result = dwrprune.prune(model, "synthetic", out=tmp_path / "run", progress="never",
+                            latency_budget=0.5, latency_round_to=4, **opts)
+    best = result.run.plan()["solution"]["best"]
+    assert best["round_to"] == 4
+    assert result.report["point"]["round_to"] == 4
+    assert result.report["latency"]["within"]
+    pruned = [r for r in result.report["channels"] if r["after"] not in (None, r["before"])]
+    assert pruned and all(r["after"] % 4 == 0 for r in pruned)
+    assert "(to 4s)" in result.report_path.read_text()
+    assert result.run.out_of_date() == []
+    from dwrprune.pipeline.shrinker import run_shrinker
+    from dwrprune.pipeline.solve import plan_latency
+
+    cfg, _ = result.run.load_config()
+    rows = plan_latency(result.run, run_shrinker(result.run, model, cfg),
+                        cfg.replace(latency_round_to=None), [0.5], save=False,
+                        own_target=False)
+    assert rows[0]["solution"].best.round_to is None

@@ -362,3 +362,22 @@ def test_a_chain_continued_further_down_is_the_same_collection():
     assert differing({**old, "depth_steps": [0.75, 0.5, 0.25]}, old) == []  # and back
     assert differing(old, {**old, "depth_steps": [0.7, 0.5]}) == ["depth_steps"]
     assert differing(old, {**old, "seed": 1}) == ["seed"]
+
+
+def test_fastest_within_the_drop_weighs_rounded_widths(shr, aligned_latency_model):
+    """On a target that runs channel counts off 4 at half speed, the fastest model within
+    the drop is a rounded one: its drop is predicted at the unrounded width of equal MACs."""
+    from dwrprune.search.latency import equivalent_width
+
+    lm = aligned_latency_model()
+    lo = (1.0, 0.25, 1.0)
+    plain = solve_max_drop(_Pred(), shr, 1.5, lo, lm)["best"]
+    res = solve_max_drop(_Pred(), shr, 1.5, lo, lm, round_to=4)
+    b = res["best"]
+    assert plain["round_to"] is None and b["round_to"] == 4
+    assert b["latency_ms"] < plain["latency_ms"]
+    eq = equivalent_width(shr, shr.rounded(4), 1, b["w"], 1, lo[1])
+    assert b["predicted"] == pytest.approx(_Pred()(1, eq, 1))
+    assert 100 * (b["drop"] + b["drop_sd"]) <= 1.5 + 1e-6
+    # without a latency model (fewest MACs) nothing is rounded
+    assert solve_max_drop(_Pred(), shr, 1.5, lo, round_to=4)["best"]["round_to"] is None

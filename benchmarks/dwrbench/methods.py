@@ -158,12 +158,13 @@ class ThreeD:
     def prune(self, model, budget, seed, ctx) -> Pruned:
         return self._shrink(model, self.point(model, budget, seed, ctx)[0], seed, ctx)
 
-    def _shrink(self, model, point, seed, ctx) -> Pruned:
+    def _shrink(self, model, point, seed, ctx, round_to: int | None = None) -> Pruned:
         """(The solve ran inside the job, so its time is in the job's prune time.)"""
         d, w, r = point
-        out = self.shrinker(model, seed, ctx, ctx.data).shrink(
+        out = self.shrinker(model, seed, ctx, ctx.data).rounded(round_to).shrink(
             d, w, r, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
-        return Pruned(out.model, out.spec, f"d={d:.3f} w={w:.3f} r={r:.3f}",
+        return Pruned(out.model, out.spec, f"d={d:.3f} w={w:.3f} r={r:.3f}"
+                      + (f" round_to={round_to}" if round_to else ""),
                       ctx.prepared[("3d", seed)]["collection_seconds"])
 
 
@@ -195,10 +196,12 @@ class ThreeDLatency(ThreeD):
         ref = replace(ctx.latency_reference, ms=lat.original_ms)
         try:
             res = choose_under_latency(p["predictor"], shr, lat, budget * lat.original_ms,
-                                       lo, reference=ref)
+                                       lo, reference=ref,
+                                       round_to=ctx.pipeline.latency_round_to)
         except LatencyOutOfReach:
             raise Infeasible from None
-        out = self._shrink(model, tuple(res["best"][k] for k in "dwr"), seed, ctx)
+        k = res["best"]["round_to"]
+        out = self._shrink(model, tuple(res["best"][x] for x in "dwr"), seed, ctx, k)
         out.note += (f"; measured {res['measured']['ratio']:.3f} of the original "
                      f"({len(res['steps'])} steps)")
         return out
@@ -232,19 +235,20 @@ class WithinDrop(ThreeDLatency):
             lo = (1.0, lo[1], 1.0)
         try:
             res = solve_max_drop(p["predictor"], shr, budget, lo, lat,
-                                 reference=p["reference"])
+                                 reference=p["reference"],
+                                 round_to=ctx.pipeline.latency_round_to)
         except DwrpruneError:
             raise Infeasible from None
         ref = replace(ctx.latency_reference, ms=lat.original_ms)
         timed = []
         for c in [res["best"], *res["runners_up"]][:3]:
-            out = shr.shrink(c["d"], c["w"], c["r"])
+            out = shr.rounded(c["round_to"]).shrink(c["d"], c["w"], c["r"])
             timed.append((measure_ms(out.model, out.spec["input"]["resolution"],
                                      ctx.latency_target, reference=ref)["ratio"], c))
         ratio, c = min(timed, key=lambda t: t[0])
         if ratio >= 1.0:  # as prune --max-drop: nothing within the drop is faster
             raise Infeasible
-        out = self._shrink(model, (c["d"], c["w"], c["r"]), seed, ctx)
+        out = self._shrink(model, (c["d"], c["w"], c["r"]), seed, ctx, c["round_to"])
         out.note += (f"; predicted drop {100 * c['drop']:.2f} + sd {100 * c['drop_sd']:.2f}; "
                      f"measured {ratio:.3f} of the original")
         return out

@@ -174,7 +174,7 @@ def _plan_extra(p):
 
 @command("plan", "stage 3: choose (d, w, r) for one or more budgets",
          _run_args(("lower_bounds", "min_gain_sigmas", "latency_batch", "threads",
-                    "device", "runtime", "max_drop", "minimize"),
+                    "device", "runtime", "max_drop", "minimize", "latency_round_to"),
                    _plan_extra), ("run",))
 def cmd_plan(args) -> int:
     from ..cost import format_count
@@ -196,7 +196,8 @@ def cmd_plan(args) -> int:
             targets = [cfg.target()]
         rows = plan_targets(run, shr, cfg, targets, args.latency_budgets, print)
         print(f"{'target':24s} {'budget':>7s} {'ms':>8s} {'measured':>9s} {'speed-up':>8s} "
-              f"{'d*':>6s} {'w*':>6s} {'r*':>6s} {'px':>4s} {'MACs':>6s} {'pred acc':>9s}")
+              f"{'d*':>6s} {'w*':>6s} {'r*':>6s} {'px':>4s} {'MACs':>6s} {'pred acc':>9s} "
+              "channels")
         for row in rows:
             x, lat = row["solution"].best, row["latency"]
             m = lat["measured"]
@@ -205,7 +206,8 @@ def cmd_plan(args) -> int:
             ratio = m.get("ratio", m["median_ms"] / lat["original_ms"])
             print(f"{lat['target']:24s} {budget:>7s} {ms:>8s} {m['median_ms']:9.3f} "
                   f"{1 / ratio:7.2f}x {x.d:6.3f} {x.w:6.3f} {x.r:6.3f} {x.resolution:4d} "
-                  f"{x.macs_ratio:6.3f} {100 * x.predicted:8.2f}%")
+                  f"{x.macs_ratio:6.3f} {100 * x.predicted:8.2f}% "
+                  + (f"to {x.round_to}s" if x.round_to else "as pruned"))
         print(f"written to {run.path / 'plans.json'}")
         return 0
     rows = plan_run(run, shr, cfg, args.budgets)

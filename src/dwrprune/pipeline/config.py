@@ -113,6 +113,12 @@ class PipelineConfig:
     runtime: str = _f("torch", "plan", F, "what latency is measured in: torch (PyTorch "
                       "eager) | onnxruntime (the exported model, CPU) | cuda-graph (CUDA "
                       "graphs replayed on the GPU)")
+    latency_round_to: int | None = _f(8, "plan", None, "latency budgets: also weigh each "
+                                      "width with its channel counts rounded down to this "
+                                      "multiple (ONNX Runtime's and GPUs' kernels can run 8 "
+                                      "channels faster than 11), predicted as the unrounded "
+                                      "width of equal MACs, taken where predicted more "
+                                      "accurate; none: never (ignored with round_to)")
     max_drop: float | None = _f(None, "plan", F, "instead of a budget: the fastest model whose "
                                 "predicted validation accuracy stays within this many points "
                                 "of the original's (hedged by the predictor's uncertainty; "

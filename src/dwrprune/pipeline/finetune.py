@@ -103,11 +103,14 @@ def _finetune_final(model, data, cfg, shrinker, solution, run, progress, train_f
     distributed.barrier()
     b = solution.best
     if distributed.is_main():
-        tqdm.write(f"[final] pruning to d={b.d:.3f} w={b.w:.3f} r={b.r:.3f} and fine-tuning "
+        rounded = f" (channels rounded to {b.round_to}s)" if b.round_to else ""
+        tqdm.write(f"[final] pruning to d={b.d:.3f} w={b.w:.3f} r={b.r:.3f}{rounded} and "
+                   "fine-tuning "
                    f"{cfg.final_epochs} epoch{'s' if cfg.final_epochs != 1 else ''} on "
                    f"{cfg.final_subset or 'all the'} training images")
     pruned, spec, before, history = finetune_point(
-        model, data, cfg, shrinker, (b.d, b.w, b.r), run.final_dir, progress, train_fn)
+        model, data, cfg, shrinker.rounded(b.round_to), (b.d, b.w, b.r), run.final_dir,
+        progress, train_fn)
     res = spec["input"]["resolution"]
     val = data.loader("val", res)
     tcfg = final_recipe(cfg)
@@ -129,7 +132,7 @@ def _finetune_final(model, data, cfg, shrinker, solution, run, progress, train_f
     orig_cost, new_cost = cost_reports_side_by_side([(model, base_res), (pruned, res)])
     result = {
         "point": {"d": b.d, "w": b.w, "r": b.r, "kept_blocks": b.kept_blocks,
-                  "resolution": res},
+                  "resolution": res, "round_to": b.round_to},
         "predicted_val_acc": b.predicted, "val_acc_before_finetune": before.accuracy,
         "val_acc": after.accuracy, "test_acc": test.accuracy,
         "original_test_acc": base_test.accuracy,

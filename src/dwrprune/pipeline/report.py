@@ -342,7 +342,8 @@ def _choice(pl: dict | None, final: dict | None) -> list[str]:
               "|---|---|---|---|---|---|---|---|"]
     for tag, x in [("**chosen**", b)] + [(_runner_up_tag(y, b, dec), y)
                                           for y in sol["runners_up"]]:
-        lines.append(f"| {tag} | {x['d']:.3f} | {x['w']:.3f} | {x['r']:.3f} | "
+        w = f"{x['w']:.3f}" + (f" (to {x['round_to']}s)" if x.get("round_to") else "")
+        lines.append(f"| {tag} | {x['d']:.3f} | {w} | {x['r']:.3f} | "
                      f"{x['resolution']} | {x['macs'] / 1e6:.2f} | {x['macs_ratio']:.3f} | "
                      f"{100 * x['predicted']:.2f} |")
     if drop is not None:

@@ -198,10 +198,13 @@ class Run:
                          "plan stage again)")
         if plan is not None and (self.path / "final.json").exists():
             b, f = plan["solution"]["best"], self.final()["point"]
-            if any(abs(b[k] - f[k]) > 1e-9 for k in "dwr"):
-                stale.append(f"the final model was made for d={f['d']:.3f} w={f['w']:.3f} "
-                             f"r={f['r']:.3f}, the plan now chooses d={b['d']:.3f} "
-                             f"w={b['w']:.3f} r={b['r']:.3f} (run the finetune stage again)")
+            if any(abs(b[k] - f[k]) > 1e-9 for k in "dwr") or \
+                    b.get("round_to") != f.get("round_to"):
+                def at(x):
+                    return (f"d={x['d']:.3f} w={x['w']:.3f} r={x['r']:.3f}"
+                            + (f" round_to={x['round_to']}" if x.get("round_to") else ""))
+                stale.append(f"the final model was made for {at(f)}, the plan now chooses "
+                             f"{at(b)} (run the finetune stage again)")
         return stale
 
     def block_ranking(self) -> tuple[list[str] | None, str | None]:
@@ -235,8 +238,7 @@ class Run:
         save_json(self.path / "plan.json", {"budget": budget, "solution": solution.to_dict(),
                                             "grid": grid, "latency": latency,
                                             "predictor": self._digest("predictor.json")})
-        b = solution.best
-        return self.retire_final([b.d, b.w, b.r])
+        return self.retire_final(solution.best.key())
 
     def retire_final(self, point: list[float]) -> Path | None:
         """Move ``final/``, ``final.json`` and ``report/`` to ``superseded-N/`` when they were
@@ -285,8 +287,7 @@ class Run:
 
     def final_settings(self, cfg: PipelineConfig, solution: Solution) -> dict:
         """What the final model depends on: the chosen point and the final-stage options."""
-        b = solution.best
-        return {"point": [b.d, b.w, b.r], **cfg.final_config(),
+        return {"point": solution.best.key(), **cfg.final_config(),
                 "recal_batches": cfg.recal_batches, "seed": cfg.seed,
                 "precision": cfg.precision, "channels_last": cfg.channels_last,
                 "data_path": DATA_PATH}

@@ -121,7 +121,8 @@ def choice_line(sol: Solution, latency: dict | None = None) -> str:
         cost = f"modelled and measured within {latency['budget_ms']:.3g} ms on {latency['target']}"
     else:
         cost = f"MACs {b.macs_ratio:.3f} of the original"
-    return (f"chose d={b.d:.3f} w={b.w:.3f} r={b.r:.3f} ({b.resolution} px): {cost}, "
+    rounded = f", channels rounded down to multiples of {b.round_to}" if b.round_to else ""
+    return (f"chose d={b.d:.3f} w={b.w:.3f} r={b.r:.3f} ({b.resolution} px{rounded}): {cost}, "
             f"predicted validation accuracy {100 * b.predicted:.2f}%"
             + (f" ({sol.decision['why']})" if sol.decision else ""))
 
@@ -194,9 +195,11 @@ def plan_latency(run: Run, shrinker: Shrinker, cfg: PipelineConfig,
            Reference(shrinker.model, shrinker.base_resolution, lat.original_ms))
     curves = one_axis_curves(pred, shrinker, lat, lo)
     for ms in budgets:
-        res = choose_under_latency(pred, shrinker, lat, ms, lo, reference=ref)
+        res = choose_under_latency(pred, shrinker, lat, ms, lo, reference=ref,
+                                   round_to=cfg.latency_round_to)
         cands = [Candidate(c["d"], c["w"], c["r"], round(c["d"] * len(shrinker.blocks)),
-                           c["resolution"], c["macs"], c["macs"] / base, c["predicted"])
+                           c["resolution"], c["macs"], c["macs"] / base, c["predicted"],
+                           c["round_to"])
                  for c in [res["best"], *res["runners_up"]]]
         info = {"target": target.key(), "budget_ms": ms, "original_ms": lat.original_ms,
                 "fraction": ms / lat.original_ms, "measured": res["measured"],
@@ -260,13 +263,14 @@ def plan_max_drop(run: Run, shrinker: Shrinker, cfg: PipelineConfig, progress=No
                  "--max-drop): the predicted drop is counted from the original itself, "
                  "which over-states it by what the brief fine-tune alone costs; run "
                  "collect or prune with --max-drop to add it")
-    res = solve_max_drop(pred, shrinker, cfg.max_drop, lo, lat, reference=reference)
+    res = solve_max_drop(pred, shrinker, cfg.max_drop, lo, lat, reference=reference,
+                         round_to=cfg.latency_round_to)
     cands = [res["best"], *res["runners_up"]]
     info = None
     if lat is not None:  # the model steers; the choice is the fastest measured of the few
         ref = Reference(shrinker.model, shrinker.base_resolution, lat.original_ms)
         for c in cands[:3]:
-            out = shrinker.shrink(c["d"], c["w"], c["r"])
+            out = shrinker.rounded(c["round_to"]).shrink(c["d"], c["w"], c["r"])
             c["measured"] = measure_ms(out.model, out.spec["input"]["resolution"], target,
                                        reference=ref)
         cands = sorted(cands[:3], key=lambda c: c["measured"]["median_ms"]) + cands[3:]
@@ -281,8 +285,8 @@ def plan_max_drop(run: Run, shrinker: Shrinker, cfg: PipelineConfig, progress=No
                 "latency_model": lat.kind, "heldout_median_ape": lat.heldout_median_ape}
     base = shrinker.macs(1, 1, 1)
     chosen = [Candidate(c["d"], c["w"], c["r"], round(c["d"] * len(shrinker.blocks)),
-                        c["resolution"], c["macs"], c["macs"] / base, c["predicted"])
-              for c in cands]
+                        c["resolution"], c["macs"], c["macs"] / base, c["predicted"],
+                        c["round_to"]) for c in cands]
     budget = info["fraction"] if info else chosen[0].macs_ratio
     sol = Solution(budget, base, None, chosen[0], chosen[1:])
     b = cands[0]

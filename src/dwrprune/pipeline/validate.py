@@ -58,6 +58,8 @@ def validate_config(cfg) -> None:
     _need(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
     _need(cfg.round_to is None or cfg.round_to >= 1, f"round_to must be >= 1 (or none), got "
           f"{cfg.round_to}")
+    _need(cfg.latency_round_to is None or cfg.latency_round_to >= 1, f"latency_round_to "
+          f"must be >= 1 (or none), got {cfg.latency_round_to}")
     _need(cfg.autobot_steps >= 1, f"autobot_steps must be >= 1, got {cfg.autobot_steps}")
     _need(cfg.recal_batches >= 0, f"recal_batches must be >= 0, got {cfg.recal_batches}")
     for name in ("train_subset", "val_subset", "final_subset"):

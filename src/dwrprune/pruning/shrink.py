@@ -155,6 +155,25 @@ class Shrinker(Analysis):
             self._order = [by_name[n] for n in block_order]
             self.block_order_criterion = block_order_criterion
 
+    def rounded(self, multiple: int | None) -> Shrinker:
+        """This shrinker with every pruned channel count rounded down to a multiple of
+        ``multiple`` (None, or this shrinker's own rounding: itself).  The copy shares the
+        block ranking, channel groups and criteria; only the rounding differs.
+
+        >>> from dwrprune.models import create_model
+        >>> shr = Shrinker(create_model("resnet20"), resolution=32,
+        ...                depth_criterion="weight_norm")
+        >>> [c for _, _, c in shr.rounded(8).kept_layers(1, 0.7, 1)[1]][:2]
+        [8, 8]
+        """
+        if multiple is None or multiple == self.round_to:
+            return self
+        if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+            raise DwrpruneError(f"round_to must be a whole number >= 1, got {multiple!r}")
+        out = copy.copy(self)
+        out.round_to = multiple
+        return out
+
     @property
     def depth_criterion_name(self) -> str:
         """What ranked the blocks: the saved ranking's criterion, else this criterion."""

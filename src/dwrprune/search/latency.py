@@ -74,28 +74,54 @@ def _wider_within(shr: Shrinker, lat: LatencyModel, d: float, w: float, r: float
     return best
 
 
+def equivalent_width(shr: Shrinker, rounded: Shrinker, d: float, w: float, r: float,
+                     lo: float) -> float | None:
+    """The width at which ``shr`` (unrounded) keeps as many MACs as ``rounded`` keeps at
+    (d, w, r): what a rounded model is predicted at, since the predictor was fitted on
+    unrounded samples.  None where that width falls below ``lo`` (outside the sampled box,
+    where the predictor would extrapolate)."""
+    macs = rounded.macs(d, w, r)
+    if shr.macs(d, lo, r) > macs:
+        return None
+    return widest(lambda x: shr.macs(d, x, r) <= macs, lo)
+
+
 def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
-                  lower: tuple[float, float, float]) -> dict:
+                  lower: tuple[float, float, float], round_to: int | None = None) -> dict:
     """The realisable (d, w, r) with the highest predicted accuracy whose modelled latency
     is within ``budget_ms``: every kept-block count and input side in the box, the widest w
-    that fits for each (latency grows with w), best predicted accuracy first."""
+    that fits for each (latency grows with w), best predicted accuracy first.
+
+    ``round_to`` (where ``shr`` does not round already): each (d, r) also weighs the widest
+    w whose channel counts, rounded down to that multiple, fit.  Kernels that compute
+    channels in blocks (ONNX Runtime's CPU kernels, GPUs) can run 8 channels faster than 11,
+    so the rounded model can fit a budget at a wider w; it is predicted as accurate as the
+    unrounded width of equal MACs (:func:`equivalent_width`) and chosen only where that is
+    the higher prediction.  A candidate's ``round_to`` says which it is."""
     nb, px = len(shr.blocks), shr.base_resolution
     ds = [k / nb for k in range(nb, -1, -1) if k / nb >= lower[0] - 1e-9] if nb else [1.0]
     pmin = max(shr.min_resolution, math.ceil(lower[2] * px - 1e-9))
+    variants = [(shr, None)]
+    if round_to and shr.round_to is None:
+        variants.append((shr.rounded(round_to), round_to))
     cands = []
     for d in ds:
         if d == 0:
             continue
         for p in range(px, pmin - 1, -1):
             r = p / px
-            if lat(shr, d, lower[1], r) > budget_ms:
-                continue
-            a = widest(lambda w, d=d, r=r: lat(shr, d, w, r) <= budget_ms, lower[1])
-            if a < 1.0 and lat.kind == "lut":  # a totals model is monotone in w
-                a = _wider_within(shr, lat, d, a, r, budget_ms)
-            cands.append({"d": d, "w": a, "r": r, "resolution": p,
-                          "predicted": float(pred(d, a, r)),
-                          "latency_ms": lat(shr, d, a, r), "macs": shr.macs(d, a, r)})
+            for s, k in variants:
+                if lat(s, d, lower[1], r) > budget_ms:
+                    continue
+                a = widest(lambda w, s=s, d=d, r=r: lat(s, d, w, r) <= budget_ms, lower[1])
+                if a < 1.0 and lat.kind == "lut":  # a totals model is monotone in w
+                    a = _wider_within(s, lat, d, a, r, budget_ms)
+                at = a if k is None else equivalent_width(shr, s, d, a, r, lower[1])
+                if at is None or (k is not None and s.macs(d, a, r) == shr.macs(d, a, r)):
+                    continue  # below the box, or rounding changed nothing
+                cands.append({"d": d, "w": a, "r": r, "resolution": p, "round_to": k,
+                              "predicted": float(pred(d, at, r)),
+                              "latency_ms": lat(s, d, a, r), "macs": s.macs(d, a, r)})
     if not cands:
         where = reach(shr, lat, budget_ms, lower)
         smallest = lat(shr, ds[-1], lower[1], pmin / px)
@@ -113,16 +139,18 @@ def solve_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
         raise LatencyOutOfReach(f"no model in the searched box reaches {budget_ms:.3f} ms on "
                                 f"{lat.target.key()} (the smallest modelled: {smallest:.3f} "
                                 f"ms); {hint}", budget_ms, where)
-    cands.sort(key=lambda c: -c["predicted"])
+    cands.sort(key=lambda c: -c["predicted"])  # stable: unrounded first on a tie
     return {"budget_ms": budget_ms, "best": cands[0], "runners_up": cands[1:5]}
 
 
 def choose_under_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: float,
                          lower: tuple[float, float, float], tolerance: float = TOLERANCE,
                          repeats: int = 20, attempts: int = 6,
-                         reference: Reference | None = None) -> dict:
-    """:func:`solve_latency`, then the choice measured for real (beside ``reference`` for a
-    fraction of the original's latency, see :func:`measure_ms`).  The model only steers:
+                         reference: Reference | None = None,
+                         round_to: int | None = None) -> dict:
+    """:func:`solve_latency` (``round_to``: weigh rounded widths too), then the choice
+    measured for real (beside ``reference`` for a fraction of the original's latency, see
+    :func:`measure_ms`).  The model only steers:
     while the choice measures over the budget by more than ``tolerance``, the modelled
     budget is stepped down by the overshoot; while under by more, up (never past one
     measured over).  Returns the feasible choice with the best predicted accuracy, its
@@ -130,16 +158,16 @@ def choose_under_latency(pred, shr: Shrinker, lat: LatencyModel, budget_ms: floa
     steps, model_budget, measured = [], budget_ms, {}  # measured: (d, w, r) -> timing
     under, over, best = 0.0, math.inf, None  # modelled budgets measured within / over
     for _ in range(attempts):
-        sol = solve_latency(pred, shr, lat, model_budget, lower)
+        sol = solve_latency(pred, shr, lat, model_budget, lower, round_to)
         b = sol["best"]
-        key = tuple(b[k] for k in "dwr")
+        key = (*(b[k] for k in "dwr"), b["round_to"])
         if key not in measured:  # the modelled budget moved but not always the choice
-            out = shr.shrink(*key)
+            out = shr.rounded(b["round_to"]).shrink(*key[:3])
             measured[key] = measure_ms(out.model, out.spec["input"]["resolution"],
                                        lat.target, repeats, reference=reference)
         m = measured[key]
-        steps.append({"model_budget_ms": model_budget, **dict(zip("dwr", key, strict=True)),
-                      "modelled_ms": b["latency_ms"], **m})
+        steps.append({"model_budget_ms": model_budget, **dict(zip("dwr", key, strict=False)),
+                      "round_to": b["round_to"], "modelled_ms": b["latency_ms"], **m})
         if m["median_ms"] <= budget_ms * (1 + tolerance):
             under = max(under, model_budget)
             if best is None or b["predicted"] > best[0]["best"]["predicted"]:

@@ -50,6 +50,14 @@ class Candidate:
     macs: int
     macs_ratio: float
     predicted: float
+    round_to: int | None = None  # channel counts rounded down to this multiple (latency
+    # budgets weigh rounded widths too); ``predicted`` is then that of the unrounded width
+    # of equal MACs
+
+    def key(self) -> list:
+        """What the pruned model is made from: [d, w, r], and the rounding where there is
+        one (a final model made for another key is another model)."""
+        return [self.d, self.w, self.r] + ([self.round_to] if self.round_to else [])
 
 
 @dataclass

@@ -91,37 +91,53 @@ def hedged_drop(pred, point, reference: Reference | None = None) -> tuple[float,
 
 
 def solve_max_drop(pred, shr: Shrinker, max_drop: float, lower: tuple[float, float, float],
-                   latency=None, keep: int = 5, reference: Reference | None = None) -> dict:
+                   latency=None, keep: int = 5, reference: Reference | None = None,
+                   round_to: int | None = None) -> dict:
     """Every kept-block count and input side in the box, each with the narrowest width whose
     hedged drop is within ``max_drop`` (points); the cheapest first (``latency``: a
     :class:`~dwrprune.cost.latency.LatencyModel`, else exact MACs).  ``reference``: the
     drop is counted from the briefly fine-tuned original (see the module docstring).
-    Returns ``best`` and up to ``keep - 1`` ``runners_up`` (candidate dicts)."""
+    ``round_to`` (with ``latency``, where ``shr`` does not round already): each also with
+    its channel counts rounded down to that multiple, predicted as the unrounded width of
+    equal MACs (:func:`~dwrprune.search.latency.equivalent_width`); a candidate's
+    ``round_to`` says which it is.  Returns ``best`` and up to ``keep - 1`` ``runners_up``
+    (candidate dicts)."""
+    from .latency import equivalent_width
+
     if not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop) and max_drop >= 0):
         raise DwrpruneError(f"max_drop must be a number of points >= 0, got {max_drop!r}")
     limit = max_drop / 100
     nb, px = len(shr.blocks), shr.base_resolution
     ds = [k / nb for k in range(nb, 0, -1) if k / nb >= lower[0] - 1e-9] if nb else [1.0]
     pmin = max(shr.min_resolution, math.ceil(lower[2] * px - 1e-9))
+    variants = [(shr, None)]
+    if latency is not None and round_to and shr.round_to is None:
+        variants.append((shr.rounded(round_to), round_to))
     cands = []
     for d in ds:
         for p in range(px, pmin - 1, -1):
             r = p / px
-            w = narrowest(lambda w, d=d, r=r: sum(hedged_drop(pred, (d, w, r), reference))
-                          <= limit, lower[1])
-            if w is None:
-                continue
-            ms = None
-            if latency is not None:  # a little wider can run faster (channels in blocks)
-                w, ms = _fastest_wider(shr, latency, d, w, r)
-            if d == w == r == 1.0:  # the original itself is not a pruned model
-                continue
-            drop, sd = hedged_drop(pred, (d, w, r), reference)
-            c = {"d": d, "w": w, "r": r, "resolution": p, "predicted": float(pred(d, w, r)),
-                 "drop": drop, "drop_sd": sd, "macs": shr.macs(d, w, r)}
-            if ms is not None:
-                c["latency_ms"] = ms
-            cands.append(c)
+            for s, k in variants:
+                def at(w, s=s, k=k, d=d, r=r):  # the unrounded width predicted for w
+                    return w if k is None else equivalent_width(shr, s, d, w, r, lower[1])
+
+                w = narrowest(lambda w, d=d, r=r, at=at: (x := at(w)) is not None and sum(
+                    hedged_drop(pred, (d, x, r), reference)) <= limit, lower[1])
+                if w is None:
+                    continue
+                ms = None
+                if latency is not None:  # a little wider can run faster (channels in blocks)
+                    w, ms = _fastest_wider(s, latency, d, w, r)
+                if d == w == r == 1.0 or (k is not None and s.macs(d, w, r) ==
+                                          shr.macs(d, w, r)):
+                    continue  # the original itself; or rounding changed nothing
+                drop, sd = hedged_drop(pred, (d, at(w), r), reference)
+                c = {"d": d, "w": w, "r": r, "resolution": p, "round_to": k,
+                     "predicted": float(pred(d, at(w), r)), "drop": drop, "drop_sd": sd,
+                     "macs": s.macs(d, w, r)}
+                if ms is not None:
+                    c["latency_ms"] = ms
+                cands.append(c)
     if not cands:
         _, sd = hedged_drop(pred, (1.0, 1.0, 1.0), reference)
         brief = ("counted from the original fine-tuned as briefly" if reference else
