@@ -116,3 +116,24 @@ def test_version_and_help_answer_without_importing_torch(argv):
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-400:]
     assert "dwrprune" in out.stdout or "usage" in out.stdout
+
+
+def test_none_on_the_command_line_overrides_a_default_and_a_yaml_value(tmp_path):
+    """An option given as ``none`` sets its field to None; one not given leaves the
+    default, the preset's or the YAML file's value."""
+    import argparse
+
+    from dwrprune.cli.pipeline import _overrides, add_pipeline_args
+    from dwrprune.pipeline import resolve_config
+
+    p = argparse.ArgumentParser()
+    add_pipeline_args(p)
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("latency_round_to: 16\nround_to: 4\n")
+    given = _overrides(p.parse_args(["--latency-round-to", "none"]))
+    assert list(given) == ["latency_round_to"]
+    cfg = resolve_config(None, str(yaml), **given)
+    assert cfg.latency_round_to is None and cfg.round_to == 4
+    assert resolve_config(None, str(yaml), **_overrides(p.parse_args([]))).latency_round_to \
+        == 16
+    assert resolve_config(None, None, **_overrides(p.parse_args([]))).latency_round_to == 8

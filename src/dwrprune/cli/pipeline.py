@@ -36,16 +36,31 @@ def add_pipeline_args(p, only: tuple[str, ...] | None = None) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=help_)
         else:
-            p.add_argument(flag, type=_FIELD_TYPES[f.type], default=None, help=help_)
+            p.add_argument(flag, type=_FIELD_TYPES[f.type], default=None, help=help_,
+                           action=_NoneGiven if f.type.endswith("| None") else "store")
+
+
+class _NoneGiven(argparse.Action):
+    """Stores the value, and remembers an option given as ``none``: None is also what an
+    option not given at all holds, but ``--latency-round-to none`` must override the
+    default (or a preset's or YAML's value), not leave it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        if values is None:
+            namespace.given_none = {*getattr(namespace, "given_none", ()), self.dest}
 
 
 def _overrides(args) -> dict:
     from dataclasses import fields
 
     from ..pipeline import PipelineConfig
+    from ..pipeline.config import NONE
 
-    return {f.name: getattr(args, f.name) for f in fields(PipelineConfig)
-            if getattr(args, f.name, None) is not None}
+    given_none = getattr(args, "given_none", set())
+    return {f.name: NONE if f.name in given_none else getattr(args, f.name)
+            for f in fields(PipelineConfig)
+            if getattr(args, f.name, None) is not None or f.name in given_none}
 
 
 def _start(args):

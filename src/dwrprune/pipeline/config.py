@@ -289,20 +289,37 @@ def read_options_file(path: str | Path) -> dict:
     return {str(k).replace("-", "_"): v for k, v in values.items()}
 
 
+class _ExplicitNone:
+    """An override that sets a field to None (``--round-to none``), where None itself means
+    "not given" (see :func:`given`)."""
+
+    def __repr__(self) -> str:
+        return "NONE"
+
+
+NONE = _ExplicitNone()
+
+
+def given(overrides: dict) -> dict:
+    """The overrides that were given: None means "not given", :data:`NONE` "set to None"."""
+    return {k: None if v is NONE else v for k, v in overrides.items() if v is not None}
+
+
 def resolve_config(preset: str | None = None, config_file: str | Path | None = None,
                    **overrides) -> PipelineConfig:
-    """Defaults < preset < YAML file < overrides (None means "not given")."""
+    """Defaults < preset < YAML file < overrides (None means "not given"; :data:`NONE`
+    sets a field to None)."""
     values: dict = {}
     if preset:
         values.update(PRESETS.get(preset))
     if config_file is not None:
         values.update(read_options_file(config_file))
-    given = {k: v for k, v in overrides.items() if v is not None}
-    values.update(given)
+    given_ = given(overrides)
+    values.update(given_)
     lat = [k for k in ("latency_budget", "latency_ms") if values.get(k) is not None]
-    if lat and "budget" in given:
+    if lat and "budget" in given_:
         raise DwrpruneError(f"give one budget: budget (MACs) or {lat[0]} (latency), not both")
-    if values.get("max_drop") is not None and (lat or "budget" in given):
+    if values.get("max_drop") is not None and (lat or "budget" in given_):
         raise DwrpruneError(f"max_drop chooses the fastest model within an accuracy loss; it "
                             f"cannot go with a budget ({(lat or ['budget'])[0]}): give one")
     return PipelineConfig.from_dict(values)

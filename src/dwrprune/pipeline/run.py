@@ -28,7 +28,7 @@ from ..io.store import SampleStore
 from ..search.predictor import Predictor
 from ..search.solver import Solution
 from ..training.device_data import DATA_PATH
-from .config import PipelineConfig
+from .config import PipelineConfig, given
 
 
 def _lasting_path(path: str | None) -> str | None:
@@ -127,7 +127,7 @@ class Run:
         if checkpoint != "<in-memory>" and not Path(checkpoint).is_absolute() and \
                 (self.path / checkpoint).exists():
             checkpoint = str(self.path / checkpoint)  # relative to the run folder
-        body.update({k: v for k, v in overrides.items() if v is not None})
+        body.update(given(overrides))
         return PipelineConfig.from_dict(body, f"options in {self.config_path}"), checkpoint
 
     # ------------------------------------------------------------------ stage files
