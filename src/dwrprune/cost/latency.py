@@ -31,6 +31,7 @@ import math
 import random
 import re
 import statistics
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -228,9 +229,19 @@ class LayerTable:
     def __init__(self, target: LatencyTarget, entries: dict[str, float] | None = None,
                  repeats: int = 10):
         self.target, self.entries, self.repeats = target, dict(entries or {}), repeats
+        self._keys = weakref.WeakKeyDictionary()  # model -> {(layer, cin, cout, px): key}
+
+    def key(self, shr: Shrinker, g, cin: int, cout: int, resolution: int) -> str:
+        """The table key of layer ``g`` of ``shr``'s model with ``cin``/``cout`` channels at
+        input side ``resolution`` (remembered per model: the solver asks thousands)."""
+        memo = self._keys.setdefault(shr.model, {})
+        k = memo.get((g.name, cin, cout, resolution))
+        if k is None:
+            k = memo[g.name, cin, cout, resolution] = self._key(shr, g, cin, cout, resolution)
+        return k
 
     @staticmethod
-    def key(shr: Shrinker, g, cin: int, cout: int, resolution: int) -> str:
+    def _key(shr: Shrinker, g, cin: int, cout: int, resolution: int) -> str:
         mod = shr.model.get_submodule(g.name)
         shape = shr.layer_input(resolution, g.name)
         if g.kind == "linear":
