@@ -78,6 +78,12 @@ def test_layer_table_times_each_kept_layer_shape_once(shr):
                                else (m.in_features, m.out_features))
     total = table.total_ms(shr, 0.5, 0.5, 0.75)
     keys = {table.key(shr, g, cin, cout, res) for g, cin, cout in layers}
+    import copy
+    import pickle
+
+    for twin in (pickle.loads(pickle.dumps(table)), copy.deepcopy(table)):  # to workers
+        assert twin.entries == table.entries and twin.keys(shr, 0.5, 0.6, 0.75) == \
+            table.keys(shr, 0.5, 0.6, 0.75)
     assert set(table.entries) == keys and total > 0
     # a second query of the same point reads the table: same sum, nothing timed again
     before = dict(table.entries)

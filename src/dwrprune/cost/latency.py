@@ -240,6 +240,12 @@ class LayerTable:
             k = memo[g.name, cin, cout, resolution] = self._key(shr, g, cin, cout, resolution)
         return k
 
+    def __getstate__(self) -> dict:  # pickled to workers and copied without the memo
+        return {k: v for k, v in self.__dict__.items() if k != "_keys"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _keys=weakref.WeakKeyDictionary())
+
     @staticmethod
     def _key(shr: Shrinker, g, cin: int, cout: int, resolution: int) -> str:
         mod = shr.model.get_submodule(g.name)
