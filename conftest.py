@@ -81,8 +81,7 @@ def macs_timing(monkeypatch):
             return counter.get_total_flops() / 2
 
         def measure(m, res, target, repeats=20, warmup=5, reference=None):
-            ms = (aligned_macs(m, torch.zeros(1, 3, res, res), align) if align
-                  else dwrprune.count_macs(m, res, 3)) / base
+            ms = cost(m.eval(), torch.zeros(1, 3, res, res)) / base
             out = {"median_ms": ms, "p25_ms": ms, "p75_ms": ms}
             scaled = {k: ms * reference.ms for k in out} if reference else {}
             return out | scaled | ({"ratio": ms, "raw_median_ms": ms} if reference else {})

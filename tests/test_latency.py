@@ -1,7 +1,9 @@
 """Latency budgets: the structure a latency model is fitted on, the model, the choice under a
 latency budget (stepped down when the measured latency overshoots) and bad input."""
 
+import copy
 import json
+import pickle
 
 import pytest
 import torch
@@ -78,9 +80,6 @@ def test_layer_table_times_each_kept_layer_shape_once(shr):
                                else (m.in_features, m.out_features))
     total = table.total_ms(shr, 0.5, 0.5, 0.75)
     keys = {table.key(shr, g, cin, cout, res) for g, cin, cout in layers}
-    import copy
-    import pickle
-
     for twin in (pickle.loads(pickle.dumps(table)), copy.deepcopy(table)):  # to workers
         assert twin.entries == table.entries and twin.keys(shr, 0.5, 0.6, 0.75) == \
             table.keys(shr, 0.5, 0.6, 0.75)
