@@ -82,7 +82,8 @@ def cmd_run(args) -> None:
         csv_path = run_benchmark(model, data, methods, budgets, seeds, recipe, pipe, args.out,
                                  finetune_subset=subset, progress=not args.no_progress,
                                  executor=executor, latency_target=target,
-                                 max_drop=bool(args.max_drops))
+                                 max_drop=bool(args.max_drops),
+                                 collection_seed=args.collection_seed)
     finally:
         executor.close()
     print(f"results: {csv_path}")
@@ -350,6 +351,10 @@ def main() -> None:
                    help="training precision of every fine-tune and sample (the committed "
                         "comparisons: fp32)")
     r.add_argument("--finetune-subset", type=int, default=None)
+    r.add_argument("--collection-seed", type=int, default=None,
+                   help="the 3d methods plan every seed from this seed's collection (each "
+                        "seed's own by default): seeds then vary only the pruning's "
+                        "re-calibration and the fine-tune; a row's note names the collection")
     r.add_argument("--preset", default="full", help="pipeline preset for the 3d method")
     r.add_argument("--config", default=None,
                    help="YAML of pipeline options over the preset for the 3d methods (as "

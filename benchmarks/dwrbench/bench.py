@@ -213,7 +213,7 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
                   pipeline: PipelineConfig, out: str | Path, finetune_subset: int | None = None,
                   latency_repeats: int = 20, progress: bool = True,
                   executor: Executor | None = None, latency_target=None,
-                  max_drop: bool = False) -> Path:
+                  max_drop: bool = False, collection_seed: int | None = None) -> Path:
     """Run every (method, budget, seed) not yet in ``out/results.csv``; returns the CSV.
 
     Jobs go to ``executor`` (default: in this process); the driver writes each finished row
@@ -226,7 +226,9 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
     within it (:func:`~dwrbench.methods.latency_methods`); use its own ``out``.  With
     ``max_drop`` too, ``budgets`` are the largest allowed accuracy drops (points) and the
     methods are :data:`~dwrbench.methods.DROP_METHODS`: the fastest model on the target
-    within each drop."""
+    within each drop.  With ``collection_seed``, the 3d methods plan every seed from that
+    seed's collection (``out/3d/seed<N>``): the rows' seeds then vary the pruning's
+    re-calibration and the fine-tune, not the collection, and the rows' notes say so."""
     if max_drop and latency_target is None:
         raise DwrpruneError("a comparison within an accuracy drop needs a latency target")
     if max_drop:
@@ -249,7 +251,7 @@ def run_benchmark(model: nn.Module, data: DataSource, methods: list[str],
     orig = {"original_macs": count_macs(model, base_res, in_ch),
             "original_test_acc": evaluate(model, data.loader("test", base_res)).accuracy}
     ctx = BenchContext(data, out, pipeline, progress=progress and executor.name == "local",
-                       max_drop=max_drop)
+                       max_drop=max_drop, collection_seed=collection_seed)
     if latency_target is not None:
         ctx.latency_target = latency_target.check()
         ctx.latency_reference = Reference(

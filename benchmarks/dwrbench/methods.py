@@ -76,7 +76,13 @@ class BenchContext:
     latency_target: object = None  # a LatencyTarget: budgets are latency fractions
     latency_reference: object = None  # a latency.Reference: the original, timed beside
     max_drop: bool = False  # budgets are allowed accuracy drops (points), not costs
+    collection_seed: int | None = None  # 3d methods: every seed plans from this seed's
+    # collection (None: each seed its own); the seed still drives pruning and fine-tune
     prepared: dict = field(default_factory=dict)  # what Method.prepare computed, per job
+
+    def collection_of(self, seed: int) -> int:
+        """The seed whose collection the 3d methods plan ``seed``'s rows from."""
+        return seed if self.collection_seed is None else self.collection_seed
 
     @property
     def original_latency_ms(self) -> float:
@@ -121,7 +127,7 @@ class ThreeD:
     name = "3d"
 
     def prepare(self, model, todo: list[tuple[float, int]], ctx, executor) -> None:
-        for seed in sorted({s for _, s in todo}):
+        for seed in sorted({ctx.collection_of(s) for _, s in todo}):
             if ("3d", seed) in ctx.prepared:
                 continue
             cfg = ctx.pipeline.replace(seed=seed)
@@ -137,16 +143,21 @@ class ThreeD:
                 "collection_seconds": collection, "run": str(run.path),
                 "reference": drop_reference(run) if ctx.max_drop else None}
 
+    @staticmethod
+    def prepared(seed, ctx, what: str = "3d"):
+        """What :meth:`prepare` computed for the collection ``seed`` plans from."""
+        return ctx.prepared[(what, ctx.collection_of(seed))]
+
     def shrinker(self, model, seed, ctx, data=None) -> Shrinker:
         """The seed's shrinker with the block ranking saved at its collection."""
-        order, criterion = ctx.prepared[("3d", seed)]["block_order"]
+        order, criterion = self.prepared(seed, ctx)["block_order"]
         return build_shrinker(model, ctx.pipeline.replace(seed=seed), data, block_order=order,
                               block_order_criterion=criterion)
 
     def point(self, model, budget, seed, ctx) -> tuple[tuple[float, float, float], float]:
         """The seed's choice at MACs ``budget`` (solved here: cheap once collected)."""
         t0 = time.perf_counter()
-        p = ctx.prepared[("3d", seed)]
+        p = self.prepared(seed, ctx)
         cfg = ctx.pipeline.replace(seed=seed)
         try:
             sol = solve_budget(p["predictor"], self.shrinker(model, seed, ctx), budget,
@@ -163,9 +174,11 @@ class ThreeD:
         d, w, r = point
         out = self.shrinker(model, seed, ctx, ctx.data).rounded(round_to).shrink(
             d, w, r, recalibrate=ctx.recal, recal_batches=ctx.recal_batches)
+        cseed = ctx.collection_of(seed)
         return Pruned(out.model, out.spec, f"d={d:.3f} w={w:.3f} r={r:.3f}"
-                      + (f" round_to={round_to}" if round_to else ""),
-                      ctx.prepared[("3d", seed)]["collection_seconds"])
+                      + (f" round_to={round_to}" if round_to else "")
+                      + (f" (collection of seed {cseed})" if cseed != seed else ""),
+                      self.prepared(seed, ctx)["collection_seconds"])
 
 
 class ThreeDLatency(ThreeD):
@@ -178,7 +191,7 @@ class ThreeDLatency(ThreeD):
         super().prepare(model, todo, ctx, executor)
         from dwrprune.cost.latency import build_latency_model
 
-        for seed in sorted({s for _, s in todo}):
+        for seed in sorted({ctx.collection_of(s) for _, s in todo}):
             key = ("latency-model", seed)
             if key not in ctx.prepared:
                 ctx.prepared[key] = build_latency_model(self.shrinker(model, seed, ctx),
@@ -188,7 +201,7 @@ class ThreeDLatency(ThreeD):
         from dwrprune.search.latency import LatencyOutOfReach, choose_under_latency
         from dwrprune.search.solver import search_box
 
-        p, lat = ctx.prepared[("3d", seed)], ctx.prepared[("latency-model", seed)]
+        p, lat = self.prepared(seed, ctx), self.prepared(seed, ctx, "latency-model")
         shr = self.shrinker(model, seed, ctx)
         lo = search_box(ctx.pipeline.lower_bounds, p["predictor"], shr)
         # the latency model's milliseconds are those of the moment it was fitted: the
@@ -228,7 +241,7 @@ class WithinDrop(ThreeDLatency):
         from dwrprune.search.solver import search_box
         from dwrprune.search.within_drop import solve_max_drop
 
-        p, lat = ctx.prepared[("3d", seed)], ctx.prepared[("latency-model", seed)]
+        p, lat = self.prepared(seed, ctx), self.prepared(seed, ctx, "latency-model")
         shr = self.shrinker(model, seed, ctx)
         lo = search_box(ctx.pipeline.lower_bounds, p["predictor"], shr)
         if self.axes == "w":

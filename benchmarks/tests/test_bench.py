@@ -332,6 +332,26 @@ def test_benchmark_on_ray_matches_local(tmp_path, tiny_checkpoint, ray_cluster, 
 
 
 
+@pytest.mark.slow
+def test_seeds_can_share_one_collection(tmp_path, tiny_checkpoint, tiny_options):
+    """--collection-seed 0: seed 1's 3d row plans from seed 0's collection (no second one
+    is collected), chooses the same point and says where its choice came from."""
+    from dwrbench.bench import run_benchmark
+
+    model = load(tiny_checkpoint)
+    data = DatasetSource("synthetic", batch_size=32)
+    pipe = PipelineConfig.from_dict({**tiny_options, "holdout_points": [], "depth_criterion":
+                                     "weight_norm"})
+    run_benchmark(model, data, ["3d"], [0.5], [0, 1], TrainConfig(steps=2), pipe, tmp_path,
+                  progress=False, latency_repeats=2, collection_seed=0)
+    rows = {r["seed"]: r for r in csv.DictReader(open(tmp_path / "results.csv"))}
+    assert sorted(p.name for p in (tmp_path / "3d").iterdir()) == ["seed0"]
+    assert rows["0"]["status"] == rows["1"]["status"] == "ok"
+    assert "collection of seed" not in rows["0"]["note"]
+    assert rows["1"]["note"].startswith(rows["0"]["note"].split(";")[0] +
+                                        " (collection of seed 0)")
+
+
 def test_benchmark_shrinker_keeps_round_to_and_allocation(tiny_checkpoint, tiny_options):
     from dwrbench.methods import BenchContext
     from dwrprune.pipeline import DatasetSource
