@@ -115,7 +115,8 @@ def table(summary: list[dict]) -> str:
         ms = {s["budget"]: s["latency_budget_ms"] for s in summary if s["latency_budget_ms"]}
         runtime = LatencyTarget.from_key(kind.removeprefix("latency-")).runtime
         note = [f"Budgets are fractions of the original's measured latency on the target "
-                f"({kind}): " + ", ".join(f"{b:g} = {v:.2f} ms" for b, v in sorted(ms.items()))
+                f"({kind}), timed as each run began: " + ", ".join(
+                    f"{b:g} x {v / b:.2f} ms = {v:.2f} ms" for b, v in sorted(ms.items()))
                 + "." + (f"  The latency columns are measured in {runtime}, one CPU thread."
                          if runtime != "torch" else ""), ""]
     lines = note + [
