@@ -91,7 +91,8 @@ def macs_timing(monkeypatch):
 
         monkeypatch.setattr(S, "measure_ms", measure)  # the choice
         monkeypatch.setattr(L, "measure_ms", measure)  # the verdict, max-drop candidates
-        monkeypatch.setattr(L, "time_in_turns", in_turns)  # the design and layer table
+        monkeypatch.setattr(L, "time_in_turns", in_turns)  # the design
+        monkeypatch.setattr(L, "time_layers", in_turns)  # its layer table
 
     return install
 

@@ -89,6 +89,75 @@ def test_onnxruntime_times_the_exported_model_and_agrees_with_torch(shr):
     assert [len(t) for t in times] == [5, 5] and all(v > 0 for t in times for v in t)
 
 
+def test_onnxruntime_layer_times_are_its_kernels_without_the_calls_overhead(tmp_path):
+    """A lookup-table entry on ONNX Runtime is the layer's own kernel time from the
+    profiler: positive, one per pass, and below the one-layer session's wall clock (which
+    adds the call's overhead and the layout changes at the graph's edges)."""
+    from dwrprune.cost.runtimes import layer_timing
+    from dwrprune.cost.timing import time_layers
+
+    conv, x = nn.Conv2d(16, 16, 3, padding=1).eval(), torch.randn(1, 16, 24, 24)
+    kernels = time_layers([(conv, x)], warmup=2, repeats=30, runtime="onnxruntime")[0]
+    wall = time_in_turns([(conv, x)], warmup=2, repeats=30, runtime="onnxruntime")[0]
+    assert len(kernels) == 30 and min(kernels) > 0
+    assert np.median(kernels) < np.median(wall)
+    assert layer_timing("onnxruntime") == "kernel" and layer_timing("torch") == "wall"
+    table = L.LayerTable(L.LatencyTarget(runtime="onnxruntime"))
+    assert table.repeats == RUNTIMES.get("onnxruntime").layer_repeats > \
+        L.LayerTable(L.LatencyTarget()).repeats == 10
+
+
+def test_kernel_times_per_run_from_an_onnxruntime_profile(tmp_path):
+    """Each run's kernel time is the sum of its nodes' kernel events, layout changes left
+    out; events outside a run (session set-up) count for none."""
+    from dwrprune.cost.runtimes import kernel_ms_per_run
+
+    def node(ts, dur, op):
+        return {"cat": "Node", "name": f"n{ts}_kernel_time", "ts": ts, "dur": dur,
+                "args": {"op_name": op}}
+
+    events = [node(1, 50, "Conv"),  # before any run: session initialisation
+              {"cat": "Session", "name": "model_run", "ts": 100, "dur": 90},
+              node(110, 5, "ReorderInput"), node(120, 40, "Conv"), node(165, 3, "Gemm"),
+              node(170, 5, "ReorderOutput"),
+              {"cat": "Session", "name": "model_run", "ts": 300, "dur": 60},
+              node(305, 20, "Conv"), {"cat": "Node", "name": "n_fence_before", "ts": 310,
+                                      "dur": 9, "args": {"op_name": "Conv"}}]
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(events))
+    assert kernel_ms_per_run(str(path), ("ReorderInput", "ReorderOutput")) == \
+        pytest.approx([0.043, 0.020])
+    assert kernel_ms_per_run(str(path)) == pytest.approx([0.053, 0.020])
+
+
+def test_a_latency_model_whose_table_was_timed_otherwise_is_measured_again(shr, monkeypatch,
+                                                                          tmp_path):
+    """A cached ONNX Runtime model from when its lookup table was timed wall-clock is out of
+    date (every kind was compared on another table); a PyTorch one is not."""
+    from dwrprune.pipeline import solve
+    from dwrprune.pipeline.run import Run
+
+    ort_t, cpu_t = L.LatencyTarget(runtime="onnxruntime"), L.LatencyTarget()
+    old = {"target": {"device": "cpu", "batch": 1, "threads": 1, "runtime": "onnxruntime"},
+           "kind": "aligned", "coef": [0.1, 0.0, 0.0, 0.0, 0.0], "original_ms": 1.0,
+           "errors": {k: {"loo_median_ape": 0.1} for k in L.FEATURES}}
+    assert L.LatencyModel.from_dict(old).out_of_date()
+    assert not L.LatencyModel.from_dict({**old, "target": {**old["target"],
+                                                          "runtime": "torch"}}).out_of_date()
+    run = Run(tmp_path)
+    (tmp_path / "latency").mkdir()
+    (tmp_path / "latency" / f"{ort_t.key()}.json").write_text(json.dumps(old))
+    fresh = L.LatencyModel(ort_t, [0.2, 0, 0, 0, 0], 1.0, kind="aligned",
+                           layer_timing="kernel")
+    built = []
+    monkeypatch.setattr(L, "build_latency_model",
+                        lambda *a, **k: built.append(a[1]) or fresh)
+    assert solve.latency_model_for(run, shr, ort_t) is fresh and built == [ort_t]
+    again = solve.latency_model_for(run, shr, ort_t)  # the new one is cached and current
+    assert again.coef == fresh.coef and built == [ort_t] and not again.out_of_date()
+    assert cpu_t.key() != ort_t.key()
+
+
 def test_a_model_onnx_cannot_export_is_named(monkeypatch):
     from dwrprune.cost.runtimes import onnx_bytes
 
@@ -127,9 +196,42 @@ def test_a_runtime_is_one_small_class(shr):
         t = L.LatencyTarget("cpu", 1, 1, "counting").check()
         assert t.key() == "counting-cpu-b1-t1" or t.key().startswith("counting")
         lm = L.build_latency_model(shr, t, n_fit=6, n_heldout=2, repeats=2, kind="lut")
-        assert calls and lm.target.runtime == "counting"
+        assert calls and lm.target.runtime == "counting" and lm.layer_timing == "wall"
     finally:
         RUNTIMES.unregister("counting")
+
+
+def test_a_runtime_that_reports_kernel_times_fills_the_lookup_table(shr):
+    """A runtime with ``time_kernels`` fills the lookup table from it (here: a layer's
+    time is its output channels), and the latency model records that it did."""
+
+    @RUNTIMES.register
+    class Kernels:
+        name = "kernels"
+        devices = ("cpu",)
+        layer_repeats = 3
+
+        def check(self, device):
+            pass
+
+        def prepare(self, module, x, threads):
+            return lambda: module(x)
+
+        def time_kernels(self, calls, threads, warmup, repeats):
+            assert repeats == 3
+            return [[float(getattr(m, "out_channels", getattr(m, "out_features", 0)))] * repeats
+                    for m, _ in calls]
+
+    try:
+        t = L.LatencyTarget("cpu", 1, 1, "kernels")
+        table = L.LayerTable(t)
+        res, layers = shr.kept_layers(1, 0.5, 1)
+        assert table.total_ms(shr, 1, 0.5, 1) == sum(cout for _, _, cout in layers)
+        lm = L.build_latency_model(shr, t, n_fit=6, n_heldout=2, repeats=2, kind="lut")
+        assert lm.layer_timing == "kernel" and not lm.out_of_date()
+        assert L.LatencyModel.from_dict(lm.to_dict()).layer_timing == "kernel"
+    finally:
+        RUNTIMES.unregister("kernels")
 
 
 # ---------------------------------------------------------------------------- max drop

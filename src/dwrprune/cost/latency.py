@@ -16,7 +16,9 @@ the model (:meth:`dwrprune.pruning.shrink.Shrinker.structure`):
 - ``lut``: L = t0 + a * (sum of the kept conv and linear layers' times, each layer shape
   timed alone on the target and kept in a lookup table, as NetAdapt and HALP do for width)
   + t_act * output elements + t_layer * layers; the table sees what totals cannot, such as
-  where in the network the work sits and channel counts the kernels handle badly.
+  where in the network the work sits and channel counts the kernels handle badly.  Where
+  the runtime reports its kernels' time (ONNX Runtime's profiler) an entry is the layer's
+  own kernels, without the call's overhead and the layout changes a one-layer graph adds.
 
 The kind with the smaller leave-one-out error on the fitted points is kept (``kind="auto"``);
 held-out points report every kind's error.  The three axes cost differently on different
@@ -41,7 +43,14 @@ from scipy.optimize import nnls
 from torch import nn
 
 from ..errors import DwrpruneError
-from .timing import check_device, measure_latencies, quartiles, time_in_turns, timing_inputs
+from .timing import (
+    check_device,
+    measure_latencies,
+    quartiles,
+    time_in_turns,
+    time_layers,
+    timing_inputs,
+)
 
 if TYPE_CHECKING:  # a Shrinker is what the model is queried with; cost sits below prune
     from ..pruning.shrink import Shrinker
@@ -221,14 +230,19 @@ def verdict_line(v: dict) -> str:
 
 class LayerTable:
     """Per-layer lookup table: the time of each conv and linear layer shape on the target,
-    measured alone (median of ``repeats``) the first time a query needs it and kept, so
-    :meth:`total_ms` is a sum of table entries.  Entries are keyed by the layer's full shape
-    (channels, kernel, stride, padding, dilation, groups, bias, input size), so a table is
-    valid for any model on its target."""
+    measured alone (median of ``repeats``, default the runtime's ``layer_repeats``) the
+    first time a query needs it and kept, so :meth:`total_ms` is a sum of table entries.
+    Where the runtime reports its kernels' time (ONNX Runtime's profiler) an entry is that,
+    else a wall-clock pass (:func:`dwrprune.cost.timing.time_layers`).  Entries are keyed by
+    the layer's full shape (channels, kernel, stride, padding, dilation, groups, bias, input
+    size), so a table is valid for any model on its target."""
 
     def __init__(self, target: LatencyTarget, entries: dict[str, float] | None = None,
-                 repeats: int = 10):
-        self.target, self.entries, self.repeats = target, dict(entries or {}), repeats
+                 repeats: int | None = None):
+        from .runtimes import layer_repeats
+
+        self.target, self.entries = target, dict(entries or {})
+        self.repeats = repeats or layer_repeats(target.runtime)
         self._keys = weakref.WeakKeyDictionary()  # model -> {(layer, cin, cout, px): key}
 
     def key(self, shr: Shrinker, g, cin: int, cout: int, resolution: int) -> str:
@@ -275,8 +289,8 @@ class LayerTable:
         """Time every key not in the table yet, in turns (see :func:`time_in_turns`)."""
         todo = sorted(set(keys) - set(self.entries))
         if todo:
-            times = time_in_turns([self._call(k) for k in todo], self.target.threads,
-                                  warmup=3, repeats=self.repeats, runtime=self.target.runtime)
+            times = time_layers([self._call(k) for k in todo], self.target.threads,
+                                warmup=3, repeats=self.repeats, runtime=self.target.runtime)
             self.entries.update((k, statistics.median(t)) for k, t in zip(todo, times))
 
     def layer_ms(self, key: str) -> float:
@@ -332,6 +346,7 @@ class LatencyModel:
     kind: str = "features"
     table: LayerTable | None = None
     errors: dict = field(default_factory=dict)  # per kind: LOO and held-out errors
+    layer_timing: str = "wall"  # how its lookup table was timed (runtimes.layer_timing)
 
     def __call__(self, shr: Shrinker, d: float, w: float, r: float) -> float:
         return float(_features(self.kind, shr, d, w, r, self.table) @ np.asarray(self.coef))
@@ -342,7 +357,8 @@ class LatencyModel:
                 "original_ms": self.original_ms, "points": self.points,
                 "heldout_mape": self.heldout_mape,
                 "heldout_median_ape": self.heldout_median_ape, "errors": self.errors,
-                "layer_table": None if self.table is None else self.table.entries}
+                "layer_table": None if self.table is None else self.table.entries,
+                "layer_timing": self.layer_timing}
 
     @staticmethod
     def from_dict(d: dict) -> LatencyModel:
@@ -354,7 +370,14 @@ class LatencyModel:
         table = LayerTable(target, d.get("layer_table")) if kind == "lut" else None
         return LatencyModel(target, d["coef"], d["original_ms"], d.get("points", []),
                             d.get("heldout_mape"), d.get("heldout_median_ape"), kind, table,
-                            d.get("errors", {}))
+                            d.get("errors", {}), d.get("layer_timing", "wall"))
+
+    def out_of_date(self) -> bool:
+        """Made before its runtime's lookup table was timed as it is now (then every kind
+        was compared on another table): measure it again."""
+        from .runtimes import layer_timing
+
+        return self.layer_timing != layer_timing(self.target.runtime)
 
     def check_target(self, target: LatencyTarget) -> None:
         if self.target != target:
@@ -422,6 +445,8 @@ def fit_latency_model(shr: Shrinker, target: LatencyTarget, rows: list[dict], ki
                       table: LayerTable | None = None) -> LatencyModel:
     """Fit a ``kind`` model to the measured design ``rows``' fit points; its ``errors``
     give the leave-one-out error there and the error on the held-out points."""
+    from .runtimes import layer_timing
+
     _check_kind(kind, auto=False)
     table = (table or LayerTable(target)) if kind == "lut" else None
     if table is not None:  # every layer shape of the design, timed together
@@ -431,7 +456,7 @@ def fit_latency_model(shr: Shrinker, target: LatencyTarget, rows: list[dict], ki
     A = np.array([_features(kind, shr, x["d"], x["w"], x["r"], table) for x in fit])
     y = np.array([x["median_ms"] for x in fit])
     lm = LatencyModel(target, _fit(A, y).tolist(), rows[0]["median_ms"], rows, kind=kind,
-                      table=table)
+                      table=table, layer_timing=layer_timing(target.runtime))
     err = {"loo_median_ape": _loo_ape(A, y)}
     if held:
         ape = [abs(lm(shr, x["d"], x["w"], x["r"]) - x["median_ms"]) / x["median_ms"]

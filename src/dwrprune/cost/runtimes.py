@@ -16,19 +16,31 @@ latency (whole models, one layer of the lookup table, the final verdict) goes th
         def prepare(self, module, x, threads):  # -> a call that runs module(x) once
             return lambda: module(x)
 
+A runtime that can report the time of a layer's own kernels (without the per-call overhead
+and the layout changes at a one-layer graph's edges, which a layer inside a network does not
+pay) also defines ``time_kernels(calls, threads, warmup, repeats)``; the per-layer lookup
+table of the latency model is then filled from it (:func:`layer_timing` says which a runtime
+uses), and otherwise from wall-clock passes.  An optional ``layer_repeats`` sets how many
+passes of each layer the table takes (default 10; kernel times are cheap to take).
+
 The three shipped:
 
     torch        PyTorch eager, CPU (fixed threads) or CUDA (synchronised)
     onnxruntime  the module exported to ONNX and run in an InferenceSession with fixed
-                 intra-op threads (CPU): what most CPU servers run
+                 intra-op threads (CPU): what most CPU servers run; its layers' kernel
+                 times come from ONNX Runtime's profiler
     cuda-graph   PyTorch on CUDA, captured once as a CUDA graph and replayed: what a GPU
                  server runs at small batch, free of the CPU's kernel-launch time
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
+import json
+import os
+import tempfile
 import warnings
 from collections.abc import Callable
 from typing import Protocol
@@ -53,6 +65,10 @@ class Runtime(Protocol):
         """A call that runs ``module(x)`` once (``module`` in eval mode, ``x`` on the
         device) and returns when the result is ready; it is called under
         ``torch.inference_mode``."""
+
+
+LAYER_REPEATS = 10  # passes of each layer shape the lookup table takes, unless the runtime
+# says otherwise (``layer_repeats``)
 
 
 RUNTIMES: Registry = Registry("runtime")
@@ -114,6 +130,10 @@ class OnnxRuntime:
 
     name = "onnxruntime"
     devices = ("cpu",)
+    layer_repeats = 50  # a kernel time costs one pass of one layer: take many
+    # ops ONNX Runtime adds at a one-layer graph's edges to change the layout (NCHWc), which
+    # a layer inside a network pays only where its neighbours' layouts differ
+    LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
 
     def check(self, device: str) -> None:
         try:
@@ -122,7 +142,10 @@ class OnnxRuntime:
             raise DwrpruneError("the onnxruntime runtime needs onnxruntime: pip install "
                                 "'dwrprune[onnx]'") from None
 
-    def prepare(self, module: nn.Module, x: torch.Tensor, threads: int) -> TimedCall:
+    @staticmethod
+    def session(module: nn.Module, x: torch.Tensor, threads: int,
+                profile_prefix: str | None = None):
+        """An InferenceSession of ``module`` exported for ``x``, and its feed."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -131,10 +154,55 @@ class OnnxRuntime:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        if profile_prefix is not None:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = profile_prefix
         sess = ort.InferenceSession(onnx_bytes(module, x.cpu()), opts,
                                     providers=["CPUExecutionProvider"])
-        feed = {sess.get_inputs()[0].name: x.cpu().numpy()}
+        return sess, {sess.get_inputs()[0].name: x.cpu().numpy()}
+
+    def prepare(self, module: nn.Module, x: torch.Tensor, threads: int) -> TimedCall:
+        sess, feed = self.session(module, x, threads)
         return lambda: sess.run(None, feed)
+
+    def time_kernels(self, calls: list[tuple[nn.Module, torch.Tensor]], threads: int,
+                     warmup: int, repeats: int) -> list[list[float]]:
+        """Milliseconds of each ``(module, input)``'s own kernels per pass, read from ONNX
+        Runtime's profiler: every node's kernel time, less the layout changes at the
+        graph's edges (:attr:`LAYOUT_OPS`).  A one-layer graph's wall clock is mostly the
+        call's overhead and those changes (a 16 µs conv costs about 10 µs more per
+        call), which a layer inside a network does not pay.  ``warmup`` passes of each,
+        then ``repeats`` rounds of one pass of each in turn."""
+        with tempfile.TemporaryDirectory() as tmp:
+            sessions = [self.session(m, x, threads, os.path.join(tmp, f"layer{i}"))
+                        for i, (m, x) in enumerate(calls)]
+            for sess, feed in sessions:
+                for _ in range(warmup):
+                    sess.run(None, feed)
+            for _ in range(repeats):
+                for sess, feed in sessions:
+                    sess.run(None, feed)
+            return [kernel_ms_per_run(sess.end_profiling(), self.LAYOUT_OPS)[warmup:]
+                    for sess, _ in sessions]
+
+
+def kernel_ms_per_run(profile: str, leave_out: tuple[str, ...] = ()) -> list[float]:
+    """From an ONNX Runtime profile (the JSON trace ``end_profiling`` writes), the summed
+    kernel time (ms) of the nodes of each run in order, ops in ``leave_out`` left out."""
+    with open(profile) as f:
+        events = json.load(f)
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    totals = [0.0] * len(runs)
+    starts = [a for a, _ in runs]
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or \
+                e.get("args", {}).get("op_name") in leave_out:
+            continue
+        i = bisect.bisect_right(starts, e["ts"]) - 1  # the run the node ran in
+        if i >= 0 and e["ts"] <= runs[i][1]:
+            totals[i] += e["dur"] / 1e3
+    return totals
 
 
 @RUNTIMES.register
@@ -165,6 +233,17 @@ class CudaGraph:
             torch.cuda.synchronize()
 
         return call
+
+
+def layer_repeats(runtime: str) -> int:
+    """Passes of each layer shape the lookup table takes in ``runtime``."""
+    return getattr(RUNTIMES.get(runtime), "layer_repeats", LAYER_REPEATS)
+
+
+def layer_timing(runtime: str) -> str:
+    """How the lookup table times a layer in ``runtime``: ``kernel`` (the runtime reports
+    its kernels' time, :meth:`OnnxRuntime.time_kernels`) or ``wall`` (wall-clock passes)."""
+    return "kernel" if hasattr(RUNTIMES.get(runtime), "time_kernels") else "wall"
 
 
 def check_runtime(runtime: str, device: str) -> Runtime:

@@ -94,6 +94,29 @@ def time_in_turns(calls: list[tuple[nn.Module, torch.Tensor]], threads: int = 1,
     return times
 
 
+def time_layers(calls: list[tuple[nn.Module, torch.Tensor]], threads: int = 1,
+                warmup: int = 3, repeats: int = 10, runtime: str = "torch"
+                ) -> list[list[float]]:
+    """Milliseconds per pass of each ``(layer, input)`` as a per-layer lookup table wants
+    them: the runtime's own kernel times where it reports them (``time_kernels``, see
+    :mod:`dwrprune.cost.runtimes`), else wall-clock passes in turns (:func:`time_in_turns`)."""
+    from .runtimes import RUNTIMES
+
+    rt = RUNTIMES.get(runtime)()
+    if not hasattr(rt, "time_kernels"):
+        return time_in_turns(calls, threads, warmup, repeats, runtime)
+    if threads < 1 or repeats < 1 or threads > MAX_THREADS:
+        raise DwrpruneError(f"threads must be 1 to {MAX_THREADS} and repeats >= 1, got "
+                            f"{threads}, {repeats}")
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            return rt.time_kernels(calls, threads, warmup, repeats)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
 def time_forward(module: nn.Module, x: torch.Tensor, threads: int = 1, warmup: int = 5,
                  repeats: int = 20) -> list[float]:
     """:func:`time_in_turns` of one module."""

@@ -139,8 +139,10 @@ def latency_model_for(run: Run, shrinker: Shrinker, target, progress=None):
     from ..cost.latency import FEATURES, build_latency_model
 
     model = run.latency_model(target)
-    if model is not None and model.errors and not set(FEATURES) <= set(model.errors):
-        model = None  # cached before a kind of model existed: measure and choose again
+    if model is not None and (model.errors and not set(FEATURES) <= set(model.errors)
+                              or model.out_of_date()):
+        model = None  # cached before a kind of model existed, or its lookup table was
+        # timed otherwise than its runtime times layers now: measure and choose again
     if model is None:
         tqdm.write(f"[latency] measuring a latency model on {target.key()} (shrunk models spread "
                    "over the box, timed on this machine; cached in the run folder)")
