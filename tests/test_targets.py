@@ -158,6 +158,26 @@ def test_a_latency_model_whose_table_was_timed_otherwise_is_measured_again(shr, 
     assert cpu_t.key() != ort_t.key()
 
 
+def test_a_target_that_pays_per_layer_gets_depth_alone(shr):
+    """A GPU at batch 1 in eager mode pays per kernel launched, not per MAC: on a target
+    whose latency model puts all the time on the layer count (as one fitted to such timings
+    does), a latency budget is met by removing blocks, keeping the full width and input,
+    which cost accuracy there and buy no time."""
+    from dwrprune.search.latency import solve_latency
+
+    launches = L.LatencyModel(L.LatencyTarget("cuda", 1, 1), [0.0, 0.0, 0.0, 0.0, 0.05],
+                              1.0, kind="features")
+    full = launches(shr, 1, 1, 1)
+    assert launches(shr, 1, 0.5, 0.5) == full  # width and resolution buy nothing there
+
+    def pred(d, w, r):
+        return 0.9 - 0.02 * (1 - d) - 0.04 * (1 - w) - 0.03 * (1 - r)
+
+    best = solve_latency(pred, shr, launches, 0.8 * full, (0.25, 0.25, 0.5))["best"]
+    assert best["d"] < 1 and best["w"] == 1 and best["r"] == 1
+    assert launches(shr, best["d"], 1, 1) <= 0.8 * full
+
+
 def test_a_model_onnx_cannot_export_is_named(monkeypatch):
     from dwrprune.cost.runtimes import onnx_bytes
 
