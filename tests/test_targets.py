@@ -130,6 +130,16 @@ def test_kernel_times_per_run_from_an_onnxruntime_profile(tmp_path):
     assert kernel_ms_per_run(str(path)) == pytest.approx([0.053, 0.020])
 
 
+def test_a_profile_without_run_events_is_one_clear_error(monkeypatch):
+    """A profile of another format (no run events) is one error, never an empty table."""
+    from dwrprune.cost import runtimes
+
+    monkeypatch.setattr(runtimes, "kernel_ms_per_run", lambda *a, **k: [])
+    with pytest.raises(DwrpruneError, match="profile does not give each run's kernel times"):
+        runtimes.OnnxRuntime().time_kernels(
+            [(nn.Conv2d(2, 2, 1).eval(), torch.randn(1, 2, 4, 4))], 1, 1, 2)
+
+
 def test_a_latency_model_whose_table_was_timed_otherwise_is_measured_again(shr, monkeypatch,
                                                                           tmp_path):
     """A cached ONNX Runtime model from when its lookup table was timed wall-clock is out of

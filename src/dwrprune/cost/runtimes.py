@@ -182,8 +182,16 @@ class OnnxRuntime:
             for _ in range(repeats):
                 for sess, feed in sessions:
                     sess.run(None, feed)
-            return [kernel_ms_per_run(sess.end_profiling(), self.LAYOUT_OPS)[warmup:]
-                    for sess, _ in sessions]
+            out = [kernel_ms_per_run(sess.end_profiling(), self.LAYOUT_OPS)
+                   for sess, _ in sessions]
+        if any(len(t) != warmup + repeats for t in out):
+            import onnxruntime as ort
+
+            raise DwrpruneError(f"onnxruntime {ort.__version__}'s profile does not give each "
+                                "run's kernel times as expected (model_run and *_kernel_time "
+                                "events), so layers cannot be timed for the lookup table; "
+                                "use onnxruntime >= 1.18, < 2 as dwrprune[onnx] installs")
+        return [t[warmup:] for t in out]
 
 
 def kernel_ms_per_run(profile: str, leave_out: tuple[str, ...] = ()) -> list[float]:
