@@ -43,6 +43,7 @@ from scipy.optimize import nnls
 from torch import nn
 
 from ..errors import DwrpruneError
+from .runtimes import layer_repeats, layer_timing
 from .timing import (
     check_device,
     measure_latencies,
@@ -239,8 +240,6 @@ class LayerTable:
 
     def __init__(self, target: LatencyTarget, entries: dict[str, float] | None = None,
                  repeats: int | None = None):
-        from .runtimes import layer_repeats
-
         self.target, self.entries = target, dict(entries or {})
         self.repeats = repeats or layer_repeats(target.runtime)
         self._keys = weakref.WeakKeyDictionary()  # model -> {(layer, cin, cout, px): key}
@@ -375,8 +374,6 @@ class LatencyModel:
     def out_of_date(self) -> bool:
         """Made before its runtime's lookup table was timed as it is now (then every kind
         was compared on another table): measure it again."""
-        from .runtimes import layer_timing
-
         return self.layer_timing != layer_timing(self.target.runtime)
 
     def check_target(self, target: LatencyTarget) -> None:
@@ -445,8 +442,6 @@ def fit_latency_model(shr: Shrinker, target: LatencyTarget, rows: list[dict], ki
                       table: LayerTable | None = None) -> LatencyModel:
     """Fit a ``kind`` model to the measured design ``rows``' fit points; its ``errors``
     give the leave-one-out error there and the error on the held-out points."""
-    from .runtimes import layer_timing
-
     _check_kind(kind, auto=False)
     table = (table or LayerTable(target)) if kind == "lut" else None
     if table is not None:  # every layer shape of the design, timed together

@@ -70,28 +70,36 @@ def time_in_turns(calls: list[tuple[nn.Module, torch.Tensor]], threads: int = 1,
     CUDA device is timed with synchronisation."""
     from .runtimes import RUNTIMES
 
+    rt = RUNTIMES.get(runtime)()
+    with _timing_threads(threads, repeats):
+        fns = [rt.prepare(module, x, threads) for module, x in calls]
+        for fn in fns:
+            for _ in range(warmup):
+                fn()
+        times: list[list[float]] = [[] for _ in fns]
+        for _ in range(repeats):
+            for out, fn in zip(times, fns):
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+@contextmanager
+def _timing_threads(threads: int, repeats: int):
+    """Checked ``threads`` and ``repeats``; torch runs with ``threads`` CPU threads and
+    under ``torch.inference_mode`` inside, and with its own thread count again after."""
     if threads < 1 or repeats < 1:
         raise DwrpruneError(f"threads and repeats must be >= 1, got {threads}, {repeats}")
     if threads > MAX_THREADS:
         raise DwrpruneError(f"threads must be at most {MAX_THREADS}, got {threads}")
-    rt = RUNTIMES.get(runtime)()
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        fns = [rt.prepare(module, x, threads) for module, x in calls]
         with torch.inference_mode():
-            for fn in fns:
-                for _ in range(warmup):
-                    fn()
-            times: list[list[float]] = [[] for _ in fns]
-            for _ in range(repeats):
-                for out, fn in zip(times, fns):
-                    t0 = time.perf_counter()
-                    fn()
-                    out.append((time.perf_counter() - t0) * 1e3)
+            yield
     finally:
         torch.set_num_threads(old_threads)
-    return times
 
 
 def time_layers(calls: list[tuple[nn.Module, torch.Tensor]], threads: int = 1,
@@ -100,21 +108,12 @@ def time_layers(calls: list[tuple[nn.Module, torch.Tensor]], threads: int = 1,
     """Milliseconds per pass of each ``(layer, input)`` as a per-layer lookup table wants
     them: the runtime's own kernel times where it reports them (``time_kernels``, see
     :mod:`dwrprune.cost.runtimes`), else wall-clock passes in turns (:func:`time_in_turns`)."""
-    from .runtimes import RUNTIMES
+    from .runtimes import RUNTIMES, layer_timing
 
-    rt = RUNTIMES.get(runtime)()
-    if not hasattr(rt, "time_kernels"):
+    if layer_timing(runtime) == "wall":
         return time_in_turns(calls, threads, warmup, repeats, runtime)
-    if threads < 1 or repeats < 1 or threads > MAX_THREADS:
-        raise DwrpruneError(f"threads must be 1 to {MAX_THREADS} and repeats >= 1, got "
-                            f"{threads}, {repeats}")
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            return rt.time_kernels(calls, threads, warmup, repeats)
-    finally:
-        torch.set_num_threads(old_threads)
+    with _timing_threads(threads, repeats):
+        return RUNTIMES.get(runtime)().time_kernels(calls, threads, warmup, repeats)
 
 
 def time_forward(module: nn.Module, x: torch.Tensor, threads: int = 1, warmup: int = 5,
