@@ -26,3 +26,10 @@ def update_docs(tag: str, text: str, root: Path = ROOT) -> Path:
     page.write_text(re.sub(pattern, lambda m: f"{m.group(1)}\n{text}\n{m.group(2)}",
                            page.read_text(), flags=re.S))
     return page
+
+
+def write_table(path: Path, text: str, tag: str | None = None) -> None:
+    """Write a generated table to ``path`` and, with ``tag``, into that docs block too."""
+    path.write_text(text + "\n")
+    if tag:
+        print(f"updated {update_docs(tag, text)}")

@@ -68,12 +68,9 @@ def table(rows: list[dict]) -> str:
 
 def write(out: Path, rows: list[dict], update_docs_block: str | None) -> None:
     """table.md from ``rows``, and the docs block ``update_docs_block`` when given."""
-    text = table(rows)
-    (out / "table.md").write_text(text + "\n")
-    if update_docs_block:
-        from docs_block import update_docs
+    from docs_block import write_table
 
-        print(f"updated {update_docs(update_docs_block, text)}")
+    write_table(out / "table.md", table(rows), update_docs_block)
 
 
 def main() -> None:

@@ -385,3 +385,35 @@ def test_round_to_times_each_rounding_beside_the_original(tmp_path):
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "table.md").read_text() == text
+
+
+def test_time_finals_times_each_final_beside_the_original(tmp_path, tiny_checkpoint):
+    """benchmarks/time_finals.py: a run folder's final model timed in turns with the
+    original, one row per round, at the final's own input size; --render rebuilds the table
+    from the CSV alone."""
+    from dwrprune.cli import main as cli
+
+    run = tmp_path / "run"
+    assert cli(["shrink", "--checkpoint", str(tiny_checkpoint), "--width", "0.5",
+                "--resolution", "0.5", "--data", "synthetic", "--recal-batches", "1",
+                "--out", str(run / "final" / "model.pt"), "--no-progress"]) == 0
+    out = tmp_path / "finals"
+    script = str(ROOT / "benchmarks" / "time_finals.py")
+    r = subprocess.run([sys.executable, script, "--checkpoint", str(tiny_checkpoint),
+                        "--runs", str(run), "--targets", "cpu-b1", "--repeats", "3",
+                        "--rounds", "2", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "finals.csv")))
+    assert [(x["target"], x["round"]) for x in rows] == [("cpu-b1-t1", "0"), ("cpu-b1-t1", "1")]
+    full = load(tiny_checkpoint).dwrprune_spec["input"]["resolution"]
+    assert all(int(x["resolution"]) < full for x in rows)  # timed at its own, smaller input
+    for x in rows:
+        assert float(x["ratio"]) == pytest.approx(float(x["final_ms"]) / float(x["original_ms"]))
+    text = (out / "table.md").read_text()
+    assert text.count("| run | cpu-b1-t1 |") == 1 and "speed-up" in text
+    (out / "table.md").unlink()
+    r = subprocess.run([sys.executable, script, "--render", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "table.md").read_text() == text
