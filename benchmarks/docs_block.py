@@ -4,6 +4,7 @@ where it is read."""
 
 from __future__ import annotations
 
+import csv
 import re
 import sys
 from pathlib import Path
@@ -28,8 +29,34 @@ def update_docs(tag: str, text: str, root: Path = ROOT) -> Path:
     return page
 
 
-def write_table(path: Path, text: str, tag: str | None = None) -> None:
-    """Write a generated table to ``path`` and, with ``tag``, into that docs block too."""
-    path.write_text(text + "\n")
-    if tag:
-        print(f"updated {update_docs(tag, text)}")
+
+# ------------------------------------------- a timing script's CSV, table.md and docs block
+def add_output_args(ap, csv_name: str) -> None:
+    """--out, --update-docs, --block and --render, as every timing script takes them."""
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--update-docs", action="store_true")
+    ap.add_argument("--block", default=None, help="docs block tag (default: the out folder)")
+    ap.add_argument("--render", action="store_true",
+                    help="measure nothing: rebuild table.md (and the docs block with "
+                         f"--update-docs) from --out's {csv_name}")
+
+
+def read_rows(out: str | Path, csv_name: str) -> list[dict]:
+    with open(Path(out) / csv_name, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(out: str | Path, csv_name: str, fields: list[str], rows: list[dict]) -> None:
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with open(Path(out) / csv_name, "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_table(args, text: str) -> None:
+    """OUT/table.md, and with --update-docs the docs block (--block, or OUT's name)."""
+    out = Path(args.out)
+    (out / "table.md").write_text(text + "\n")
+    if args.update_docs:
+        print(f"updated {update_docs(args.block or out.name, text)}")

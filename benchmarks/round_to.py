@@ -16,9 +16,10 @@ build); without it, blocks are ranked by weight norm.  Timing only: no training.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 from pathlib import Path
+
+from docs_block import add_output_args, read_rows, write_rows, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ["target", "d", "w", "r", "round_to", "resolution", "macs_ratio", "channels",
@@ -66,13 +67,6 @@ def table(rows: list[dict]) -> str:
         if rows else "")
 
 
-def write(out: Path, rows: list[dict], update_docs_block: str | None) -> None:
-    """table.md from ``rows``, and the docs block ``update_docs_block`` when given."""
-    from docs_block import write_table
-
-    write_table(out / "table.md", table(rows), update_docs_block)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="resnet20-fashion-mnist")
@@ -81,18 +75,10 @@ def main() -> None:
     ap.add_argument("--round-to", default="8,16")
     ap.add_argument("--targets", default="cpu-b1,ort-b1")
     ap.add_argument("--repeats", type=int, default=100)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--update-docs", action="store_true")
-    ap.add_argument("--block", default=None, help="docs block tag (default: the out folder)")
-    ap.add_argument("--render", action="store_true",
-                    help="measure nothing: rebuild table.md (and the docs block with "
-                         "--update-docs) from --out's round_to.csv")
+    add_output_args(ap, "round_to.csv")
     args = ap.parse_args()
-    out = Path(args.out)
-    block = (args.block or out.name) if args.update_docs else None
     if args.render:
-        with open(out / "round_to.csv", newline="") as f:
-            write(out, list(csv.DictReader(f)), block)
+        write_table(args, table(read_rows(args.out, "round_to.csv")))
         return
     if not args.points:
         ap.error("--points is required (unless --render)")
@@ -140,12 +126,8 @@ def main() -> None:
                          "original_ms": orig, "repeats": args.repeats, "machine": machine})
             print(f"{target.key()} {pt} round_to={k}: {ms:.3f} ms = {ms / orig:.3f}x "
                   f"({channel_summary(m)})", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "round_to.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    write(out, rows, block)
+    write_rows(args.out, "round_to.csv", FIELDS, rows)
+    write_table(args, table(rows))
 
 
 if __name__ == "__main__":

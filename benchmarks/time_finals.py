@@ -17,9 +17,10 @@ the docs block with ``--update-docs``) from the CSV.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 from pathlib import Path
+
+from docs_block import add_output_args, read_rows, write_rows, write_table
 
 FIELDS = ["run", "target", "round", "resolution", "original_ms", "final_ms", "ratio",
           "speedup", "repeats", "machine"]
@@ -48,13 +49,6 @@ def table(rows: list[dict]) -> str:
         if rows else "")
 
 
-def write(out: Path, rows: list[dict], update_docs_block: str | None) -> None:
-    """table.md from ``rows``, and the docs block ``update_docs_block`` when given."""
-    from docs_block import write_table
-
-    write_table(out / "table.md", table(rows), update_docs_block)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="the original (path or bundled name)")
@@ -62,16 +56,10 @@ def main() -> None:
     ap.add_argument("--targets", default="cpu-b1")
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--render", action="store_true", help="rebuild table.md from finals.csv")
-    ap.add_argument("--update-docs", action="store_true")
-    ap.add_argument("--block", default=None, help="docs block tag (default: the out folder)")
+    add_output_args(ap, "finals.csv")
     args = ap.parse_args()
-    out = Path(args.out)
-    block = (args.block or out.name) if args.update_docs else None
     if args.render:
-        with open(out / "finals.csv", newline="") as f:
-            write(out, list(csv.DictReader(f)), block)
+        write_table(args, table(read_rows(args.out, "finals.csv")))
         return
     runs = [r for r in args.runs.split(",") if r]
     if not runs or not args.checkpoint:
@@ -103,12 +91,8 @@ def main() -> None:
                              "machine": machine})
                 print(f"{Path(run).name} {target.key()} round {k}: original {a:.3f} ms, "
                       f"final {b:.3f} ms, {b / a:.3f} of the original", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "finals.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    write(out, rows, block)
+    write_rows(args.out, "finals.csv", FIELDS, rows)
+    write_table(args, table(rows))
 
 
 if __name__ == "__main__":
