@@ -29,7 +29,6 @@ def update_docs(tag: str, text: str, root: Path = ROOT) -> Path:
     return page
 
 
-
 # ------------------------------------------- a timing script's CSV, table.md and docs block
 def add_output_args(ap, csv_name: str) -> None:
     """--out, --update-docs, --block and --render, as every timing script takes them."""

@@ -69,6 +69,7 @@ def main() -> None:
     from dwrprune.cost.latency import LatencyTarget
     from dwrprune.cost.timing import machine_stamp, time_in_turns, timing_inputs
 
+    targets = [LatencyTarget.parse(name).check() for name in args.targets.split(",")]
     original = dwrprune.load(dwrprune.pretrained.resolve(args.checkpoint))
     px0 = original.dwrprune_spec["input"]["resolution"]
     stamp = machine_stamp()
@@ -77,13 +78,13 @@ def main() -> None:
     for run in runs:
         final = dwrprune.load(Path(run) / "final" / "model.pt")
         px = final.dwrprune_spec["input"]["resolution"]
-        for name in args.targets.split(","):
-            target = LatencyTarget.parse(name).check()
-            for k in range(args.rounds):
-                with timing_inputs([(original, px0), (final, px)], target.batch,
-                                   target.device) as calls:
-                    t = time_in_turns(calls, target.threads, warmup=10,
-                                      repeats=args.repeats, runtime=target.runtime)
+        for target in targets:
+            with timing_inputs([(original, px0), (final, px)], target.batch,
+                               target.device) as calls:
+                times = [time_in_turns(calls, target.threads, warmup=10,
+                                       repeats=args.repeats, runtime=target.runtime)
+                         for _ in range(args.rounds)]
+            for k, t in enumerate(times):
                 a, b = statistics.median(t[0]), statistics.median(t[1])
                 rows.append({"run": run, "target": target.key(), "round": k,
                              "resolution": px, "original_ms": a, "final_ms": b,
